@@ -1,0 +1,65 @@
+//! The broker: the one place that knows whether Herald runs on one node or many.
+//!
+//! It assigns each publication its position in the channel's stream (offset and epoch) and
+//! hands it to the fan-out of every node. [`MemoryBroker`] is the single-node implementation:
+//! offsets live in the local registry's channel state and the fan-out happens in the same
+//! critical section, so every subscriber sees a channel's publications in offset order.
+//! Redis and NATS brokers (later) get offsets from the backplane and call
+//! [`Registry::deliver_at`](crate::hub::Registry) on each node.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::channel::ChannelName;
+use crate::error::HeraldError;
+use crate::format::RawJson;
+use crate::hub::Registry;
+use crate::ids::ClientId;
+
+/// One publication to one channel, as handed to the broker.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub channel: ChannelName,
+    pub from: Option<ClientId>,
+    pub data: RawJson,
+    /// Only these subscribers receive it (`None`: all).
+    pub to: Option<Vec<ClientId>>,
+}
+
+/// What a publication became.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The offset assigned; 0 when the channel did not exist (nothing was recorded).
+    pub offset: u64,
+    pub epoch: String,
+    /// Subscribers on this node it was queued to.
+    pub delivered: u64,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Broker: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn publish<'a>(
+        &'a self,
+        local: &'a Registry,
+        publish: Publish,
+    ) -> BoxFuture<'a, Result<Published, HeraldError>>;
+}
+
+/// Single-node broker: sequencing and fan-out in the local registry.
+#[derive(Default)]
+pub struct MemoryBroker;
+
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn publish<'a>(
+        &'a self,
+        local: &'a Registry,
+        publish: Publish,
+    ) -> BoxFuture<'a, Result<Published, HeraldError>> {
+        Box::pin(async move { Ok(local.publish_sequenced(&publish)) })
+    }
+}

@@ -1,0 +1,132 @@
+//! Channel names and the options a channel carries.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, HeraldError};
+use crate::ids::truncate;
+
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_NAME_BYTES: usize = 200;
+
+/// Characters allowed besides ASCII letters and digits. `:` separates a namespace (issue 5)
+/// from the rest; `/` and `.` allow path- and subject-like names.
+pub const CHANNEL_NAME_PUNCTUATION: &str = "_-.:@/=+";
+
+/// A validated channel name: 1 to 200 bytes of ASCII letters, digits and `_-.:@/=+`.
+/// Cheap to clone (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelName(Arc<str>);
+
+impl ChannelName {
+    pub fn parse(name: &str) -> Result<Self, HeraldError> {
+        validate_name(name)?;
+        Ok(ChannelName(Arc::from(name)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A stable hash for shard selection (FNV-1a; channel names are short).
+    pub fn shard_key(&self) -> u64 {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in self.0.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), HeraldError> {
+    let invalid = |why: &str| {
+        Err(HeraldError::new(
+            ErrorCode::InvalidChannel,
+            format!("invalid channel name {:?}: {why}", truncate(name, 64)),
+        ))
+    };
+    if name.is_empty() {
+        return invalid("empty");
+    }
+    if name.len() > MAX_CHANNEL_NAME_BYTES {
+        return invalid("longer than 200 bytes");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !CHANNEL_NAME_PUNCTUATION.contains(*c))
+    {
+        return invalid(&format!(
+            "character {c:?} not allowed (use letters, digits and {CHANNEL_NAME_PUNCTUATION})"
+        ));
+    }
+    Ok(())
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for ChannelName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Who may do what on a channel. Channels created on first use take the configured defaults;
+/// channels created through the API take what the request says (missing fields: defaults).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelOptions {
+    /// Any client may subscribe. When false, only admins, holders of the channel's token and
+    /// the HTTP API can add subscribers.
+    pub public: bool,
+    /// Clients may publish to it over their connection (not only the HTTP API and admins).
+    pub client_publish: bool,
+    /// Most subscribers at once; `None` = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_subscribers: Option<u32>,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions { public: true, client_publish: false, max_subscribers: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_documented_characters() {
+        for ok in ["a", "chat:room-1", "user@example.com", "a/b.c_d=e+f", &"x".repeat(200)] {
+            ChannelName::parse(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn rejects_bad_names_with_code() {
+        for bad in ["", " ", "a b", "ü", "a\"b", &"x".repeat(201), "a*"] {
+            let err = ChannelName::parse(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidChannel, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! A connected client as the hub sees it: id, wire format, outbox, subscriptions and the
+//! reasons a connection can end.
+//!
+//! Lock order (see docs/architecture.md): a client's `subscriptions` lock may be held while
+//! taking a channel's state lock, which may be held while pushing to an outbox. Never the
+//! other way round.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::channel::ChannelName;
+use crate::format::WireFormat;
+use crate::ids::ClientId;
+use crate::outbox::Outbox;
+
+/// Why a connection ended. Each maps to a documented WebSocket close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The client closed the connection (or it dropped).
+    ClosedByClient,
+    /// An operator disconnected it; it may reconnect.
+    Kicked,
+    /// Its outbox overflowed: it did not read fast enough.
+    SlowConsumer,
+    /// No sign of life within the ping timeout.
+    TimedOut,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// It broke the transport protocol (bad framing, invalid UTF-8, ...).
+    ProtocolError,
+}
+
+impl DisconnectReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DisconnectReason::ClosedByClient => "closed_by_client",
+            DisconnectReason::Kicked => "kicked",
+            DisconnectReason::SlowConsumer => "slow_consumer",
+            DisconnectReason::TimedOut => "timed_out",
+            DisconnectReason::ServerShutdown => "server_shutdown",
+            DisconnectReason::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+/// WebSocket close codes Herald uses (documented in docs/protocol.md). 4000-4099: do not
+/// reconnect; 4100-4199: reconnect with back-off; 4200-4299: reconnect at once.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const INTERNAL: u16 = 1011;
+    /// Disconnected by an operator; do not reconnect.
+    pub const KICKED_NO_RECONNECT: u16 = 4000;
+    /// Outbox overflow.
+    pub const SLOW_CONSUMER: u16 = 4100;
+    /// No pong/activity within the ping timeout.
+    pub const TIMED_OUT: u16 = 4101;
+    /// Disconnected by an operator; may reconnect.
+    pub const KICKED: u16 = 4200;
+}
+
+/// How a connection is to be closed: the reason for the hub, the code and text for the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: DisconnectReason,
+    pub code: u16,
+    pub message: String,
+}
+
+impl Disconnect {
+    pub fn new(reason: DisconnectReason, code: u16, message: impl Into<String>) -> Self {
+        Disconnect { reason, code, message: message.into() }
+    }
+    pub fn slow_consumer() -> Self {
+        Self::new(
+            DisconnectReason::SlowConsumer,
+            close_code::SLOW_CONSUMER,
+            "slow consumer: outbox full",
+        )
+    }
+    pub fn timed_out() -> Self {
+        Self::new(DisconnectReason::TimedOut, close_code::TIMED_OUT, "ping timeout")
+    }
+    pub fn shutdown() -> Self {
+        Self::new(DisconnectReason::ServerShutdown, close_code::GOING_AWAY, "server shutting down")
+    }
+}
+
+/// Facts about a connection fixed at connect time.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub remote: Option<SocketAddr>,
+    /// Which protocol it speaks, e.g. `"native"`.
+    pub dialect: &'static str,
+    pub connected_at_ms: u64,
+}
+
+impl ClientInfo {
+    pub fn new(remote: Option<SocketAddr>, dialect: &'static str) -> Self {
+        ClientInfo { remote, dialect, connected_at_ms: now_ms() }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One connected client.
+pub struct ClientHandle {
+    pub id: ClientId,
+    pub format: &'static dyn WireFormat,
+    pub outbox: Outbox,
+    pub info: ClientInfo,
+    pub(crate) subscriptions: Mutex<Subscriptions>,
+    last_activity_ms: AtomicU64,
+    admin: AtomicBool,
+    /// Frames (requests) received from the client.
+    pub frames_in: AtomicU64,
+    /// Deliveries queued to it.
+    pub messages_out: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    pub(crate) channels: HashSet<ChannelName>,
+    /// Set once the hub has started tearing the client down: no new subscriptions.
+    pub(crate) closed: bool,
+}
+
+impl ClientHandle {
+    pub fn new(format: &'static dyn WireFormat, info: ClientInfo) -> Self {
+        ClientHandle {
+            id: ClientId::random(),
+            format,
+            outbox: Outbox::new(),
+            last_activity_ms: AtomicU64::new(info.connected_at_ms),
+            info,
+            subscriptions: Mutex::new(Subscriptions::default()),
+            admin: AtomicBool::new(false),
+            frames_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Records that the peer showed a sign of life (any frame, including pongs).
+    pub fn touch(&self, now_ms: u64) {
+        self.last_activity_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn last_activity_ms(&self) -> u64 {
+        self.last_activity_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.admin.load(Ordering::Relaxed)
+    }
+
+    pub fn set_admin(&self, admin: bool) {
+        self.admin.store(admin, Ordering::Relaxed);
+    }
+
+    /// The channels it is subscribed to, sorted.
+    pub fn subscriptions(&self) -> Vec<ChannelName> {
+        let mut v: Vec<_> = self.subscriptions.lock().channels.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.lock().channels.len()
+    }
+}

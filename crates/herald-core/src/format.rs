@@ -1,0 +1,73 @@
+//! What a wire format must be able to encode, and the per-publication encode cache.
+//!
+//! A [`WireFormat`] is one (protocol, transport) pair, e.g. "native JSON over WebSocket". It
+//! turns hub events into complete, ready-to-write frames (transport framing included), so the
+//! fan-out encodes a publication once per format and every subscriber's outbox shares the same
+//! [`Bytes`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::channel::ChannelName;
+use crate::ids::ClientId;
+
+/// JSON text already validated by whoever received it; passed through without re-serializing.
+pub type RawJson = Bytes;
+
+/// One publication as the fan-out sees it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub channel: ChannelName,
+    /// Position in the channel's stream: +1 per publication.
+    pub offset: u64,
+    /// Changes whenever the channel's offset sequence restarts.
+    pub epoch: Arc<str>,
+    /// The publishing client; `None` for the HTTP API and the server.
+    pub from: Option<ClientId>,
+    /// The payload: valid JSON text.
+    pub data: RawJson,
+}
+
+/// Encodes hub events into transport-ready frames for one kind of connection.
+pub trait WireFormat: Send + Sync + 'static {
+    /// Short name, shown in client listings (e.g. `"native"`).
+    fn name(&self) -> &'static str;
+    /// A channel publication.
+    fn message(&self, msg: &Message) -> Bytes;
+    /// A message sent to this one client.
+    fn direct(&self, from: Option<ClientId>, data: &[u8]) -> Bytes;
+    /// The server removed a subscription (channel deleted, admin action).
+    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Bytes;
+    /// A keep-alive probe; the transport's answer counts as activity.
+    fn keepalive(&self) -> Bytes;
+}
+
+/// Encodes one message at most once per wire format. Formats are few (one per dialect and
+/// transport), so a linear scan over a short vector beats hashing.
+pub struct EncodeCache<'a> {
+    msg: &'a Message,
+    encoded: Vec<(*const (), Bytes)>,
+}
+
+impl<'a> EncodeCache<'a> {
+    pub fn new(msg: &'a Message) -> Self {
+        EncodeCache { msg, encoded: Vec::new() }
+    }
+
+    /// The frame for `format`, encoding it on first use.
+    pub fn frame(&mut self, format: &'static dyn WireFormat) -> Bytes {
+        let key = format as *const dyn WireFormat as *const ();
+        if let Some((_, bytes)) = self.encoded.iter().find(|(k, _)| *k == key) {
+            return bytes.clone();
+        }
+        let bytes = format.message(self.msg);
+        self.encoded.push((key, bytes.clone()));
+        bytes
+    }
+
+    /// How many encodings were made (tests check it stays one per format).
+    pub fn encodings(&self) -> usize {
+        self.encoded.len()
+    }
+}

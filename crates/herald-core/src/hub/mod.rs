@@ -1,0 +1,561 @@
+//! The hub: every operation a connection, the HTTP API or an admin can perform, checked
+//! against policy and applied to the registry, the broker and the store. It knows nothing
+//! about sockets: tests drive it directly, and every front end calls the same functions, so
+//! errors and behaviour are identical everywhere.
+
+mod policy;
+mod registry;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+pub use policy::Actor;
+pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
+
+use crate::broker::{Broker, Publish, Published};
+use crate::channel::{ChannelName, ChannelOptions};
+use crate::client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason, now_ms};
+use crate::error::{ErrorCode, HeraldError};
+use crate::format::WireFormat;
+use crate::ids::ClientId;
+use crate::secret;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::{ChannelRecord, Store};
+
+/// Limits and defaults the hub enforces (from the `[limits]` and `[channels]` config).
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Bytes a connection may have queued before it is disconnected as a slow consumer.
+    pub outbox_max_bytes: usize,
+    pub max_channels_per_connection: usize,
+    pub max_channels_per_request: usize,
+    /// Largest `data` of a publication or direct message, in bytes of JSON.
+    pub max_payload_bytes: usize,
+    /// Longest `to` list of a publication.
+    pub max_recipients: usize,
+    /// Subscribing or publishing to an unknown channel creates it (ephemeral).
+    pub auto_create_channels: bool,
+    /// Options of channels created on first use.
+    pub channel_defaults: ChannelOptions,
+    /// Clients may send direct messages to other clients (admins always may).
+    pub client_direct_messages: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            outbox_max_bytes: 1 << 20,
+            max_channels_per_connection: 1000,
+            max_channels_per_request: 100,
+            max_payload_bytes: 64 * 1024,
+            max_recipients: 1000,
+            auto_create_channels: true,
+            channel_defaults: ChannelOptions::default(),
+            client_direct_messages: false,
+        }
+    }
+}
+
+/// A publication request as the hub receives it from any front end.
+#[derive(Clone, Debug)]
+pub struct PublishRequest {
+    pub channels: Vec<ChannelName>,
+    /// Valid JSON text.
+    pub data: Bytes,
+    pub to: Option<Vec<ClientId>>,
+}
+
+/// One channel's outcome of a publication.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChannelPublished {
+    pub channel: ChannelName,
+    pub offset: u64,
+    pub epoch: String,
+    pub delivered: u64,
+}
+
+/// A client for listings.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientSummary {
+    pub id: ClientId,
+    pub dialect: &'static str,
+    pub remote: Option<String>,
+    pub connected_at_ms: u64,
+    pub admin: bool,
+    pub subscriptions: usize,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub pending_bytes: usize,
+    /// Present in single-client views.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<ChannelName>>,
+}
+
+/// A newly created channel and its token (shown once; only its hash is kept).
+#[derive(Clone, Debug, Serialize)]
+pub struct CreatedChannel {
+    #[serde(flatten)]
+    pub channel: ChannelSummary,
+    pub token: String,
+}
+
+pub struct Hub {
+    registry: Registry,
+    broker: Arc<dyn Broker>,
+    store: Arc<dyn Store>,
+    config: HubConfig,
+    stats: Arc<Stats>,
+    started: Instant,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, broker: Arc<dyn Broker>, store: Arc<dyn Store>) -> Self {
+        let stats = Arc::new(Stats::default());
+        Hub {
+            registry: Registry::new(config.outbox_max_bytes, stats.clone()),
+            broker,
+            store,
+            config,
+            stats,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Re-creates the channels kept in the store (at start).
+    pub fn restore(&self) -> Result<usize, HeraldError> {
+        let records = self
+            .store
+            .load_channels()
+            .map_err(|e| HeraldError::new(ErrorCode::StoreUnavailable, e.to_string()))?;
+        let mut restored = 0;
+        for rec in records {
+            let name = match ChannelName::parse(&rec.name) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping stored channel with an invalid name");
+                    continue;
+                }
+            };
+            self.registry.create_persistent(&name, rec.options, rec.token_hash, rec.created_at_ms)?;
+            restored += 1;
+        }
+        Ok(restored)
+    }
+
+    // ---- connections ----------------------------------------------------------------------
+
+    /// Registers a new connection.
+    pub fn connect(&self, format: &'static dyn WireFormat, info: ClientInfo) -> Arc<ClientHandle> {
+        let client = Arc::new(ClientHandle::new(format, info));
+        self.registry.add_client(client.clone());
+        Stats::add(&self.stats.connections_total, 1);
+        client
+    }
+
+    /// Removes a connection and all its subscriptions. Idempotent.
+    pub fn disconnect(&self, client: &Arc<ClientHandle>, reason: DisconnectReason) {
+        let channels = {
+            let mut subs = client.subscriptions.lock();
+            if subs.closed {
+                return;
+            }
+            subs.closed = true;
+            std::mem::take(&mut subs.channels)
+        };
+        for name in &channels {
+            self.registry.remove_subscriber(name, client.id);
+        }
+        if self.registry.remove_client(client.id).is_some() {
+            Stats::add(&self.stats.disconnections_total, 1);
+        }
+        tracing::debug!(client = %client.id, reason = reason.as_str(), "client disconnected");
+    }
+
+    // ---- subscriptions --------------------------------------------------------------------
+
+    /// Subscribes `client` to `channels` on behalf of `actor` (the client itself, or an
+    /// admin). Everything that can be checked up front is, so a refused request changes
+    /// nothing; only `channel_full` can stop a request part-way. Subscribing twice is harmless.
+    /// Returns the channels that were newly subscribed.
+    pub fn subscribe(
+        &self,
+        actor: &Actor,
+        client: &Arc<ClientHandle>,
+        channels: &[ChannelName],
+        token: Option<&str>,
+    ) -> Result<Vec<ChannelName>, HeraldError> {
+        self.check_list_len("channels", channels.len(), self.config.max_channels_per_request)?;
+        let mut subs = client.subscriptions.lock();
+        if subs.closed {
+            return Err(HeraldError::new(ErrorCode::ClientNotFound, "the client is disconnecting"));
+        }
+        let fresh = channels.iter().filter(|c| !subs.channels.contains(*c)).count();
+        if subs.channels.len() + fresh > self.config.max_channels_per_connection {
+            return Err(HeraldError::new(
+                ErrorCode::TooMany,
+                format!(
+                    "a connection may subscribe to at most {} channels",
+                    self.config.max_channels_per_connection
+                ),
+            ));
+        }
+        for name in channels {
+            self.precheck_subscribe(actor, name, token)?;
+        }
+        let create = self.config.auto_create_channels.then_some(&self.config.channel_defaults);
+        let mut added = Vec::new();
+        for name in channels {
+            let check = |view: &ChannelView| {
+                actor.check_subscribe(name, view, token)?;
+                if let Some(max) = view.options.max_subscribers
+                    && view.subscribers >= max as usize
+                {
+                    return Err(HeraldError::new(
+                        ErrorCode::ChannelFull,
+                        format!("channel {name:?} has reached its {max} subscribers"),
+                    ));
+                }
+                Ok(())
+            };
+            if self.registry.add_subscriber(name, client, create, check)? == Added::New {
+                subs.channels.insert(name.clone());
+                added.push(name.clone());
+            }
+        }
+        Ok(added)
+    }
+
+    fn precheck_subscribe(
+        &self,
+        actor: &Actor,
+        name: &ChannelName,
+        token: Option<&str>,
+    ) -> Result<(), HeraldError> {
+        match self.registry.channel(name.as_str()) {
+            Some(channel) => channel.view(|view| actor.check_subscribe(name, view, token)),
+            None if self.config.auto_create_channels => {
+                let view = ChannelView::absent(&self.config.channel_defaults);
+                actor.check_subscribe(name, &view, token)
+            }
+            None => Err(not_found(name)),
+        }
+    }
+
+    /// Removes `client` from `channels`; channels it was not in are ignored. Returns the
+    /// channels it actually left.
+    pub fn unsubscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channels: &[ChannelName],
+    ) -> Result<Vec<ChannelName>, HeraldError> {
+        self.check_list_len("channels", channels.len(), self.config.max_channels_per_request)?;
+        let mut subs = client.subscriptions.lock();
+        let mut left = Vec::new();
+        for name in channels {
+            if subs.channels.remove(name) {
+                self.registry.remove_subscriber(name, client.id);
+                left.push(name.clone());
+            }
+        }
+        Ok(left)
+    }
+
+    /// Removes a subscription on the server's initiative and tells the client why.
+    pub fn force_unsubscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channels: &[ChannelName],
+        reason: &str,
+    ) -> Result<Vec<ChannelName>, HeraldError> {
+        let left = self.unsubscribe(client, channels)?;
+        for name in &left {
+            self.registry.push_or_close(client, client.format.unsubscribed(name, reason));
+        }
+        Ok(left)
+    }
+
+    // ---- publishing -----------------------------------------------------------------------
+
+    /// Publishes `req.data` to each channel in turn. Checks everything first (names, sizes,
+    /// permissions), so a refused publication reaches no channel.
+    pub async fn publish(
+        &self,
+        actor: &Actor,
+        mut req: PublishRequest,
+    ) -> Result<Vec<ChannelPublished>, HeraldError> {
+        if req.channels.is_empty() {
+            return Err(HeraldError::new(ErrorCode::MissingField, "no channel to publish to"));
+        }
+        self.check_list_len("channels", req.channels.len(), self.config.max_channels_per_request)?;
+        self.check_payload(&req.data)?;
+        if let Some(to) = req.to.as_mut() {
+            self.check_list_len("to", to.len(), self.config.max_recipients)?;
+            to.sort_unstable();
+            to.dedup();
+        }
+        req.channels.dedup();
+        for name in &req.channels {
+            match self.registry.channel(name.as_str()) {
+                Some(ch) => ch.view(|view| actor.check_publish(name, view))?,
+                None if self.config.auto_create_channels => {
+                    actor.check_publish(name, &ChannelView::absent(&self.config.channel_defaults))?
+                }
+                None => return Err(not_found(name)),
+            }
+        }
+        let from = match actor {
+            Actor::Client(c) => Some(c.id),
+            _ => None,
+        };
+        let mut results = Vec::with_capacity(req.channels.len());
+        for name in req.channels {
+            let publish = Publish { channel: name.clone(), from, data: req.data.clone(), to: req.to.clone() };
+            let Published { offset, epoch, delivered } =
+                self.broker.publish(&self.registry, publish).await?;
+            results.push(ChannelPublished { channel: name, offset, epoch, delivered });
+        }
+        Ok(results)
+    }
+
+    /// Sends `data` to one client.
+    pub fn send_direct(&self, actor: &Actor, to: ClientId, data: &[u8]) -> Result<(), HeraldError> {
+        if let Actor::Client(c) = actor
+            && !c.is_admin()
+            && !self.config.client_direct_messages
+        {
+            return Err(HeraldError::forbidden("clients may not send direct messages on this server"));
+        }
+        if let Actor::ChannelToken(_) = actor {
+            return Err(HeraldError::forbidden("direct messages need the admin key"));
+        }
+        self.check_payload(data)?;
+        let target = self.registry.client(to).ok_or_else(|| client_not_found(to))?;
+        let from = match actor {
+            Actor::Client(c) => Some(c.id),
+            _ => None,
+        };
+        if self.registry.push_or_close(&target, target.format.direct(from, data)) {
+            Stats::add(&self.stats.direct_messages, 1);
+        }
+        Ok(())
+    }
+
+    // ---- channels -------------------------------------------------------------------------
+
+    /// Creates a persistent channel (kept in the store) and returns it with its token.
+    pub async fn create_channel(
+        &self,
+        actor: &Actor,
+        name: ChannelName,
+        options: ChannelOptions,
+    ) -> Result<CreatedChannel, HeraldError> {
+        actor.require_admin("creating channels")?;
+        if let Some(existing) = self.registry.channel(name.as_str())
+            && existing.summary().persistent
+        {
+            return Err(HeraldError::new(ErrorCode::ChannelExists, format!("channel {name:?} already exists")));
+        }
+        let token = secret::new_channel_token();
+        let record = ChannelRecord {
+            name: name.to_string(),
+            options: options.clone(),
+            token_hash: secret::hash_token(&token),
+            created_at_ms: now_ms(),
+        };
+        let store = self.store.clone();
+        let rec = record.clone();
+        run_blocking(move || store.put_channel(&rec)).await?;
+        if let Err(e) =
+            self.registry.create_persistent(&name, options, record.token_hash, record.created_at_ms)
+        {
+            // Lost a race with a concurrent create of the same name: keep the winner's record.
+            return Err(e);
+        }
+        let channel = self.registry.channel(name.as_str()).ok_or_else(|| not_found(&name))?;
+        Ok(CreatedChannel { channel: channel.summary(), token })
+    }
+
+    /// Deletes a channel: its subscribers get an `unsubscribed` notice, the store forgets it.
+    pub async fn delete_channel(&self, actor: &Actor, name: &ChannelName) -> Result<u64, HeraldError> {
+        let channel = self.registry.channel(name.as_str()).ok_or_else(|| not_found(name))?;
+        channel.view(|view| actor.check_manage(name, view))?;
+        if channel.summary().persistent {
+            let store = self.store.clone();
+            let key = name.to_string();
+            run_blocking(move || store.delete_channel(&key).map(|_| ())).await?;
+        }
+        let subscribers = self.registry.remove_channel(name).unwrap_or_default();
+        let notice = |c: &Arc<ClientHandle>| c.format.unsubscribed(name, "channel_deleted");
+        for client in &subscribers {
+            client.subscriptions.lock().channels.remove(name);
+            self.registry.push_or_close(client, notice(client));
+        }
+        Ok(subscribers.len() as u64)
+    }
+
+    /// One channel, for `actor` (admin or the channel's token).
+    pub fn channel(&self, actor: &Actor, name: &ChannelName) -> Result<ChannelSummary, HeraldError> {
+        let channel = self.registry.channel(name.as_str()).ok_or_else(|| not_found(name))?;
+        channel.view(|view| actor.check_manage(name, view))?;
+        Ok(channel.summary())
+    }
+
+    /// Every channel, sorted by name (admin only).
+    pub fn channels(&self, actor: &Actor) -> Result<Vec<ChannelSummary>, HeraldError> {
+        actor.require_admin("listing channels")?;
+        let mut all: Vec<_> = self.registry.all_channels().iter().map(|c| c.summary()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    // ---- clients --------------------------------------------------------------------------
+
+    pub fn client_summary(&self, client: &ClientHandle, with_channels: bool) -> ClientSummary {
+        use std::sync::atomic::Ordering::Relaxed;
+        let subs = client.subscriptions();
+        ClientSummary {
+            id: client.id,
+            dialect: client.info.dialect,
+            remote: client.info.remote.map(|a| a.to_string()),
+            connected_at_ms: client.info.connected_at_ms,
+            admin: client.is_admin(),
+            subscriptions: subs.len(),
+            messages_in: client.frames_in.load(Relaxed),
+            messages_out: client.messages_out.load(Relaxed),
+            pending_bytes: client.outbox.pending_bytes(),
+            channels: with_channels.then_some(subs),
+        }
+    }
+
+    /// Every connected client, oldest first (admin only).
+    pub fn clients(&self, actor: &Actor) -> Result<Vec<ClientSummary>, HeraldError> {
+        actor.require_admin("listing clients")?;
+        let mut all: Vec<_> =
+            self.registry.all_clients().iter().map(|c| self.client_summary(c, false)).collect();
+        all.sort_by_key(|c| (c.connected_at_ms, c.id));
+        Ok(all)
+    }
+
+    /// Looks a client up for an admin operation.
+    pub fn client(&self, actor: &Actor, id: ClientId) -> Result<Arc<ClientHandle>, HeraldError> {
+        actor.require_admin("managing clients")?;
+        self.registry.client(id).ok_or_else(|| client_not_found(id))
+    }
+
+    /// Disconnects a client with a close code and reason it will see.
+    pub fn kick(&self, actor: &Actor, id: ClientId, disconnect: Disconnect) -> Result<(), HeraldError> {
+        let client = self.client(actor, id)?;
+        if client.outbox.close(disconnect) {
+            Stats::add(&self.stats.kicked, 1);
+        }
+        Ok(())
+    }
+
+    // ---- housekeeping ---------------------------------------------------------------------
+
+    /// One keep-alive round: clients silent for longer than `timeout_ms` are closed, every
+    /// other one gets a keep-alive probe. Called by the server's pinger every interval.
+    pub fn keepalive_sweep(&self, now_ms: u64, timeout_ms: u64) {
+        for client in self.registry.all_clients() {
+            if now_ms.saturating_sub(client.last_activity_ms()) > timeout_ms {
+                if client.outbox.close(Disconnect::timed_out()) {
+                    Stats::add(&self.stats.timed_out, 1);
+                }
+            } else {
+                self.registry.push_or_close(&client, client.format.keepalive());
+            }
+        }
+    }
+
+    /// Asks every connection to close (server shutdown).
+    pub fn close_all(&self, disconnect: Disconnect) {
+        for client in self.registry.all_clients() {
+            client.outbox.close(disconnect.clone());
+        }
+    }
+
+    pub fn stats_snapshot(&self) -> StatsSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let channels = self.registry.all_channels();
+        StatsSnapshot {
+            connections: self.registry.client_count() as u64,
+            connections_total: s.connections_total.load(Relaxed),
+            disconnections_total: s.disconnections_total.load(Relaxed),
+            channels: channels.len() as u64,
+            subscriptions: channels.iter().map(|c| c.summary().subscribers).sum(),
+            messages_in: s.client_requests.load(Relaxed),
+            publications: s.publications.load(Relaxed),
+            messages_out: s.deliveries.load(Relaxed),
+            direct_messages: s.direct_messages.load(Relaxed),
+            slow_consumers: s.slow_consumers.load(Relaxed),
+            timed_out: s.timed_out.load(Relaxed),
+            kicked: s.kicked.load(Relaxed),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn check_list_len(&self, what: &str, len: usize, max: usize) -> Result<(), HeraldError> {
+        if len > max {
+            return Err(HeraldError::new(
+                ErrorCode::TooMany,
+                format!("{what} lists {len} entries; at most {max} are allowed"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_payload(&self, data: &[u8]) -> Result<(), HeraldError> {
+        if data.len() > self.config.max_payload_bytes {
+            return Err(HeraldError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "data is {} bytes; at most {} are allowed",
+                    data.len(),
+                    self.config.max_payload_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn not_found(name: &ChannelName) -> HeraldError {
+    HeraldError::new(ErrorCode::ChannelNotFound, format!("channel {name:?} does not exist"))
+}
+
+fn client_not_found(id: ClientId) -> HeraldError {
+    HeraldError::new(ErrorCode::ClientNotFound, format!("no client {id} is connected"))
+}
+
+/// Runs a store call off the async workers.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, HeraldError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "store operation failed");
+            Err(HeraldError::new(ErrorCode::StoreUnavailable, e.to_string()))
+        }
+        Err(e) => Err(HeraldError::internal(format!("store task failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

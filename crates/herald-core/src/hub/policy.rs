@@ -1,0 +1,93 @@
+//! Policy: who may do what. Every hub operation names its [`Actor`] and asks here first, so
+//! the HTTP API, WebSocket sessions and admin connections obey the same rules.
+
+use std::sync::Arc;
+
+use crate::channel::ChannelName;
+use crate::client::ClientHandle;
+use crate::error::HeraldError;
+use crate::hub::registry::ChannelView;
+use crate::secret;
+
+/// Who is asking.
+#[derive(Clone)]
+pub enum Actor {
+    /// The admin key (HTTP API) or an admin connection.
+    Admin,
+    /// A bearer channel token from the HTTP API: may act on the channel it belongs to only.
+    ChannelToken(String),
+    /// A client over its connection.
+    Client(Arc<ClientHandle>),
+}
+
+impl Actor {
+    /// Admins, and clients that became admin.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Actor::Admin => true,
+            Actor::Client(c) => c.is_admin(),
+            Actor::ChannelToken(_) => false,
+        }
+    }
+
+    fn holds_token_of(&self, channel: &ChannelView, presented: Option<&str>) -> bool {
+        let Some(hash) = channel.token_hash else { return false };
+        let token = match self {
+            Actor::ChannelToken(t) => Some(t.as_str()),
+            _ => presented,
+        };
+        token.is_some_and(|t| secret::token_matches_hash(t, hash))
+    }
+
+    /// Whether this actor may subscribe someone to `name` (a client itself, or, for
+    /// admins, anybody). `presented` is a channel token sent with a client's request.
+    pub fn check_subscribe(
+        &self,
+        name: &ChannelName,
+        channel: &ChannelView,
+        presented: Option<&str>,
+    ) -> Result<(), HeraldError> {
+        if channel.options.public || self.is_admin() || self.holds_token_of(channel, presented) {
+            return Ok(());
+        }
+        Err(HeraldError::forbidden(format!(
+            "channel {name:?} is not public: subscribing needs its token or an admin"
+        )))
+    }
+
+    /// Whether this actor may publish to `name`.
+    pub fn check_publish(
+        &self,
+        name: &ChannelName,
+        channel: &ChannelView,
+    ) -> Result<(), HeraldError> {
+        match self {
+            Actor::Admin => Ok(()),
+            Actor::ChannelToken(_) if self.holds_token_of(channel, None) => Ok(()),
+            Actor::ChannelToken(_) => Err(HeraldError::forbidden(format!(
+                "this token does not belong to channel {name:?}"
+            ))),
+            Actor::Client(c) if c.is_admin() || channel.options.client_publish => Ok(()),
+            Actor::Client(_) => Err(HeraldError::forbidden(format!(
+                "clients may not publish to channel {name:?} (client_publish is off)"
+            ))),
+        }
+    }
+
+    /// Whether this actor may inspect or delete channel `name` through the API.
+    pub fn check_manage(&self, name: &ChannelName, channel: &ChannelView) -> Result<(), HeraldError> {
+        if self.is_admin() || self.holds_token_of(channel, None) {
+            return Ok(());
+        }
+        Err(HeraldError::forbidden(format!("this credential cannot manage channel {name:?}")))
+    }
+
+    /// Admin-only operations (listing, managing other clients, creating channels).
+    pub fn require_admin(&self, what: &str) -> Result<(), HeraldError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(HeraldError::forbidden(format!("{what} needs the admin key")))
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Client ids: random (v4) UUIDs, printed in the usual hyphenated form.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{ErrorCode, HeraldError};
+
+/// The id the server gives a connection in its welcome frame.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ClientId(uuid::Uuid);
+
+impl ClientId {
+    pub fn random() -> Self {
+        ClientId(uuid::Uuid::new_v4())
+    }
+
+    /// Parses a client id as sent by a user, with an `invalid_client_id` error otherwise.
+    pub fn parse(s: &str) -> Result<Self, HeraldError> {
+        s.parse()
+    }
+
+    /// A stable 64-bit hash input for shard selection.
+    pub fn shard_key(&self) -> u64 {
+        let b = self.0.as_u64_pair();
+        b.0 ^ b.1
+    }
+}
+
+impl FromStr for ClientId {
+    type Err = HeraldError;
+    fn from_str(s: &str) -> Result<Self, HeraldError> {
+        uuid::Uuid::try_parse(s).map(ClientId).map_err(|_| {
+            HeraldError::new(
+                ErrorCode::InvalidClientId,
+                format!("client id {:?} is not a UUID", truncate(s, 64)),
+            )
+        })
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl serde::Serialize for ClientId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Cuts user input for inclusion in an error message, on a char boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let id = ClientId::random();
+        assert_eq!(ClientId::parse(&id.to_string()).unwrap(), id);
+        let err = ClientId::parse("not-a-uuid").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidClientId);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

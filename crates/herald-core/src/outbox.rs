@@ -1,0 +1,189 @@
+//! The per-connection outbox: frames waiting to be written, bounded in bytes.
+//!
+//! Producers (the fan-out, direct sends, the pinger) never wait: [`Outbox::push`] either
+//! queues the shared frame or reports that the outbox is full, and the caller then closes the
+//! client as a slow consumer. The connection's writer waits on [`Outbox::ready`], drains
+//! everything queued and writes it with as few system calls as it can. An empty outbox holds
+//! no heap memory (a `VecDeque` allocates on first push), which keeps idle connections small.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::client::Disconnect;
+
+/// Result of [`Outbox::push`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// Queuing would exceed the byte limit; nothing was queued.
+    Full,
+    /// The connection is already closing; the frame was dropped.
+    Closed,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    closing: Option<Disconnect>,
+}
+
+/// What the writer gets from one [`Outbox::drain`].
+pub struct Drained {
+    pub frames: usize,
+    pub bytes: usize,
+    /// Set when the connection must be closed after writing what was drained.
+    pub closing: Option<Disconnect>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Outbox {
+    pub fn new() -> Self {
+        Outbox { state: Mutex::new(State::default()), ready: Notify::new() }
+    }
+
+    /// Queues `frame` unless that would take the outbox over `limit` bytes.
+    pub fn push(&self, frame: Bytes, limit: usize) -> Push {
+        let mut st = self.state.lock();
+        if st.closing.is_some() {
+            return Push::Closed;
+        }
+        if st.bytes + frame.len() > limit {
+            return Push::Full;
+        }
+        let was_empty = st.frames.is_empty();
+        st.bytes += frame.len();
+        st.frames.push_back(frame);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Asks the writer to close the connection. The first request wins; returns whether this
+    /// one did. Slow consumers lose what was queued (it is what they could not take); other
+    /// closes first flush what is queued, so e.g. an `unsubscribed` notice precedes a kick.
+    pub fn close(&self, disconnect: Disconnect) -> bool {
+        let mut st = self.state.lock();
+        if st.closing.is_some() {
+            return false;
+        }
+        if disconnect.reason == crate::client::DisconnectReason::SlowConsumer {
+            st.frames = VecDeque::new();
+            st.bytes = 0;
+        }
+        st.closing = Some(disconnect);
+        drop(st);
+        self.ready.notify_one();
+        true
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().closing.is_some()
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn pending_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Resolves when something was queued or a close was requested since the last drain.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Moves queued frames into `out` (up to about `max_bytes`; at least one frame), and
+    /// reports a pending close once the queue is empty. Frees the queue's memory when it
+    /// empties after a burst.
+    pub fn drain(&self, out: &mut Vec<u8>, max_bytes: usize) -> Drained {
+        let mut st = self.state.lock();
+        let mut frames = 0;
+        let mut bytes = 0;
+        while let Some(front) = st.frames.front() {
+            if frames > 0 && bytes + front.len() > max_bytes {
+                break;
+            }
+            let frame = st.frames.pop_front().expect("front exists");
+            bytes += frame.len();
+            frames += 1;
+            out.extend_from_slice(&frame);
+        }
+        st.bytes -= bytes;
+        if st.frames.is_empty() && st.frames.capacity() > 64 {
+            st.frames = VecDeque::new();
+        }
+        let closing = if st.frames.is_empty() { st.closing.clone() } else { None };
+        Drained { frames, bytes, closing }
+    }
+
+    /// Whether frames are still queued (the writer drains again without waiting).
+    pub fn has_pending(&self) -> bool {
+        !self.state.lock().frames.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_in_bytes_and_drains_in_order() {
+        let ob = Outbox::new();
+        assert_eq!(ob.push(Bytes::from_static(b"abc"), 5), Push::Queued);
+        assert_eq!(ob.push(Bytes::from_static(b"def"), 5), Push::Full);
+        assert_eq!(ob.push(Bytes::from_static(b"de"), 5), Push::Queued);
+        let mut out = Vec::new();
+        let d = ob.drain(&mut out, 1024);
+        assert_eq!((d.frames, d.bytes), (2, 5));
+        assert_eq!(out, b"abcde");
+        assert_eq!(ob.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn slow_consumer_close_drops_queue_and_refuses_more() {
+        let ob = Outbox::new();
+        ob.push(Bytes::from_static(b"abc"), 100);
+        assert!(ob.close(Disconnect::slow_consumer()));
+        assert!(!ob.close(Disconnect::timed_out()));
+        assert_eq!(ob.push(Bytes::from_static(b"x"), 100), Push::Closed);
+        let mut out = Vec::new();
+        let d = ob.drain(&mut out, 1024);
+        assert_eq!(d.frames, 0);
+        assert_eq!(d.closing.unwrap().reason, crate::client::DisconnectReason::SlowConsumer);
+    }
+
+    #[test]
+    fn other_closes_flush_first() {
+        let ob = Outbox::new();
+        ob.push(Bytes::from_static(b"abc"), 100);
+        ob.close(Disconnect::timed_out());
+        let mut out = Vec::new();
+        let d = ob.drain(&mut out, 1024);
+        assert_eq!(out, b"abc");
+        assert!(d.closing.is_some());
+    }
+
+    #[test]
+    fn drain_respects_batch_size_but_takes_one_frame() {
+        let ob = Outbox::new();
+        ob.push(Bytes::from(vec![1u8; 10]), 100);
+        ob.push(Bytes::from(vec![2u8; 10]), 100);
+        let mut out = Vec::new();
+        assert_eq!(ob.drain(&mut out, 5).frames, 1);
+        assert!(ob.has_pending());
+    }
+}

@@ -1,0 +1,54 @@
+//! The durable store: state that users create and that must survive a restart (today:
+//! channels created through the API, with their options and hashed tokens).
+//!
+//! Implementations: [`MemoryStore`] here (tests, `--data-dir` less runs), redb in
+//! herald-server. Calls are synchronous and may block on disk; the hub runs them on the
+//! blocking thread pool.
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelOptions;
+
+/// A channel as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    pub name: String,
+    pub options: ChannelOptions,
+    /// SHA-256 (hex) of the channel token; the token itself is never stored.
+    pub token_hash: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+pub trait Store: Send + Sync + 'static {
+    fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError>;
+    /// Inserts or replaces the record of `rec.name`.
+    fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError>;
+    /// Returns whether a record was removed.
+    fn delete_channel(&self, name: &str) -> Result<bool, StoreError>;
+}
+
+/// Keeps everything in memory: nothing survives the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    channels: Mutex<BTreeMap<String, ChannelRecord>>,
+}
+
+impl Store for MemoryStore {
+    fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        Ok(self.channels.lock().values().cloned().collect())
+    }
+    fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError> {
+        self.channels.lock().insert(rec.name.clone(), rec.clone());
+        Ok(())
+    }
+    fn delete_channel(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.channels.lock().remove(name).is_some())
+    }
+}
