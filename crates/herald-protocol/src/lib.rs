@@ -1,1 +1,10 @@
-//! placeholder
+//! Herald's wire formats as pure codecs: bytes in, commands out; hub events in, bytes out.
+//! Nothing here touches a socket, so every codec can be unit-tested and fuzzed alone.
+//!
+//! - [`ws`]: RFC 6455 server-side framing (handshake key, frame encoder, incremental decoder
+//!   with size limits).
+//! - [`native`]: Herald's native JSON protocol (requests, replies, deliveries) and its
+//!   [`herald_core::WireFormat`] over WebSocket.
+
+pub mod native;
+pub mod ws;

@@ -1,0 +1,364 @@
+//! Herald's native protocol: JSON text frames, documented field by field in docs/protocol.md.
+//!
+//! Requests are parsed without copying their `data` (it stays a slice of the received frame
+//! until the fan-out encodes it into each wire format). Replies and deliveries are written
+//! straight into a WebSocket frame buffer.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message, WireFormat};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::ws;
+
+/// Protocol name in listings and the welcome frame.
+pub const DIALECT: &str = "native";
+
+/// One parsed request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The request's `id`, echoed verbatim in the reply (a JSON number or string).
+    pub id: Option<&'a RawValue>,
+    pub op: Op<'a>,
+}
+
+#[derive(Debug)]
+pub enum Op<'a> {
+    Subscribe { channels: Vec<ChannelName>, token: Option<String> },
+    Unsubscribe { channels: Vec<ChannelName> },
+    Publish { channels: Vec<ChannelName>, data: &'a RawValue, to: Option<Vec<ClientId>> },
+    Send { to: ClientId, data: &'a RawValue },
+    Ping,
+}
+
+/// The envelope every request shares; each field is kept raw until the op says what it means,
+/// so a wrong type gets an error naming the field. Unknown fields are ignored (clients may be
+/// newer than the server).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channels: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+}
+
+/// A request that could not be parsed: the error, and the request's id if it had a usable one.
+#[derive(Debug)]
+pub struct BadRequest<'a> {
+    pub id: Option<&'a RawValue>,
+    pub error: HeraldError,
+}
+
+/// Parses one text frame.
+pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
+    let env: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        error: match e.classify() {
+            serde_json::error::Category::Data => {
+                HeraldError::bad_request("a request must be a JSON object")
+            }
+            _ => HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
+        },
+    })?;
+    let id = match env.id {
+        Some(raw) if is_valid_id(raw) => Some(raw),
+        Some(_) => {
+            return Err(BadRequest {
+                id: None,
+                error: HeraldError::bad_request("\"id\" must be a number or a string"),
+            });
+        }
+        None => None,
+    };
+    parse_op(&env).map(|op| Request { id, op }).map_err(|error| BadRequest { id, error })
+}
+
+fn is_valid_id(raw: &RawValue) -> bool {
+    let s = raw.get();
+    (s.starts_with('"') || s.starts_with('-') || s.starts_with(|c: char| c.is_ascii_digit()))
+        && s.len() <= 256
+}
+
+fn parse_op<'a>(env: &Envelope<'a>) -> Result<Op<'a>, HeraldError> {
+    let op_raw = env.op.ok_or_else(|| missing("op"))?;
+    let op: &str = serde_json::from_str(op_raw.get())
+        .map_err(|_| HeraldError::bad_request("\"op\" must be a string"))?;
+    Ok(match op {
+        "subscribe" => Op::Subscribe {
+            channels: channel_list(env)?,
+            token: match env.token {
+                Some(raw) => Some(
+                    serde_json::from_str::<String>(raw.get())
+                        .map_err(|_| HeraldError::bad_request("\"token\" must be a string"))?,
+                ),
+                None => None,
+            },
+        },
+        "unsubscribe" => Op::Unsubscribe { channels: channel_list(env)? },
+        "publish" => Op::Publish {
+            channels: channel_list(env)?,
+            data: env.data.ok_or_else(|| missing("data"))?,
+            to: match env.to {
+                Some(raw) => Some(client_list(raw)?),
+                None => None,
+            },
+        },
+        "send" => Op::Send {
+            to: {
+                let raw = env.to.ok_or_else(|| missing("to"))?;
+                let s: &str = serde_json::from_str(raw.get())
+                    .map_err(|_| HeraldError::bad_request("\"to\" must be a client id string"))?;
+                ClientId::parse(s)?
+            },
+            data: env.data.ok_or_else(|| missing("data"))?,
+        },
+        "ping" => Op::Ping,
+        other => {
+            return Err(HeraldError::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op {:?}", herald_core::ids::truncate(other, 64)),
+            ));
+        }
+    })
+}
+
+fn missing(field: &str) -> HeraldError {
+    HeraldError::new(ErrorCode::MissingField, format!("missing field \"{field}\""))
+}
+
+/// `channels` (array of strings) or `channel` (one string); exactly one must be present.
+fn channel_list(env: &Envelope) -> Result<Vec<ChannelName>, HeraldError> {
+    let names: Vec<&str> = match (env.channels, env.channel) {
+        (Some(raw), None) => serde_json::from_str(raw.get()).map_err(|_| {
+            HeraldError::bad_request("\"channels\" must be an array of strings")
+        })?,
+        (None, Some(raw)) => vec![serde_json::from_str(raw.get())
+            .map_err(|_| HeraldError::bad_request("\"channel\" must be a string"))?],
+        (Some(_), Some(_)) => {
+            return Err(HeraldError::bad_request("give either \"channel\" or \"channels\", not both"));
+        }
+        (None, None) => return Err(missing("channels")),
+    };
+    if names.is_empty() {
+        return Err(HeraldError::bad_request("\"channels\" is empty"));
+    }
+    names.into_iter().map(ChannelName::parse).collect()
+}
+
+fn client_list(raw: &RawValue) -> Result<Vec<ClientId>, HeraldError> {
+    let ids: Vec<&str> = serde_json::from_str(raw.get())
+        .map_err(|_| HeraldError::bad_request("\"to\" must be an array of client ids"))?;
+    ids.into_iter().map(ClientId::parse).collect()
+}
+
+// ---- encoding ---------------------------------------------------------------------------------
+
+/// A text frame whose JSON payload is written by `f`.
+fn text_frame(capacity: usize, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut buf = Vec::with_capacity(ws::MAX_HEADER + capacity);
+    buf.extend_from_slice(&[0u8; ws::MAX_HEADER]);
+    f(&mut buf);
+    ws::finish_frame(buf, ws::OP_TEXT)
+}
+
+fn write_json_str(buf: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *buf, s).expect("writing to a Vec cannot fail");
+}
+
+fn write_from(buf: &mut Vec<u8>, from: Option<ClientId>) {
+    match from {
+        Some(id) => {
+            let _ = write!(buf, "\"{id}\"");
+        }
+        None => buf.extend_from_slice(b"null"),
+    }
+}
+
+/// `{"op":"welcome",...}`: the first frame of every connection.
+pub fn welcome(client: ClientId, ping_interval_ms: u64, max_message_bytes: usize) -> Bytes {
+    text_frame(160, |b| {
+        let _ = write!(
+            b,
+            "{{\"op\":\"welcome\",\"client\":\"{client}\",\"server\":\"herald\",\"version\":\"{}\",\"protocol\":1,\"ping_interval_ms\":{ping_interval_ms},\"max_message_bytes\":{max_message_bytes}}}",
+            env!("CARGO_PKG_VERSION")
+        );
+    })
+}
+
+/// A success reply, only for requests that carried an `id`.
+pub fn reply_ok(id: &RawValue, result: &impl serde::Serialize) -> Bytes {
+    text_frame(64, |b| {
+        b.extend_from_slice(b"{\"op\":\"reply\",\"id\":");
+        b.extend_from_slice(id.get().as_bytes());
+        b.extend_from_slice(b",\"result\":");
+        serde_json::to_writer(&mut *b, result).expect("result serializes");
+        b.push(b'}');
+    })
+}
+
+/// An error reply; `id` is `null` when the request had none (or was unparseable).
+pub fn reply_error(id: Option<&RawValue>, error: &HeraldError) -> Bytes {
+    text_frame(96 + error.message.len(), |b| {
+        b.extend_from_slice(b"{\"op\":\"reply\",\"id\":");
+        b.extend_from_slice(id.map_or("null", |r| r.get()).as_bytes());
+        b.extend_from_slice(b",\"error\":{\"code\":\"");
+        b.extend_from_slice(error.code.as_str().as_bytes());
+        b.extend_from_slice(b"\",\"message\":");
+        write_json_str(b, &error.message);
+        b.extend_from_slice(b"}}");
+    })
+}
+
+/// The native protocol over WebSocket.
+pub struct NativeWs;
+
+/// The one instance every native connection points to.
+pub static NATIVE_WS: NativeWs = NativeWs;
+
+impl WireFormat for NativeWs {
+    fn name(&self) -> &'static str {
+        DIALECT
+    }
+
+    fn message(&self, m: &Message) -> Bytes {
+        text_frame(120 + m.channel.as_str().len() + m.data.len(), |b| {
+            // Channel names and epochs are restricted to characters JSON needs no escapes for.
+            let _ = write!(
+                b,
+                "{{\"op\":\"message\",\"channel\":\"{}\",\"offset\":{},\"epoch\":\"{}\",\"from\":",
+                m.channel, m.offset, m.epoch
+            );
+            write_from(b, m.from);
+            b.extend_from_slice(b",\"data\":");
+            b.extend_from_slice(&m.data);
+            b.push(b'}');
+        })
+    }
+
+    fn direct(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
+        text_frame(80 + data.len(), |b| {
+            b.extend_from_slice(b"{\"op\":\"direct\",\"from\":");
+            write_from(b, from);
+            b.extend_from_slice(b",\"data\":");
+            b.extend_from_slice(data);
+            b.push(b'}');
+        })
+    }
+
+    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Bytes {
+        text_frame(64 + channel.as_str().len() + reason.len(), |b| {
+            let _ = write!(b, "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":");
+            write_json_str(b, reason);
+            b.push(b'}');
+        })
+    }
+
+    fn keepalive(&self) -> Bytes {
+        ws::ping_frame()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(frame: &Bytes) -> serde_json::Value {
+        let start = if frame[1] == 126 { 4 } else { 2 };
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn parses_every_op() {
+        let r = parse_request(r#"{"op":"subscribe","channels":["a","b"],"id":1}"#).unwrap();
+        assert_eq!(r.id.unwrap().get(), "1");
+        assert!(matches!(r.op, Op::Subscribe { ref channels, token: None } if channels.len() == 2));
+        let r = parse_request(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap();
+        assert!(matches!(r.op, Op::Unsubscribe { ref channels } if channels.len() == 1));
+        let id = ClientId::random();
+        let text = format!(r#"{{"op":"publish","channels":["a"],"data":{{"x":[1,2]}},"to":["{id}"],"id":"r1"}}"#);
+        let r = parse_request(&text).unwrap();
+        match r.op {
+            Op::Publish { data, to, .. } => {
+                assert_eq!(data.get(), r#"{"x":[1,2]}"#);
+                assert_eq!(to.unwrap(), vec![id]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = format!(r#"{{"op":"send","to":"{id}","data":"hi"}}"#);
+        assert!(matches!(parse_request(&text).unwrap().op, Op::Send { .. }));
+        assert!(matches!(parse_request(r#"{"op":"ping"}"#).unwrap().op, Op::Ping));
+    }
+
+    #[test]
+    fn bad_requests_get_precise_codes_and_keep_the_id() {
+        let cases = [
+            ("not json", ErrorCode::InvalidJson),
+            ("[1,2]", ErrorCode::BadRequest),
+            (r#"{"id":1}"#, ErrorCode::MissingField),
+            (r#"{"op":"dance","id":1}"#, ErrorCode::UnknownOp),
+            (r#"{"op":7,"id":1}"#, ErrorCode::BadRequest),
+            (r#"{"op":"subscribe","id":1}"#, ErrorCode::MissingField),
+            (r#"{"op":"subscribe","channels":"a","id":1}"#, ErrorCode::BadRequest),
+            (r#"{"op":"subscribe","channels":[],"id":1}"#, ErrorCode::BadRequest),
+            (r#"{"op":"subscribe","channels":["a b"],"id":1}"#, ErrorCode::InvalidChannel),
+            (r#"{"op":"publish","channels":["a"],"id":1}"#, ErrorCode::MissingField),
+            (r#"{"op":"publish","channels":["a"],"data":1,"to":["x"],"id":1}"#, ErrorCode::InvalidClientId),
+            (r#"{"op":"send","to":"nope","data":1,"id":1}"#, ErrorCode::InvalidClientId),
+        ];
+        for (text, code) in cases {
+            let err = parse_request(text).unwrap_err();
+            assert_eq!(err.error.code, code, "{text}");
+            if text.contains("\"id\":1") {
+                assert_eq!(err.id.map(|r| r.get()), Some("1"), "{text}");
+            }
+        }
+        let err = parse_request(r#"{"op":"ping","id":{"a":1}}"#).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn encodes_deliveries_as_documented() {
+        let m = Message {
+            channel: ChannelName::parse("news").unwrap(),
+            offset: 7,
+            epoch: "abc".into(),
+            from: None,
+            data: Bytes::from_static(br#"{"t":"hi \"x\""}"#),
+        };
+        let v = payload(&NATIVE_WS.message(&m));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"message","channel":"news","offset":7,"epoch":"abc","from":null,"data":{"t":"hi \"x\""}})
+        );
+        let from = ClientId::random();
+        let v = payload(&NATIVE_WS.direct(Some(from), b"[1]"));
+        assert_eq!(v, serde_json::json!({"op":"direct","from":from.to_string(),"data":[1]}));
+        let v = payload(&NATIVE_WS.unsubscribed(&m.channel, "channel_deleted"));
+        assert_eq!(v, serde_json::json!({"op":"unsubscribed","channel":"news","reason":"channel_deleted"}));
+    }
+
+    #[test]
+    fn replies_echo_ids() {
+        let id = RawValue::from_string("\"abc\"".into()).unwrap();
+        let v = payload(&reply_ok(&id, &serde_json::json!({"subscribed":["a"]})));
+        assert_eq!(v, serde_json::json!({"op":"reply","id":"abc","result":{"subscribed":["a"]}}));
+        let err = HeraldError::new(ErrorCode::Forbidden, "no \"way\"");
+        let v = payload(&reply_error(None, &err));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"reply","id":null,"error":{"code":"forbidden","message":"no \"way\""}})
+        );
+    }
+}
