@@ -92,7 +92,7 @@ impl Serialize for ChannelName {
 
 /// Who may do what on a channel. Channels created on first use take the configured defaults;
 /// channels created through the API take what the request says (missing fields: defaults).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelOptions {
     /// Any client may subscribe. When false, only admins, holders of the channel's token and

@@ -96,6 +96,11 @@ impl Outbox {
         self.state.lock().closing.is_some()
     }
 
+    /// The pending close request, if any.
+    pub fn closing(&self) -> Option<Disconnect> {
+        self.state.lock().closing.clone()
+    }
+
     /// Bytes queued and not yet taken by the writer.
     pub fn pending_bytes(&self) -> usize {
         self.state.lock().bytes

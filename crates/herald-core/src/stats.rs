@@ -28,7 +28,7 @@ impl Stats {
 }
 
 /// A point-in-time view, as served by `GET /api/v1/stats`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct StatsSnapshot {
     /// Open connections now.
     pub connections: u64,

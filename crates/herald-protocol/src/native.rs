@@ -37,7 +37,7 @@ pub enum Op<'a> {
 /// so a wrong type gets an error naming the field. Unknown fields are ignored (clients may be
 /// newer than the server).
 #[derive(Deserialize)]
-struct Envelope<'a> {
+pub struct Fields<'a> {
     #[serde(borrow, default)]
     op: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -63,15 +63,7 @@ pub struct BadRequest<'a> {
 
 /// Parses one text frame.
 pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
-    let env: Envelope = serde_json::from_str(text).map_err(|e| BadRequest {
-        id: None,
-        error: match e.classify() {
-            serde_json::error::Category::Data => {
-                HeraldError::bad_request("a request must be a JSON object")
-            }
-            _ => HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
-        },
-    })?;
+    let env = Fields::parse(text).map_err(|error| BadRequest { id: None, error })?;
     let id = match env.id {
         Some(raw) if is_valid_id(raw) => Some(raw),
         Some(_) => {
@@ -85,13 +77,41 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     parse_op(&env).map(|op| Request { id, op }).map_err(|error| BadRequest { id, error })
 }
 
+impl<'a> Fields<'a> {
+    /// Parses a JSON object's fields (also used for HTTP API bodies, so both name channels,
+    /// data and recipients the same way and fail with the same errors).
+    pub fn parse(text: &'a str) -> Result<Fields<'a>, HeraldError> {
+        serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                HeraldError::bad_request("the body must be a JSON object")
+            }
+            _ => HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
+        })
+    }
+
+    /// `channels` (array of strings) or `channel` (one string); exactly one must be present.
+    pub fn channels(&self) -> Result<Vec<ChannelName>, HeraldError> {
+        channel_list(self)
+    }
+
+    /// `data`, required.
+    pub fn data(&self) -> Result<&'a RawValue, HeraldError> {
+        self.data.ok_or_else(|| missing("data"))
+    }
+
+    /// `to` as a list of client ids, if present.
+    pub fn recipients(&self) -> Result<Option<Vec<ClientId>>, HeraldError> {
+        self.to.map(client_list).transpose()
+    }
+}
+
 fn is_valid_id(raw: &RawValue) -> bool {
     let s = raw.get();
     (s.starts_with('"') || s.starts_with('-') || s.starts_with(|c: char| c.is_ascii_digit()))
         && s.len() <= 256
 }
 
-fn parse_op<'a>(env: &Envelope<'a>) -> Result<Op<'a>, HeraldError> {
+fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
     let op_raw = env.op.ok_or_else(|| missing("op"))?;
     let op: &str = serde_json::from_str(op_raw.get())
         .map_err(|_| HeraldError::bad_request("\"op\" must be a string"))?;
@@ -108,12 +128,9 @@ fn parse_op<'a>(env: &Envelope<'a>) -> Result<Op<'a>, HeraldError> {
         },
         "unsubscribe" => Op::Unsubscribe { channels: channel_list(env)? },
         "publish" => Op::Publish {
-            channels: channel_list(env)?,
-            data: env.data.ok_or_else(|| missing("data"))?,
-            to: match env.to {
-                Some(raw) => Some(client_list(raw)?),
-                None => None,
-            },
+            channels: env.channels()?,
+            data: env.data()?,
+            to: env.recipients()?,
         },
         "send" => Op::Send {
             to: {
@@ -122,7 +139,7 @@ fn parse_op<'a>(env: &Envelope<'a>) -> Result<Op<'a>, HeraldError> {
                     .map_err(|_| HeraldError::bad_request("\"to\" must be a client id string"))?;
                 ClientId::parse(s)?
             },
-            data: env.data.ok_or_else(|| missing("data"))?,
+            data: env.data()?,
         },
         "ping" => Op::Ping,
         other => {
@@ -139,7 +156,7 @@ fn missing(field: &str) -> HeraldError {
 }
 
 /// `channels` (array of strings) or `channel` (one string); exactly one must be present.
-fn channel_list(env: &Envelope) -> Result<Vec<ChannelName>, HeraldError> {
+fn channel_list(env: &Fields) -> Result<Vec<ChannelName>, HeraldError> {
     let names: Vec<&str> = match (env.channels, env.channel) {
         (Some(raw), None) => serde_json::from_str(raw.get()).map_err(|_| {
             HeraldError::bad_request("\"channels\" must be an array of strings")

@@ -1,1 +1,18 @@
-//! placeholder
+//! herald-server: everything between the network and the hub.
+//!
+//! - [`server`]: builds the hub from the [`config::Config`], binds the listener, runs the
+//!   accept loop (hyper HTTP/1.1 with upgrades), the keep-alive pinger and graceful shutdown.
+//! - [`http`]: the HTTP API under `/api/v1` (axum), `/healthz`, the OpenAPI document.
+//! - [`ws`]: the WebSocket transport: handshake and the per-connection task.
+//! - [`store`]: the embedded redb store.
+//! - [`admin_key`]: loading or generating the admin key.
+
+pub mod admin_key;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod ws;
+
+pub use config::Config;
+pub use server::{RunningServer, start};

@@ -69,8 +69,9 @@ pub struct PublishRequest {
 }
 
 /// One channel's outcome of a publication.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ChannelPublished {
+    #[schema(value_type = String)]
     pub channel: ChannelName,
     pub offset: u64,
     pub epoch: String,
@@ -78,8 +79,9 @@ pub struct ChannelPublished {
 }
 
 /// A client for listings.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ClientSummary {
+    #[schema(value_type = String, format = Uuid)]
     pub id: ClientId,
     pub dialect: &'static str,
     pub remote: Option<String>,
@@ -91,11 +93,12 @@ pub struct ClientSummary {
     pub pending_bytes: usize,
     /// Present in single-client views.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub channels: Option<Vec<ChannelName>>,
 }
 
 /// A newly created channel and its token (shown once; only its hash is kept).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedChannel {
     #[serde(flatten)]
     pub channel: ChannelSummary,

@@ -60,8 +60,9 @@ struct ChannelState {
 }
 
 /// A snapshot of a channel for listings.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ChannelSummary {
+    #[schema(value_type = String)]
     pub name: ChannelName,
     pub subscribers: u64,
     pub persistent: bool,

@@ -1,0 +1,260 @@
+//! Configuration: defaults, then a TOML file, then `HERALD_*` environment variables, then
+//! command-line flags (applied by the binary). Every key is documented in docs/configuration.md
+//! and in the commented file `herald config init` writes ([`DEFAULT_CONFIG_TOML`]).
+//!
+//! Environment variables: `HERALD_<KEY>` for top-level keys (`HERALD_LISTEN`,
+//! `HERALD_ADMIN_KEY`, ...) and `HERALD_<SECTION>__<KEY>` for keys in a section
+//! (`HERALD_WEBSOCKET__PING_INTERVAL_SECS`). Other `HERALD_*` variables are ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment2::Figment;
+use figment2::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use herald_core::{ChannelOptions, HubConfig};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the main listener (WebSocket at /ws, HTTP API at /api/v1).
+    pub listen: SocketAddr,
+    /// Where the embedded store and the generated admin key live.
+    pub data_dir: PathBuf,
+    /// The admin key. Empty: use `<data_dir>/admin.key`, generating it on first start.
+    pub admin_key: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. "info" or "herald_server=debug".
+    pub log: String,
+    pub websocket: WebSocketConfig,
+    pub channels: ChannelsConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// A connection silent (no frame, no pong) for this long is closed with 4101.
+    pub ping_timeout_secs: u64,
+    /// Largest WebSocket message a client may send; larger ones get `message_too_large`.
+    pub max_message_bytes: usize,
+    /// Bytes queued for one connection before it is disconnected as a slow consumer (4100).
+    pub outbox_max_bytes: usize,
+    /// Seconds a WebSocket handshake (and an HTTP request head) may take.
+    pub handshake_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelsConfig {
+    /// Subscribing or publishing to an unknown channel creates it.
+    pub auto_create: bool,
+    /// Options of channels created on first use.
+    pub public: bool,
+    pub client_publish: bool,
+    /// 0 = unlimited.
+    pub max_subscribers: u32,
+    /// Clients may send direct messages (`op: send`) to other clients.
+    pub client_direct_messages: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_channels_per_connection: usize,
+    pub max_channels_per_request: usize,
+    pub max_payload_bytes: usize,
+    pub max_recipients: usize,
+    pub max_http_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".parse().expect("valid default address"),
+            data_dir: PathBuf::from("./herald-data"),
+            admin_key: String::new(),
+            log: "info".into(),
+            websocket: WebSocketConfig::default(),
+            channels: ChannelsConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval_secs: 25,
+            ping_timeout_secs: 60,
+            max_message_bytes: 64 * 1024,
+            outbox_max_bytes: 1024 * 1024,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for ChannelsConfig {
+    fn default() -> Self {
+        ChannelsConfig {
+            auto_create: true,
+            public: true,
+            client_publish: false,
+            max_subscribers: 0,
+            client_direct_messages: false,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_channels_per_connection: 1000,
+            max_channels_per_request: 100,
+            max_payload_bytes: 64 * 1024,
+            max_recipients: 1000,
+            max_http_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Top-level keys and sections, for picking the `HERALD_*` variables that are ours.
+const KNOWN_KEYS: &[&str] =
+    &["listen", "data_dir", "admin_key", "log", "websocket", "channels", "limits"];
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then `file` (if given, it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::new().merge(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(
+            Env::prefixed("HERALD_")
+                .split("__")
+                .filter(|key| KNOWN_KEYS.iter().any(|k| key.as_str().split('.').next() == Some(k))),
+        );
+        let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let ws = &self.websocket;
+        if ws.ping_interval_secs == 0 {
+            return bad("websocket.ping_interval_secs", "must be at least 1");
+        }
+        if ws.ping_timeout_secs <= ws.ping_interval_secs {
+            return bad("websocket.ping_timeout_secs", "must be greater than ping_interval_secs");
+        }
+        if !(128..=64 * 1024 * 1024).contains(&ws.max_message_bytes) {
+            return bad("websocket.max_message_bytes", "must be between 128 and 67108864");
+        }
+        if ws.outbox_max_bytes < ws.max_message_bytes.min(64 * 1024) {
+            return bad("websocket.outbox_max_bytes", "must be at least 65536 (or max_message_bytes)");
+        }
+        if ws.handshake_timeout_secs == 0 {
+            return bad("websocket.handshake_timeout_secs", "must be at least 1");
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_channels_per_connection", l.max_channels_per_connection),
+            ("limits.max_channels_per_request", l.max_channels_per_request),
+            ("limits.max_payload_bytes", l.max_payload_bytes),
+            ("limits.max_recipients", l.max_recipients),
+            ("limits.max_http_body_bytes", l.max_http_body_bytes),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if l.max_payload_bytes > l.max_http_body_bytes {
+            return bad("limits.max_payload_bytes", "must not exceed limits.max_http_body_bytes");
+        }
+        if self.admin_key.is_empty() {
+            return Ok(());
+        }
+        if self.admin_key.len() < 16 {
+            return bad("admin_key", "must be at least 16 characters (or empty to generate one)");
+        }
+        Ok(())
+    }
+
+    /// The hub's share of the configuration.
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            outbox_max_bytes: self.websocket.outbox_max_bytes,
+            max_channels_per_connection: self.limits.max_channels_per_connection,
+            max_channels_per_request: self.limits.max_channels_per_request,
+            max_payload_bytes: self.limits.max_payload_bytes,
+            max_recipients: self.limits.max_recipients,
+            auto_create_channels: self.channels.auto_create,
+            channel_defaults: ChannelOptions {
+                public: self.channels.public,
+                client_publish: self.channels.client_publish,
+                max_subscribers: (self.channels.max_subscribers > 0)
+                    .then_some(self.channels.max_subscribers),
+            },
+            client_direct_messages: self.channels.client_direct_messages,
+        }
+    }
+}
+
+/// figment's errors already name the key ("for key `websocket.ping_interval_secs`"); keep
+/// every error of a multi-error report.
+fn describe(err: figment2::Error) -> String {
+    err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+/// The commented file written by `herald config init`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../herald.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, DEFAULT_CONFIG_TOML).unwrap();
+        let parsed: Config = Figment::new().merge(Toml::file(&path)).extract().unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, "[websocket]\nping_interval_secs = \"soon\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("websocket.ping_interval_secs"), "{err}");
+
+        std::fs::write(&path, "[websocket]\nping_intervl_secs = 3\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("ping_intervl_secs"), "{err}");
+
+        std::fs::write(&path, "[websocket]\nping_interval_secs = 0\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("websocket.ping_interval_secs"), "{err}");
+
+        let err = Config::load(Some(&dir.path().join("missing.toml"))).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

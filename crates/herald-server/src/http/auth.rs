@@ -1,0 +1,46 @@
+//! Who is calling the HTTP API: `Authorization: Bearer <admin key | channel token>`.
+//! The admin key is compared in constant time; a channel token is checked by the hub against
+//! the channel the request touches. Requests without a credential are refused.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use herald_core::secret::{self, CHANNEL_TOKEN_PREFIX};
+use herald_core::{Actor, ErrorCode};
+
+use super::error::ApiError;
+use crate::server::AppState;
+
+/// The authenticated caller of an API route.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing Authorization: Bearer <admin key or channel token>"))?;
+        let value = header.to_str().map_err(|_| unauthorized("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <credential>\""))?;
+        if secret::secrets_equal(token, &state.admin_key) {
+            return Ok(Caller(Actor::Admin));
+        }
+        if token.starts_with(CHANNEL_TOKEN_PREFIX) {
+            return Ok(Caller(Actor::ChannelToken(token.to_string())));
+        }
+        Err(unauthorized("unknown credential"))
+    }
+}

@@ -1,0 +1,49 @@
+//! API errors: the hub's [`HeraldError`] as an HTTP response with the code's status and the
+//! body `{"error":{"code":"...","message":"..."}}` (the same codes as the WebSocket).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_core::{ErrorCode, HeraldError};
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct ApiError(pub HeraldError);
+
+impl From<HeraldError> for ApiError {
+    fn from(e: HeraldError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError(HeraldError::new(code, message))
+    }
+}
+
+/// The error body, for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine code, e.g. `invalid_channel` (docs/errors.md).
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.0.code.as_str().to_string(), message: self.0.message },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,70 @@
+//! The HTTP side of the main listener: the API under `/api/v1`, `/healthz`, the OpenAPI
+//! document, and the `/ws` upgrade route (handed to [`crate::ws`]).
+
+mod auth;
+mod error;
+
+pub use error::ApiError;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use utoipa::OpenApi;
+
+use crate::server::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Herald HTTP API", description = "Publish and manage channels and clients. Errors are {\"error\":{\"code\",\"message\"}} with the codes of docs/errors.md."),
+    paths(
+        routes::publish, routes::list_channels, routes::create_channel, routes::get_channel,
+        routes::delete_channel, routes::list_clients, routes::get_client, routes::subscribe_client,
+        routes::unsubscribe_client, routes::send_to_client, routes::kick_client, routes::stats,
+        routes::healthz
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.config.limits.max_http_body_bytes;
+    let api = Router::new()
+        .route("/publish", post(routes::publish))
+        .route("/channels", get(routes::list_channels).post(routes::create_channel))
+        .route("/channels/{name}", get(routes::get_channel).delete(routes::delete_channel))
+        .route("/clients", get(routes::list_clients))
+        .route("/clients/{id}", get(routes::get_client).delete(routes::kick_client))
+        .route("/clients/{id}/subscribe", post(routes::subscribe_client))
+        .route("/clients/{id}/unsubscribe", post(routes::unsubscribe_client))
+        .route("/clients/{id}/send", post(routes::send_to_client))
+        .route("/stats", get(routes::stats))
+        .route("/openapi.json", get(openapi_json));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(routes::healthz))
+        .route("/ws", get(crate::ws::upgrade))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}

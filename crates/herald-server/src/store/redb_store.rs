@@ -1,0 +1,97 @@
+//! The embedded store: one redb file (`<data_dir>/herald.redb`). Each write is its own
+//! transaction with redb's default durability (fsync on commit), so a channel the API
+//! confirmed survives a crash. Values are JSON, so the format stays readable and can gain
+//! fields without a migration.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use herald_core::store::{ChannelRecord, Store, StoreError};
+
+const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`, creating the directory if needed.
+    pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let path = dir.join("herald.redb");
+        let db = Database::create(&path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(CHANNELS).map_err(err)?;
+        txn.commit().map_err(err)?;
+        Ok(RedbStore { db })
+    }
+}
+
+impl Store for RedbStore {
+    fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(CHANNELS).map_err(err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(err)? {
+            let (key, value) = entry.map_err(err)?;
+            match serde_json::from_slice::<ChannelRecord>(value.value()) {
+                Ok(rec) => out.push(rec),
+                Err(e) => tracing::error!(channel = key.value(), error = %e, "unreadable channel record skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(rec).map_err(err)?;
+        let txn = self.db.begin_write().map_err(err)?;
+        {
+            let mut table = txn.open_table(CHANNELS).map_err(err)?;
+            table.insert(rec.name.as_str(), value.as_slice()).map_err(err)?;
+        }
+        txn.commit().map_err(err)
+    }
+
+    fn delete_channel(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(err)?;
+        let removed = {
+            let mut table = txn.open_table(CHANNELS).map_err(err)?;
+            table.remove(name).map_err(err)?.is_some()
+        };
+        txn.commit().map_err(err)?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::ChannelOptions;
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = ChannelRecord {
+            name: "orders".into(),
+            options: ChannelOptions { public: false, client_publish: true, max_subscribers: Some(3) },
+            token_hash: "ab".repeat(32),
+            created_at_ms: 1,
+        };
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store.put_channel(&rec).unwrap();
+            store.put_channel(&ChannelRecord { name: "tmp".into(), ..rec.clone() }).unwrap();
+            assert!(store.delete_channel("tmp").unwrap());
+            assert!(!store.delete_channel("tmp").unwrap());
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_channels().unwrap(), vec![rec]);
+    }
+}

@@ -1,0 +1,206 @@
+//! One WebSocket connection: a single task that reads frames and drains the client's outbox.
+//!
+//! Reading uses `readable()` + `try_read` into a buffer that is released whenever it is
+//! empty, so an idle connection holds no read buffer. Writing drains everything queued (up to
+//! a batch) into one contiguous buffer and writes it with as few system calls as the socket
+//! allows. While a write is blocked on a full socket the task still notices a close request
+//! (slow consumer, kick, ping timeout, shutdown) and drops the connection instead of waiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use herald_core::client::{ClientInfo, DisconnectReason, close_code, now_ms};
+use herald_core::{ClientHandle, Disconnect, ErrorCode, HeraldError};
+use herald_protocol::native::{self, NATIVE_WS};
+use herald_protocol::ws::{self, Decoder, Incoming};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::native::Session;
+use crate::server::AppState;
+
+/// Most bytes moved from the outbox per write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Read-buffer growth step.
+const READ_CHUNK: usize = 4096;
+
+pub async fn run(state: Arc<AppState>, stream: TcpStream, leftover: Bytes, remote: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let ws_cfg = &state.config.websocket;
+    let client = state.hub.connect(&NATIVE_WS, ClientInfo::new(Some(remote), native::DIALECT));
+    let welcome =
+        native::welcome(client.id, ws_cfg.ping_interval_secs * 1000, ws_cfg.max_message_bytes);
+    state.hub.registry().push_or_close(&client, welcome);
+    let mut conn = Connection {
+        session: Session::new(&state, &client),
+        client: &client,
+        stream,
+        read_buf: BytesMut::from(&leftover[..]),
+        decoder: Decoder::new(ws_cfg.max_message_bytes),
+    };
+    let reason = conn.serve().await;
+    state.hub.disconnect(&client, reason);
+}
+
+struct Connection<'a> {
+    session: Session<'a>,
+    client: &'a Arc<ClientHandle>,
+    stream: TcpStream,
+    read_buf: BytesMut,
+    decoder: Decoder,
+}
+
+/// Control flow out of a step: keep serving, or the connection ended for this reason.
+type Step = Result<(), DisconnectReason>;
+
+impl Connection<'_> {
+    async fn serve(&mut self) -> DisconnectReason {
+        // Frames that arrived with the handshake.
+        if let Err(reason) = self.process_read_buf().await {
+            return reason;
+        }
+        loop {
+            if let Err(reason) = self.flush().await {
+                return reason;
+            }
+            tokio::select! {
+                biased;
+                _ = self.client.outbox.ready() => {}
+                readable = self.stream.readable() => {
+                    if readable.is_err() {
+                        return DisconnectReason::ClosedByClient;
+                    }
+                    if let Err(reason) = self.read().await {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued; performs a requested close once the queue is empty.
+    async fn flush(&mut self) -> Step {
+        loop {
+            let mut batch = Vec::new();
+            let drained = self.client.outbox.drain(&mut batch, WRITE_BATCH);
+            if !batch.is_empty() {
+                self.write_all(&batch).await?;
+            }
+            if let Some(disconnect) = drained.closing {
+                self.close(&disconnect).await;
+                return Err(disconnect.reason);
+            }
+            if drained.frames == 0 || !self.client.outbox.has_pending() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes `buf`, giving up if the connection is asked to close while the socket is full.
+    async fn write_all(&mut self, buf: &[u8]) -> Step {
+        let mut written = 0;
+        while written < buf.len() {
+            match self.stream.try_write(&buf[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::select! {
+                        ready = self.stream.writable() => {
+                            ready.map_err(|_| DisconnectReason::ClosedByClient)?;
+                        }
+                        _ = self.client.outbox.ready() => {
+                            if let Some(d) = self.client.outbox.closing() {
+                                return Err(d.reason);
+                            }
+                        }
+                    }
+                }
+                Err(_) => return Err(DisconnectReason::ClosedByClient),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame (best effort) and half-closes the socket.
+    async fn close(&mut self, disconnect: &Disconnect) {
+        let frame = ws::close_frame(disconnect.code, &disconnect.message);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let _ = self.stream.write_all(&frame).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+
+    async fn read(&mut self) -> Step {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        match self.stream.try_read_buf(&mut self.read_buf) {
+            Ok(0) => return Err(DisconnectReason::ClosedByClient),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(DisconnectReason::ClosedByClient),
+        }
+        self.client.touch(now_ms());
+        self.process_read_buf().await
+    }
+
+    async fn process_read_buf(&mut self) -> Step {
+        loop {
+            match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(event)) => self.handle(event).await?,
+                Ok(None) => break,
+                Err(violation) => {
+                    tracing::debug!(client = %self.client.id, reason = violation.reason, "protocol violation");
+                    let d = Disconnect::new(
+                        DisconnectReason::ProtocolError,
+                        violation.close_code,
+                        violation.reason,
+                    );
+                    self.close(&d).await;
+                    return Err(d.reason);
+                }
+            }
+        }
+        if self.read_buf.is_empty() {
+            // Idle connections keep no read buffer.
+            self.read_buf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, event: Incoming) -> Step {
+        let reply = match event {
+            Incoming::Text(text) => self.session.handle_text(text).await,
+            Incoming::Binary(_) => Some(native::reply_error(
+                None,
+                &HeraldError::bad_request("binary messages are not part of the native protocol"),
+            )),
+            Incoming::TooLarge { len } => Some(native::reply_error(
+                None,
+                &HeraldError::new(
+                    ErrorCode::MessageTooLarge,
+                    format!("message of {len} bytes skipped: the limit is {} bytes", self.decoder_limit()),
+                ),
+            )),
+            Incoming::Ping(payload) => Some(ws::frame(ws::OP_PONG, &payload)),
+            Incoming::Pong => None,
+            Incoming::Close(code, _) => {
+                let echo = match code {
+                    Some(c) if (1000..5000).contains(&c) => c,
+                    _ => close_code::NORMAL,
+                };
+                self.close(&Disconnect::new(DisconnectReason::ClosedByClient, echo, "")).await;
+                return Err(DisconnectReason::ClosedByClient);
+            }
+        };
+        if let Some(frame) = reply {
+            self.session.reply(frame);
+        }
+        Ok(())
+    }
+
+    fn decoder_limit(&self) -> usize {
+        self.session.max_message_bytes()
+    }
+}

@@ -1,0 +1,86 @@
+//! The WebSocket transport: the `/ws` upgrade (RFC 6455 handshake over hyper's upgrade
+//! mechanism) and the per-connection task in [`connection`], which feeds the native codec and
+//! drains the client's outbox.
+
+mod connection;
+mod native;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::ErrorCode;
+use herald_protocol::ws::accept_key;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::http::ApiError;
+use crate::server::AppState;
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// `GET /ws`: validates the handshake, answers 101 and hands the upgraded socket to a
+/// connection task.
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    mut req: Request,
+) -> Response {
+    let headers = req.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        let mut resp = ApiError::new(
+            ErrorCode::BadRequest,
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+        )
+        .into_response();
+        *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return resp;
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut resp =
+            ApiError::new(ErrorCode::BadRequest, "unsupported Sec-WebSocket-Version (need 13)")
+                .into_response();
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return resp;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) else {
+        return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
+    };
+    let accept = accept_key(key);
+    if state.hub.registry().client_count() >= state.config.limits.max_connections {
+        tracing::warn!(%remote, "connection refused: limits.max_connections reached");
+        let mut resp =
+            ApiError::new(ErrorCode::TooMany, "the server is at its connection limit").into_response();
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return resp;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    connection::run(state, parts.io.into_inner(), parts.read_buf, remote).await
+                }
+                Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+            },
+            Err(e) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("static response parts are valid")
+}
