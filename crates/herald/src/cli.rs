@@ -1,0 +1,234 @@
+//! Command-line interface: argument definitions and what each subcommand does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use herald_client::{Api, Client, Event};
+use herald_server::Config;
+use herald_server::config::DEFAULT_CONFIG_TOML;
+
+use crate::bench;
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Real-time pub/sub over WebSockets")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Publish one message through the HTTP API.
+    Pub(PubArgs),
+    /// Subscribe to channels and print every message as a JSON line.
+    Sub(SubArgs),
+    /// Load-test a running server (fanout, idle, connect).
+    Bench(bench::BenchArgs),
+    /// Write or check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Config file (default: ./herald.toml if it exists).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:8080 (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PubArgs {
+    /// Channel to publish to.
+    channel: String,
+    /// The message: JSON, or any other text (sent as a JSON string).
+    message: String,
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "HERALD_URL")]
+    url: String,
+    /// Admin key or the channel's token.
+    #[arg(long, env = "HERALD_ADMIN_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+#[derive(Args)]
+struct SubArgs {
+    /// Channels to subscribe to.
+    #[arg(required = true)]
+    channels: Vec<String>,
+    /// WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", env = "HERALD_WS_URL")]
+    url: String,
+    /// Channel token, for private channels.
+    #[arg(long)]
+    token: Option<String>,
+    /// Exit after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Write a commented default config file.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "herald.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate a config file (and HERALD_* variables) and print the result.
+    Check { path: PathBuf },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Pub(args) => publish(args).await,
+        Command::Sub(args) => subscribe(args).await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::Config(ConfigCommand::Init { path, force }) => config_init(&path, force),
+        Command::Config(ConfigCommand::Check { path }) => {
+            let config = Config::load(Some(&path))?;
+            println!("{} is valid; effective configuration:\n", path.display());
+            let mut shown = config.clone();
+            if !shown.admin_key.is_empty() {
+                shown.admin_key = "<set>".into();
+            }
+            println!("{}", toml_of(&shown)?);
+            Ok(())
+        }
+    }
+}
+
+fn toml_of(config: &Config) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(config)?)
+}
+
+fn config_init(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.exists() && !force {
+        anyhow::bail!("{} exists; use --force to overwrite", path.display());
+    }
+    std::fs::write(path, DEFAULT_CONFIG_TOML).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn load_serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let default_file = PathBuf::from("herald.toml");
+    let file = match &args.config {
+        Some(p) => Some(p.clone()),
+        None if default_file.exists() => Some(default_file),
+        None => None,
+    };
+    let mut config = Config::load(file.as_deref())?;
+    if let Some(listen) = &args.listen {
+        config.listen = listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--listen {listen:?}: not an address like 127.0.0.1:8080 ({e})"))?;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_serve_config(&args)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: log: {e}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let server = herald_server::start(config).await?;
+    let addr = server.local_addr;
+    tracing::info!(%addr, restored_channels = server.restored_channels, "herald listening");
+    eprintln!("herald {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    eprintln!("  WebSocket:  ws://{addr}/ws");
+    eprintln!("  HTTP API:   http://{addr}/api/v1  (OpenAPI: /api/v1/openapi.json)");
+    let data_dir = &server.state.config.data_dir;
+    if server.generated_admin_key {
+        eprintln!(
+            "  admin key (generated, shown once; kept in {}): {}",
+            data_dir.join("admin.key").display(),
+            server.admin_key()
+        );
+    } else if server.state.config.admin_key.is_empty() {
+        eprintln!("  admin key:  in {}", data_dir.join("admin.key").display());
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn publish(args: PubArgs) -> anyhow::Result<()> {
+    let key = args.key.filter(|k| !k.is_empty()).context(
+        "no credential: pass --key or set HERALD_ADMIN_KEY (the admin key is in <data_dir>/admin.key)",
+    )?;
+    let data = serde_json::from_str(&args.message)
+        .unwrap_or_else(|_| serde_json::Value::String(args.message.clone()));
+    let api = Api::new(&args.url, Some(&key));
+    let result = api.publish(&[&args.channel], data).await?;
+    println!("{result}");
+    Ok(())
+}
+
+async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
+    let mut client = Client::connect(&args.url).await?;
+    let mut req = serde_json::json!({"op": "subscribe", "channels": args.channels});
+    if let Some(token) = &args.token {
+        req["token"] = serde_json::Value::String(token.clone());
+    }
+    client.request_ok(req).await?;
+    eprintln!("subscribed to {} as {}", args.channels.join(", "), client.id());
+    let mut seen = 0u64;
+    let mut out = std::io::stdout();
+    loop {
+        match client.next_event(Duration::from_secs(3600)).await {
+            Ok(Event::Frame(v)) => {
+                if matches!(v["op"].as_str(), Some("message" | "direct" | "unsubscribed")) {
+                    writeln!(out, "{v}")?;
+                    out.flush()?;
+                    seen += 1;
+                    if args.count.is_some_and(|n| seen >= n) {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(Event::Text(t)) => writeln!(out, "{t}")?,
+            Ok(Event::Closed { code, reason }) => anyhow::bail!("server closed the connection: {code} {reason}"),
+            Err(e) if e.to_string().contains("timed out") => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
