@@ -144,7 +144,10 @@ impl Config {
         fig = fig.merge(
             Env::prefixed("HERALD_")
                 .split("__")
-                .filter(|key| KNOWN_KEYS.iter().any(|k| key.as_str().split('.').next() == Some(k))),
+                .filter(|key| {
+                    let first = key.as_str().split('.').next().unwrap_or_default();
+                    KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
+                }),
         );
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;

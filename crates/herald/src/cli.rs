@@ -101,19 +101,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Init { path, force }) => config_init(&path, force),
         Command::Config(ConfigCommand::Check { path }) => {
             let config = Config::load(Some(&path))?;
-            println!("{} is valid; effective configuration:\n", path.display());
+            println!("{} is valid; effective configuration (JSON):\n", path.display());
             let mut shown = config.clone();
             if !shown.admin_key.is_empty() {
                 shown.admin_key = "<set>".into();
             }
-            println!("{}", toml_of(&shown)?);
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
     }
-}
-
-fn toml_of(config: &Config) -> anyhow::Result<String> {
-    Ok(serde_json::to_string_pretty(config)?)
 }
 
 fn config_init(path: &Path, force: bool) -> anyhow::Result<()> {
