@@ -128,7 +128,8 @@ impl Outbox {
             out.extend_from_slice(&frame);
         }
         st.bytes -= bytes;
-        if st.frames.is_empty() && st.frames.capacity() > 64 {
+        if st.frames.is_empty() && st.frames.capacity() > 0 {
+            // Idle connections keep no queue memory.
             st.frames = VecDeque::new();
         }
         let closing = if st.frames.is_empty() { st.closing.clone() } else { None };

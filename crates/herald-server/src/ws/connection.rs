@@ -32,11 +32,14 @@ pub async fn run(state: Arc<AppState>, stream: TcpStream, leftover: Bytes, remot
     let welcome =
         native::welcome(client.id, ws_cfg.ping_interval_secs * 1000, ws_cfg.max_message_bytes);
     state.hub.registry().push_or_close(&client, welcome);
+    // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
+    let read_buf = BytesMut::from(&leftover[..]);
+    drop(leftover);
     let mut conn = Connection {
         session: Session::new(&state, &client),
         client: &client,
         stream,
-        read_buf: BytesMut::from(&leftover[..]),
+        read_buf,
         decoder: Decoder::new(ws_cfg.max_message_bytes),
     };
     let reason = conn.serve().await;
@@ -138,7 +141,11 @@ impl Connection<'_> {
         match self.stream.try_read_buf(&mut self.read_buf) {
             Ok(0) => return Err(DisconnectReason::ClosedByClient),
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Spurious readiness: don't keep the buffer we just reserved.
+                self.release_empty_read_buf();
+                return Ok(());
+            }
             Err(_) => return Err(DisconnectReason::ClosedByClient),
         }
         self.client.touch(now_ms());
@@ -162,11 +169,15 @@ impl Connection<'_> {
                 }
             }
         }
-        if self.read_buf.is_empty() {
-            // Idle connections keep no read buffer.
+        self.release_empty_read_buf();
+        Ok(())
+    }
+
+    /// Idle connections keep no read buffer.
+    fn release_empty_read_buf(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
             self.read_buf = BytesMut::new();
         }
-        Ok(())
     }
 
     async fn handle(&mut self, event: Incoming) -> Step {
