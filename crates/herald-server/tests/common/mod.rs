@@ -1,0 +1,190 @@
+//! Test support: a real server on 127.0.0.1:0 with its own data directory, and a raw
+//! WebSocket peer for the cases a well-behaved client library will not produce (unmasked
+//! frames, never reading, never answering pings).
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use herald_client::{Api, Client};
+use herald_server::{Config, RunningServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+pub fn config(data_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = data_dir.to_path_buf();
+    config.admin_key = ADMIN_KEY.into();
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        tweak(&mut config);
+        config.validate().expect("test config is valid");
+        let server = herald_server::start(config).await.expect("server starts");
+        TestServer { server, dir: Some(dir) }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr())
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    pub fn admin(&self) -> Api {
+        Api::new(&self.http(), Some(ADMIN_KEY))
+    }
+
+    pub fn anonymous(&self) -> Api {
+        Api::new(&self.http(), None)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.ws_url()).await.expect("client connects")
+    }
+}
+
+/// A WebSocket peer speaking raw frames over TCP.
+pub struct RawPeer {
+    pub tcp: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl RawPeer {
+    pub async fn connect(addr: SocketAddr) -> RawPeer {
+        Self::connect_with(addr, None).await
+    }
+
+    /// `recv_buffer`: a small receive buffer makes a non-reading peer fill up quickly.
+    pub async fn connect_with(addr: SocketAddr, recv_buffer: Option<u32>) -> RawPeer {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let mut tcp = socket.connect(addr).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut peer = RawPeer { tcp, buf: Vec::new() };
+        let head = peer.read_until(b"\r\n\r\n").await;
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "accept key: {head}");
+        peer
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await.expect("read timed out").unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    async fn read_until(&mut self, marker: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(pos) = self.buf.windows(marker.len()).position(|w| w == marker) {
+                let out = self.buf[..pos + marker.len()].to_vec();
+                self.buf.drain(..pos + marker.len());
+                return out;
+            }
+            assert!(self.fill().await > 0, "connection closed before {marker:?}");
+        }
+    }
+
+    /// Next server frame as (opcode, payload); `None` when the connection closed.
+    pub async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 2 {
+                let (op, len7) = (self.buf[0] & 0x0F, (self.buf[1] & 0x7F) as usize);
+                let (len, hdr) = match len7 {
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= hdr + len {
+                    let payload = self.buf[hdr..hdr + len].to_vec();
+                    self.buf.drain(..hdr + len);
+                    return Some((op, payload));
+                }
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Next text frame as JSON, skipping pings.
+    pub async fn json(&mut self) -> serde_json::Value {
+        loop {
+            let (op, payload) = self.frame().await.expect("connection open");
+            if op == 1 {
+                return serde_json::from_slice(&payload).unwrap();
+            }
+        }
+    }
+
+    /// Waits for the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, payload)) = self.frame().await {
+            if op == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+        None
+    }
+
+    /// Sends a frame; `masked` false breaks the protocol on purpose.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        let mut out = vec![0x80 | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(mask_bit | n as u8),
+            n if n <= 65535 => {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [9u8, 8, 7, 6];
+        if masked {
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
+        self.tcp.write_all(&out).await.unwrap();
+    }
+
+    pub async fn send_json(&mut self, v: serde_json::Value) {
+        self.send(1, v.to_string().as_bytes(), true).await;
+    }
+}
