@@ -81,6 +81,12 @@ impl<'a> Fields<'a> {
     /// Parses a JSON object's fields (also used for HTTP API bodies, so both name channels,
     /// data and recipients the same way and fail with the same errors).
     pub fn parse(text: &'a str) -> Result<Fields<'a>, HeraldError> {
+        // serde would also accept an array of field values; only objects are requests.
+        if !text.trim_start().starts_with('{')
+            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        {
+            return Err(HeraldError::bad_request("the body must be a JSON object"));
+        }
         serde_json::from_str(text).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => {
                 HeraldError::bad_request("the body must be a JSON object")
@@ -323,6 +329,8 @@ mod tests {
         let cases = [
             ("not json", ErrorCode::InvalidJson),
             ("[1,2]", ErrorCode::BadRequest),
+            ("[]", ErrorCode::BadRequest),
+            ("\"op\"", ErrorCode::BadRequest),
             (r#"{"id":1}"#, ErrorCode::MissingField),
             (r#"{"op":"dance","id":1}"#, ErrorCode::UnknownOp),
             (r#"{"op":7,"id":1}"#, ErrorCode::BadRequest),

@@ -73,8 +73,9 @@ impl RunningServer {
         &self.state.admin_key
     }
 
-    /// Stops accepting, asks every connection to close (1001) and waits up to `grace` for
-    /// them to finish.
+    /// Stops accepting, asks every WebSocket connection to close (1001) and every HTTP
+    /// connection to finish its request, and waits up to `grace` for all of them (and with
+    /// them the store) to be released.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -82,7 +83,7 @@ impl RunningServer {
         }
         self.state.hub.close_all(Disconnect::shutdown());
         let deadline = tokio::time::Instant::now() + grace;
-        while self.state.hub.registry().client_count() > 0 && tokio::time::Instant::now() < deadline {
+        while Arc::strong_count(&self.state) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -95,7 +96,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut shutdown: 
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
-                    tokio::spawn(serve_connection(tcp, remote, router.clone(), state.clone()));
+                    let conn = serve_connection(tcp, remote, router.clone(), state.clone(), shutdown.clone());
+                    tokio::spawn(conn);
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -107,7 +109,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut shutdown: 
     }
 }
 
-async fn serve_connection(tcp: TcpStream, remote: SocketAddr, router: axum::Router, state: Arc<AppState>) {
+async fn serve_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    router: axum::Router,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = tcp.set_nodelay(true);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
@@ -119,7 +127,17 @@ async fn serve_connection(tcp: TcpStream, remote: SocketAddr, router: axum::Rout
         .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    drop(state);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.changed() => {
+            // Finish the request in flight, then close (keep-alive connections end here).
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(timeout, conn).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
     }
 }
