@@ -107,7 +107,11 @@ pub struct ChannelOptions {
 
 impl Default for ChannelOptions {
     fn default() -> Self {
-        ChannelOptions { public: true, client_publish: false, max_subscribers: None }
+        ChannelOptions {
+            public: true,
+            client_publish: false,
+            max_subscribers: None,
+        }
     }
 }
 
@@ -117,7 +121,13 @@ mod tests {
 
     #[test]
     fn accepts_documented_characters() {
-        for ok in ["a", "chat:room-1", "user@example.com", "a/b.c_d=e+f", &"x".repeat(200)] {
+        for ok in [
+            "a",
+            "chat:room-1",
+            "user@example.com",
+            "a/b.c_d=e+f",
+            &"x".repeat(200),
+        ] {
             ChannelName::parse(ok).unwrap();
         }
     }

@@ -76,7 +76,11 @@ pub struct Disconnect {
 
 impl Disconnect {
     pub fn new(reason: DisconnectReason, code: u16, message: impl Into<String>) -> Self {
-        Disconnect { reason, code, message: message.into() }
+        Disconnect {
+            reason,
+            code,
+            message: message.into(),
+        }
     }
     pub fn slow_consumer() -> Self {
         Self::new(
@@ -86,10 +90,18 @@ impl Disconnect {
         )
     }
     pub fn timed_out() -> Self {
-        Self::new(DisconnectReason::TimedOut, close_code::TIMED_OUT, "ping timeout")
+        Self::new(
+            DisconnectReason::TimedOut,
+            close_code::TIMED_OUT,
+            "ping timeout",
+        )
     }
     pub fn shutdown() -> Self {
-        Self::new(DisconnectReason::ServerShutdown, close_code::GOING_AWAY, "server shutting down")
+        Self::new(
+            DisconnectReason::ServerShutdown,
+            close_code::GOING_AWAY,
+            "server shutting down",
+        )
     }
 }
 
@@ -104,13 +116,20 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     pub fn new(remote: Option<SocketAddr>, dialect: &'static str) -> Self {
-        ClientInfo { remote, dialect, connected_at_ms: now_ms() }
+        ClientInfo {
+            remote,
+            dialect,
+            connected_at_ms: now_ms(),
+        }
     }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One connected client.

@@ -140,7 +140,10 @@ pub struct HeraldError {
 
 impl HeraldError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        HeraldError { code, message: message.into() }
+        HeraldError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)

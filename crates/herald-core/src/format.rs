@@ -52,7 +52,10 @@ pub struct EncodeCache<'a> {
 
 impl<'a> EncodeCache<'a> {
     pub fn new(msg: &'a Message) -> Self {
-        EncodeCache { msg, encoded: Vec::new() }
+        EncodeCache {
+            msg,
+            encoded: Vec::new(),
+        }
     }
 
     /// The frame for `format`, encoding it on first use.

@@ -52,7 +52,10 @@ impl Default for Outbox {
 
 impl Outbox {
     pub fn new() -> Self {
-        Outbox { state: Mutex::new(State::default()), ready: Notify::new() }
+        Outbox {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+        }
     }
 
     /// Queues `frame` unless that would take the outbox over `limit` bytes.
@@ -132,8 +135,16 @@ impl Outbox {
             // Idle connections keep no queue memory.
             st.frames = VecDeque::new();
         }
-        let closing = if st.frames.is_empty() { st.closing.clone() } else { None };
-        Drained { frames, bytes, closing }
+        let closing = if st.frames.is_empty() {
+            st.closing.clone()
+        } else {
+            None
+        };
+        Drained {
+            frames,
+            bytes,
+            closing,
+        }
     }
 
     /// Whether frames are still queued (the writer drains again without waiting).
@@ -169,7 +180,10 @@ mod tests {
         let mut out = Vec::new();
         let d = ob.drain(&mut out, 1024);
         assert_eq!(d.frames, 0);
-        assert_eq!(d.closing.unwrap().reason, crate::client::DisconnectReason::SlowConsumer);
+        assert_eq!(
+            d.closing.unwrap().reason,
+            crate::client::DisconnectReason::SlowConsumer
+        );
     }
 
     #[test]

@@ -34,7 +34,10 @@ pub fn hash_token(token: &str) -> String {
 
 /// Compares a presented token with a stored hash in constant time.
 pub fn token_matches_hash(token: &str, stored_hash: &str) -> bool {
-    hash_token(token).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+    hash_token(token)
+        .as_bytes()
+        .ct_eq(stored_hash.as_bytes())
+        .into()
 }
 
 /// Compares two secrets in constant time (hashing first, so lengths do not leak either).

@@ -26,10 +26,22 @@ pub struct Request<'a> {
 
 #[derive(Debug)]
 pub enum Op<'a> {
-    Subscribe { channels: Vec<ChannelName>, token: Option<String> },
-    Unsubscribe { channels: Vec<ChannelName> },
-    Publish { channels: Vec<ChannelName>, data: &'a RawValue, to: Option<Vec<ClientId>> },
-    Send { to: ClientId, data: &'a RawValue },
+    Subscribe {
+        channels: Vec<ChannelName>,
+        token: Option<String>,
+    },
+    Unsubscribe {
+        channels: Vec<ChannelName>,
+    },
+    Publish {
+        channels: Vec<ChannelName>,
+        data: &'a RawValue,
+        to: Option<Vec<ClientId>>,
+    },
+    Send {
+        to: ClientId,
+        data: &'a RawValue,
+    },
     Ping,
 }
 
@@ -74,7 +86,9 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         }
         None => None,
     };
-    parse_op(&env).map(|op| Request { id, op }).map_err(|error| BadRequest { id, error })
+    parse_op(&env)
+        .map(|op| Request { id, op })
+        .map_err(|error| BadRequest { id, error })
 }
 
 impl<'a> Fields<'a> {
@@ -132,7 +146,9 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
                 None => None,
             },
         },
-        "unsubscribe" => Op::Unsubscribe { channels: channel_list(env)? },
+        "unsubscribe" => Op::Unsubscribe {
+            channels: channel_list(env)?,
+        },
         "publish" => Op::Publish {
             channels: env.channels()?,
             data: env.data()?,
@@ -158,19 +174,25 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
 }
 
 fn missing(field: &str) -> HeraldError {
-    HeraldError::new(ErrorCode::MissingField, format!("missing field \"{field}\""))
+    HeraldError::new(
+        ErrorCode::MissingField,
+        format!("missing field \"{field}\""),
+    )
 }
 
 /// `channels` (array of strings) or `channel` (one string); exactly one must be present.
 fn channel_list(env: &Fields) -> Result<Vec<ChannelName>, HeraldError> {
     let names: Vec<&str> = match (env.channels, env.channel) {
-        (Some(raw), None) => serde_json::from_str(raw.get()).map_err(|_| {
-            HeraldError::bad_request("\"channels\" must be an array of strings")
-        })?,
-        (None, Some(raw)) => vec![serde_json::from_str(raw.get())
-            .map_err(|_| HeraldError::bad_request("\"channel\" must be a string"))?],
+        (Some(raw), None) => serde_json::from_str(raw.get())
+            .map_err(|_| HeraldError::bad_request("\"channels\" must be an array of strings"))?,
+        (None, Some(raw)) => vec![
+            serde_json::from_str(raw.get())
+                .map_err(|_| HeraldError::bad_request("\"channel\" must be a string"))?,
+        ],
         (Some(_), Some(_)) => {
-            return Err(HeraldError::bad_request("give either \"channel\" or \"channels\", not both"));
+            return Err(HeraldError::bad_request(
+                "give either \"channel\" or \"channels\", not both",
+            ));
         }
         (None, None) => return Err(missing("channels")),
     };
@@ -282,7 +304,10 @@ impl WireFormat for NativeWs {
 
     fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Bytes {
         text_frame(64 + channel.as_str().len() + reason.len(), |b| {
-            let _ = write!(b, "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":");
+            let _ = write!(
+                b,
+                "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":"
+            );
             write_json_str(b, reason);
             b.push(b'}');
         })
@@ -310,7 +335,9 @@ mod tests {
         let r = parse_request(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap();
         assert!(matches!(r.op, Op::Unsubscribe { ref channels } if channels.len() == 1));
         let id = ClientId::random();
-        let text = format!(r#"{{"op":"publish","channels":["a"],"data":{{"x":[1,2]}},"to":["{id}"],"id":"r1"}}"#);
+        let text = format!(
+            r#"{{"op":"publish","channels":["a"],"data":{{"x":[1,2]}},"to":["{id}"],"id":"r1"}}"#
+        );
         let r = parse_request(&text).unwrap();
         match r.op {
             Op::Publish { data, to, .. } => {
@@ -321,7 +348,10 @@ mod tests {
         }
         let text = format!(r#"{{"op":"send","to":"{id}","data":"hi"}}"#);
         assert!(matches!(parse_request(&text).unwrap().op, Op::Send { .. }));
-        assert!(matches!(parse_request(r#"{"op":"ping"}"#).unwrap().op, Op::Ping));
+        assert!(matches!(
+            parse_request(r#"{"op":"ping"}"#).unwrap().op,
+            Op::Ping
+        ));
     }
 
     #[test]
@@ -335,12 +365,30 @@ mod tests {
             (r#"{"op":"dance","id":1}"#, ErrorCode::UnknownOp),
             (r#"{"op":7,"id":1}"#, ErrorCode::BadRequest),
             (r#"{"op":"subscribe","id":1}"#, ErrorCode::MissingField),
-            (r#"{"op":"subscribe","channels":"a","id":1}"#, ErrorCode::BadRequest),
-            (r#"{"op":"subscribe","channels":[],"id":1}"#, ErrorCode::BadRequest),
-            (r#"{"op":"subscribe","channels":["a b"],"id":1}"#, ErrorCode::InvalidChannel),
-            (r#"{"op":"publish","channels":["a"],"id":1}"#, ErrorCode::MissingField),
-            (r#"{"op":"publish","channels":["a"],"data":1,"to":["x"],"id":1}"#, ErrorCode::InvalidClientId),
-            (r#"{"op":"send","to":"nope","data":1,"id":1}"#, ErrorCode::InvalidClientId),
+            (
+                r#"{"op":"subscribe","channels":"a","id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"op":"subscribe","channels":[],"id":1}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"op":"subscribe","channels":["a b"],"id":1}"#,
+                ErrorCode::InvalidChannel,
+            ),
+            (
+                r#"{"op":"publish","channels":["a"],"id":1}"#,
+                ErrorCode::MissingField,
+            ),
+            (
+                r#"{"op":"publish","channels":["a"],"data":1,"to":["x"],"id":1}"#,
+                ErrorCode::InvalidClientId,
+            ),
+            (
+                r#"{"op":"send","to":"nope","data":1,"id":1}"#,
+                ErrorCode::InvalidClientId,
+            ),
         ];
         for (text, code) in cases {
             let err = parse_request(text).unwrap_err();
@@ -369,16 +417,25 @@ mod tests {
         );
         let from = ClientId::random();
         let v = payload(&NATIVE_WS.direct(Some(from), b"[1]"));
-        assert_eq!(v, serde_json::json!({"op":"direct","from":from.to_string(),"data":[1]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"direct","from":from.to_string(),"data":[1]})
+        );
         let v = payload(&NATIVE_WS.unsubscribed(&m.channel, "channel_deleted"));
-        assert_eq!(v, serde_json::json!({"op":"unsubscribed","channel":"news","reason":"channel_deleted"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"unsubscribed","channel":"news","reason":"channel_deleted"})
+        );
     }
 
     #[test]
     fn replies_echo_ids() {
         let id = RawValue::from_string("\"abc\"".into()).unwrap();
         let v = payload(&reply_ok(&id, &serde_json::json!({"subscribed":["a"]})));
-        assert_eq!(v, serde_json::json!({"op":"reply","id":"abc","result":{"subscribed":["a"]}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"op":"reply","id":"abc","result":{"subscribed":["a"]}})
+        );
         let err = HeraldError::new(ErrorCode::Forbidden, "no \"way\"");
         let v = payload(&reply_error(None, &err));
         assert_eq!(

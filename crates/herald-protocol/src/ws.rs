@@ -97,7 +97,9 @@ pub enum Incoming {
     /// The peer's close frame: code (if any) and reason.
     Close(Option<u16>, String),
     /// A message over the size limit was skipped entirely; `len` is at least its size.
-    TooLarge { len: u64 },
+    TooLarge {
+        len: u64,
+    },
 }
 
 /// A violation of RFC 6455 that ends the connection, with the close code to send.
@@ -108,7 +110,10 @@ pub struct ProtocolViolation {
 }
 
 fn violation(reason: &'static str) -> ProtocolViolation {
-    ProtocolViolation { close_code: 1002, reason }
+    ProtocolViolation {
+        close_code: 1002,
+        reason,
+    }
 }
 
 /// Incremental decoder of client frames.
@@ -139,7 +144,12 @@ struct Header {
 
 impl Decoder {
     pub fn new(max_message: usize) -> Self {
-        Decoder { max_message, fragments: None, skip: None, skipping_message: None }
+        Decoder {
+            max_message,
+            fragments: None,
+            skip: None,
+            skipping_message: None,
+        }
     }
 
     /// Decodes the next event from `buf`, consuming what it used. `Ok(None)`: more bytes are
@@ -162,7 +172,9 @@ impl Decoder {
                 self.skipping_message = Some(total);
                 continue;
             }
-            let Some(h) = parse_header(buf)? else { return Ok(None) };
+            let Some(h) = parse_header(buf)? else {
+                return Ok(None);
+            };
             if h.opcode >= 0x8 {
                 // Control frames: may arrive between fragments; always small and complete.
                 if buf.len() < h.header_len + h.len as usize {
@@ -175,8 +187,12 @@ impl Decoder {
             }
             let continuing = self.fragments.is_some() || self.skipping_message.is_some();
             match (h.opcode, continuing) {
-                (OP_CONTINUATION, false) => return Err(violation("continuation without a message")),
-                (OP_TEXT | OP_BINARY, true) => return Err(violation("new message inside a fragmented one")),
+                (OP_CONTINUATION, false) => {
+                    return Err(violation("continuation without a message"));
+                }
+                (OP_TEXT | OP_BINARY, true) => {
+                    return Err(violation("new message inside a fragmented one"));
+                }
                 _ => {}
             }
             let so_far = self.fragments.as_ref().map_or(0, |(_, b)| b.len() as u64)
@@ -184,7 +200,11 @@ impl Decoder {
             if so_far + h.len > self.max_message as u64 || self.skipping_message.is_some() {
                 buf.advance(h.header_len);
                 self.fragments = None;
-                self.skip = Some(Skip { remaining: h.len, fin: h.fin, total: so_far + h.len });
+                self.skip = Some(Skip {
+                    remaining: h.len,
+                    fin: h.fin,
+                    total: so_far + h.len,
+                });
                 continue;
             }
             if buf.len() < h.header_len + h.len as usize {
@@ -208,7 +228,10 @@ impl Decoder {
             return Ok(Some(match opcode {
                 OP_TEXT => {
                     if std::str::from_utf8(&data).is_err() {
-                        return Err(ProtocolViolation { close_code: 1007, reason: "invalid UTF-8 in a text message" });
+                        return Err(ProtocolViolation {
+                            close_code: 1007,
+                            reason: "invalid UTF-8 in a text message",
+                        });
                     }
                     Incoming::Text(data.freeze())
                 }
@@ -229,8 +252,10 @@ fn control(opcode: u8, payload: Bytes) -> Result<Incoming, ProtocolViolation> {
                 return Err(violation("close frame with a 1-byte payload"));
             } else {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
-                let reason = std::str::from_utf8(&payload[2..])
-                    .map_err(|_| ProtocolViolation { close_code: 1007, reason: "invalid UTF-8 in close reason" })?;
+                let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolViolation {
+                    close_code: 1007,
+                    reason: "invalid UTF-8 in close reason",
+                })?;
                 Incoming::Close(Some(code), reason.to_string())
             }
         }
@@ -247,7 +272,10 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, ProtocolViolation> {
         return Err(violation("reserved bits set (no extension was negotiated)"));
     }
     let opcode = b0 & 0x0F;
-    if !matches!(opcode, OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
+    if !matches!(
+        opcode,
+        OP_CONTINUATION | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+    ) {
         return Err(violation("unknown opcode"));
     }
     if b1 & 0x80 == 0 {
@@ -281,12 +309,20 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, ProtocolViolation> {
     }
     let mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
     pos += 4;
-    Ok(Some(Header { fin, opcode, mask, len, header_len: pos }))
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        len,
+        header_len: pos,
+    }))
 }
 
 /// XORs the payload with the 4-byte mask, eight bytes at a time.
 fn unmask(data: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let v = u64::from_ne_bytes((&*chunk).try_into().expect("8 bytes")) ^ wide;
@@ -323,7 +359,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -362,8 +401,14 @@ mod tests {
         buf.extend_from_slice(&client_frame(true, OP_PING, b"p"));
         buf.extend_from_slice(&client_frame(true, OP_CONTINUATION, b"cd"));
         let mut dec = Decoder::new(1024);
-        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Incoming::Ping(Bytes::from("p"))));
-        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Incoming::Text(Bytes::from("abcd"))));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap(),
+            Some(Incoming::Ping(Bytes::from("p")))
+        );
+        assert_eq!(
+            dec.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from("abcd")))
+        );
         assert!(buf.is_empty());
     }
 
@@ -382,7 +427,13 @@ mod tests {
             }
             assert!(buf.len() <= 512 + 14, "buffered {}", buf.len());
         }
-        assert_eq!(events, vec![Incoming::TooLarge { len: 10_000 }, Incoming::Text(Bytes::from("ok"))]);
+        assert_eq!(
+            events,
+            vec![
+                Incoming::TooLarge { len: 10_000 },
+                Incoming::Text(Bytes::from("ok"))
+            ]
+        );
     }
 
     #[test]
@@ -393,19 +444,32 @@ mod tests {
         buf.extend_from_slice(&client_frame(true, OP_CONTINUATION, &[b'a'; 10]));
         buf.extend_from_slice(&client_frame(true, OP_TEXT, b"next"));
         let mut dec = Decoder::new(100);
-        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Incoming::TooLarge { len: 130 }));
-        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Incoming::Text(Bytes::from("next"))));
+        assert_eq!(
+            dec.decode(&mut buf).unwrap(),
+            Some(Incoming::TooLarge { len: 130 })
+        );
+        assert_eq!(
+            dec.decode(&mut buf).unwrap(),
+            Some(Incoming::Text(Bytes::from("next")))
+        );
     }
 
     #[test]
     fn protocol_violations_are_reported() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
-            (vec![0x81, 0x02, b'h', b'i'], 1002),                        // unmasked
-            (client_frame(true, 0x3, b""), 1002),                        // unknown opcode
-            (client_frame(true, OP_CONTINUATION, b"x"), 1002),           // stray continuation
-            (client_frame(false, OP_PING, b""), 1002),                   // fragmented control
-            (client_frame(true, OP_TEXT, &[0xff, 0xfe]), 1007),          // bad UTF-8
-            ({ let mut f = client_frame(true, OP_TEXT, b"x"); f[0] |= 0x40; f }, 1002), // RSV1
+            (vec![0x81, 0x02, b'h', b'i'], 1002),               // unmasked
+            (client_frame(true, 0x3, b""), 1002),               // unknown opcode
+            (client_frame(true, OP_CONTINUATION, b"x"), 1002),  // stray continuation
+            (client_frame(false, OP_PING, b""), 1002),          // fragmented control
+            (client_frame(true, OP_TEXT, &[0xff, 0xfe]), 1007), // bad UTF-8
+            (
+                {
+                    let mut f = client_frame(true, OP_TEXT, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                1002,
+            ), // RSV1
         ];
         for (wire, code) in cases {
             let mut buf = BytesMut::from(&wire[..]);
@@ -430,7 +494,11 @@ mod tests {
         for len in 0..40 {
             let data: Vec<u8> = (0..len as u8).collect();
             let mask = [1, 2, 3, 4];
-            let mut masked: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let mut masked: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             unmask(&mut masked, mask);
             assert_eq!(masked, data);
         }

@@ -15,12 +15,18 @@ pub struct AdminKey {
 
 pub fn load_or_generate(configured: &str, data_dir: &Path) -> std::io::Result<AdminKey> {
     if !configured.is_empty() {
-        return Ok(AdminKey { key: configured.to_string(), generated: false });
+        return Ok(AdminKey {
+            key: configured.to_string(),
+            generated: false,
+        });
     }
     let path = data_dir.join("admin.key");
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() >= 16 => {
-            return Ok(AdminKey { key: s.trim().to_string(), generated: false });
+            return Ok(AdminKey {
+                key: s.trim().to_string(),
+                generated: false,
+            });
         }
         Ok(_) => {
             return Err(std::io::Error::other(format!(
@@ -44,7 +50,10 @@ pub fn load_or_generate(configured: &str, data_dir: &Path) -> std::io::Result<Ad
     file.write_all(key.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
-    Ok(AdminKey { key, generated: true })
+    Ok(AdminKey {
+        key,
+        generated: true,
+    })
 }
 
 #[cfg(test)]

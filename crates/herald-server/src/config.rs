@@ -123,8 +123,15 @@ impl Default for LimitsConfig {
 }
 
 /// Top-level keys and sections, for picking the `HERALD_*` variables that are ours.
-const KNOWN_KEYS: &[&str] =
-    &["listen", "data_dir", "admin_key", "log", "websocket", "channels", "limits"];
+const KNOWN_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "admin_key",
+    "log",
+    "websocket",
+    "channels",
+    "limits",
+];
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -137,18 +144,17 @@ impl Config {
         let mut fig = Figment::new().merge(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(
-            Env::prefixed("HERALD_")
-                .split("__")
-                .filter(|key| {
-                    let first = key.as_str().split('.').next().unwrap_or_default();
-                    KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
-                }),
-        );
+        fig = fig.merge(Env::prefixed("HERALD_").split("__").filter(|key| {
+            let first = key.as_str().split('.').next().unwrap_or_default();
+            KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
+        }));
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
@@ -162,13 +168,22 @@ impl Config {
             return bad("websocket.ping_interval_secs", "must be at least 1");
         }
         if ws.ping_timeout_secs <= ws.ping_interval_secs {
-            return bad("websocket.ping_timeout_secs", "must be greater than ping_interval_secs");
+            return bad(
+                "websocket.ping_timeout_secs",
+                "must be greater than ping_interval_secs",
+            );
         }
         if !(128..=64 * 1024 * 1024).contains(&ws.max_message_bytes) {
-            return bad("websocket.max_message_bytes", "must be between 128 and 67108864");
+            return bad(
+                "websocket.max_message_bytes",
+                "must be between 128 and 67108864",
+            );
         }
         if ws.outbox_max_bytes < ws.max_message_bytes.min(64 * 1024) {
-            return bad("websocket.outbox_max_bytes", "must be at least 65536 (or max_message_bytes)");
+            return bad(
+                "websocket.outbox_max_bytes",
+                "must be at least 65536 (or max_message_bytes)",
+            );
         }
         if ws.handshake_timeout_secs == 0 {
             return bad("websocket.handshake_timeout_secs", "must be at least 1");
@@ -176,8 +191,14 @@ impl Config {
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
-            ("limits.max_channels_per_connection", l.max_channels_per_connection),
-            ("limits.max_channels_per_request", l.max_channels_per_request),
+            (
+                "limits.max_channels_per_connection",
+                l.max_channels_per_connection,
+            ),
+            (
+                "limits.max_channels_per_request",
+                l.max_channels_per_request,
+            ),
             ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_recipients", l.max_recipients),
             ("limits.max_http_body_bytes", l.max_http_body_bytes),
@@ -187,13 +208,19 @@ impl Config {
             }
         }
         if l.max_payload_bytes > l.max_http_body_bytes {
-            return bad("limits.max_payload_bytes", "must not exceed limits.max_http_body_bytes");
+            return bad(
+                "limits.max_payload_bytes",
+                "must not exceed limits.max_http_body_bytes",
+            );
         }
         if self.admin_key.is_empty() {
             return Ok(());
         }
         if self.admin_key.len() < 16 {
-            return bad("admin_key", "must be at least 16 characters (or empty to generate one)");
+            return bad(
+                "admin_key",
+                "must be at least 16 characters (or empty to generate one)",
+            );
         }
         Ok(())
     }
@@ -221,7 +248,10 @@ impl Config {
 /// figment's errors already name the key ("for key `websocket.ping_interval_secs`"); keep
 /// every error of a multi-error report.
 fn describe(err: figment2::Error) -> String {
-    err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    err.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The commented file written by `herald config init`.
@@ -257,7 +287,9 @@ mod tests {
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("websocket.ping_interval_secs"), "{err}");
 
-        let err = Config::load(Some(&dir.path().join("missing.toml"))).unwrap_err().to_string();
+        let err = Config::load(Some(&dir.path().join("missing.toml")))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
     }
 }

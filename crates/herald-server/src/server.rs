@@ -43,16 +43,21 @@ pub struct RunningServer {
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let key = admin_key::load_or_generate(&config.admin_key, &config.data_dir)
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
     let hub = Hub::new(config.hub_config(), Arc::new(MemoryBroker), store);
-    let restored = hub.restore().map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
+    let restored = hub
+        .restore()
+        .map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
-    let state = Arc::new(AppState { hub, config, admin_key: key.key });
+    let state = Arc::new(AppState {
+        hub,
+        config,
+        admin_key: key.key,
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx.clone())),
@@ -89,7 +94,11 @@ impl RunningServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let router = crate::http::router(state.clone());
     loop {
         tokio::select! {

@@ -13,15 +13,27 @@ use serde_json::json;
 async fn requests_without_a_valid_credential_are_refused() {
     let srv = TestServer::start().await;
     for api in [srv.anonymous(), Api::new(&srv.http(), Some("wrong-key"))] {
-        for (method, path) in [("GET", "/api/v1/channels"), ("POST", "/api/v1/publish"), ("GET", "/api/v1/stats")] {
-            let (status, body) = api.request(method, path, Some(&json!({"channel":"a","data":1}))).await.unwrap();
+        for (method, path) in [
+            ("GET", "/api/v1/channels"),
+            ("POST", "/api/v1/publish"),
+            ("GET", "/api/v1/stats"),
+        ] {
+            let (status, body) = api
+                .request(method, path, Some(&json!({"channel":"a","data":1})))
+                .await
+                .unwrap();
             assert_eq!(status, 401, "{method} {path}");
             assert_eq!(body["error"]["code"], "unauthorized");
         }
     }
     let (status, _, _) = srv
         .anonymous()
-        .request_raw("GET", "/api/v1/stats", &[("authorization", "Basic abc")], Default::default())
+        .request_raw(
+            "GET",
+            "/api/v1/stats",
+            &[("authorization", "Basic abc")],
+            Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(status, 401);
@@ -30,17 +42,45 @@ async fn requests_without_a_valid_credential_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_openapi_and_unknown_routes() {
     let srv = TestServer::start().await;
-    let (status, body) = srv.anonymous().request("GET", "/healthz", None).await.unwrap();
+    let (status, body) = srv
+        .anonymous()
+        .request("GET", "/healthz", None)
+        .await
+        .unwrap();
     assert_eq!((status, body), (200, json!({"status": "ok"})));
-    let (status, doc) = srv.anonymous().request("GET", "/api/v1/openapi.json", None).await.unwrap();
+    let (status, doc) = srv
+        .anonymous()
+        .request("GET", "/api/v1/openapi.json", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    for path in ["/api/v1/publish", "/api/v1/channels", "/api/v1/channels/{name}", "/api/v1/clients/{id}/send", "/api/v1/stats"] {
+    for path in [
+        "/api/v1/publish",
+        "/api/v1/channels",
+        "/api/v1/channels/{name}",
+        "/api/v1/clients/{id}/send",
+        "/api/v1/stats",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
-    let (status, body) = srv.admin().request("GET", "/api/v1/nope", None).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
-    let (status, body) = srv.admin().request("PUT", "/api/v1/publish", None).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    let (status, body) = srv
+        .admin()
+        .request("GET", "/api/v1/nope", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, body) = srv
+        .admin()
+        .request("PUT", "/api/v1/publish", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,20 +98,39 @@ async fn publish_validates_its_body() {
         (r#"{"channel":"a"}"#, 400, "missing_field"),
         (r#"{"channel":"a b","data":1}"#, 400, "invalid_channel"),
         (r#"{"channels":"a","data":1}"#, 400, "bad_request"),
-        (r#"{"channel":"a","data":1,"to":["x"]}"#, 400, "invalid_client_id"),
+        (
+            r#"{"channel":"a","data":1,"to":["x"]}"#,
+            400,
+            "invalid_client_id",
+        ),
     ];
     for (body, status, code) in cases {
         let (got, _, bytes) = api
-            .request_raw("POST", "/api/v1/publish", &[("content-type", "application/json")], body.to_string().into())
+            .request_raw(
+                "POST",
+                "/api/v1/publish",
+                &[("content-type", "application/json")],
+                body.to_string().into(),
+            )
             .await
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!((got, v["error"]["code"].as_str().unwrap()), (status, code), "{body}");
+        assert_eq!(
+            (got, v["error"]["code"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
     }
     let big = json!({"channel":"a","data":"x".repeat(10_000)}).to_string();
-    let (status, _, bytes) = api.request_raw("POST", "/api/v1/publish", &[], big.into()).await.unwrap();
+    let (status, _, bytes) = api
+        .request_raw("POST", "/api/v1/publish", &[], big.into())
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    assert_eq!((status, v["error"]["code"].as_str().unwrap()), (413, "message_too_large"));
+    assert_eq!(
+        (status, v["error"]["code"].as_str().unwrap()),
+        (413, "message_too_large")
+    );
     // Publishing to a channel nobody listens to is fine and records nothing.
     let r = api.publish(&["empty"], json!(1)).await.unwrap();
     assert_eq!(r["channels"][0]["delivered"], 0);
@@ -82,61 +141,138 @@ async fn channels_lifecycle_and_tokens() {
     let srv = TestServer::start().await;
     let api = srv.admin();
     let created = api
-        .request_ok("POST", "/api/v1/channels", Some(&json!({"name":"orders","public":false,"max_subscribers":2})))
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"orders","public":false,"max_subscribers":2})),
+        )
         .await
         .unwrap();
     assert_eq!(created["name"], "orders");
     assert_eq!(created["persistent"], true);
-    assert_eq!(created["options"], json!({"public": false, "client_publish": false, "max_subscribers": 2}));
+    assert_eq!(
+        created["options"],
+        json!({"public": false, "client_publish": false, "max_subscribers": 2})
+    );
     let token = created["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("hct_"));
-    let (status, body) = api.request("POST", "/api/v1/channels", Some(&json!({"name":"orders"}))).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("channel_exists")));
-    let (status, body) = api.request("POST", "/api/v1/channels", Some(&json!({"name":"x","colour":"red"}))).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    let (status, body) = api
+        .request("POST", "/api/v1/channels", Some(&json!({"name":"orders"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("channel_exists"))
+    );
+    let (status, body) = api
+        .request(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"x","colour":"red"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
 
     // Private: refused without the token, admitted with it.
     let mut c = srv.client().await;
-    let reply = c.request(json!({"op":"subscribe","channel":"orders"})).await.unwrap();
+    let reply = c
+        .request(json!({"op":"subscribe","channel":"orders"}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "forbidden");
-    c.request_ok(json!({"op":"subscribe","channel":"orders","token":token})).await.unwrap();
+    c.request_ok(json!({"op":"subscribe","channel":"orders","token":token}))
+        .await
+        .unwrap();
 
     // The token publishes to and inspects its own channel only.
     let tok = Api::new(&srv.http(), Some(&token));
     let r = tok.publish(&["orders"], json!({"id": 1})).await.unwrap();
     assert_eq!(r["channels"][0]["delivered"], 1);
-    assert_eq!(c.next_op("message", WAIT).await.unwrap()["data"], json!({"id": 1}));
-    let info = tok.request_ok("GET", "/api/v1/channels/orders", None).await.unwrap();
+    assert_eq!(
+        c.next_op("message", WAIT).await.unwrap()["data"],
+        json!({"id": 1})
+    );
+    let info = tok
+        .request_ok("GET", "/api/v1/channels/orders", None)
+        .await
+        .unwrap();
     assert_eq!(info["subscribers"], 1);
     assert_eq!(info["offset"], 1);
-    api.request_ok("POST", "/api/v1/channels", Some(&json!({"name":"other"}))).await.unwrap();
-    let (status, body) = tok.request("POST", "/api/v1/publish", Some(&json!({"channel":"other","data":1}))).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    api.request_ok("POST", "/api/v1/channels", Some(&json!({"name":"other"})))
+        .await
+        .unwrap();
+    let (status, body) = tok
+        .request(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"channel":"other","data":1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
     let (status, _) = tok.request("GET", "/api/v1/channels", None).await.unwrap();
     assert_eq!(status, 403);
-    let (status, _) = tok.request("DELETE", "/api/v1/channels/other", None).await.unwrap();
+    let (status, _) = tok
+        .request("DELETE", "/api/v1/channels/other", None)
+        .await
+        .unwrap();
     assert_eq!(status, 403);
 
     // max_subscribers
     let mut c2 = srv.client().await;
     let mut c3 = srv.client().await;
-    c2.request_ok(json!({"op":"subscribe","channel":"orders","token":token})).await.unwrap();
-    let reply = c3.request(json!({"op":"subscribe","channel":"orders","token":token})).await.unwrap();
+    c2.request_ok(json!({"op":"subscribe","channel":"orders","token":token}))
+        .await
+        .unwrap();
+    let reply = c3
+        .request(json!({"op":"subscribe","channel":"orders","token":token}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "channel_full");
 
     // Listing shows counts.
-    let list = api.request_ok("GET", "/api/v1/channels", None).await.unwrap();
-    let orders = list["channels"].as_array().unwrap().iter().find(|c| c["name"] == "orders").unwrap();
+    let list = api
+        .request_ok("GET", "/api/v1/channels", None)
+        .await
+        .unwrap();
+    let orders = list["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "orders")
+        .unwrap();
     assert_eq!(orders["subscribers"], 2);
 
     // Deleting tells the subscribers; the token can delete its own channel.
-    let r = tok.request_ok("DELETE", "/api/v1/channels/orders", None).await.unwrap();
+    let r = tok
+        .request_ok("DELETE", "/api/v1/channels/orders", None)
+        .await
+        .unwrap();
     assert_eq!(r, json!({"deleted": "orders", "unsubscribed": 2}));
     let u = c.next_op("unsubscribed", WAIT).await.unwrap();
-    assert_eq!(u, json!({"op":"unsubscribed","channel":"orders","reason":"channel_deleted"}));
-    let (status, body) = api.request("GET", "/api/v1/channels/orders", None).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("channel_not_found")));
-    let (status, _) = api.request("GET", "/api/v1/channels/bad%20name", None).await.unwrap();
+    assert_eq!(
+        u,
+        json!({"op":"unsubscribed","channel":"orders","reason":"channel_deleted"})
+    );
+    let (status, body) = api
+        .request("GET", "/api/v1/channels/orders", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("channel_not_found"))
+    );
+    let (status, _) = api
+        .request("GET", "/api/v1/channels/bad%20name", None)
+        .await
+        .unwrap();
     assert_eq!(status, 400);
 }
 
@@ -144,10 +280,24 @@ async fn channels_lifecycle_and_tokens() {
 async fn auto_create_off_requires_existing_channels() {
     let srv = TestServer::start_with(|c| c.channels.auto_create = false).await;
     let mut c = srv.client().await;
-    let reply = c.request(json!({"op":"subscribe","channel":"nope"})).await.unwrap();
+    let reply = c
+        .request(json!({"op":"subscribe","channel":"nope"}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "channel_not_found");
-    let (status, body) = srv.admin().request("POST", "/api/v1/publish", Some(&json!({"channel":"nope","data":1}))).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("channel_not_found")));
+    let (status, body) = srv
+        .admin()
+        .request(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"channel":"nope","data":1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("channel_not_found"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,31 +306,69 @@ async fn clients_can_be_inspected_subscribed_messaged_and_kicked() {
     let api = srv.admin();
     let mut c = srv.client().await;
     c.subscribe(&["mine"]).await.unwrap();
-    let list = api.request_ok("GET", "/api/v1/clients", None).await.unwrap();
+    let list = api
+        .request_ok("GET", "/api/v1/clients", None)
+        .await
+        .unwrap();
     let entry = &list["clients"][0];
     assert_eq!(entry["id"], c.id());
     assert_eq!(entry["dialect"], "native");
     assert_eq!(entry["subscriptions"], 1);
 
     let path = format!("/api/v1/clients/{}", c.id());
-    let sub = api.request_ok("POST", &format!("{path}/subscribe"), Some(&json!({"channels":["pushed","mine"]}))).await.unwrap();
+    let sub = api
+        .request_ok(
+            "POST",
+            &format!("{path}/subscribe"),
+            Some(&json!({"channels":["pushed","mine"]})),
+        )
+        .await
+        .unwrap();
     assert_eq!(sub["changed"], json!(["pushed"]));
     let one = api.request_ok("GET", &path, None).await.unwrap();
     assert_eq!(one["channels"], json!(["mine", "pushed"]));
-    api.publish(&["pushed"], json!("via admin subscription")).await.unwrap();
-    assert_eq!(c.next_op("message", WAIT).await.unwrap()["channel"], "pushed");
+    api.publish(&["pushed"], json!("via admin subscription"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.next_op("message", WAIT).await.unwrap()["channel"],
+        "pushed"
+    );
 
-    let unsub = api.request_ok("POST", &format!("{path}/unsubscribe"), Some(&json!({"channel":"pushed"}))).await.unwrap();
+    let unsub = api
+        .request_ok(
+            "POST",
+            &format!("{path}/unsubscribe"),
+            Some(&json!({"channel":"pushed"})),
+        )
+        .await
+        .unwrap();
     assert_eq!(unsub["changed"], json!(["pushed"]));
     let u = c.next_op("unsubscribed", WAIT).await.unwrap();
     assert_eq!(u["reason"], "admin");
 
     let missing = "/api/v1/clients/00000000-0000-0000-0000-000000000000";
     let (status, body) = api.request("GET", missing, None).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("client_not_found")));
-    let (status, body) = api.request("GET", "/api/v1/clients/xyz", None).await.unwrap();
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_client_id")));
-    let (status, _) = api.request("DELETE", &format!("{path}?reason={}", "r".repeat(200)), None).await.unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("client_not_found"))
+    );
+    let (status, body) = api
+        .request("GET", "/api/v1/clients/xyz", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_client_id"))
+    );
+    let (status, _) = api
+        .request(
+            "DELETE",
+            &format!("{path}?reason={}", "r".repeat(200)),
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 400);
 
     api.request_ok("DELETE", &path, None).await.unwrap();
@@ -226,12 +414,20 @@ async fn channels_and_tokens_survive_a_restart() {
     let key = first.admin_key().to_string();
     let api = Api::new(&format!("http://{}", first.local_addr), Some(&key));
     let created = api
-        .request_ok("POST", "/api/v1/channels", Some(&json!({"name":"durable","public":false,"client_publish":true})))
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"durable","public":false,"client_publish":true})),
+        )
         .await
         .unwrap();
     let token = created["token"].as_str().unwrap().to_string();
-    api.request_ok("POST", "/api/v1/channels", Some(&json!({"name":"deleted"}))).await.unwrap();
-    api.request_ok("DELETE", "/api/v1/channels/deleted", None).await.unwrap();
+    api.request_ok("POST", "/api/v1/channels", Some(&json!({"name":"deleted"})))
+        .await
+        .unwrap();
+    api.request_ok("DELETE", "/api/v1/channels/deleted", None)
+        .await
+        .unwrap();
     first.shutdown(Duration::from_secs(2)).await;
 
     let second = start().await;
@@ -240,7 +436,10 @@ async fn channels_and_tokens_survive_a_restart() {
     assert_eq!(second.restored_channels, 1);
     let base = format!("http://{}", second.local_addr);
     let api = Api::new(&base, Some(&key));
-    let list = api.request_ok("GET", "/api/v1/channels", None).await.unwrap();
+    let list = api
+        .request_ok("GET", "/api/v1/channels", None)
+        .await
+        .unwrap();
     assert_eq!(list["channels"].as_array().unwrap().len(), 1);
     let durable = &list["channels"][0];
     assert_eq!(durable["name"], "durable");
@@ -249,11 +448,20 @@ async fn channels_and_tokens_survive_a_restart() {
     // Offsets restarted, so the epoch changed.
     assert_ne!(durable["epoch"], created["epoch"]);
 
-    let mut c = herald_client::Client::connect(&format!("ws://{}/ws", second.local_addr)).await.unwrap();
-    c.request_ok(json!({"op":"subscribe","channel":"durable","token":token})).await.unwrap();
+    let mut c = herald_client::Client::connect(&format!("ws://{}/ws", second.local_addr))
+        .await
+        .unwrap();
+    c.request_ok(json!({"op":"subscribe","channel":"durable","token":token}))
+        .await
+        .unwrap();
     let tok = Api::new(&base, Some(&token));
-    tok.publish(&["durable"], json!("after restart")).await.unwrap();
-    assert_eq!(c.next_op("message", WAIT).await.unwrap()["data"], "after restart");
+    tok.publish(&["durable"], json!("after restart"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.next_op("message", WAIT).await.unwrap()["data"],
+        "after restart"
+    );
     second.shutdown(Duration::from_secs(2)).await;
 }
 

@@ -20,7 +20,11 @@ async fn welcome_subscribe_and_http_publish() {
 
     let reply = c.subscribe(&["news"]).await.unwrap();
     assert_eq!(reply["result"]["channels"], json!(["news"]));
-    let published = srv.admin().publish(&["news"], json!({"hello": "world"})).await.unwrap();
+    let published = srv
+        .admin()
+        .publish(&["news"], json!({"hello": "world"}))
+        .await
+        .unwrap();
     assert_eq!(published["channels"][0]["offset"], 1);
     assert_eq!(published["channels"][0]["delivered"], 1);
     let m = c.next_op("message", WAIT).await.unwrap();
@@ -62,7 +66,9 @@ async fn subscribing_twice_is_harmless_and_unsubscribe_stops_delivery() {
     let srv = TestServer::start().await;
     let mut c = srv.client().await;
     c.subscribe(&["a"]).await.unwrap();
-    c.request_ok(json!({"op": "subscribe", "channel": "a"})).await.unwrap();
+    c.request_ok(json!({"op": "subscribe", "channel": "a"}))
+        .await
+        .unwrap();
     srv.admin().publish(&["a"], json!(1)).await.unwrap();
     assert_eq!(c.next_op("message", WAIT).await.unwrap()["data"], 1);
     c.unsubscribe(&["a"]).await.unwrap();
@@ -70,7 +76,11 @@ async fn subscribing_twice_is_harmless_and_unsubscribe_stops_delivery() {
     let pong = c.ping().await.unwrap();
     assert_eq!(pong["result"]["pong"], true);
     // Exactly one delivery happened: nothing else is queued.
-    assert!(c.next_op("message", Duration::from_millis(300)).await.is_err());
+    assert!(
+        c.next_op("message", Duration::from_millis(300))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,11 +89,18 @@ async fn client_publish_follows_channel_policy() {
     let mut a = srv.client().await;
     let mut b = srv.client().await;
     b.subscribe(&["open", "closed"]).await.unwrap();
-    let reply = a.request(json!({"op":"publish","channel":"closed","data":1})).await.unwrap();
+    let reply = a
+        .request(json!({"op":"publish","channel":"closed","data":1}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "forbidden");
 
     srv.admin()
-        .request_ok("POST", "/api/v1/channels", Some(&json!({"name": "inbox", "client_publish": true})))
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name": "inbox", "client_publish": true})),
+        )
         .await
         .unwrap();
     b.subscribe(&["inbox"]).await.unwrap();
@@ -103,12 +120,20 @@ async fn publication_with_to_reaches_only_those_subscribers() {
     b.subscribe(&["t"]).await.unwrap();
     let r = srv
         .admin()
-        .request_ok("POST", "/api/v1/publish", Some(&json!({"channel":"t","data":"only b","to":[b.id()]})))
+        .request_ok(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"channel":"t","data":"only b","to":[b.id()]})),
+        )
         .await
         .unwrap();
     assert_eq!(r["channels"][0]["delivered"], 1);
     assert_eq!(b.next_op("message", WAIT).await.unwrap()["data"], "only b");
-    assert!(a.next_op("message", Duration::from_millis(300)).await.is_err());
+    assert!(
+        a.next_op("message", Duration::from_millis(300))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,20 +141,31 @@ async fn direct_messages_need_permission() {
     let srv = TestServer::start().await;
     let mut a = srv.client().await;
     let mut b = srv.client().await;
-    let reply = a.request(json!({"op":"send","to":b.id(),"data":"hi"})).await.unwrap();
+    let reply = a
+        .request(json!({"op":"send","to":b.id(),"data":"hi"}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "forbidden");
     let path = format!("/api/v1/clients/{}/send", b.id());
-    srv.admin().request_ok("POST", &path, Some(&json!({"data": {"n": 1}}))).await.unwrap();
+    srv.admin()
+        .request_ok("POST", &path, Some(&json!({"data": {"n": 1}})))
+        .await
+        .unwrap();
     let d = b.next_op("direct", WAIT).await.unwrap();
     assert_eq!(d, json!({"op":"direct","from":null,"data":{"n":1}}));
 
     let srv = TestServer::start_with(|c| c.channels.client_direct_messages = true).await;
     let mut a = srv.client().await;
     let mut b = srv.client().await;
-    a.request_ok(json!({"op":"send","to":b.id(),"data":"hi"})).await.unwrap();
+    a.request_ok(json!({"op":"send","to":b.id(),"data":"hi"}))
+        .await
+        .unwrap();
     let d = b.next_op("direct", WAIT).await.unwrap();
     assert_eq!(d["from"], a.id());
-    let reply = a.request(json!({"op":"send","to":"00000000-0000-0000-0000-000000000000","data":1})).await.unwrap();
+    let reply = a
+        .request(json!({"op":"send","to":"00000000-0000-0000-0000-000000000000","data":1}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "client_not_found");
 }
 
@@ -142,9 +178,18 @@ async fn bad_input_gets_error_replies_and_the_connection_keeps_working() {
         ("[1]", "bad_request"),
         (r#"{"op":"dance","id":7}"#, "unknown_op"),
         (r#"{"op":"subscribe","id":7}"#, "missing_field"),
-        (r#"{"op":"subscribe","channels":["bad name"],"id":7}"#, "invalid_channel"),
-        (r#"{"op":"publish","channels":["x"],"id":7}"#, "missing_field"),
-        (r#"{"op":"send","to":"nope","data":1,"id":7}"#, "invalid_client_id"),
+        (
+            r#"{"op":"subscribe","channels":["bad name"],"id":7}"#,
+            "invalid_channel",
+        ),
+        (
+            r#"{"op":"publish","channels":["x"],"id":7}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"op":"send","to":"nope","data":1,"id":7}"#,
+            "invalid_client_id",
+        ),
     ];
     for (text, code) in cases {
         c.send_text(text).await.unwrap();
@@ -155,7 +200,9 @@ async fn bad_input_gets_error_replies_and_the_connection_keeps_working() {
             assert_eq!(reply["id"], 7, "{text}");
         }
     }
-    c.send_text(&format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(5000))).await.unwrap();
+    c.send_text(&format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(5000)))
+        .await
+        .unwrap();
     let reply = c.next_op("reply", WAIT).await.unwrap();
     assert_eq!(reply["error"]["code"], "message_too_large");
     c.send_binary(b"{\"op\":\"ping\"}").await.unwrap();
@@ -174,9 +221,15 @@ async fn payload_and_list_limits_have_codes() {
     })
     .await;
     let mut c = srv.client().await;
-    let reply = c.request(json!({"op":"subscribe","channels":["a","b","c"]})).await.unwrap();
+    let reply = c
+        .request(json!({"op":"subscribe","channels":["a","b","c"]}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "too_many");
-    let reply = c.request(json!({"op":"publish","channel":"a","data":"x".repeat(200)})).await.unwrap();
+    let reply = c
+        .request(json!({"op":"publish","channel":"a","data":"x".repeat(200)}))
+        .await
+        .unwrap();
     assert_eq!(reply["error"]["code"], "payload_too_large");
 }
 
@@ -207,7 +260,8 @@ async fn client_close_is_echoed_and_cleans_up() {
     let srv = TestServer::start().await;
     let mut raw = RawPeer::connect(srv.addr()).await;
     raw.json().await;
-    raw.send_json(json!({"op":"subscribe","channel":"bye","id":1})).await;
+    raw.send_json(json!({"op":"subscribe","channel":"bye","id":1}))
+        .await;
     assert_eq!(raw.json().await["id"], 1);
     raw.send(8, &1000u16.to_be_bytes(), true).await;
     assert_eq!(raw.close_code().await, Some(1000));
@@ -262,11 +316,19 @@ async fn slow_consumer_is_disconnected_without_delaying_others() {
     fast.subscribe(&["flood"]).await.unwrap();
     let mut slow = RawPeer::connect_with(srv.addr(), Some(4096)).await;
     slow.json().await;
-    slow.send_json(json!({"op":"subscribe","channel":"flood","id":1})).await;
+    slow.send_json(json!({"op":"subscribe","channel":"flood","id":1}))
+        .await;
     assert_eq!(slow.json().await["id"], 1);
     let slow_id = {
-        let clients = srv.admin().request_ok("GET", "/api/v1/clients", None).await.unwrap();
-        let ids: Vec<String> = clients["clients"].as_array().unwrap().iter()
+        let clients = srv
+            .admin()
+            .request_ok("GET", "/api/v1/clients", None)
+            .await
+            .unwrap();
+        let ids: Vec<String> = clients["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
             .map(|c| c["id"].as_str().unwrap().to_string())
             .filter(|id| id != fast.id())
             .collect();
@@ -281,7 +343,10 @@ async fn slow_consumer_is_disconnected_without_delaying_others() {
     for i in 1..=total {
         api.publish(&["flood"], json!(payload)).await.unwrap();
         let m = fast.next_op("message", WAIT).await.unwrap();
-        assert_eq!(m["offset"], i, "the fast subscriber gets every message in order");
+        assert_eq!(
+            m["offset"], i,
+            "the fast subscriber gets every message in order"
+        );
         if i % 25 == 0 {
             let path = format!("/api/v1/clients/{slow_id}");
             if let Ok((200, c)) = api.request("GET", &path, None).await {
@@ -289,7 +354,10 @@ async fn slow_consumer_is_disconnected_without_delaying_others() {
             }
         }
     }
-    assert!(max_pending <= limit as u64, "outbox stayed bounded: {max_pending}");
+    assert!(
+        max_pending <= limit as u64,
+        "outbox stayed bounded: {max_pending}"
+    );
     let stats = api.stats().await.unwrap();
     assert_eq!(stats["slow_consumers"], 1);
     // The close frame is best effort: the slow peer's socket may be too full to take it.
@@ -310,8 +378,12 @@ async fn plain_http_get_on_ws_gets_426() {
 async fn connection_limit_refuses_with_503() {
     let srv = TestServer::start_with(|c| c.limits.max_connections = 1).await;
     let _first = srv.client().await;
-    let err = herald_client::Client::connect(&srv.ws_url()).await.err().expect("refused");
-    let rejected = err.downcast_ref::<herald_client::HandshakeRejected>().expect("HTTP refusal");
+    let Err(err) = herald_client::Client::connect(&srv.ws_url()).await else {
+        panic!("a second connection must be refused");
+    };
+    let rejected = err
+        .downcast_ref::<herald_client::HandshakeRejected>()
+        .expect("HTTP refusal");
     assert_eq!(rejected.status, 503);
 }
 
@@ -319,11 +391,16 @@ async fn connection_limit_refuses_with_503() {
 async fn kick_closes_with_reason_and_code() {
     let srv = TestServer::start().await;
     let mut c = srv.client().await;
-    let path = format!("/api/v1/clients/{}?reason=maintenance&reconnect=false", c.id());
+    let path = format!(
+        "/api/v1/clients/{}?reason=maintenance&reconnect=false",
+        c.id()
+    );
     let r = srv.admin().request_ok("DELETE", &path, None).await.unwrap();
     assert_eq!(r["code"], 4000);
     match c.next_event(WAIT).await.unwrap() {
-        Event::Closed { code, reason } => assert_eq!((code, reason.as_str()), (4000, "maintenance")),
+        Event::Closed { code, reason } => {
+            assert_eq!((code, reason.as_str()), (4000, "maintenance"))
+        }
         other => panic!("expected a close, got {other:?}"),
     }
     let mut c = srv.client().await;

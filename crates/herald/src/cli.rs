@@ -101,7 +101,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Init { path, force }) => config_init(&path, force),
         Command::Config(ConfigCommand::Check { path }) => {
             let config = Config::load(Some(&path))?;
-            println!("{} is valid; effective configuration (JSON):\n", path.display());
+            println!(
+                "{} is valid; effective configuration (JSON):\n",
+                path.display()
+            );
             let mut shown = config.clone();
             if !shown.admin_key.is_empty() {
                 shown.admin_key = "<set>".into();
@@ -116,7 +119,8 @@ fn config_init(path: &Path, force: bool) -> anyhow::Result<()> {
     if path.exists() && !force {
         anyhow::bail!("{} exists; use --force to overwrite", path.display());
     }
-    std::fs::write(path, DEFAULT_CONFIG_TOML).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, DEFAULT_CONFIG_TOML)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
 }
@@ -130,9 +134,9 @@ fn load_serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     };
     let mut config = Config::load(file.as_deref())?;
     if let Some(listen) = &args.listen {
-        config.listen = listen
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--listen {listen:?}: not an address like 127.0.0.1:8080 ({e})"))?;
+        config.listen = listen.parse().map_err(|e| {
+            anyhow::anyhow!("--listen {listen:?}: not an address like 127.0.0.1:8080 ({e})")
+        })?;
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
@@ -145,7 +149,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_serve_config(&args)?;
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .map_err(|e| anyhow::anyhow!("invalid configuration: log: {e}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let server = herald_server::start(config).await?;
     let addr = server.local_addr;
     tracing::info!(%addr, restored_channels = server.restored_channels, "herald listening");
@@ -171,13 +178,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -206,13 +214,20 @@ async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         req["token"] = serde_json::Value::String(token.clone());
     }
     client.request_ok(req).await?;
-    eprintln!("subscribed to {} as {}", args.channels.join(", "), client.id());
+    eprintln!(
+        "subscribed to {} as {}",
+        args.channels.join(", "),
+        client.id()
+    );
     let mut seen = 0u64;
     let mut out = std::io::stdout();
     loop {
         match client.next_event(Duration::from_secs(3600)).await {
             Ok(Event::Frame(v)) => {
-                if matches!(v["op"].as_str(), Some("message" | "direct" | "unsubscribed")) {
+                if matches!(
+                    v["op"].as_str(),
+                    Some("message" | "direct" | "unsubscribed")
+                ) {
                     writeln!(out, "{v}")?;
                     out.flush()?;
                     seen += 1;
@@ -222,7 +237,9 @@ async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
                 }
             }
             Ok(Event::Text(t)) => writeln!(out, "{t}")?,
-            Ok(Event::Closed { code, reason }) => anyhow::bail!("server closed the connection: {code} {reason}"),
+            Ok(Event::Closed { code, reason }) => {
+                anyhow::bail!("server closed the connection: {code} {reason}")
+            }
             Err(e) if e.to_string().contains("timed out") => continue,
             Err(e) => return Err(e),
         }

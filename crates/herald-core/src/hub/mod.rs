@@ -112,6 +112,8 @@ pub struct Hub {
     config: HubConfig,
     stats: Arc<Stats>,
     started: Instant,
+    /// Held while creating or deleting a persistent channel (store write + registry update).
+    channel_changes: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
@@ -124,6 +126,7 @@ impl Hub {
             config,
             stats,
             started: Instant::now(),
+            channel_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -154,7 +157,12 @@ impl Hub {
                     continue;
                 }
             };
-            self.registry.create_persistent(&name, rec.options, rec.token_hash, rec.created_at_ms)?;
+            self.registry.create_persistent(
+                &name,
+                rec.options,
+                rec.token_hash,
+                rec.created_at_ms,
+            )?;
             restored += 1;
         }
         Ok(restored)
@@ -202,12 +210,22 @@ impl Hub {
         channels: &[ChannelName],
         token: Option<&str>,
     ) -> Result<Vec<ChannelName>, HeraldError> {
-        self.check_list_len("channels", channels.len(), self.config.max_channels_per_request)?;
+        self.check_list_len(
+            "channels",
+            channels.len(),
+            self.config.max_channels_per_request,
+        )?;
         let mut subs = client.subscriptions.lock();
         if subs.closed {
-            return Err(HeraldError::new(ErrorCode::ClientNotFound, "the client is disconnecting"));
+            return Err(HeraldError::new(
+                ErrorCode::ClientNotFound,
+                "the client is disconnecting",
+            ));
         }
-        let fresh = channels.iter().filter(|c| !subs.channels.contains(*c)).count();
+        let fresh = channels
+            .iter()
+            .filter(|c| !subs.channels.contains(*c))
+            .count();
         if subs.channels.len() + fresh > self.config.max_channels_per_connection {
             return Err(HeraldError::new(
                 ErrorCode::TooMany,
@@ -220,7 +238,10 @@ impl Hub {
         for name in channels {
             self.precheck_subscribe(actor, name, token)?;
         }
-        let create = self.config.auto_create_channels.then_some(&self.config.channel_defaults);
+        let create = self
+            .config
+            .auto_create_channels
+            .then_some(&self.config.channel_defaults);
         let mut added = Vec::new();
         for name in channels {
             let check = |view: &ChannelView| {
@@ -266,7 +287,11 @@ impl Hub {
         client: &Arc<ClientHandle>,
         channels: &[ChannelName],
     ) -> Result<Vec<ChannelName>, HeraldError> {
-        self.check_list_len("channels", channels.len(), self.config.max_channels_per_request)?;
+        self.check_list_len(
+            "channels",
+            channels.len(),
+            self.config.max_channels_per_request,
+        )?;
         let mut subs = client.subscriptions.lock();
         let mut left = Vec::new();
         for name in channels {
@@ -287,7 +312,8 @@ impl Hub {
     ) -> Result<Vec<ChannelName>, HeraldError> {
         let left = self.unsubscribe(client, channels)?;
         for name in &left {
-            self.registry.push_or_close(client, client.format.unsubscribed(name, reason));
+            self.registry
+                .push_or_close(client, client.format.unsubscribed(name, reason));
         }
         Ok(left)
     }
@@ -302,9 +328,16 @@ impl Hub {
         mut req: PublishRequest,
     ) -> Result<Vec<ChannelPublished>, HeraldError> {
         if req.channels.is_empty() {
-            return Err(HeraldError::new(ErrorCode::MissingField, "no channel to publish to"));
+            return Err(HeraldError::new(
+                ErrorCode::MissingField,
+                "no channel to publish to",
+            ));
         }
-        self.check_list_len("channels", req.channels.len(), self.config.max_channels_per_request)?;
+        self.check_list_len(
+            "channels",
+            req.channels.len(),
+            self.config.max_channels_per_request,
+        )?;
         self.check_payload(&req.data)?;
         if let Some(to) = req.to.as_mut() {
             self.check_list_len("to", to.len(), self.config.max_recipients)?;
@@ -315,9 +348,8 @@ impl Hub {
         for name in &req.channels {
             match self.registry.channel(name.as_str()) {
                 Some(ch) => ch.view(|view| actor.check_publish(name, view))?,
-                None if self.config.auto_create_channels => {
-                    actor.check_publish(name, &ChannelView::absent(&self.config.channel_defaults))?
-                }
+                None if self.config.auto_create_channels => actor
+                    .check_publish(name, &ChannelView::absent(&self.config.channel_defaults))?,
                 None => return Err(not_found(name)),
             }
         }
@@ -327,10 +359,23 @@ impl Hub {
         };
         let mut results = Vec::with_capacity(req.channels.len());
         for name in req.channels {
-            let publish = Publish { channel: name.clone(), from, data: req.data.clone(), to: req.to.clone() };
-            let Published { offset, epoch, delivered } =
-                self.broker.publish(&self.registry, publish).await?;
-            results.push(ChannelPublished { channel: name, offset, epoch, delivered });
+            let publish = Publish {
+                channel: name.clone(),
+                from,
+                data: req.data.clone(),
+                to: req.to.clone(),
+            };
+            let Published {
+                offset,
+                epoch,
+                delivered,
+            } = self.broker.publish(&self.registry, publish).await?;
+            results.push(ChannelPublished {
+                channel: name,
+                offset,
+                epoch,
+                delivered,
+            });
         }
         Ok(results)
     }
@@ -341,18 +386,26 @@ impl Hub {
             && !c.is_admin()
             && !self.config.client_direct_messages
         {
-            return Err(HeraldError::forbidden("clients may not send direct messages on this server"));
+            return Err(HeraldError::forbidden(
+                "clients may not send direct messages on this server",
+            ));
         }
         if let Actor::ChannelToken(_) = actor {
             return Err(HeraldError::forbidden("direct messages need the admin key"));
         }
         self.check_payload(data)?;
-        let target = self.registry.client(to).ok_or_else(|| client_not_found(to))?;
+        let target = self
+            .registry
+            .client(to)
+            .ok_or_else(|| client_not_found(to))?;
         let from = match actor {
             Actor::Client(c) => Some(c.id),
             _ => None,
         };
-        if self.registry.push_or_close(&target, target.format.direct(from, data)) {
+        if self
+            .registry
+            .push_or_close(&target, target.format.direct(from, data))
+        {
             Stats::add(&self.stats.direct_messages, 1);
         }
         Ok(())
@@ -368,10 +421,15 @@ impl Hub {
         options: ChannelOptions,
     ) -> Result<CreatedChannel, HeraldError> {
         actor.require_admin("creating channels")?;
+        // Serialise creates and deletes so the store and the registry always agree.
+        let _guard = self.channel_changes.lock().await;
         if let Some(existing) = self.registry.channel(name.as_str())
             && existing.summary().persistent
         {
-            return Err(HeraldError::new(ErrorCode::ChannelExists, format!("channel {name:?} already exists")));
+            return Err(HeraldError::new(
+                ErrorCode::ChannelExists,
+                format!("channel {name:?} already exists"),
+            ));
         }
         let token = secret::new_channel_token();
         let record = ChannelRecord {
@@ -383,19 +441,29 @@ impl Hub {
         let store = self.store.clone();
         let rec = record.clone();
         run_blocking(move || store.put_channel(&rec)).await?;
-        if let Err(e) =
-            self.registry.create_persistent(&name, options, record.token_hash, record.created_at_ms)
-        {
-            // Lost a race with a concurrent create of the same name: keep the winner's record.
-            return Err(e);
-        }
-        let channel = self.registry.channel(name.as_str()).ok_or_else(|| not_found(&name))?;
-        Ok(CreatedChannel { channel: channel.summary(), token })
+        self.registry
+            .create_persistent(&name, options, record.token_hash, record.created_at_ms)?;
+        let channel = self
+            .registry
+            .channel(name.as_str())
+            .ok_or_else(|| not_found(&name))?;
+        Ok(CreatedChannel {
+            channel: channel.summary(),
+            token,
+        })
     }
 
     /// Deletes a channel: its subscribers get an `unsubscribed` notice, the store forgets it.
-    pub async fn delete_channel(&self, actor: &Actor, name: &ChannelName) -> Result<u64, HeraldError> {
-        let channel = self.registry.channel(name.as_str()).ok_or_else(|| not_found(name))?;
+    pub async fn delete_channel(
+        &self,
+        actor: &Actor,
+        name: &ChannelName,
+    ) -> Result<u64, HeraldError> {
+        let _guard = self.channel_changes.lock().await;
+        let channel = self
+            .registry
+            .channel(name.as_str())
+            .ok_or_else(|| not_found(name))?;
         channel.view(|view| actor.check_manage(name, view))?;
         if channel.summary().persistent {
             let store = self.store.clone();
@@ -412,8 +480,15 @@ impl Hub {
     }
 
     /// One channel, for `actor` (admin or the channel's token).
-    pub fn channel(&self, actor: &Actor, name: &ChannelName) -> Result<ChannelSummary, HeraldError> {
-        let channel = self.registry.channel(name.as_str()).ok_or_else(|| not_found(name))?;
+    pub fn channel(
+        &self,
+        actor: &Actor,
+        name: &ChannelName,
+    ) -> Result<ChannelSummary, HeraldError> {
+        let channel = self
+            .registry
+            .channel(name.as_str())
+            .ok_or_else(|| not_found(name))?;
         channel.view(|view| actor.check_manage(name, view))?;
         Ok(channel.summary())
     }
@@ -421,7 +496,12 @@ impl Hub {
     /// Every channel, sorted by name (admin only).
     pub fn channels(&self, actor: &Actor) -> Result<Vec<ChannelSummary>, HeraldError> {
         actor.require_admin("listing channels")?;
-        let mut all: Vec<_> = self.registry.all_channels().iter().map(|c| c.summary()).collect();
+        let mut all: Vec<_> = self
+            .registry
+            .all_channels()
+            .iter()
+            .map(|c| c.summary())
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(all)
     }
@@ -448,8 +528,12 @@ impl Hub {
     /// Every connected client, oldest first (admin only).
     pub fn clients(&self, actor: &Actor) -> Result<Vec<ClientSummary>, HeraldError> {
         actor.require_admin("listing clients")?;
-        let mut all: Vec<_> =
-            self.registry.all_clients().iter().map(|c| self.client_summary(c, false)).collect();
+        let mut all: Vec<_> = self
+            .registry
+            .all_clients()
+            .iter()
+            .map(|c| self.client_summary(c, false))
+            .collect();
         all.sort_by_key(|c| (c.connected_at_ms, c.id));
         Ok(all)
     }
@@ -461,7 +545,12 @@ impl Hub {
     }
 
     /// Disconnects a client with a close code and reason it will see.
-    pub fn kick(&self, actor: &Actor, id: ClientId, disconnect: Disconnect) -> Result<(), HeraldError> {
+    pub fn kick(
+        &self,
+        actor: &Actor,
+        id: ClientId,
+        disconnect: Disconnect,
+    ) -> Result<(), HeraldError> {
         let client = self.client(actor, id)?;
         if client.outbox.close(disconnect) {
             Stats::add(&self.stats.kicked, 1);
@@ -480,7 +569,8 @@ impl Hub {
                     Stats::add(&self.stats.timed_out, 1);
                 }
             } else {
-                self.registry.push_or_close(&client, client.format.keepalive());
+                self.registry
+                    .push_or_close(&client, client.format.keepalive());
             }
         }
     }
@@ -539,11 +629,17 @@ impl Hub {
 }
 
 fn not_found(name: &ChannelName) -> HeraldError {
-    HeraldError::new(ErrorCode::ChannelNotFound, format!("channel {name:?} does not exist"))
+    HeraldError::new(
+        ErrorCode::ChannelNotFound,
+        format!("channel {name:?} does not exist"),
+    )
 }
 
 fn client_not_found(id: ClientId) -> HeraldError {
-    HeraldError::new(ErrorCode::ClientNotFound, format!("no client {id} is connected"))
+    HeraldError::new(
+        ErrorCode::ClientNotFound,
+        format!("no client {id} is connected"),
+    )
 }
 
 /// Runs a store call off the async workers.

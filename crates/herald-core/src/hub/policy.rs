@@ -31,7 +31,9 @@ impl Actor {
     }
 
     fn holds_token_of(&self, channel: &ChannelView, presented: Option<&str>) -> bool {
-        let Some(hash) = channel.token_hash else { return false };
+        let Some(hash) = channel.token_hash else {
+            return false;
+        };
         let token = match self {
             Actor::ChannelToken(t) => Some(t.as_str()),
             _ => presented,
@@ -75,11 +77,17 @@ impl Actor {
     }
 
     /// Whether this actor may inspect or delete channel `name` through the API.
-    pub fn check_manage(&self, name: &ChannelName, channel: &ChannelView) -> Result<(), HeraldError> {
+    pub fn check_manage(
+        &self,
+        name: &ChannelName,
+        channel: &ChannelView,
+    ) -> Result<(), HeraldError> {
         if self.is_admin() || self.holds_token_of(channel, None) {
             return Ok(());
         }
-        Err(HeraldError::forbidden(format!("this credential cannot manage channel {name:?}")))
+        Err(HeraldError::forbidden(format!(
+            "this credential cannot manage channel {name:?}"
+        )))
     }
 
     /// Admin-only operations (listing, managing other clients, creating channels).
@@ -87,7 +95,9 @@ impl Actor {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(HeraldError::forbidden(format!("{what} needs the admin key")))
+            Err(HeraldError::forbidden(format!(
+                "{what} needs the admin key"
+            )))
         }
     }
 }

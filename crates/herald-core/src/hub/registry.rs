@@ -33,7 +33,9 @@ struct Sharded<K, V> {
 
 impl<K: std::hash::Hash + Eq, V> Sharded<K, V> {
     fn new() -> Self {
-        Sharded { shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect() }
+        Sharded {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
     }
     fn shard(&self, key: u64) -> &RwLock<HashMap<K, V>> {
         &self.shards[(key % SHARDS as u64) as usize]
@@ -84,7 +86,12 @@ pub struct ChannelView<'a> {
 impl<'a> ChannelView<'a> {
     /// The view of a channel that does not exist yet and would be created with `defaults`.
     pub fn absent(defaults: &'a ChannelOptions) -> Self {
-        ChannelView { options: defaults, token_hash: None, subscribers: 0, persistent: false }
+        ChannelView {
+            options: defaults,
+            token_hash: None,
+            subscribers: 0,
+            persistent: false,
+        }
     }
 }
 
@@ -162,7 +169,12 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(outbox_limit: usize, stats: Arc<Stats>) -> Self {
-        Registry { clients: Sharded::new(), channels: Sharded::new(), outbox_limit, stats }
+        Registry {
+            clients: Sharded::new(),
+            channels: Sharded::new(),
+            outbox_limit,
+            stats,
+        }
     }
 
     pub fn stats(&self) -> &Stats {
@@ -176,7 +188,10 @@ impl Registry {
     // ---- clients ------------------------------------------------------------------------
 
     pub fn add_client(&self, client: Arc<ClientHandle>) {
-        self.clients.shard(client.id.shard_key()).write().insert(client.id, client);
+        self.clients
+            .shard(client.id.shard_key())
+            .write()
+            .insert(client.id, client);
     }
 
     pub fn remove_client(&self, id: ClientId) -> Option<Arc<ClientHandle>> {
@@ -220,11 +235,19 @@ impl Registry {
 
     pub fn channel(&self, name: &str) -> Option<Arc<Channel>> {
         let key = ChannelName::parse(name).ok()?;
-        self.channels.shard(key.shard_key()).read().get(name).cloned()
+        self.channels
+            .shard(key.shard_key())
+            .read()
+            .get(name)
+            .cloned()
     }
 
     fn lookup(&self, name: &ChannelName) -> Option<Arc<Channel>> {
-        self.channels.shard(name.shard_key()).read().get(name).cloned()
+        self.channels
+            .shard(name.shard_key())
+            .read()
+            .get(name)
+            .cloned()
     }
 
     /// Every channel (a snapshot).
@@ -336,7 +359,9 @@ impl Registry {
 
     /// Removes `client` from `name`; returns whether it was subscribed.
     pub(crate) fn remove_subscriber(&self, name: &ChannelName, client: ClientId) -> bool {
-        let Some(channel) = self.lookup(name) else { return false };
+        let Some(channel) = self.lookup(name) else {
+            return false;
+        };
         let (was, vacant) = {
             let mut st = channel.state.lock();
             let was = st.subscribers.remove(&client).is_some();
@@ -351,7 +376,9 @@ impl Registry {
     /// Drops an ephemeral channel that has no subscribers (re-checked under the locks).
     fn remove_if_vacant(&self, name: &ChannelName) {
         let mut shard = self.channels.shard(name.shard_key()).write();
-        let Some(channel) = shard.get(name) else { return };
+        let Some(channel) = shard.get(name) else {
+            return;
+        };
         let mut st = channel.state.lock();
         if st.subscribers.is_empty() && !st.persistent {
             st.removed = true;
@@ -368,7 +395,11 @@ impl Registry {
     pub fn publish_sequenced(&self, publish: &Publish) -> Published {
         let Some(channel) = self.lookup(&publish.channel) else {
             Stats::add(&self.stats.publications, 1);
-            return Published { offset: 0, epoch: String::new(), delivered: 0 };
+            return Published {
+                offset: 0,
+                epoch: String::new(),
+                delivered: 0,
+            };
         };
         let mut st = channel.state.lock();
         st.offset += 1;
@@ -380,12 +411,18 @@ impl Registry {
             data: publish.data.clone(),
         };
         let delivered = self.fan_out(&st.subscribers, &msg, publish.to.as_deref());
-        Published { offset: msg.offset, epoch: msg.epoch.to_string(), delivered }
+        Published {
+            offset: msg.offset,
+            epoch: msg.epoch.to_string(),
+            delivered,
+        }
     }
 
     /// Delivers a message whose position was assigned elsewhere (a clustered broker).
     pub fn deliver_at(&self, msg: &Message, to: Option<&[ClientId]>) -> u64 {
-        let Some(channel) = self.lookup(&msg.channel) else { return 0 };
+        let Some(channel) = self.lookup(&msg.channel) else {
+            return 0;
+        };
         let mut st = channel.state.lock();
         st.offset = st.offset.max(msg.offset);
         self.fan_out(&st.subscribers, msg, to)
@@ -404,12 +441,17 @@ impl Registry {
             let frame = cache.frame(client.format);
             if self.push_or_close(client, frame) {
                 delivered += 1;
-                client.messages_out.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                client
+                    .messages_out
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         };
         match to {
             None => subscribers.values().for_each(&mut deliver),
-            Some(ids) => ids.iter().filter_map(|id| subscribers.get(id)).for_each(&mut deliver),
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| subscribers.get(id))
+                .for_each(&mut deliver),
         }
         Stats::add(&self.stats.deliveries, delivered);
         delivered

@@ -20,7 +20,12 @@ impl WireFormat for TestFormat {
     }
     fn message(&self, m: &Message) -> Bytes {
         ENCODINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Bytes::from(format!("msg {} {} {};", m.channel, m.offset, String::from_utf8_lossy(&m.data)))
+        Bytes::from(format!(
+            "msg {} {} {};",
+            m.channel,
+            m.offset,
+            String::from_utf8_lossy(&m.data)
+        ))
     }
     fn direct(&self, _from: Option<ClientId>, data: &[u8]) -> Bytes {
         Bytes::from(format!("direct {};", String::from_utf8_lossy(data)))
@@ -35,7 +40,11 @@ impl WireFormat for TestFormat {
 static FORMAT: TestFormat = TestFormat;
 
 fn hub_with(config: HubConfig) -> Hub {
-    Hub::new(config, Arc::new(MemoryBroker), Arc::new(MemoryStore::default()))
+    Hub::new(
+        config,
+        Arc::new(MemoryBroker),
+        Arc::new(MemoryStore::default()),
+    )
 }
 
 fn hub() -> Hub {
@@ -69,10 +78,15 @@ async fn publish_reaches_subscribers_with_increasing_offsets() {
     let hub = hub();
     let a = connect(&hub);
     let b = connect(&hub);
-    hub.subscribe(&Actor::Client(a.clone()), &a, &[ch("news")], None).unwrap();
-    hub.subscribe(&Actor::Client(b.clone()), &b, &[ch("news")], None).unwrap();
+    hub.subscribe(&Actor::Client(a.clone()), &a, &[ch("news")], None)
+        .unwrap();
+    hub.subscribe(&Actor::Client(b.clone()), &b, &[ch("news")], None)
+        .unwrap();
     for i in 1..=3 {
-        let r = hub.publish(&Actor::Admin, publish_req(&["news"], &i.to_string())).await.unwrap();
+        let r = hub
+            .publish(&Actor::Admin, publish_req(&["news"], &i.to_string()))
+            .await
+            .unwrap();
         assert_eq!((r[0].offset, r[0].delivered), (i, 2));
     }
     assert_eq!(written(&a), "msg news 1 1;msg news 2 2;msg news 3 3;");
@@ -87,7 +101,9 @@ async fn encodes_once_per_format_not_per_subscriber() {
         hub.subscribe(&Actor::Admin, c, &[ch("enc")], None).unwrap();
     }
     let before = ENCODINGS.load(std::sync::atomic::Ordering::Relaxed);
-    hub.publish(&Actor::Admin, publish_req(&["enc"], "1")).await.unwrap();
+    hub.publish(&Actor::Admin, publish_req(&["enc"], "1"))
+        .await
+        .unwrap();
     let after = ENCODINGS.load(std::sync::atomic::Ordering::Relaxed);
     // Other tests may encode concurrently, but never 50 times for one publication here.
     assert!(after - before < 50, "encoded {} times", after - before);
@@ -98,12 +114,21 @@ async fn subscribing_twice_is_harmless_and_unsubscribe_removes_ephemeral_channel
     let hub = hub();
     let a = connect(&hub);
     let actor = Actor::Client(a.clone());
-    assert_eq!(hub.subscribe(&actor, &a, &[ch("x")], None).unwrap().len(), 1);
-    assert_eq!(hub.subscribe(&actor, &a, &[ch("x")], None).unwrap().len(), 0);
+    assert_eq!(
+        hub.subscribe(&actor, &a, &[ch("x")], None).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        hub.subscribe(&actor, &a, &[ch("x")], None).unwrap().len(),
+        0
+    );
     assert_eq!(hub.registry().channel_count(), 1);
     hub.unsubscribe(&a, &[ch("x")]).unwrap();
     assert_eq!(hub.registry().channel_count(), 0);
-    let r = hub.publish(&Actor::Admin, publish_req(&["x"], "1")).await.unwrap();
+    let r = hub
+        .publish(&Actor::Admin, publish_req(&["x"], "1"))
+        .await
+        .unwrap();
     assert_eq!(r[0].delivered, 0);
 }
 
@@ -128,71 +153,125 @@ async fn client_publish_needs_channel_option() {
     let hub = hub();
     let a = connect(&hub);
     let actor = Actor::Client(a.clone());
-    let err = hub.publish(&actor, publish_req(&["free"], "1")).await.unwrap_err();
+    let err = hub
+        .publish(&actor, publish_req(&["free"], "1"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
-    let opts = ChannelOptions { client_publish: true, ..Default::default() };
-    hub.create_channel(&Actor::Admin, ch("free"), opts).await.unwrap();
-    hub.publish(&actor, publish_req(&["free"], "1")).await.unwrap();
+    let opts = ChannelOptions {
+        client_publish: true,
+        ..Default::default()
+    };
+    hub.create_channel(&Actor::Admin, ch("free"), opts)
+        .await
+        .unwrap();
+    hub.publish(&actor, publish_req(&["free"], "1"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn private_channel_needs_token_and_token_is_scoped() {
     let hub = hub();
-    let opts = ChannelOptions { public: false, ..Default::default() };
-    let created = hub.create_channel(&Actor::Admin, ch("priv"), opts.clone()).await.unwrap();
-    let other = hub.create_channel(&Actor::Admin, ch("other"), opts).await.unwrap();
+    let opts = ChannelOptions {
+        public: false,
+        ..Default::default()
+    };
+    let created = hub
+        .create_channel(&Actor::Admin, ch("priv"), opts.clone())
+        .await
+        .unwrap();
+    let other = hub
+        .create_channel(&Actor::Admin, ch("other"), opts)
+        .await
+        .unwrap();
     let a = connect(&hub);
     let actor = Actor::Client(a.clone());
     let err = hub.subscribe(&actor, &a, &[ch("priv")], None).unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
-    let err = hub.subscribe(&actor, &a, &[ch("priv")], Some(&other.token)).unwrap_err();
+    let err = hub
+        .subscribe(&actor, &a, &[ch("priv")], Some(&other.token))
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
-    hub.subscribe(&actor, &a, &[ch("priv")], Some(&created.token)).unwrap();
+    hub.subscribe(&actor, &a, &[ch("priv")], Some(&created.token))
+        .unwrap();
 
     let token_actor = Actor::ChannelToken(created.token.clone());
-    hub.publish(&token_actor, publish_req(&["priv"], "1")).await.unwrap();
-    let err = hub.publish(&token_actor, publish_req(&["other"], "1")).await.unwrap_err();
+    hub.publish(&token_actor, publish_req(&["priv"], "1"))
+        .await
+        .unwrap();
+    let err = hub
+        .publish(&token_actor, publish_req(&["other"], "1"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
-    assert_eq!(hub.channels(&token_actor).unwrap_err().code, ErrorCode::Forbidden);
+    assert_eq!(
+        hub.channels(&token_actor).unwrap_err().code,
+        ErrorCode::Forbidden
+    );
 }
 
 #[tokio::test]
 async fn max_subscribers_is_enforced() {
     let hub = hub();
-    let opts = ChannelOptions { max_subscribers: Some(1), ..Default::default() };
-    hub.create_channel(&Actor::Admin, ch("one"), opts).await.unwrap();
+    let opts = ChannelOptions {
+        max_subscribers: Some(1),
+        ..Default::default()
+    };
+    hub.create_channel(&Actor::Admin, ch("one"), opts)
+        .await
+        .unwrap();
     let a = connect(&hub);
     let b = connect(&hub);
-    hub.subscribe(&Actor::Admin, &a, &[ch("one")], None).unwrap();
-    let err = hub.subscribe(&Actor::Admin, &b, &[ch("one")], None).unwrap_err();
+    hub.subscribe(&Actor::Admin, &a, &[ch("one")], None)
+        .unwrap();
+    let err = hub
+        .subscribe(&Actor::Admin, &b, &[ch("one")], None)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ChannelFull);
 }
 
 #[tokio::test]
 async fn deleting_a_channel_tells_subscribers() {
     let hub = hub();
-    hub.create_channel(&Actor::Admin, ch("gone"), ChannelOptions::default()).await.unwrap();
+    hub.create_channel(&Actor::Admin, ch("gone"), ChannelOptions::default())
+        .await
+        .unwrap();
     let a = connect(&hub);
-    hub.subscribe(&Actor::Admin, &a, &[ch("gone")], None).unwrap();
-    assert_eq!(hub.delete_channel(&Actor::Admin, &ch("gone")).await.unwrap(), 1);
+    hub.subscribe(&Actor::Admin, &a, &[ch("gone")], None)
+        .unwrap();
+    assert_eq!(
+        hub.delete_channel(&Actor::Admin, &ch("gone"))
+            .await
+            .unwrap(),
+        1
+    );
     assert_eq!(written(&a), "unsub gone channel_deleted;");
     assert!(a.subscriptions().is_empty());
     assert_eq!(
-        hub.delete_channel(&Actor::Admin, &ch("gone")).await.unwrap_err().code,
+        hub.delete_channel(&Actor::Admin, &ch("gone"))
+            .await
+            .unwrap_err()
+            .code,
         ErrorCode::ChannelNotFound
     );
 }
 
 #[tokio::test]
 async fn slow_consumer_is_closed_and_others_keep_receiving() {
-    let hub = hub_with(HubConfig { outbox_max_bytes: 100, ..Default::default() });
+    let hub = hub_with(HubConfig {
+        outbox_max_bytes: 100,
+        ..Default::default()
+    });
     let slow = connect(&hub);
     let fast = connect(&hub);
     for c in [&slow, &fast] {
         hub.subscribe(&Actor::Admin, c, &[ch("s")], None).unwrap();
     }
     for i in 0..20 {
-        hub.publish(&Actor::Admin, publish_req(&["s"], &format!("\"{i:08}\""))).await.unwrap();
+        hub.publish(&Actor::Admin, publish_req(&["s"], &format!("\"{i:08}\"")))
+            .await
+            .unwrap();
         written(&fast); // the fast one keeps up
     }
     assert!(slow.outbox.is_closing());
@@ -204,7 +283,8 @@ async fn slow_consumer_is_closed_and_others_keep_receiving() {
 async fn disconnect_removes_all_subscriptions() {
     let hub = hub();
     let a = connect(&hub);
-    hub.subscribe(&Actor::Admin, &a, &[ch("a"), ch("b")], None).unwrap();
+    hub.subscribe(&Actor::Admin, &a, &[ch("a"), ch("b")], None)
+        .unwrap();
     hub.disconnect(&a, DisconnectReason::ClosedByClient);
     assert_eq!(hub.registry().channel_count(), 0);
     assert_eq!(hub.registry().client_count(), 0);
@@ -221,10 +301,18 @@ async fn limits_are_enforced_with_codes() {
         ..Default::default()
     });
     let a = connect(&hub);
-    let err = hub.subscribe(&Actor::Admin, &a, &[ch("a"), ch("b"), ch("c")], None).unwrap_err();
+    let err = hub
+        .subscribe(&Actor::Admin, &a, &[ch("a"), ch("b"), ch("c")], None)
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::TooMany);
-    assert!(a.subscriptions().is_empty(), "a refused request changes nothing");
-    let err = hub.publish(&Actor::Admin, publish_req(&["a"], "\"long\"")).await.unwrap_err();
+    assert!(
+        a.subscriptions().is_empty(),
+        "a refused request changes nothing"
+    );
+    let err = hub
+        .publish(&Actor::Admin, publish_req(&["a"], "\"long\""))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::PayloadTooLarge);
 }
 
@@ -233,11 +321,15 @@ async fn direct_messages_follow_policy() {
     let hub = hub();
     let a = connect(&hub);
     let b = connect(&hub);
-    let err = hub.send_direct(&Actor::Client(a.clone()), b.id, b"1").unwrap_err();
+    let err = hub
+        .send_direct(&Actor::Client(a.clone()), b.id, b"1")
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Forbidden);
     hub.send_direct(&Actor::Admin, b.id, b"1").unwrap();
     assert_eq!(written(&b), "direct 1;");
-    let err = hub.send_direct(&Actor::Admin, ClientId::random(), b"1").unwrap_err();
+    let err = hub
+        .send_direct(&Actor::Admin, ClientId::random(), b"1")
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::ClientNotFound);
 }
 
@@ -250,9 +342,11 @@ async fn concurrent_subscribe_unsubscribe_leaves_consistent_state() {
         tasks.push(std::thread::spawn(move || {
             for _ in 0..200 {
                 let c = connect(&hub);
-                hub.subscribe(&Actor::Admin, &c, &[ch("race")], None).unwrap();
+                hub.subscribe(&Actor::Admin, &c, &[ch("race")], None)
+                    .unwrap();
                 hub.unsubscribe(&c, &[ch("race")]).unwrap();
-                hub.subscribe(&Actor::Admin, &c, &[ch("race")], None).unwrap();
+                hub.subscribe(&Actor::Admin, &c, &[ch("race")], None)
+                    .unwrap();
                 hub.disconnect(&c, DisconnectReason::ClosedByClient);
             }
         }));

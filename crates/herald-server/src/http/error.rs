@@ -40,7 +40,10 @@ impl IntoResponse for ApiError {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
-            error: ErrorDetail { code: self.0.code.as_str().to_string(), message: self.0.message },
+            error: ErrorDetail {
+                code: self.0.code.as_str().to_string(),
+                message: self.0.message,
+            },
         };
         (status, Json(body)).into_response()
     }

@@ -50,12 +50,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     let api = Router::new()
         .route("/publish", post(routes::publish))
-        .route("/channels", get(routes::list_channels).post(routes::create_channel))
-        .route("/channels/{name}", get(routes::get_channel).delete(routes::delete_channel))
+        .route(
+            "/channels",
+            get(routes::list_channels).post(routes::create_channel),
+        )
+        .route(
+            "/channels/{name}",
+            get(routes::get_channel).delete(routes::delete_channel),
+        )
         .route("/clients", get(routes::list_clients))
-        .route("/clients/{id}", get(routes::get_client).delete(routes::kick_client))
+        .route(
+            "/clients/{id}",
+            get(routes::get_client).delete(routes::kick_client),
+        )
         .route("/clients/{id}/subscribe", post(routes::subscribe_client))
-        .route("/clients/{id}/unsubscribe", post(routes::unsubscribe_client))
+        .route(
+            "/clients/{id}/unsubscribe",
+            post(routes::unsubscribe_client),
+        )
         .route("/clients/{id}/send", post(routes::send_to_client))
         .route("/stats", get(routes::stats))
         .route("/openapi.json", get(openapi_json));

@@ -9,7 +9,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use herald_core::client::{Disconnect, DisconnectReason, close_code};
-use herald_core::hub::{ChannelPublished, ChannelSummary, ClientSummary, CreatedChannel, PublishRequest};
+use herald_core::hub::{
+    ChannelPublished, ChannelSummary, ClientSummary, CreatedChannel, PublishRequest,
+};
 use herald_core::stats::StatsSnapshot;
 use herald_core::{ChannelName, ChannelOptions, ClientId, ErrorCode, HeraldError};
 use herald_protocol::native::Fields;
@@ -28,14 +30,21 @@ fn body_text(body: &Result<Bytes, BytesRejection>) -> ApiResult<&str> {
     let bytes = match body {
         Ok(b) => b,
         Err(BytesRejection::FailedToBufferBody(_)) => {
-            return Err(ApiError::new(ErrorCode::MessageTooLarge, "request body too large"));
+            return Err(ApiError::new(
+                ErrorCode::MessageTooLarge,
+                "request body too large",
+            ));
         }
         Err(e) => return Err(ApiError::new(ErrorCode::BadRequest, e.body_text())),
     };
     if bytes.is_empty() {
-        return Err(ApiError::new(ErrorCode::BadRequest, "the request needs a JSON body"));
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "the request needs a JSON body",
+        ));
     }
-    std::str::from_utf8(bytes).map_err(|_| ApiError::new(ErrorCode::InvalidJson, "body is not UTF-8"))
+    std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "body is not UTF-8"))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(text: &'a str) -> ApiResult<T> {
@@ -115,8 +124,13 @@ pub struct ChannelList {
 #[utoipa::path(get, path = "/api/v1/channels",
     responses((status = 200, body = ChannelList), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])), tag = "channels")]
-pub async fn list_channels(State(state): St, Caller(actor): Caller) -> ApiResult<Json<ChannelList>> {
-    Ok(Json(ChannelList { channels: state.hub.channels(&actor)? }))
+pub async fn list_channels(
+    State(state): St,
+    Caller(actor): Caller,
+) -> ApiResult<Json<ChannelList>> {
+    Ok(Json(ChannelList {
+        channels: state.hub.channels(&actor)?,
+    }))
 }
 
 /// Body of `POST /api/v1/channels`; options left out take the `[channels]` defaults.
@@ -182,7 +196,10 @@ pub async fn delete_channel(
 ) -> ApiResult<Json<DeletedChannel>> {
     let name = channel_param(&name)?;
     let unsubscribed = state.hub.delete_channel(&actor, &name).await?;
-    Ok(Json(DeletedChannel { deleted: name.to_string(), unsubscribed }))
+    Ok(Json(DeletedChannel {
+        deleted: name.to_string(),
+        unsubscribed,
+    }))
 }
 
 // ---- clients ------------------------------------------------------------------------------
@@ -197,7 +214,9 @@ pub struct ClientList {
     responses((status = 200, body = ClientList), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn list_clients(State(state): St, Caller(actor): Caller) -> ApiResult<Json<ClientList>> {
-    Ok(Json(ClientList { clients: state.hub.clients(&actor)? }))
+    Ok(Json(ClientList {
+        clients: state.hub.clients(&actor)?,
+    }))
 }
 
 /// One client with its subscriptions (admin).
@@ -326,13 +345,26 @@ pub async fn kick_client(
 ) -> ApiResult<Json<Disconnected>> {
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let id = client_param(&id)?;
-    let code = if q.reconnect == Some(false) { close_code::KICKED_NO_RECONNECT } else { close_code::KICKED };
-    let reason = q.reason.unwrap_or_else(|| "disconnected by an operator".into());
+    let code = if q.reconnect == Some(false) {
+        close_code::KICKED_NO_RECONNECT
+    } else {
+        close_code::KICKED
+    };
+    let reason = q
+        .reason
+        .unwrap_or_else(|| "disconnected by an operator".into());
     if reason.len() > 120 {
         return Err(HeraldError::bad_request("reason is longer than 120 bytes").into());
     }
-    state.hub.kick(&actor, id, Disconnect::new(DisconnectReason::Kicked, code, reason))?;
-    Ok(Json(Disconnected { disconnected: id.to_string(), code }))
+    state.hub.kick(
+        &actor,
+        id,
+        Disconnect::new(DisconnectReason::Kicked, code, reason),
+    )?;
+    Ok(Json(Disconnected {
+        disconnected: id.to_string(),
+        code,
+    }))
 }
 
 // ---- stats, health, fallbacks -------------------------------------------------------------
@@ -358,9 +390,15 @@ pub async fn healthz() -> Json<Health> {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such route (see /api/v1/openapi.json)")
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such route (see /api/v1/openapi.json)",
+    )
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
 }

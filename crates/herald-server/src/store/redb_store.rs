@@ -22,8 +22,12 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the store in `dir`, creating the directory if needed.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let path = dir.join("herald.redb");
         let db = Database::create(&path)
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
@@ -43,7 +47,9 @@ impl Store for RedbStore {
             let (key, value) = entry.map_err(err)?;
             match serde_json::from_slice::<ChannelRecord>(value.value()) {
                 Ok(rec) => out.push(rec),
-                Err(e) => tracing::error!(channel = key.value(), error = %e, "unreadable channel record skipped"),
+                Err(e) => {
+                    tracing::error!(channel = key.value(), error = %e, "unreadable channel record skipped")
+                }
             }
         }
         Ok(out)
@@ -54,7 +60,9 @@ impl Store for RedbStore {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut table = txn.open_table(CHANNELS).map_err(err)?;
-            table.insert(rec.name.as_str(), value.as_slice()).map_err(err)?;
+            table
+                .insert(rec.name.as_str(), value.as_slice())
+                .map_err(err)?;
         }
         txn.commit().map_err(err)
     }
@@ -80,14 +88,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = ChannelRecord {
             name: "orders".into(),
-            options: ChannelOptions { public: false, client_publish: true, max_subscribers: Some(3) },
+            options: ChannelOptions {
+                public: false,
+                client_publish: true,
+                max_subscribers: Some(3),
+            },
             token_hash: "ab".repeat(32),
             created_at_ms: 1,
         };
         {
             let store = RedbStore::open(dir.path()).unwrap();
             store.put_channel(&rec).unwrap();
-            store.put_channel(&ChannelRecord { name: "tmp".into(), ..rec.clone() }).unwrap();
+            store
+                .put_channel(&ChannelRecord {
+                    name: "tmp".into(),
+                    ..rec.clone()
+                })
+                .unwrap();
             assert!(store.delete_channel("tmp").unwrap());
             assert!(!store.delete_channel("tmp").unwrap());
         }

@@ -28,9 +28,14 @@ const READ_CHUNK: usize = 4096;
 pub async fn run(state: Arc<AppState>, stream: TcpStream, leftover: Bytes, remote: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let ws_cfg = &state.config.websocket;
-    let client = state.hub.connect(&NATIVE_WS, ClientInfo::new(Some(remote), native::DIALECT));
-    let welcome =
-        native::welcome(client.id, ws_cfg.ping_interval_secs * 1000, ws_cfg.max_message_bytes);
+    let client = state
+        .hub
+        .connect(&NATIVE_WS, ClientInfo::new(Some(remote), native::DIALECT));
+    let welcome = native::welcome(
+        client.id,
+        ws_cfg.ping_interval_secs * 1000,
+        ws_cfg.max_message_bytes,
+    );
     state.hub.registry().push_or_close(&client, welcome);
     // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
     let read_buf = BytesMut::from(&leftover[..]);
@@ -191,7 +196,10 @@ impl Connection<'_> {
                 None,
                 &HeraldError::new(
                     ErrorCode::MessageTooLarge,
-                    format!("message of {len} bytes skipped: the limit is {} bytes", self.decoder_limit()),
+                    format!(
+                        "message of {len} bytes skipped: the limit is {} bytes",
+                        self.decoder_limit()
+                    ),
                 ),
             )),
             Incoming::Ping(payload) => Some(ws::frame(ws::OP_PONG, &payload)),
@@ -201,7 +209,8 @@ impl Connection<'_> {
                     Some(c) if (1000..5000).contains(&c) => c,
                     _ => close_code::NORMAL,
                 };
-                self.close(&Disconnect::new(DisconnectReason::ClosedByClient, echo, "")).await;
+                self.close(&Disconnect::new(DisconnectReason::ClosedByClient, echo, ""))
+                    .await;
                 return Err(DisconnectReason::ClosedByClient);
             }
         };

@@ -22,7 +22,8 @@ use crate::server::AppState;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
 }
 
@@ -43,24 +44,37 @@ pub async fn upgrade(
         )
         .into_response();
         *resp.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return resp;
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        let mut resp =
-            ApiError::new(ErrorCode::BadRequest, "unsupported Sec-WebSocket-Version (need 13)")
-                .into_response();
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut resp = ApiError::new(
+            ErrorCode::BadRequest,
+            "unsupported Sec-WebSocket-Version (need 13)",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return resp;
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) else {
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+    else {
         return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
     };
     let accept = accept_key(key);
     if state.hub.registry().client_count() >= state.config.limits.max_connections {
         tracing::warn!(%remote, "connection refused: limits.max_connections reached");
-        let mut resp =
-            ApiError::new(ErrorCode::TooMany, "the server is at its connection limit").into_response();
+        let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
+            .into_response();
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return resp;
     }

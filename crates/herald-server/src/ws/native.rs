@@ -20,7 +20,11 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     pub fn new(state: &'a Arc<AppState>, client: &'a Arc<ClientHandle>) -> Self {
-        Session { state, client, actor: Actor::Client(client.clone()) }
+        Session {
+            state,
+            client,
+            actor: Actor::Client(client.clone()),
+        }
     }
 
     pub fn max_message_bytes(&self) -> usize {
@@ -36,7 +40,9 @@ impl<'a> Session<'a> {
     /// Handles one text message; returns the reply frame, if one is due.
     pub async fn handle_text(&self, text: Bytes) -> Option<Bytes> {
         Stats::add(&self.state.hub.stats().client_requests, 1);
-        self.client.frames_in.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.client
+            .frames_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The decoder validated UTF-8 already; this cannot fail.
         let s = std::str::from_utf8(&text).ok()?;
         let req = match native::parse_request(s) {
@@ -63,7 +69,9 @@ impl<'a> Session<'a> {
             }
             Op::Publish { channels, data, to } => {
                 let data = frame.slice_ref(data.get().as_bytes());
-                let results = hub.publish(&self.actor, PublishRequest { channels, data, to }).await?;
+                let results = hub
+                    .publish(&self.actor, PublishRequest { channels, data, to })
+                    .await?;
                 Ok(json!({ "channels": results }))
             }
             Op::Send { to, data } => {

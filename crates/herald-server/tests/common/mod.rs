@@ -22,11 +22,12 @@ pub struct TestServer {
 }
 
 pub fn config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = data_dir.to_path_buf();
-    config.admin_key = ADMIN_KEY.into();
-    config
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        admin_key: ADMIN_KEY.into(),
+        ..Default::default()
+    }
 }
 
 impl TestServer {
@@ -40,7 +41,10 @@ impl TestServer {
         tweak(&mut config);
         config.validate().expect("test config is valid");
         let server = herald_server::start(config).await.expect("server starts");
-        TestServer { server, dir: Some(dir) }
+        TestServer {
+            server,
+            dir: Some(dir),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -64,7 +68,9 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(&self.ws_url()).await.expect("client connects")
+        Client::connect(&self.ws_url())
+            .await
+            .expect("client connects")
     }
 }
 
@@ -90,17 +96,26 @@ impl RawPeer {
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         tcp.write_all(req.as_bytes()).await.unwrap();
-        let mut peer = RawPeer { tcp, buf: Vec::new() };
+        let mut peer = RawPeer {
+            tcp,
+            buf: Vec::new(),
+        };
         let head = peer.read_until(b"\r\n\r\n").await;
         let head = String::from_utf8_lossy(&head).to_string();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "accept key: {head}");
+        assert!(
+            head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "accept key: {head}"
+        );
         peer
     }
 
     async fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk)).await.expect("read timed out").unwrap_or(0);
+        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
+            .await
+            .expect("read timed out")
+            .unwrap_or(0);
         self.buf.extend_from_slice(&chunk[..n]);
         n
     }
@@ -122,8 +137,13 @@ impl RawPeer {
             if self.buf.len() >= 2 {
                 let (op, len7) = (self.buf[0] & 0x0F, (self.buf[1] & 0x7F) as usize);
                 let (len, hdr) = match len7 {
-                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
-                    127 if self.buf.len() >= 10 => (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10),
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
                     126 | 127 => (usize::MAX, 0),
                     n => (n, 2),
                 };

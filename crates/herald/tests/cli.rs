@@ -1,0 +1,187 @@
+//! The `herald` binary itself: configuration files, environment overrides and clear errors
+//! at start, and a `serve` → `sub` → `pub` round trip through real processes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn herald() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    // Keep the developer's HERALD_* settings out of the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HERALD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn config_init_writes_a_file_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    let out = herald()
+        .args(["config", "init"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = herald()
+        .args(["config", "init"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "refuses to overwrite");
+    let out = herald()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"ping_interval_secs\": 25"), "{text}");
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, "[websocket]\nping_interval_secs = 10\n").unwrap();
+    let out = herald()
+        .args(["config", "check"])
+        .arg(&path)
+        .env("HERALD_WEBSOCKET__PING_INTERVAL_SECS", "7")
+        .env("HERALD_ADMIN_KEY", "a-long-enough-admin-key")
+        .env("HERALD_UNRELATED", "ignored")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"ping_interval_secs\": 7"), "{text}");
+    assert!(
+        text.contains("\"admin_key\": \"<set>\""),
+        "the key is never printed: {text}"
+    );
+}
+
+#[test]
+fn invalid_config_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let cases = [
+        ("[limits]\nmax_connections = -3\n", "limits.max_connections"),
+        ("listen = \"not an address\"\n", "listen"),
+        (
+            "[websocket]\nping_timeout_secs = 1\n",
+            "websocket.ping_timeout_secs",
+        ),
+        ("admin_key = \"short\"\n", "admin_key"),
+        ("[nonsense]\nx = 1\n", "nonsense"),
+    ];
+    for (text, key) in cases {
+        std::fs::write(&path, text).unwrap();
+        let out = herald()
+            .args(["serve", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    let out = herald()
+        .args(["serve", "--listen", "nope"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_sub_pub_round_trip_with_generated_admin_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Child(
+        herald()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = BufReader::new(server.0.stderr.take().unwrap());
+    let mut printed_key = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("admin key (generated").nth(1) {
+            printed_key = rest.rsplit(' ').next().map(str::to_string);
+            break;
+        }
+    }
+    let key = printed_key.expect("the generated admin key is printed once");
+    let stored = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+    assert_eq!(stored.trim(), key);
+
+    let mut sub = Child(
+        herald()
+            .args([
+                "sub",
+                "news",
+                "--count",
+                "1",
+                "--url",
+                &format!("ws://127.0.0.1:{port}/ws"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until the subscriber is subscribed.
+    let mut sub_err = BufReader::new(sub.0.stderr.take().unwrap());
+    let mut line = String::new();
+    sub_err.read_line(&mut line).unwrap();
+    assert!(line.contains("subscribed to news"), "{line}");
+
+    let out = herald()
+        .args([
+            "pub",
+            "news",
+            r#"{"hello":"world"}"#,
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .env("HERALD_ADMIN_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stdout = BufReader::new(sub.0.stdout.take().unwrap());
+    let mut got = String::new();
+    stdout.read_line(&mut got).unwrap();
+    assert!(Instant::now() < deadline);
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["op"], "message");
+    assert_eq!(v["data"], serde_json::json!({"hello": "world"}));
+    assert!(sub.0.wait().unwrap().success());
+}
