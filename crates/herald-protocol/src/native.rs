@@ -232,11 +232,16 @@ fn write_from(buf: &mut Vec<u8>, from: Option<ClientId>) {
 }
 
 /// `{"op":"welcome",...}`: the first frame of every connection.
-pub fn welcome(client: ClientId, ping_interval_ms: u64, max_message_bytes: usize) -> Bytes {
+pub fn welcome(
+    client: ClientId,
+    ping_interval_ms: u64,
+    max_message_bytes: usize,
+    max_payload_bytes: usize,
+) -> Bytes {
     text_frame(160, |b| {
         let _ = write!(
             b,
-            "{{\"op\":\"welcome\",\"client\":\"{client}\",\"server\":\"herald\",\"version\":\"{}\",\"protocol\":1,\"ping_interval_ms\":{ping_interval_ms},\"max_message_bytes\":{max_message_bytes}}}",
+            "{{\"op\":\"welcome\",\"client\":\"{client}\",\"server\":\"herald\",\"version\":\"{}\",\"protocol\":1,\"ping_interval_ms\":{ping_interval_ms},\"max_message_bytes\":{max_message_bytes},\"max_payload_bytes\":{max_payload_bytes}}}",
             env!("CARGO_PKG_VERSION")
         );
     })

@@ -22,7 +22,7 @@ pub fn load_or_generate(configured: &str, data_dir: &Path) -> std::io::Result<Ad
     }
     let path = data_dir.join("admin.key");
     match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 16 => {
+        Ok(s) if s.trim().len() >= crate::config::MIN_ADMIN_KEY_LEN => {
             return Ok(AdminKey {
                 key: s.trim().to_string(),
                 generated: false,
@@ -30,7 +30,7 @@ pub fn load_or_generate(configured: &str, data_dir: &Path) -> std::io::Result<Ad
         }
         Ok(_) => {
             return Err(std::io::Error::other(format!(
-                "{} is shorter than 16 characters: fix or delete it",
+                "{} is shorter than 12 characters: fix or delete it",
                 path.display()
             )));
         }

@@ -49,7 +49,7 @@ pub struct WebSocketConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelsConfig {
-    /// Subscribing or publishing to an unknown channel creates it.
+    /// Subscribing to an unknown channel creates it (publishing to one reaches nobody).
     pub auto_create: bool,
     /// Options of channels created on first use.
     pub public: bool,
@@ -122,6 +122,12 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Room for a delivery's envelope and framing beyond its payload.
+pub const OUTBOX_HEADROOM: usize = 1024;
+
+/// Shortest admin key accepted from the configuration (generated keys have 43 characters).
+pub const MIN_ADMIN_KEY_LEN: usize = 12;
+
 /// Top-level keys and sections, for picking the `HERALD_*` variables that are ours.
 const KNOWN_KEYS: &[&str] = &[
     "listen",
@@ -179,10 +185,15 @@ impl Config {
                 "must be between 128 and 67108864",
             );
         }
-        if ws.outbox_max_bytes < ws.max_message_bytes.min(64 * 1024) {
+        // One largest delivery (payload + envelope + framing) must fit, or every subscriber
+        // of a large publication would be cut off as a slow consumer.
+        if ws.outbox_max_bytes < self.limits.max_payload_bytes + OUTBOX_HEADROOM {
             return bad(
                 "websocket.outbox_max_bytes",
-                "must be at least 65536 (or max_message_bytes)",
+                &format!(
+                    "must be at least limits.max_payload_bytes + {OUTBOX_HEADROOM} ({})",
+                    self.limits.max_payload_bytes + OUTBOX_HEADROOM
+                ),
             );
         }
         if ws.handshake_timeout_secs == 0 {
@@ -216,10 +227,10 @@ impl Config {
         if self.admin_key.is_empty() {
             return Ok(());
         }
-        if self.admin_key.len() < 16 {
+        if self.admin_key.len() < MIN_ADMIN_KEY_LEN {
             return bad(
                 "admin_key",
-                "must be at least 16 characters (or empty to generate one)",
+                "must be at least 12 characters (or empty to generate one)",
             );
         }
         Ok(())
@@ -286,6 +297,10 @@ mod tests {
         std::fs::write(&path, "[websocket]\nping_interval_secs = 0\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("websocket.ping_interval_secs"), "{err}");
+
+        std::fs::write(&path, "[websocket]\noutbox_max_bytes = 1000\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("websocket.outbox_max_bytes"), "{err}");
 
         let err = Config::load(Some(&dir.path().join("missing.toml")))
             .unwrap_err()

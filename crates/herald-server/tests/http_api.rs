@@ -225,7 +225,19 @@ async fn channels_lifecycle_and_tokens() {
         .unwrap();
     assert_eq!(status, 403);
 
-    // max_subscribers
+    // max_subscribers: 0 means unlimited, as in the configuration file.
+    let unlimited = api
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"wide","max_subscribers":0})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        unlimited["options"].get("max_subscribers").is_none(),
+        "{unlimited}"
+    );
     let mut c2 = srv.client().await;
     let mut c3 = srv.client().await;
     c2.request_ok(json!({"op":"subscribe","channel":"orders","token":token}))

@@ -36,7 +36,8 @@ pub struct HubConfig {
     pub max_payload_bytes: usize,
     /// Longest `to` list of a publication.
     pub max_recipients: usize,
-    /// Subscribing or publishing to an unknown channel creates it (ephemeral).
+    /// Subscribing to an unknown channel creates it (ephemeral). Publishing to an unknown
+    /// channel reaches nobody and creates nothing. When off, both are `channel_not_found`.
     pub auto_create_channels: bool,
     /// Options of channels created on first use.
     pub channel_defaults: ChannelOptions,
@@ -270,7 +271,7 @@ impl Hub {
         name: &ChannelName,
         token: Option<&str>,
     ) -> Result<(), HeraldError> {
-        match self.registry.channel(name.as_str()) {
+        match self.registry.lookup(name) {
             Some(channel) => channel.view(|view| actor.check_subscribe(name, view, token)),
             None if self.config.auto_create_channels => {
                 let view = ChannelView::absent(&self.config.channel_defaults);
@@ -344,9 +345,10 @@ impl Hub {
             to.sort_unstable();
             to.dedup();
         }
-        req.channels.dedup();
+        let mut seen = std::collections::HashSet::new();
+        req.channels.retain(|c| seen.insert(c.clone()));
         for name in &req.channels {
-            match self.registry.channel(name.as_str()) {
+            match self.registry.lookup(name) {
                 Some(ch) => ch.view(|view| actor.check_publish(name, view))?,
                 None if self.config.auto_create_channels => actor
                     .check_publish(name, &ChannelView::absent(&self.config.channel_defaults))?,
@@ -402,12 +404,16 @@ impl Hub {
             Actor::Client(c) => Some(c.id),
             _ => None,
         };
-        if self
+        if !self
             .registry
             .push_or_close(&target, target.format.direct(from, data))
         {
-            Stats::add(&self.stats.direct_messages, 1);
+            return Err(HeraldError::new(
+                ErrorCode::ClientNotFound,
+                format!("client {to} is disconnecting; the message was not delivered"),
+            ));
         }
+        Stats::add(&self.stats.direct_messages, 1);
         Ok(())
     }
 
@@ -423,7 +429,7 @@ impl Hub {
         actor.require_admin("creating channels")?;
         // Serialise creates and deletes so the store and the registry always agree.
         let _guard = self.channel_changes.lock().await;
-        if let Some(existing) = self.registry.channel(name.as_str())
+        if let Some(existing) = self.registry.lookup(&name)
             && existing.summary().persistent
         {
             return Err(HeraldError::new(
@@ -445,7 +451,7 @@ impl Hub {
             .create_persistent(&name, options, record.token_hash, record.created_at_ms)?;
         let channel = self
             .registry
-            .channel(name.as_str())
+            .lookup(&name)
             .ok_or_else(|| not_found(&name))?;
         Ok(CreatedChannel {
             channel: channel.summary(),
@@ -460,10 +466,7 @@ impl Hub {
         name: &ChannelName,
     ) -> Result<u64, HeraldError> {
         let _guard = self.channel_changes.lock().await;
-        let channel = self
-            .registry
-            .channel(name.as_str())
-            .ok_or_else(|| not_found(name))?;
+        let channel = self.registry.lookup(name).ok_or_else(|| not_found(name))?;
         channel.view(|view| actor.check_manage(name, view))?;
         if channel.summary().persistent {
             let store = self.store.clone();
@@ -473,7 +476,17 @@ impl Hub {
         let subscribers = self.registry.remove_channel(name).unwrap_or_default();
         let notice = |c: &Arc<ClientHandle>| c.format.unsubscribed(name, "channel_deleted");
         for client in &subscribers {
-            client.subscriptions.lock().channels.remove(name);
+            let mut subs = client.subscriptions.lock();
+            // The client may already have re-subscribed to a new channel of the same name;
+            // then the name stays in its set (lock order: subscriptions, then channel state).
+            let resubscribed = self
+                .registry
+                .lookup(name)
+                .is_some_and(|c| c.has_subscriber(client.id));
+            if !resubscribed {
+                subs.channels.remove(name);
+            }
+            drop(subs);
             self.registry.push_or_close(client, notice(client));
         }
         Ok(subscribers.len() as u64)
@@ -485,10 +498,7 @@ impl Hub {
         actor: &Actor,
         name: &ChannelName,
     ) -> Result<ChannelSummary, HeraldError> {
-        let channel = self
-            .registry
-            .channel(name.as_str())
-            .ok_or_else(|| not_found(name))?;
+        let channel = self.registry.lookup(name).ok_or_else(|| not_found(name))?;
         channel.view(|view| actor.check_manage(name, view))?;
         Ok(channel.summary())
     }

@@ -155,6 +155,10 @@ impl Channel {
         }
     }
 
+    pub fn has_subscriber(&self, id: ClientId) -> bool {
+        self.state.lock().subscribers.contains_key(&id)
+    }
+
     pub fn subscriber_ids(&self) -> Vec<ClientId> {
         self.state.lock().subscribers.keys().copied().collect()
     }
@@ -242,7 +246,8 @@ impl Registry {
             .cloned()
     }
 
-    fn lookup(&self, name: &ChannelName) -> Option<Arc<Channel>> {
+    /// The channel of a name already validated (no re-parsing).
+    pub fn lookup(&self, name: &ChannelName) -> Option<Arc<Channel>> {
         self.channels
             .shard(name.shard_key())
             .read()

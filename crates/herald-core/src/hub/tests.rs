@@ -369,3 +369,48 @@ async fn keepalive_sweep_pings_and_times_out() {
     assert!(a.outbox.is_closing());
     assert_eq!(hub.stats_snapshot().timed_out, 1);
 }
+
+#[tokio::test]
+async fn duplicate_channels_in_one_publication_are_published_once() {
+    let hub = hub();
+    let a = connect(&hub);
+    hub.subscribe(&Actor::Admin, &a, &[ch("a"), ch("b")], None)
+        .unwrap();
+    let r = hub
+        .publish(&Actor::Admin, publish_req(&["a", "b", "a"], "1"))
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(written(&a), "msg a 1 1;msg b 1 1;");
+}
+
+#[tokio::test]
+async fn direct_message_to_a_closing_client_is_an_error() {
+    let hub = hub_with(HubConfig {
+        outbox_max_bytes: 10,
+        ..Default::default()
+    });
+    let b = connect(&hub);
+    let err = hub
+        .send_direct(&Actor::Admin, b.id, b"\"far too long for the outbox\"")
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::ClientNotFound);
+    assert!(b.outbox.is_closing());
+}
+
+#[tokio::test]
+async fn resubscribing_during_a_delete_keeps_the_client_consistent() {
+    let hub = hub();
+    hub.create_channel(&Actor::Admin, ch("re"), ChannelOptions::default())
+        .await
+        .unwrap();
+    let a = connect(&hub);
+    hub.subscribe(&Actor::Admin, &a, &[ch("re")], None).unwrap();
+    hub.delete_channel(&Actor::Admin, &ch("re")).await.unwrap();
+    // After the delete the client is in no channel, and can subscribe to the name again.
+    assert!(a.subscriptions().is_empty());
+    hub.subscribe(&Actor::Admin, &a, &[ch("re")], None).unwrap();
+    assert_eq!(a.subscriptions(), vec![ch("re")]);
+    hub.disconnect(&a, DisconnectReason::ClosedByClient);
+    assert_eq!(hub.registry().channel_count(), 0);
+}

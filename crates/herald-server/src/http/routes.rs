@@ -158,7 +158,12 @@ pub async fn create_channel(
     let options = ChannelOptions {
         public: req.public.unwrap_or(defaults.public),
         client_publish: req.client_publish.unwrap_or(defaults.client_publish),
-        max_subscribers: req.max_subscribers.or(defaults.max_subscribers),
+        // 0 means unlimited, as in the configuration file.
+        max_subscribers: match req.max_subscribers {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => defaults.max_subscribers,
+        },
     };
     let created = state.hub.create_channel(&actor, name, options).await?;
     Ok((StatusCode::CREATED, Json(created)))

@@ -35,6 +35,7 @@ pub async fn run(state: Arc<AppState>, stream: TcpStream, leftover: Bytes, remot
         client.id,
         ws_cfg.ping_interval_secs * 1000,
         ws_cfg.max_message_bytes,
+        state.config.limits.max_payload_bytes,
     );
     state.hub.registry().push_or_close(&client, welcome);
     // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
@@ -160,7 +161,12 @@ impl Connection<'_> {
     async fn process_read_buf(&mut self) -> Step {
         loop {
             match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(event)) => self.handle(event).await?,
+                Ok(Some(event)) => {
+                    self.handle(event).await?;
+                    // A client sending a burst of requests must not starve the tasks that
+                    // deliver what it publishes: yield once the task's budget is spent.
+                    tokio::task::consume_budget().await;
+                }
                 Ok(None) => break,
                 Err(violation) => {
                     tracing::debug!(client = %self.client.id, reason = violation.reason, "protocol violation");

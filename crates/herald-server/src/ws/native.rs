@@ -60,12 +60,13 @@ impl<'a> Session<'a> {
         let hub = &self.state.hub;
         match op {
             Op::Subscribe { channels, token } => {
-                hub.subscribe(&self.actor, self.client, &channels, token.as_deref())?;
-                Ok(json!({ "channels": channels }))
+                let changed =
+                    hub.subscribe(&self.actor, self.client, &channels, token.as_deref())?;
+                Ok(json!({ "channels": channels, "changed": changed }))
             }
             Op::Unsubscribe { channels } => {
-                hub.unsubscribe(self.client, &channels)?;
-                Ok(json!({ "channels": channels }))
+                let changed = hub.unsubscribe(self.client, &channels)?;
+                Ok(json!({ "channels": channels, "changed": changed }))
             }
             Op::Publish { channels, data, to } => {
                 let data = frame.slice_ref(data.get().as_bytes());
