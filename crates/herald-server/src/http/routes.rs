@@ -13,7 +13,9 @@ use herald_core::hub::{
     ChannelPublished, ChannelSummary, ClientSummary, CreatedChannel, PublishRequest,
 };
 use herald_core::stats::StatsSnapshot;
-use herald_core::{ChannelName, ChannelOptions, ClientId, ErrorCode, HeraldError};
+use herald_core::{
+    Actor, ChannelName, ChannelOptions, ClientHandle, ClientId, ErrorCode, HeraldError,
+};
 use herald_protocol::native::Fields;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -256,6 +258,18 @@ pub struct SubscriptionChange {
     pub changed: Vec<ChannelName>,
 }
 
+/// The client a subscription route names, and the channels its body lists.
+fn client_and_channels(
+    state: &AppState,
+    actor: &Actor,
+    id: &str,
+    body: &Result<Bytes, BytesRejection>,
+) -> ApiResult<(Arc<ClientHandle>, Vec<ChannelName>)> {
+    let client = state.hub.client(actor, client_param(id)?)?;
+    let channels = Fields::parse(body_text(body)?)?.channels()?;
+    Ok((client, channels))
+}
+
 /// Subscribe a client to channels (admin; works on private channels too).
 #[utoipa::path(post, path = "/api/v1/clients/{id}/subscribe", request_body = ChannelsBody,
     params(("id" = String, Path, description = "client id")),
@@ -267,8 +281,7 @@ pub async fn subscribe_client(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SubscriptionChange>> {
-    let client = state.hub.client(&actor, client_param(&id)?)?;
-    let channels = Fields::parse(body_text(&body)?)?.channels()?;
+    let (client, channels) = client_and_channels(&state, &actor, &id, &body)?;
     let changed = state.hub.subscribe(&actor, &client, &channels, None)?;
     Ok(Json(SubscriptionChange { channels, changed }))
 }
@@ -284,8 +297,7 @@ pub async fn unsubscribe_client(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SubscriptionChange>> {
-    let client = state.hub.client(&actor, client_param(&id)?)?;
-    let channels = Fields::parse(body_text(&body)?)?.channels()?;
+    let (client, channels) = client_and_channels(&state, &actor, &id, &body)?;
     let changed = state.hub.force_unsubscribe(&client, &channels, "admin")?;
     Ok(Json(SubscriptionChange { channels, changed }))
 }
