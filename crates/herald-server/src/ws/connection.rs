@@ -11,13 +11,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use herald_core::client::{ClientInfo, DisconnectReason, close_code, now_ms};
-use herald_core::{ClientHandle, Disconnect, ErrorCode, HeraldError};
-use herald_protocol::native::{self, NATIVE_WS};
+use herald_core::{ClientHandle, Disconnect};
 use herald_protocol::ws::{self, Decoder, Incoming};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::native::Session;
+use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
 
 /// Most bytes moved from the outbox per write.
@@ -25,24 +24,28 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 4096;
 
-pub async fn run(state: Arc<AppState>, stream: TcpStream, leftover: Bytes, remote: SocketAddr) {
+pub async fn run<D: Dialect>(
+    dialect: &D,
+    state: Arc<AppState>,
+    stream: TcpStream,
+    leftover: Bytes,
+    remote: SocketAddr,
+) {
     let _ = stream.set_nodelay(true);
     let ws_cfg = &state.config.websocket;
-    let client = state
-        .hub
-        .connect(&NATIVE_WS, ClientInfo::new(Some(remote), native::DIALECT));
-    let welcome = native::welcome(
-        client.id,
-        ws_cfg.ping_interval_secs * 1000,
-        ws_cfg.max_message_bytes,
-        state.config.limits.max_payload_bytes,
+    let client = state.hub.connect(
+        dialect.format(),
+        ClientInfo::new(Some(remote), dialect.name()),
     );
-    state.hub.registry().push_or_close(&client, welcome);
+    if let Some(greeting) = dialect.greeting(&state, &client) {
+        state.hub.registry().push_or_close(&client, greeting);
+    }
     // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
     let read_buf = BytesMut::from(&leftover[..]);
     drop(leftover);
     let mut conn = Connection {
-        session: Session::new(&state, &client),
+        session: dialect.session(&state, &client),
+        state: &state,
         client: &client,
         stream,
         read_buf,
@@ -52,8 +55,9 @@ pub async fn run(state: Arc<AppState>, stream: TcpStream, leftover: Bytes, remot
     state.hub.disconnect(&client, reason);
 }
 
-struct Connection<'a> {
-    session: Session<'a>,
+struct Connection<'a, S> {
+    session: S,
+    state: &'a AppState,
     client: &'a Arc<ClientHandle>,
     stream: TcpStream,
     read_buf: BytesMut,
@@ -63,7 +67,7 @@ struct Connection<'a> {
 /// Control flow out of a step: keep serving, or the connection ended for this reason.
 type Step = Result<(), DisconnectReason>;
 
-impl Connection<'_> {
+impl<S: DialectSession + Send> Connection<'_, S> {
     async fn serve(&mut self) -> DisconnectReason {
         // Frames that arrived with the handshake.
         if let Err(reason) = self.process_read_buf().await {
@@ -193,21 +197,12 @@ impl Connection<'_> {
 
     async fn handle(&mut self, event: Incoming) -> Step {
         let reply = match event {
-            Incoming::Text(text) => self.session.handle_text(text).await,
-            Incoming::Binary(_) => Some(native::reply_error(
-                None,
-                &HeraldError::bad_request("binary messages are not part of the native protocol"),
-            )),
-            Incoming::TooLarge { len } => Some(native::reply_error(
-                None,
-                &HeraldError::new(
-                    ErrorCode::MessageTooLarge,
-                    format!(
-                        "message of {len} bytes skipped: the limit is {} bytes",
-                        self.decoder_limit()
-                    ),
-                ),
-            )),
+            Incoming::Text(text) => self.session.on_text(text).await,
+            Incoming::Binary(data) => self.session.on_binary(data).await,
+            Incoming::TooLarge { len } => {
+                let limit = self.state.config.websocket.max_message_bytes;
+                self.session.on_too_large(len, limit)
+            }
             Incoming::Ping(payload) => Some(ws::frame(ws::OP_PONG, &payload)),
             Incoming::Pong => None,
             Incoming::Close(code, _) => {
@@ -221,12 +216,9 @@ impl Connection<'_> {
             }
         };
         if let Some(frame) = reply {
-            self.session.reply(frame);
+            // A client that never reads its replies ends up a slow consumer like any other.
+            self.state.hub.registry().push_or_close(self.client, frame);
         }
         Ok(())
-    }
-
-    fn decoder_limit(&self) -> usize {
-        self.session.max_message_bytes()
     }
 }

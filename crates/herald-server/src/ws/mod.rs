@@ -3,6 +3,7 @@
 //! drains the client's outbox.
 
 mod connection;
+mod dialect;
 mod native;
 
 use std::net::SocketAddr;
@@ -83,7 +84,8 @@ pub async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
-                    connection::run(state, parts.io.into_inner(), parts.read_buf, remote).await
+                    let stream = parts.io.into_inner();
+                    connection::run(&native::Native, state, stream, parts.read_buf, remote).await
                 }
                 Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
             },

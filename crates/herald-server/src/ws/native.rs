@@ -1,16 +1,70 @@
-//! A native-protocol session: turns each parsed request into one hub operation and its
-//! reply. The same hub calls back the HTTP API, so codes and rules match.
+//! The native protocol as a [`Dialect`]: a session turns each parsed request into one hub
+//! operation and its reply. The HTTP API calls the same hub operations, so codes and rules
+//! match.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::hub::PublishRequest;
 use herald_core::stats::Stats;
-use herald_core::{Actor, ClientHandle, HeraldError};
-use herald_protocol::native::{self, Op};
+use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
+use herald_protocol::native::{self, NATIVE_WS, Op};
 use serde_json::json;
 
+use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
+
+/// Herald's own protocol at `/ws`.
+pub struct Native;
+
+impl Dialect for Native {
+    type Session<'a> = Session<'a>;
+
+    fn name(&self) -> &'static str {
+        native::DIALECT
+    }
+
+    fn format(&self) -> &'static dyn WireFormat {
+        &NATIVE_WS
+    }
+
+    fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes> {
+        let config = &state.config;
+        Some(native::welcome(
+            client.id,
+            config.websocket.ping_interval_secs * 1000,
+            config.websocket.max_message_bytes,
+            config.limits.max_payload_bytes,
+        ))
+    }
+
+    fn session<'a>(
+        &'a self,
+        state: &'a Arc<AppState>,
+        client: &'a Arc<ClientHandle>,
+    ) -> Session<'a> {
+        Session::new(state, client)
+    }
+}
+
+impl DialectSession for Session<'_> {
+    async fn on_text(&mut self, text: Bytes) -> Option<Bytes> {
+        self.handle_text(text).await
+    }
+
+    async fn on_binary(&mut self, _data: Bytes) -> Option<Bytes> {
+        let error = HeraldError::bad_request("binary messages are not part of the native protocol");
+        Some(native::reply_error(None, &error))
+    }
+
+    fn on_too_large(&mut self, len: u64, limit: usize) -> Option<Bytes> {
+        let error = HeraldError::new(
+            ErrorCode::MessageTooLarge,
+            format!("message of {len} bytes skipped: the limit is {limit} bytes"),
+        );
+        Some(native::reply_error(None, &error))
+    }
+}
 
 pub struct Session<'a> {
     state: &'a AppState,
@@ -25,16 +79,6 @@ impl<'a> Session<'a> {
             client,
             actor: Actor::Client(client.clone()),
         }
-    }
-
-    pub fn max_message_bytes(&self) -> usize {
-        self.state.config.websocket.max_message_bytes
-    }
-
-    /// Queues a reply to this client (a client that never reads its replies ends up a slow
-    /// consumer like any other).
-    pub fn reply(&self, frame: Bytes) {
-        self.state.hub.registry().push_or_close(self.client, frame);
     }
 
     /// Handles one text message; returns the reply frame, if one is due.

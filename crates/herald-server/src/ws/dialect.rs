@@ -1,0 +1,41 @@
+//! The seam between the WebSocket transport and a protocol: the native protocol today, the
+//! seed dialects next (issue 3). The connection task in [`super::connection`] owns the socket,
+//! the framing, keep-alive, the outbox and closing; a [`Dialect`] only says how its clients are
+//! greeted and encoded, and its [`DialectSession`] turns each message into hub operations and
+//! an optional reply frame. Dialects never own channels or clients: they call the hub.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::{ClientHandle, WireFormat};
+
+use crate::server::AppState;
+
+/// A protocol spoken over WebSocket.
+pub trait Dialect: Send + Sync + 'static {
+    type Session<'a>: DialectSession + Send
+    where
+        Self: 'a;
+
+    /// Name shown in client listings, e.g. `"native"`.
+    fn name(&self) -> &'static str;
+    /// How hub events (publications, direct messages, notices, keep-alives) are encoded.
+    fn format(&self) -> &'static dyn WireFormat;
+    /// A frame to queue right after the handshake, if the protocol has one.
+    fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes>;
+    /// The per-connection state.
+    fn session<'a>(
+        &'a self,
+        state: &'a Arc<AppState>,
+        client: &'a Arc<ClientHandle>,
+    ) -> Self::Session<'a>;
+}
+
+/// One connection's protocol state. Each method returns the reply frame to queue, if any.
+pub trait DialectSession {
+    fn on_text(&mut self, text: Bytes) -> impl Future<Output = Option<Bytes>> + Send;
+    fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Option<Bytes>> + Send;
+    /// A message of `len` bytes was over `limit` and skipped.
+    fn on_too_large(&mut self, len: u64, limit: usize) -> Option<Bytes>;
+}
