@@ -37,8 +37,18 @@ pub trait WireFormat: Send + Sync + 'static {
     fn message(&self, msg: &Message) -> Bytes;
     /// A message sent to this one client.
     fn direct(&self, from: Option<ClientId>, data: &[u8]) -> Bytes;
-    /// The server removed a subscription (channel deleted, admin action).
-    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Bytes;
+    /// The server removed a subscription (channel deleted, admin action); `None` when the
+    /// protocol has no such notice.
+    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Option<Bytes>;
+    /// A message an admin sent to every connected client. Defaults to a direct message.
+    fn broadcast(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
+        self.direct(from, data)
+    }
+    /// For admin connections: a client connected or disconnected. `None` (the default): the
+    /// protocol does not announce connections.
+    fn connection_notice(&self, _client: ClientId, _connected: bool) -> Option<Bytes> {
+        None
+    }
     /// A keep-alive probe; the transport's answer counts as activity.
     fn keepalive(&self) -> Bytes;
 }

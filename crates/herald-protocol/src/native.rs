@@ -307,15 +307,18 @@ impl WireFormat for NativeWs {
         })
     }
 
-    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Bytes {
-        text_frame(64 + channel.as_str().len() + reason.len(), |b| {
-            let _ = write!(
-                b,
-                "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":"
-            );
-            write_json_str(b, reason);
-            b.push(b'}');
-        })
+    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Option<Bytes> {
+        Some(text_frame(
+            64 + channel.as_str().len() + reason.len(),
+            |b| {
+                let _ = write!(
+                    b,
+                    "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":"
+                );
+                write_json_str(b, reason);
+                b.push(b'}');
+            },
+        ))
     }
 
     fn keepalive(&self) -> Bytes {
@@ -426,7 +429,11 @@ mod tests {
             v,
             serde_json::json!({"op":"direct","from":from.to_string(),"data":[1]})
         );
-        let v = payload(&NATIVE_WS.unsubscribed(&m.channel, "channel_deleted"));
+        let v = payload(
+            &NATIVE_WS
+                .unsubscribed(&m.channel, "channel_deleted")
+                .unwrap(),
+        );
         assert_eq!(
             v,
             serde_json::json!({"op":"unsubscribed","channel":"news","reason":"channel_deleted"})

@@ -176,7 +176,49 @@ impl Hub {
         let client = Arc::new(ClientHandle::new(format, info));
         self.registry.add_client(client.clone());
         Stats::add(&self.stats.connections_total, 1);
+        self.announce(client.id, true);
         client
+    }
+
+    /// Makes a connection an admin (it presented the admin secret): it may do what the admin
+    /// key allows over the HTTP API, and hears of every connect and disconnect.
+    pub fn make_admin(&self, client: &Arc<ClientHandle>) {
+        client.set_admin(true);
+        self.registry.add_admin(client.clone());
+    }
+
+    /// Tells every admin connection (but the subject) that a client came or went.
+    fn announce(&self, subject: ClientId, connected: bool) {
+        for admin in self.registry.admins() {
+            if admin.id == subject {
+                continue;
+            }
+            if let Some(frame) = admin.format.connection_notice(subject, connected) {
+                self.registry.push_or_close(&admin, frame);
+            }
+        }
+    }
+
+    /// Sends `data` to every connected client, admins and the sender included (admin only).
+    /// Returns how many it was queued to.
+    pub fn broadcast(&self, actor: &Actor, data: &[u8]) -> Result<u64, HeraldError> {
+        actor.require_admin("broadcasting")?;
+        self.check_payload(data)?;
+        let from = match actor {
+            Actor::Client(c) => Some(c.id),
+            _ => None,
+        };
+        let mut sent = 0;
+        for client in self.registry.all_clients() {
+            if self
+                .registry
+                .push_or_close(&client, client.format.broadcast(from, data))
+            {
+                sent += 1;
+            }
+        }
+        Stats::add(&self.stats.direct_messages, sent);
+        Ok(sent)
     }
 
     /// Removes a connection and all its subscriptions. Idempotent.
@@ -192,8 +234,10 @@ impl Hub {
         for name in &channels {
             self.registry.remove_subscriber(name, client.id);
         }
+        self.registry.remove_admin(client.id);
         if self.registry.remove_client(client.id).is_some() {
             Stats::add(&self.stats.disconnections_total, 1);
+            self.announce(client.id, false);
         }
         tracing::debug!(client = %client.id, reason = reason.as_str(), "client disconnected");
     }
@@ -313,8 +357,9 @@ impl Hub {
     ) -> Result<Vec<ChannelName>, HeraldError> {
         let left = self.unsubscribe(client, channels)?;
         for name in &left {
-            self.registry
-                .push_or_close(client, client.format.unsubscribed(name, reason));
+            if let Some(notice) = client.format.unsubscribed(name, reason) {
+                self.registry.push_or_close(client, notice);
+            }
         }
         Ok(left)
     }
@@ -487,7 +532,9 @@ impl Hub {
                 subs.channels.remove(name);
             }
             drop(subs);
-            self.registry.push_or_close(client, notice(client));
+            if let Some(notice) = notice(client) {
+                self.registry.push_or_close(client, notice);
+            }
         }
         Ok(subscribers.len() as u64)
     }

@@ -166,6 +166,8 @@ impl Channel {
 
 pub struct Registry {
     clients: Sharded<ClientId, Arc<ClientHandle>>,
+    /// Admin connections (few): they hear of every connect and disconnect.
+    admins: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
     channels: Sharded<ChannelName, Arc<Channel>>,
     outbox_limit: usize,
     stats: Arc<Stats>,
@@ -175,6 +177,7 @@ impl Registry {
     pub fn new(outbox_limit: usize, stats: Arc<Stats>) -> Self {
         Registry {
             clients: Sharded::new(),
+            admins: RwLock::new(HashMap::new()),
             channels: Sharded::new(),
             outbox_limit,
             stats,
@@ -204,6 +207,19 @@ impl Registry {
 
     pub fn client(&self, id: ClientId) -> Option<Arc<ClientHandle>> {
         self.clients.shard(id.shard_key()).read().get(&id).cloned()
+    }
+
+    pub fn add_admin(&self, client: Arc<ClientHandle>) {
+        self.admins.write().insert(client.id, client);
+    }
+
+    pub fn remove_admin(&self, id: ClientId) {
+        self.admins.write().remove(&id);
+    }
+
+    /// The admin connections (a snapshot).
+    pub fn admins(&self) -> Vec<Arc<ClientHandle>> {
+        self.admins.read().values().cloned().collect()
     }
 
     pub fn client_count(&self) -> usize {

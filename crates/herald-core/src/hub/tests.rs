@@ -30,8 +30,11 @@ impl WireFormat for TestFormat {
     fn direct(&self, _from: Option<ClientId>, data: &[u8]) -> Bytes {
         Bytes::from(format!("direct {};", String::from_utf8_lossy(data)))
     }
-    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Bytes {
-        Bytes::from(format!("unsub {channel} {reason};"))
+    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Option<Bytes> {
+        Some(Bytes::from(format!("unsub {channel} {reason};")))
+    }
+    fn connection_notice(&self, client: ClientId, connected: bool) -> Option<Bytes> {
+        Some(Bytes::from(format!("notice {client} {connected};")))
     }
     fn keepalive(&self) -> Bytes {
         Bytes::from_static(b"ping;")
@@ -413,4 +416,28 @@ async fn resubscribing_during_a_delete_keeps_the_client_consistent() {
     assert_eq!(a.subscriptions(), vec![ch("re")]);
     hub.disconnect(&a, DisconnectReason::ClosedByClient);
     assert_eq!(hub.registry().channel_count(), 0);
+}
+
+#[tokio::test]
+async fn admins_hear_of_connects_and_disconnects_and_can_broadcast() {
+    let hub = hub();
+    let admin = connect(&hub);
+    hub.make_admin(&admin);
+    let a = connect(&hub);
+    hub.disconnect(&a, DisconnectReason::ClosedByClient);
+    assert_eq!(
+        written(&admin),
+        format!("notice {} true;notice {} false;", a.id, a.id)
+    );
+    let b = connect(&hub);
+    written(&admin);
+    let err = hub.broadcast(&Actor::Client(b.clone()), b"1").unwrap_err();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    assert_eq!(
+        hub.broadcast(&Actor::Client(admin.clone()), b"\"all\"")
+            .unwrap(),
+        2
+    );
+    assert_eq!(written(&b), "direct \"all\";");
+    assert_eq!(written(&admin), "direct \"all\";");
 }
