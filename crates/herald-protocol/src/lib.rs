@@ -7,4 +7,5 @@
 //!   [`herald_core::WireFormat`] over WebSocket.
 
 pub mod native;
+pub mod subsocket;
 pub mod ws;

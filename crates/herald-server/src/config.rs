@@ -29,6 +29,76 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub channels: ChannelsConfig,
     pub limits: LimitsConfig,
+    pub dialects: DialectsConfig,
+}
+
+/// The seed protocols Herald speaks besides its own (docs/dialects.md).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialectsConfig {
+    pub subsocket: DialectMount,
+}
+
+/// Where a dialect is served: under `prefix` on the main listener, and optionally on a
+/// listener of its own with the original paths at the root.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialectMount {
+    pub enabled: bool,
+    /// Path prefix on the main listener, e.g. "/subsocket" (its WebSocket is then at
+    /// "/subsocket/socket"). Empty: not mounted on the main listener.
+    pub prefix: String,
+    /// A listener of its own serving the original paths, e.g. "0.0.0.0:8081". Empty: none.
+    pub listen: String,
+}
+
+impl DialectMount {
+    fn with_prefix(prefix: &str) -> Self {
+        DialectMount {
+            enabled: false,
+            prefix: prefix.into(),
+            listen: String::new(),
+        }
+    }
+
+    /// The parsed `listen` address, if one is configured.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let bad =
+            |field: &str, why: &str| Err(ConfigError(format!("dialects.{key}.{field}: {why}")));
+        if !self.prefix.is_empty()
+            && (!self.prefix.starts_with('/')
+                || self.prefix.ends_with('/')
+                || self.prefix.len() < 2)
+        {
+            return bad(
+                "prefix",
+                "must look like \"/name\" (leading slash, no trailing slash) or be empty",
+            );
+        }
+        if ["/api", "/ws", "/healthz"]
+            .iter()
+            .any(|p| self.prefix == *p)
+        {
+            return bad("prefix", "clashes with one of Herald's own routes");
+        }
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return bad("listen", "not an address like 0.0.0.0:8081");
+        }
+        if self.enabled && self.prefix.is_empty() && self.listen.is_empty() {
+            return bad("enabled", "needs a prefix or a listen address");
+        }
+        Ok(())
+    }
+}
+
+impl Default for DialectMount {
+    fn default() -> Self {
+        Self::with_prefix("")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,6 +151,9 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             channels: ChannelsConfig::default(),
             limits: LimitsConfig::default(),
+            dialects: DialectsConfig {
+                subsocket: DialectMount::with_prefix("/subsocket"),
+            },
         }
     }
 }
@@ -130,6 +203,7 @@ pub const MIN_ADMIN_KEY_LEN: usize = 12;
 
 /// Top-level keys and sections, for picking the `HERALD_*` variables that are ours.
 const KNOWN_KEYS: &[&str] = &[
+    "dialects",
     "listen",
     "data_dir",
     "admin_key",
@@ -199,6 +273,7 @@ impl Config {
         if ws.handshake_timeout_secs == 0 {
             return bad("websocket.handshake_timeout_secs", "must be at least 1");
         }
+        self.dialects.subsocket.validate("subsocket")?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),

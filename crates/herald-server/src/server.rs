@@ -35,6 +35,8 @@ pub struct RunningServer {
     pub generated_admin_key: bool,
     /// Channels restored from the store.
     pub restored_channels: usize,
+    /// Listeners of dialects' own: (dialect, bound address).
+    pub dialect_addrs: Vec<(&'static str, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -53,21 +55,48 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
+    let subsocket = &config.dialects.subsocket;
+    let subsocket_listener = match subsocket.listen_addr().filter(|_| subsocket.enabled) {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("dialects.subsocket.listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState {
         hub,
         config,
         admin_key: key.key,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(accept_loop(listener, state.clone(), shutdown_rx.clone())),
-        tokio::spawn(pinger(state.clone(), shutdown_rx)),
+    let main_router = crate::http::router(state.clone());
+    let mut tasks = vec![
+        tokio::spawn(accept_loop(
+            listener,
+            main_router,
+            state.clone(),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
     ];
+    let mut dialect_addrs = Vec::new();
+    if let Some(listener) = subsocket_listener {
+        dialect_addrs.push(("subsocket", listener.local_addr()?));
+        let router = crate::http::subsocket_router(state.clone());
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            router,
+            state.clone(),
+            shutdown_rx,
+        )));
+    }
     Ok(RunningServer {
         local_addr,
         state,
         generated_admin_key: key.generated,
         restored_channels: restored,
+        dialect_addrs,
         shutdown,
         tasks,
     })
@@ -96,10 +125,10 @@ impl RunningServer {
 
 async fn accept_loop(
     listener: TcpListener,
+    router: axum::Router,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let router = crate::http::router(state.clone());
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,

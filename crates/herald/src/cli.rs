@@ -159,6 +159,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("herald {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     eprintln!("  WebSocket:  ws://{addr}/ws");
     eprintln!("  HTTP API:   http://{addr}/api/v1  (OpenAPI: /api/v1/openapi.json)");
+    let subsocket = &server.state.config.dialects.subsocket;
+    if subsocket.enabled && !subsocket.prefix.is_empty() {
+        eprintln!("  SubSocket:  ws://{addr}{}/socket", subsocket.prefix);
+    }
+    for (dialect, dialect_addr) in &server.dialect_addrs {
+        eprintln!("  {dialect} (own listener): {dialect_addr}");
+    }
     let data_dir = &server.state.config.data_dir;
     if server.generated_admin_key {
         eprintln!(

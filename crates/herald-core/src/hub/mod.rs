@@ -504,6 +504,34 @@ impl Hub {
         })
     }
 
+    /// Creates a persistent channel, or replaces the options of an existing one (keeping its
+    /// token and subscribers). Returns the token when a channel was created.
+    pub async fn put_channel(
+        &self,
+        actor: &Actor,
+        name: ChannelName,
+        options: ChannelOptions,
+    ) -> Result<Option<String>, HeraldError> {
+        actor.require_admin("creating channels")?;
+        {
+            let _guard = self.channel_changes.lock().await;
+            if let Some((token_hash, created_at_ms)) =
+                self.registry.update_options(&name, options.clone())
+            {
+                let record = ChannelRecord {
+                    name: name.to_string(),
+                    options,
+                    token_hash,
+                    created_at_ms,
+                };
+                let store = self.store.clone();
+                run_blocking(move || store.put_channel(&record)).await?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.create_channel(actor, name, options).await?.token))
+    }
+
     /// Deletes a channel: its subscribers get an `unsubscribed` notice, the store forgets it.
     pub async fn delete_channel(
         &self,

@@ -318,6 +318,22 @@ impl Registry {
         Ok(())
     }
 
+    /// Replaces a persistent channel's options; returns its stored record fields (token hash,
+    /// creation time), or `None` if there is no such persistent channel.
+    pub fn update_options(
+        &self,
+        name: &ChannelName,
+        options: ChannelOptions,
+    ) -> Option<(String, u64)> {
+        let channel = self.lookup(name)?;
+        let mut st = channel.state.lock();
+        if !st.persistent || st.removed {
+            return None;
+        }
+        st.options = options;
+        Some((st.token_hash.clone().unwrap_or_default(), st.created_at_ms))
+    }
+
     /// Removes a channel and returns its former subscribers (whose subscription sets the
     /// caller must update and notify).
     pub fn remove_channel(&self, name: &ChannelName) -> Option<Vec<Arc<ClientHandle>>> {

@@ -3,9 +3,10 @@
 
 mod auth;
 mod error;
+mod routes;
+mod subsocket;
 
 pub use error::ApiError;
-mod routes;
 
 use std::sync::Arc;
 
@@ -46,6 +47,33 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
+/// The SubSocket dialect's original paths: `/socket` and `/api.v1/...`.
+fn subsocket_routes() -> Router<Arc<AppState>> {
+    use axum::routing::any;
+    Router::new()
+        .route("/socket", get(crate::ws::upgrade_subsocket))
+        .route("/api.v1/channels/list", any(subsocket::channels_list))
+        .route("/api.v1/channels/put", any(subsocket::channels_put))
+        .route("/api.v1/channels/del", any(subsocket::channels_del))
+        .route(
+            "/api.v1/clients/subscribe",
+            any(subsocket::clients_subscribe),
+        )
+        .route(
+            "/api.v1/clients/unsubscribe",
+            any(subsocket::clients_unsubscribe),
+        )
+        .route("/api.v1/clients/kick", any(subsocket::clients_kick))
+}
+
+/// A listener of the SubSocket dialect's own: its original paths at the root.
+pub fn subsocket_router(state: Arc<AppState>) -> Router {
+    subsocket_routes()
+        .route("/healthz", get(routes::healthz))
+        .fallback(routes::not_found)
+        .with_state(state)
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     let api = Router::new()
@@ -71,7 +99,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/clients/{id}/send", post(routes::send_to_client))
         .route("/stats", get(routes::stats))
         .route("/openapi.json", get(openapi_json));
-    Router::new()
+    let subsocket = &state.config.dialects.subsocket;
+    let mut router = Router::new();
+    if subsocket.enabled && !subsocket.prefix.is_empty() {
+        router = router.nest(&subsocket.prefix, subsocket_routes());
+    }
+    router
         .nest("/api/v1", api)
         .route("/healthz", get(routes::healthz))
         .route("/ws", get(crate::ws::upgrade))

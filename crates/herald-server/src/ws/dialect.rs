@@ -22,6 +22,11 @@ pub trait Dialect: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// How hub events (publications, direct messages, notices, keep-alives) are encoded.
     fn format(&self) -> &'static dyn WireFormat;
+    /// Refuse browser handshakes whose `Origin` host differs from `Host` (as the original
+    /// server of the dialect did).
+    fn same_origin_only(&self) -> bool {
+        false
+    }
     /// A frame to queue right after the handshake, if the protocol has one.
     fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes>;
     /// The per-connection state.

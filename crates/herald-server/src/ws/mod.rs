@@ -5,6 +5,9 @@
 mod connection;
 mod dialect;
 mod native;
+mod subsocket;
+
+pub use dialect::Dialect;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,14 +31,53 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
-/// `GET /ws`: validates the handshake, answers 101 and hands the upgraded socket to a
-/// connection task.
+/// `GET /ws`: the native protocol.
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    upgrade_to(&native::Native, state, remote, req)
+}
+
+/// The SubSocket dialect's `/socket`.
+pub async fn upgrade_subsocket(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    upgrade_to(&subsocket::SubSocket, state, remote, req)
+}
+
+/// Whether the `Origin` header, if any, names the same host as `Host`.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://").map(|(_, rest)| rest))
+        .map(|rest| rest.split('/').next().unwrap_or(rest));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// Validates the handshake, answers 101 and hands the upgraded socket to a connection task
+/// speaking `dialect`.
+fn upgrade_to<D: Dialect>(
+    dialect: &'static D,
+    state: Arc<AppState>,
+    remote: SocketAddr,
     mut req: Request,
 ) -> Response {
     let headers = req.headers();
+    if dialect.same_origin_only() && !same_origin(headers) {
+        let mut resp =
+            ApiError::new(ErrorCode::Forbidden, "cross-origin WebSocket refused").into_response();
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return resp;
+    }
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
@@ -85,7 +127,7 @@ pub async fn upgrade(
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
-                    connection::run(&native::Native, state, stream, parts.read_buf, remote).await
+                    connection::run(dialect, state, stream, parts.read_buf, remote).await
                 }
                 Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
             },

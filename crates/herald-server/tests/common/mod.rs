@@ -87,14 +87,46 @@ impl RawPeer {
 
     /// `recv_buffer`: a small receive buffer makes a non-reading peer fill up quickly.
     pub async fn connect_with(addr: SocketAddr, recv_buffer: Option<u32>) -> RawPeer {
+        Self::open(addr, "/ws", "", recv_buffer).await
+    }
+
+    /// A WebSocket at `path`, with extra header lines (each ending in `\r\n`).
+    pub async fn connect_to(addr: SocketAddr, path: &str, extra_headers: &str) -> RawPeer {
+        Self::open(addr, path, extra_headers, None).await
+    }
+
+    /// The raw 101-or-not answer to an upgrade request at `path`.
+    pub async fn handshake_status(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(Self::upgrade_request(addr, path, extra_headers).as_bytes())
+            .await
+            .unwrap();
+        let mut peer = RawPeer {
+            tcp,
+            buf: Vec::new(),
+        };
+        let head = peer.read_until(b"\r\n").await;
+        String::from_utf8_lossy(&head).trim().to_string()
+    }
+
+    fn upgrade_request(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+        )
+    }
+
+    async fn open(
+        addr: SocketAddr,
+        path: &str,
+        extra_headers: &str,
+        recv_buffer: Option<u32>,
+    ) -> RawPeer {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut tcp = socket.connect(addr).await.unwrap();
-        let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
+        let req = Self::upgrade_request(addr, path, extra_headers);
         tcp.write_all(req.as_bytes()).await.unwrap();
         let mut peer = RawPeer {
             tcp,
@@ -157,6 +189,20 @@ impl RawPeer {
                 return None;
             }
         }
+    }
+
+    /// Next text frame as a string, skipping pings.
+    pub async fn text(&mut self) -> String {
+        loop {
+            let (op, payload) = self.frame().await.expect("connection open");
+            if op == 1 {
+                return String::from_utf8(payload).unwrap();
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send(1, text.as_bytes(), true).await;
     }
 
     /// Next text frame as JSON, skipping pings.
