@@ -25,6 +25,8 @@ pub struct AppState {
     pub hub: Hub,
     pub config: Config,
     pub admin_key: String,
+    /// WebSocket connections admitted (handshake accepted, not yet ended).
+    pub ws_connections: std::sync::atomic::AtomicUsize,
 }
 
 /// A started server.
@@ -68,6 +70,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         hub,
         config,
         admin_key: key.key,
+        ws_connections: Default::default(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = crate::http::router(state.clone());

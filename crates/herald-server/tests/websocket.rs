@@ -377,7 +377,7 @@ async fn plain_http_get_on_ws_gets_426() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_refuses_with_503() {
     let srv = TestServer::start_with(|c| c.limits.max_connections = 1).await;
-    let _first = srv.client().await;
+    let first = srv.client().await;
     let Err(err) = herald_client::Client::connect(&srv.ws_url()).await else {
         panic!("a second connection must be refused");
     };
@@ -385,6 +385,20 @@ async fn connection_limit_refuses_with_503() {
         .downcast_ref::<herald_client::HandshakeRejected>()
         .expect("HTTP refusal");
     assert_eq!(rejected.status, 503);
+    // The slot comes back when the connection ends.
+    first.close().await.unwrap();
+    let mut admitted = false;
+    for _ in 0..100 {
+        if herald_client::Client::connect(&srv.ws_url()).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        admitted,
+        "a new connection is admitted once the first has gone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ pub use dialect::Dialect;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -47,6 +48,29 @@ pub async fn upgrade_subsocket(
     req: Request,
 ) -> Response {
     upgrade_to(&subsocket::SubSocket, state, remote, req)
+}
+
+/// One of `limits.max_connections` WebSocket slots, taken at the handshake (so simultaneous
+/// handshakes cannot overshoot the limit) and given back when the connection ends.
+struct ConnectionSlot(Arc<AppState>);
+
+impl ConnectionSlot {
+    fn take(state: &Arc<AppState>) -> Option<ConnectionSlot> {
+        let max = state.config.limits.max_connections;
+        state
+            .ws_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(state.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Whether the `Origin` header, if any, names the same host as `Host`.
@@ -114,15 +138,16 @@ fn upgrade_to<D: Dialect>(
         return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
     };
     let accept = accept_key(key);
-    if state.hub.registry().client_count() >= state.config.limits.max_connections {
+    let Some(slot) = ConnectionSlot::take(&state) else {
         tracing::warn!(%remote, "connection refused: limits.max_connections reached");
         let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
             .into_response();
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return resp;
-    }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
