@@ -7,8 +7,12 @@
 //! Redis and NATS brokers (later) get offsets from the backplane and call
 //! [`Registry::deliver_at`](crate::hub::Registry) on each node.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::channel::ChannelName;
 use crate::error::HeraldError;
@@ -24,6 +28,9 @@ pub struct Publish {
     pub data: RawJson,
     /// Only these subscribers receive it (`None`: all).
     pub to: Option<Vec<ClientId>>,
+    /// Shared by the publishes of one multi-channel publication whose clients must get it at
+    /// most once (dialects whose frames do not name the channel): who already got it here.
+    pub once: Option<Arc<Mutex<HashSet<ClientId>>>>,
 }
 
 /// What a publication became.

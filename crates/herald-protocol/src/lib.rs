@@ -6,6 +6,7 @@
 //! - [`native`]: Herald's native JSON protocol (requests, replies, deliveries) and its
 //!   [`herald_core::WireFormat`] over WebSocket.
 
+pub mod eventual;
 pub mod native;
 pub mod subsocket;
 pub mod ws;

@@ -37,6 +37,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct DialectsConfig {
     pub subsocket: DialectMount,
+    pub eventual: DialectMount,
 }
 
 /// Where a dialect is served: under `prefix` on the main listener, and optionally on a
@@ -153,6 +154,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             dialects: DialectsConfig {
                 subsocket: DialectMount::with_prefix("/subsocket"),
+                eventual: DialectMount::with_prefix("/eventual"),
             },
         }
     }
@@ -274,6 +276,7 @@ impl Config {
             return bad("websocket.handshake_timeout_secs", "must be at least 1");
         }
         self.dialects.subsocket.validate("subsocket")?;
+        self.dialects.eventual.validate("eventual")?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),

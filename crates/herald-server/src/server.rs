@@ -57,15 +57,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
-    let subsocket = &config.dialects.subsocket;
-    let subsocket_listener = match subsocket.listen_addr().filter(|_| subsocket.enabled) {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("dialects.subsocket.listen: cannot listen on {addr}"))?,
-        ),
-        None => None,
-    };
+    let subsocket_listener = bind_dialect(&config.dialects.subsocket, "subsocket").await?;
+    let eventual_listener = bind_dialect(&config.dialects.eventual, "eventual").await?;
     let state = Arc::new(AppState {
         hub,
         config,
@@ -84,15 +77,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
     ];
     let mut dialect_addrs = Vec::new();
-    if let Some(listener) = subsocket_listener {
-        dialect_addrs.push(("subsocket", listener.local_addr()?));
-        let router = crate::http::subsocket_router(state.clone());
-        tasks.push(tokio::spawn(accept_loop(
-            listener,
-            router,
-            state.clone(),
-            shutdown_rx,
-        )));
+    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 2] = [
+        (
+            "subsocket",
+            subsocket_listener,
+            crate::http::subsocket_router,
+        ),
+        ("eventual", eventual_listener, crate::http::eventual_router),
+    ];
+    for (name, listener, router) in dialects {
+        let Some(listener) = listener else { continue };
+        dialect_addrs.push((name, listener.local_addr()?));
+        let router = router(state.clone());
+        let accept = accept_loop(listener, router, state.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(accept));
     }
     Ok(RunningServer {
         local_addr,
@@ -103,6 +101,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         tasks,
     })
+}
+
+/// Builds a dialect's own router.
+type RouterFn = fn(Arc<AppState>) -> axum::Router;
+
+/// Binds a dialect's own listener, if it is enabled and has one.
+async fn bind_dialect(
+    mount: &crate::config::DialectMount,
+    name: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match mount.listen_addr().filter(|_| mount.enabled) {
+        Some(addr) => Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+            format!("dialects.{name}.listen: cannot listen on {addr}")
+        })?)),
+        None => Ok(None),
+    }
 }
 
 impl RunningServer {

@@ -25,6 +25,9 @@ use crate::secret;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{ChannelRecord, Store};
 
+/// The channel whose subscribers (through [`Hub::subscribe_firehose`]) get every publication.
+pub const FIREHOSE_CHANNEL: &str = "global";
+
 /// Limits and defaults the hub enforces (from the `[limits]` and `[channels]` config).
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -67,6 +70,9 @@ pub struct PublishRequest {
     /// Valid JSON text.
     pub data: Bytes,
     pub to: Option<Vec<ClientId>>,
+    /// Each client gets the publication at most once, however many of its channels it is in
+    /// (for dialects whose frames do not name the channel).
+    pub once_per_client: bool,
 }
 
 /// One channel's outcome of a publication.
@@ -235,6 +241,7 @@ impl Hub {
             self.registry.remove_subscriber(name, client.id);
         }
         self.registry.remove_admin(client.id);
+        self.registry.remove_firehose(client.id);
         if self.registry.remove_client(client.id).is_some() {
             Stats::add(&self.stats.disconnections_total, 1);
             self.announce(client.id, false);
@@ -325,6 +332,26 @@ impl Hub {
         }
     }
 
+    /// Adds `client` to the firehose: it receives every publication on every channel (once),
+    /// as Eventual's `global` subscribers do. Needs permission to subscribe to `global`.
+    pub fn subscribe_firehose(
+        &self,
+        actor: &Actor,
+        client: &Arc<ClientHandle>,
+    ) -> Result<(), HeraldError> {
+        let global = ChannelName::parse(FIREHOSE_CHANNEL)?;
+        self.subscribe(actor, client, std::slice::from_ref(&global), None)?;
+        let subs = client.subscriptions.lock();
+        if !subs.closed {
+            self.registry.add_firehose(client.clone());
+        }
+        Ok(())
+    }
+
+    pub fn unsubscribe_firehose(&self, client: &Arc<ClientHandle>) {
+        self.registry.remove_firehose(client.id);
+    }
+
     /// Removes `client` from `channels`; channels it was not in are ignored. Returns the
     /// channels it actually left.
     pub fn unsubscribe(
@@ -404,6 +431,7 @@ impl Hub {
             Actor::Client(c) => Some(c.id),
             _ => None,
         };
+        let once = req.once_per_client.then(Default::default);
         let mut results = Vec::with_capacity(req.channels.len());
         for name in req.channels {
             let publish = Publish {
@@ -411,6 +439,7 @@ impl Hub {
                 from,
                 data: req.data.clone(),
                 to: req.to.clone(),
+                once: once.clone(),
             };
             let Published {
                 offset,

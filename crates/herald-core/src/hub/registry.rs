@@ -168,6 +168,8 @@ pub struct Registry {
     clients: Sharded<ClientId, Arc<ClientHandle>>,
     /// Admin connections (few): they hear of every connect and disconnect.
     admins: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
+    /// Clients that receive every publication on every channel (Eventual's `global`).
+    firehose: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
     channels: Sharded<ChannelName, Arc<Channel>>,
     outbox_limit: usize,
     stats: Arc<Stats>,
@@ -178,6 +180,7 @@ impl Registry {
         Registry {
             clients: Sharded::new(),
             admins: RwLock::new(HashMap::new()),
+            firehose: RwLock::new(HashMap::new()),
             channels: Sharded::new(),
             outbox_limit,
             stats,
@@ -207,6 +210,14 @@ impl Registry {
 
     pub fn client(&self, id: ClientId) -> Option<Arc<ClientHandle>> {
         self.clients.shard(id.shard_key()).read().get(&id).cloned()
+    }
+
+    pub fn add_firehose(&self, client: Arc<ClientHandle>) {
+        self.firehose.write().insert(client.id, client);
+    }
+
+    pub fn remove_firehose(&self, id: ClientId) {
+        self.firehose.write().remove(&id);
     }
 
     pub fn add_admin(&self, client: Arc<ClientHandle>) {
@@ -431,11 +442,24 @@ impl Registry {
     /// nobody to deliver to and records nothing (offset 0).
     pub fn publish_sequenced(&self, publish: &Publish) -> Published {
         let Some(channel) = self.lookup(&publish.channel) else {
-            Stats::add(&self.stats.publications, 1);
+            // Nobody subscribed: nothing is recorded, but the firehose still hears of it.
+            let msg = Message {
+                channel: publish.channel.clone(),
+                offset: 0,
+                epoch: Arc::from(""),
+                from: publish.from,
+                data: publish.data.clone(),
+            };
+            let delivered = self.fan_out(
+                &HashMap::new(),
+                &msg,
+                publish.to.as_deref(),
+                publish.once.as_deref(),
+            );
             return Published {
                 offset: 0,
                 epoch: String::new(),
-                delivered: 0,
+                delivered,
             };
         };
         let mut st = channel.state.lock();
@@ -447,7 +471,12 @@ impl Registry {
             from: publish.from,
             data: publish.data.clone(),
         };
-        let delivered = self.fan_out(&st.subscribers, &msg, publish.to.as_deref());
+        let delivered = self.fan_out(
+            &st.subscribers,
+            &msg,
+            publish.to.as_deref(),
+            publish.once.as_deref(),
+        );
         Published {
             offset: msg.offset,
             epoch: msg.epoch.to_string(),
@@ -462,7 +491,7 @@ impl Registry {
         };
         let mut st = channel.state.lock();
         st.offset = st.offset.max(msg.offset);
-        self.fan_out(&st.subscribers, msg, to)
+        self.fan_out(&st.subscribers, msg, to, None)
     }
 
     fn fan_out(
@@ -470,11 +499,18 @@ impl Registry {
         subscribers: &HashMap<ClientId, Arc<ClientHandle>>,
         msg: &Message,
         to: Option<&[ClientId]>,
+        once: Option<&Mutex<std::collections::HashSet<ClientId>>>,
     ) -> u64 {
         Stats::add(&self.stats.publications, 1);
         let mut cache = EncodeCache::new(msg);
         let mut delivered = 0u64;
+        let mut once = once.map(|m| m.lock());
         let mut deliver = |client: &Arc<ClientHandle>| {
+            if let Some(seen) = once.as_mut()
+                && !seen.insert(client.id)
+            {
+                return;
+            }
             let frame = cache.frame(client.format);
             if self.push_or_close(client, frame) {
                 delivered += 1;
@@ -489,6 +525,15 @@ impl Registry {
                 .iter()
                 .filter_map(|id| subscribers.get(id))
                 .for_each(&mut deliver),
+        }
+        // Firehose clients get what their channels did not already bring them.
+        let firehose = self.firehose.read();
+        if !firehose.is_empty() {
+            firehose
+                .values()
+                .filter(|c| !subscribers.contains_key(&c.id))
+                .filter(|c| to.is_none_or(|ids| ids.contains(&c.id)))
+                .for_each(&mut deliver);
         }
         Stats::add(&self.stats.deliveries, delivered);
         delivered

@@ -73,6 +73,7 @@ fn publish_req(channels: &[&str], data: &str) -> PublishRequest {
         channels: channels.iter().map(|c| ch(c)).collect(),
         data: Bytes::from(data.to_string()),
         to: None,
+        once_per_client: false,
     }
 }
 
@@ -440,4 +441,38 @@ async fn admins_hear_of_connects_and_disconnects_and_can_broadcast() {
     );
     assert_eq!(written(&b), "direct \"all\";");
     assert_eq!(written(&admin), "direct \"all\";");
+}
+
+#[tokio::test]
+async fn firehose_gets_every_publication_once() {
+    let hub = hub();
+    let fire = connect(&hub);
+    let plain = connect(&hub);
+    hub.subscribe_firehose(&Actor::Client(fire.clone()), &fire)
+        .unwrap();
+    hub.subscribe(&Actor::Admin, &fire, &[ch("a")], None)
+        .unwrap();
+    hub.subscribe(&Actor::Admin, &plain, &[ch("a"), ch("b")], None)
+        .unwrap();
+    hub.publish(&Actor::Admin, publish_req(&["b"], "1"))
+        .await
+        .unwrap();
+    hub.publish(&Actor::Admin, publish_req(&["a"], "2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        written(&fire),
+        "msg b 1 1;msg a 1 2;",
+        "b via the firehose, a once"
+    );
+    let mut req = publish_req(&["a", "b"], "3");
+    req.once_per_client = true;
+    hub.publish(&Actor::Admin, req).await.unwrap();
+    assert_eq!(written(&fire), "msg a 2 3;");
+    assert_eq!(written(&plain), "msg b 1 1;msg a 1 2;msg a 2 3;");
+    hub.disconnect(&fire, DisconnectReason::ClosedByClient);
+    hub.publish(&Actor::Admin, publish_req(&["b"], "4"))
+        .await
+        .unwrap();
+    assert_eq!(hub.registry().channel_count(), 2);
 }

@@ -74,6 +74,14 @@ pub fn subsocket_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// A listener of the Eventual dialect's own: every path is its WebSocket.
+pub fn eventual_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(routes::healthz))
+        .fallback(get(crate::ws::upgrade_eventual))
+        .with_state(state)
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     let api = Router::new()
@@ -103,6 +111,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new();
     if subsocket.enabled && !subsocket.prefix.is_empty() {
         router = router.nest(&subsocket.prefix, subsocket_routes());
+    }
+    let eventual = &state.config.dialects.eventual;
+    if eventual.enabled && !eventual.prefix.is_empty() {
+        let prefix = &eventual.prefix;
+        router = router
+            .route(prefix, get(crate::ws::upgrade_eventual))
+            .route(
+                &format!("{prefix}/{{*path}}"),
+                get(crate::ws::upgrade_eventual),
+            );
     }
     router
         .nest("/api/v1", api)

@@ -110,6 +110,7 @@ pub async fn publish(
         channels: fields.channels()?,
         data: raw_bytes(&body, fields.data()?),
         to: fields.recipients()?,
+        once_per_client: false,
     };
     let channels = state.hub.publish(&actor, req).await?;
     Ok(Json(PublishResponse { channels }))

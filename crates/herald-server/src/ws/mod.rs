@@ -4,6 +4,7 @@
 
 mod connection;
 mod dialect;
+mod eventual;
 mod native;
 mod subsocket;
 
@@ -71,6 +72,15 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The Eventual Agent dialect: any path of its mount.
+pub async fn upgrade_eventual(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    upgrade_to(&eventual::Eventual, state, remote, req)
 }
 
 /// Whether the `Origin` header, if any, names the same host as `Host`.

@@ -115,7 +115,15 @@ impl<'a> Session<'a> {
             Op::Publish { channels, data, to } => {
                 let data = frame.slice_ref(data.get().as_bytes());
                 let results = hub
-                    .publish(&self.actor, PublishRequest { channels, data, to })
+                    .publish(
+                        &self.actor,
+                        PublishRequest {
+                            channels,
+                            data,
+                            to,
+                            once_per_client: false,
+                        },
+                    )
                     .await?;
                 Ok(json!({ "channels": results }))
             }

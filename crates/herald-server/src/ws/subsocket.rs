@@ -129,6 +129,7 @@ impl Session<'_> {
                     channels: vec![self.existing_channel(channel)?],
                     data: subsocket::text_to_data(message),
                     to: None,
+                    once_per_client: false,
                 };
                 hub.publish(&self.actor, req).await?;
             }

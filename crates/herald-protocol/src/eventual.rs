@@ -1,0 +1,368 @@
+//! The Eventual Agent dialect (second seed, WIRE.md §2): JSON requests
+//! `{"type":"subscribe"|"unsubscribe"|"publish","channels":string|string[],"event":{...}}` on
+//! any path, where `event` is a CloudEvents 1.0 event in JSON structured mode. Subscribers
+//! receive the CloudEvent itself, one JSON text per frame followed by `\n` (as the original's
+//! `WriteJSON` did). The original acknowledged nothing and answered an unknown `type` with the
+//! JSON string `"Invalid Request"`; Herald keeps that answer and adds error frames
+//! `{"type":"error","code":"...","message":"..."}` for everything the original silently dropped.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message, WireFormat};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::ws;
+
+pub const DIALECT: &str = "eventual";
+
+#[derive(Debug)]
+pub enum Request<'a> {
+    Subscribe(Vec<ChannelName>),
+    Unsubscribe(Vec<ChannelName>),
+    /// `event` has been validated as a CloudEvent.
+    Publish {
+        channels: Vec<ChannelName>,
+        event: &'a RawValue,
+    },
+}
+
+#[derive(Debug)]
+pub enum BadRequest {
+    /// `type` is not one of the three: the original's `"Invalid Request"` answer.
+    UnknownType,
+    Invalid(HeraldError),
+}
+
+impl From<HeraldError> for BadRequest {
+    fn from(e: HeraldError) -> Self {
+        BadRequest::Invalid(e)
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channels: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+}
+
+fn bad(message: impl Into<String>) -> HeraldError {
+    HeraldError::bad_request(message)
+}
+
+fn missing(field: &str) -> HeraldError {
+    HeraldError::new(
+        ErrorCode::MissingField,
+        format!("missing field \"{field}\""),
+    )
+}
+
+pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
+    if !text.trim_start().starts_with('{') {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => bad("a request must be a JSON object"),
+            Err(e) => HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
+        }
+        .into());
+    }
+    let env: Envelope = serde_json::from_str(text)
+        .map_err(|e| HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
+    let kind: &str = serde_json::from_str(env.kind.ok_or_else(|| missing("type"))?.get())
+        .map_err(|_| bad("\"type\" must be a string"))?;
+    let channels = || -> Result<Vec<ChannelName>, HeraldError> {
+        let raw = env.channels.ok_or_else(|| missing("channels"))?;
+        // The README allows a bare string as well as an array.
+        let names: Vec<&str> = match serde_json::from_str::<&str>(raw.get()) {
+            Ok(one) => vec![one],
+            Err(_) => serde_json::from_str(raw.get())
+                .map_err(|_| bad("\"channels\" must be a string or an array of strings"))?,
+        };
+        if names.is_empty() {
+            return Err(bad("\"channels\" is empty"));
+        }
+        names.into_iter().map(ChannelName::parse).collect()
+    };
+    Ok(match kind {
+        "subscribe" => Request::Subscribe(channels()?),
+        "unsubscribe" => Request::Unsubscribe(channels()?),
+        "publish" => {
+            let event = env.event.ok_or_else(|| missing("event"))?;
+            validate_event(event)?;
+            Request::Publish {
+                channels: channels()?,
+                event,
+            }
+        }
+        _ => return Err(BadRequest::UnknownType),
+    })
+}
+
+/// CloudEvents 1.0 JSON format: required context attributes, the types of the optional ones,
+/// extension attribute names and values.
+pub fn validate_event(raw: &RawValue) -> Result<(), HeraldError> {
+    let event: Map<String, Value> = serde_json::from_str(raw.get())
+        .map_err(|_| bad("\"event\" must be a JSON object (a CloudEvent)"))?;
+    for attr in ["specversion", "id", "source", "type"] {
+        match event.get(attr) {
+            None => return Err(missing(&format!("event.{attr}"))),
+            Some(Value::String(s)) if !s.is_empty() => {}
+            Some(_) => return Err(bad(format!("event.{attr} must be a non-empty string"))),
+        }
+    }
+    if event["specversion"] != "1.0" {
+        return Err(bad("event.specversion must be \"1.0\""));
+    }
+    for (name, value) in &event {
+        match name.as_str() {
+            "specversion" | "id" | "source" | "type" | "data" => {}
+            "datacontenttype" | "dataschema" | "subject" | "time" | "data_base64" => {
+                if !value.is_string() {
+                    return Err(bad(format!("event.{name} must be a string")));
+                }
+            }
+            // The original's envelope carried a `meta` object.
+            "meta" => {
+                if !value.is_object() {
+                    return Err(bad("event.meta must be an object"));
+                }
+            }
+            ext => {
+                let valid_name = ext.len() <= 20
+                    && ext
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                if !valid_name {
+                    return Err(bad(format!(
+                        "event attribute {:?}: extension names are 1-20 lowercase letters or digits",
+                        herald_core::ids::truncate(ext, 40)
+                    )));
+                }
+                if !(value.is_string() || value.is_number() || value.is_boolean()) {
+                    return Err(bad(format!(
+                        "event.{ext} must be a string, number or boolean"
+                    )));
+                }
+            }
+        }
+    }
+    if event.contains_key("data") && event.contains_key("data_base64") {
+        return Err(bad("event has both data and data_base64"));
+    }
+    Ok(())
+}
+
+/// Whether published data already is a CloudEvent (then it is delivered as it is).
+fn is_cloudevent(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Required<'a> {
+        #[serde(borrow)]
+        specversion: &'a str,
+        #[serde(borrow)]
+        id: &'a str,
+        #[serde(borrow)]
+        source: &'a str,
+        #[serde(borrow, rename = "type")]
+        kind: &'a str,
+    }
+    data.first() == Some(&b'{')
+        && serde_json::from_slice::<Required>(data).is_ok_and(|r| {
+            !r.specversion.is_empty()
+                && !r.id.is_empty()
+                && !r.source.is_empty()
+                && !r.kind.is_empty()
+        })
+}
+
+fn line_frame(f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut buf = Vec::with_capacity(ws::MAX_HEADER + 256);
+    buf.extend_from_slice(&[0u8; ws::MAX_HEADER]);
+    f(&mut buf);
+    buf.push(b'\n');
+    ws::finish_frame(buf, ws::OP_TEXT)
+}
+
+/// Wraps data that is not a CloudEvent into one.
+fn wrap(b: &mut Vec<u8>, id: &str, kind: &str, subject: Option<&str>, data: &[u8]) {
+    let _ = write!(b, "{{\"specversion\":\"1.0\",\"id\":");
+    serde_json::to_writer(&mut *b, id).expect("string");
+    let _ = write!(b, ",\"source\":\"herald\",\"type\":\"{kind}\"");
+    if let Some(subject) = subject {
+        let _ = write!(b, ",\"subject\":\"{subject}\"");
+    }
+    b.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
+    b.extend_from_slice(data);
+    b.push(b'}');
+}
+
+/// `"Invalid Request"\n`: the original's answer to an unknown `type`.
+pub fn invalid_request_frame() -> Bytes {
+    line_frame(|b| b.extend_from_slice(b"\"Invalid Request\""))
+}
+
+/// `{"type":"error","code":"...","message":"..."}\n`
+pub fn error_frame(error: &HeraldError) -> Bytes {
+    line_frame(|b| {
+        let _ = write!(
+            b,
+            "{{\"type\":\"error\",\"code\":\"{}\",\"message\":",
+            error.code
+        );
+        serde_json::to_writer(&mut *b, &error.message).expect("string");
+        b.push(b'}');
+    })
+}
+
+pub struct EventualWs;
+
+pub static EVENTUAL_WS: EventualWs = EventualWs;
+
+impl WireFormat for EventualWs {
+    fn name(&self) -> &'static str {
+        DIALECT
+    }
+
+    fn message(&self, m: &Message) -> Bytes {
+        line_frame(|b| {
+            if is_cloudevent(&m.data) {
+                b.extend_from_slice(&m.data);
+            } else {
+                let id = format!("{}:{}:{}", m.channel, m.epoch, m.offset);
+                wrap(b, &id, "herald.message", Some(m.channel.as_str()), &m.data);
+            }
+        })
+    }
+
+    fn direct(&self, _from: Option<ClientId>, data: &[u8]) -> Bytes {
+        line_frame(|b| {
+            if is_cloudevent(data) {
+                b.extend_from_slice(data);
+            } else {
+                wrap(
+                    b,
+                    &ClientId::random().to_string(),
+                    "herald.direct",
+                    None,
+                    data,
+                );
+            }
+        })
+    }
+
+    /// The original had no such notice.
+    fn unsubscribed(&self, _channel: &ChannelName, _reason: &str) -> Option<Bytes> {
+        None
+    }
+
+    fn keepalive(&self) -> Bytes {
+        ws::ping_frame()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(frame: &Bytes) -> &str {
+        let start = if frame[1] == 126 { 4 } else { 2 };
+        std::str::from_utf8(&frame[start..]).unwrap()
+    }
+
+    const EVENT: &str =
+        r#"{"specversion":"1.0","id":"1","source":"/sensors/1","type":"temp","data":{"c":21.5}}"#;
+
+    #[test]
+    fn parses_requests_with_string_or_array_channels() {
+        assert!(
+            matches!(parse(r#"{"type":"subscribe","channels":["a","b"]}"#), Ok(Request::Subscribe(c)) if c.len() == 2)
+        );
+        assert!(
+            matches!(parse(r#"{"type":"subscribe","channels":"tempUpdates"}"#), Ok(Request::Subscribe(c)) if c.len() == 1)
+        );
+        let publish = format!(r#"{{"type":"publish","channels":["a"],"event":{EVENT}}}"#);
+        assert!(matches!(parse(&publish), Ok(Request::Publish { .. })));
+        assert!(matches!(
+            parse(r#"{"type":"dance","channels":["a"]}"#),
+            Err(BadRequest::UnknownType)
+        ));
+    }
+
+    #[test]
+    fn bad_input_gets_precise_errors() {
+        let cases = [
+            ("nope", ErrorCode::InvalidJson),
+            ("[1]", ErrorCode::BadRequest),
+            (r#"{"channels":["a"]}"#, ErrorCode::MissingField),
+            (r#"{"type":"subscribe"}"#, ErrorCode::MissingField),
+            (
+                r#"{"type":"subscribe","channels":[1]}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"subscribe","channels":["a b"]}"#,
+                ErrorCode::InvalidChannel,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"]}"#,
+                ErrorCode::MissingField,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"id":"1","source":"s","type":"t"}}"#,
+                ErrorCode::MissingField,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"0.3","id":"1","source":"s","type":"t"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":7,"source":"s","type":"t"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":"1","source":"s","type":"t","time":5}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":"1","source":"s","type":"t","Bad-Name":"x"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":"1","source":"s","type":"t","ext":{"o":1}}}"#,
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (text, code) in cases {
+            match parse(text) {
+                Err(BadRequest::Invalid(e)) => assert_eq!(e.code, code, "{text}: {}", e.message),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn deliveries_are_the_cloudevent_itself() {
+        let m = Message {
+            channel: ChannelName::parse("a").unwrap(),
+            offset: 3,
+            epoch: "ep".into(),
+            from: None,
+            data: Bytes::from_static(EVENT.as_bytes()),
+        };
+        assert_eq!(text(&EVENTUAL_WS.message(&m)), format!("{EVENT}\n"));
+        let m = Message {
+            data: Bytes::from_static(b"{\"n\":1}"),
+            ..m
+        };
+        let v: Value = serde_json::from_str(text(&EVENTUAL_WS.message(&m))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"specversion":"1.0","id":"a:ep:3","source":"herald","type":"herald.message","subject":"a","datacontenttype":"application/json","data":{"n":1}})
+        );
+        assert_eq!(text(&invalid_request_frame()), "\"Invalid Request\"\n");
+    }
+}
