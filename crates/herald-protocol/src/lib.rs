@@ -8,5 +8,6 @@
 
 pub mod eventual;
 pub mod native;
+pub mod simplysocket;
 pub mod subsocket;
 pub mod ws;

@@ -38,6 +38,7 @@ pub struct Config {
 pub struct DialectsConfig {
     pub subsocket: DialectMount,
     pub eventual: DialectMount,
+    pub simplysocket: DialectMount,
 }
 
 /// Where a dialect is served: under `prefix` on the main listener, and optionally on a
@@ -155,6 +156,7 @@ impl Default for Config {
             dialects: DialectsConfig {
                 subsocket: DialectMount::with_prefix("/subsocket"),
                 eventual: DialectMount::with_prefix("/eventual"),
+                simplysocket: DialectMount::with_prefix("/simplysocket"),
             },
         }
     }
@@ -277,6 +279,7 @@ impl Config {
         }
         self.dialects.subsocket.validate("subsocket")?;
         self.dialects.eventual.validate("eventual")?;
+        self.dialects.simplysocket.validate("simplysocket")?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),

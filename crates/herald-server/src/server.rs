@@ -59,6 +59,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let subsocket_listener = bind_dialect(&config.dialects.subsocket, "subsocket").await?;
     let eventual_listener = bind_dialect(&config.dialects.eventual, "eventual").await?;
+    let simplysocket_listener = bind_dialect(&config.dialects.simplysocket, "simplysocket").await?;
     let state = Arc::new(AppState {
         hub,
         config,
@@ -77,13 +78,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
     ];
     let mut dialect_addrs = Vec::new();
-    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 2] = [
+    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 3] = [
         (
             "subsocket",
             subsocket_listener,
             crate::http::subsocket_router,
         ),
         ("eventual", eventual_listener, crate::http::eventual_router),
+        (
+            "simplysocket",
+            simplysocket_listener,
+            crate::http::simplysocket_router,
+        ),
     ];
     for (name, listener, router) in dialects {
         let Some(listener) = listener else { continue };

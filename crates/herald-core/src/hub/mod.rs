@@ -262,6 +262,41 @@ impl Hub {
         channels: &[ChannelName],
         token: Option<&str>,
     ) -> Result<Vec<ChannelName>, HeraldError> {
+        let create = self
+            .config
+            .auto_create_channels
+            .then_some(&self.config.channel_defaults);
+        self.subscribe_creating(actor, client, channels, token, create)
+    }
+
+    /// Joins `client` to `room`, creating it (ephemeral) with `options` if it does not exist,
+    /// whatever `auto_create_channels` says: dialects with rooms that their clients create
+    /// (SimplySocket's `join-room` with a `playerlimit`). Returns whether it newly joined.
+    pub fn join_room(
+        &self,
+        actor: &Actor,
+        client: &Arc<ClientHandle>,
+        room: &ChannelName,
+        options: &ChannelOptions,
+    ) -> Result<bool, HeraldError> {
+        let added = self.subscribe_creating(
+            actor,
+            client,
+            std::slice::from_ref(room),
+            None,
+            Some(options),
+        )?;
+        Ok(!added.is_empty())
+    }
+
+    fn subscribe_creating(
+        &self,
+        actor: &Actor,
+        client: &Arc<ClientHandle>,
+        channels: &[ChannelName],
+        token: Option<&str>,
+        create: Option<&ChannelOptions>,
+    ) -> Result<Vec<ChannelName>, HeraldError> {
         self.check_list_len(
             "channels",
             channels.len(),
@@ -288,12 +323,8 @@ impl Hub {
             ));
         }
         for name in channels {
-            self.precheck_subscribe(actor, name, token)?;
+            self.precheck_subscribe(actor, name, token, create)?;
         }
-        let create = self
-            .config
-            .auto_create_channels
-            .then_some(&self.config.channel_defaults);
         let mut added = Vec::new();
         for name in channels {
             let check = |view: &ChannelView| {
@@ -321,14 +352,14 @@ impl Hub {
         actor: &Actor,
         name: &ChannelName,
         token: Option<&str>,
+        create: Option<&ChannelOptions>,
     ) -> Result<(), HeraldError> {
-        match self.registry.lookup(name) {
-            Some(channel) => channel.view(|view| actor.check_subscribe(name, view, token)),
-            None if self.config.auto_create_channels => {
-                let view = ChannelView::absent(&self.config.channel_defaults);
-                actor.check_subscribe(name, &view, token)
+        match (self.registry.lookup(name), create) {
+            (Some(channel), _) => channel.view(|view| actor.check_subscribe(name, view, token)),
+            (None, Some(options)) => {
+                actor.check_subscribe(name, &ChannelView::absent(options), token)
             }
-            None => Err(not_found(name)),
+            (None, None) => Err(not_found(name)),
         }
     }
 

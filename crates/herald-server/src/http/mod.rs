@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use utoipa::OpenApi;
 
 use crate::server::AppState;
@@ -74,12 +74,22 @@ pub fn subsocket_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// A listener of the Eventual dialect's own: every path is its WebSocket.
-pub fn eventual_router(state: Arc<AppState>) -> Router {
+/// A listener of its own for a dialect whose WebSocket answers on every path.
+fn any_path_router(state: Arc<AppState>, upgrade: MethodRouter<Arc<AppState>>) -> Router {
     Router::new()
         .route("/healthz", get(routes::healthz))
-        .fallback(get(crate::ws::upgrade_eventual))
+        .fallback(upgrade)
         .with_state(state)
+}
+
+/// A listener of the Eventual dialect's own: every path is its WebSocket.
+pub fn eventual_router(state: Arc<AppState>) -> Router {
+    any_path_router(state, get(crate::ws::upgrade_eventual))
+}
+
+/// A listener of the SimplySocket dialect's own: every path is its WebSocket.
+pub fn simplysocket_router(state: Arc<AppState>) -> Router {
+    any_path_router(state, get(crate::ws::upgrade_simplysocket))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -112,15 +122,17 @@ pub fn router(state: Arc<AppState>) -> Router {
     if subsocket.enabled && !subsocket.prefix.is_empty() {
         router = router.nest(&subsocket.prefix, subsocket_routes());
     }
-    let eventual = &state.config.dialects.eventual;
-    if eventual.enabled && !eventual.prefix.is_empty() {
-        let prefix = &eventual.prefix;
-        router = router
-            .route(prefix, get(crate::ws::upgrade_eventual))
-            .route(
-                &format!("{prefix}/{{*path}}"),
-                get(crate::ws::upgrade_eventual),
-            );
+    let dialects = &state.config.dialects;
+    for (mount, upgrade) in [
+        (&dialects.eventual, get(crate::ws::upgrade_eventual)),
+        (&dialects.simplysocket, get(crate::ws::upgrade_simplysocket)),
+    ] {
+        if mount.enabled && !mount.prefix.is_empty() {
+            let prefix = &mount.prefix;
+            router = router
+                .route(prefix, upgrade.clone())
+                .route(&format!("{prefix}/{{*path}}"), upgrade);
+        }
     }
     router
         .nest("/api/v1", api)

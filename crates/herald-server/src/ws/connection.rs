@@ -52,6 +52,7 @@ pub async fn run<D: Dialect>(
         decoder: Decoder::new(ws_cfg.max_message_bytes),
     };
     let reason = conn.serve().await;
+    conn.session.on_close().await;
     state.hub.disconnect(&client, reason);
 }
 

@@ -43,4 +43,8 @@ pub trait DialectSession {
     fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Option<Bytes>> + Send;
     /// A message of `len` bytes was over `limit` and skipped.
     fn on_too_large(&mut self, len: u64, limit: usize) -> Option<Bytes>;
+    /// The connection is ending; its subscriptions are still in place.
+    fn on_close(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }

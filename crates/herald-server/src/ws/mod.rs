@@ -6,6 +6,7 @@ mod connection;
 mod dialect;
 mod eventual;
 mod native;
+mod simplysocket;
 mod subsocket;
 
 pub use dialect::Dialect;
@@ -81,6 +82,15 @@ pub async fn upgrade_eventual(
     req: Request,
 ) -> Response {
     upgrade_to(&eventual::Eventual, state, remote, req)
+}
+
+/// The SimplySocket dialect: any path of its mount.
+pub async fn upgrade_simplysocket(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    upgrade_to(&simplysocket::SimplySocket, state, remote, req)
 }
 
 /// Whether the `Origin` header, if any, names the same host as `Host`.

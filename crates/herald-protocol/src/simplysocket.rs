@@ -1,0 +1,287 @@
+//! The SimplySocket dialect (fourth seed, WIRE.md §4): rooms over WebSocket, one JSON
+//! `{"action","message_body","target","sender","IsTargetClient"}` object per frame.
+//!
+//! SimplySocket was a library whose wire content its application defined; this dialect is the
+//! default room handler WIRE.md suggests: `join-room` / `leave-room` with
+//! `message_body.roomname` (and `playerlimit`), and every other action delivered to the
+//! `target` room, or only to the client `target` names when `IsTargetClient` is true, with
+//! `sender` filled in by the server. Outbound objects keep the library's exact field order:
+//! `{"action","message_body","IsTargetClient","target","sender"}`.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message, WireFormat};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::ws;
+
+pub const DIALECT: &str = "simplysocket";
+/// The room every client joins on connect.
+pub const GLOBAL_ROOM: &str = "mesh-global";
+/// The sender of server-made actions (the library's name for `mesh-global`'s creator).
+pub const SERVER_SENDER: &str = "Gawd";
+
+#[derive(Debug)]
+pub enum Action<'a> {
+    JoinRoom {
+        room: ChannelName,
+        player_limit: Option<u32>,
+    },
+    LeaveRoom {
+        room: ChannelName,
+    },
+    /// Any other action: to a room, or to one client.
+    Deliver {
+        action: String,
+        body: Option<&'a RawValue>,
+        target: String,
+        to_client: bool,
+    },
+}
+
+#[derive(Deserialize)]
+struct Inbound<'a> {
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(borrow, default)]
+    message_body: Option<&'a RawValue>,
+    #[serde(default)]
+    target: Option<String>,
+    // Go matched field names case-insensitively; accept the spellings clients use.
+    #[serde(
+        default,
+        alias = "IsTargetClient",
+        alias = "isTargetClient",
+        alias = "istargetclient"
+    )]
+    is_target_client: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RoomBody {
+    roomname: String,
+    #[serde(default)]
+    playerlimit: Option<u32>,
+}
+
+fn bad(message: impl Into<String>) -> HeraldError {
+    HeraldError::bad_request(message)
+}
+
+pub fn parse(text: &str) -> Result<Action<'_>, HeraldError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(bad("a message must be a JSON object"));
+    }
+    let msg: Inbound = serde_json::from_str(text)
+        .map_err(|e| HeraldError::new(ErrorCode::InvalidJson, format!("invalid message: {e}")))?;
+    let action = msg
+        .action
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| HeraldError::new(ErrorCode::MissingField, "missing \"action\""))?;
+    let room_body = || -> Result<RoomBody, HeraldError> {
+        let raw = msg.message_body.ok_or_else(|| {
+            HeraldError::new(ErrorCode::MissingField, "missing \"message_body.roomname\"")
+        })?;
+        serde_json::from_str(raw.get()).map_err(|_| {
+            bad("message_body must be {\"roomname\": string, \"playerlimit\": positive integer?}")
+        })
+    };
+    Ok(match action.as_str() {
+        "join-room" => {
+            let body = room_body()?;
+            if body.playerlimit == Some(0) {
+                return Err(bad("playerlimit must be at least 1"));
+            }
+            Action::JoinRoom {
+                room: ChannelName::parse(&body.roomname)?,
+                player_limit: body.playerlimit,
+            }
+        }
+        "leave-room" => Action::LeaveRoom {
+            room: ChannelName::parse(&room_body()?.roomname)?,
+        },
+        _ => Action::Deliver {
+            body: msg.message_body,
+            target: msg
+                .target
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| HeraldError::new(ErrorCode::MissingField, "missing \"target\""))?,
+            to_client: msg.is_target_client.unwrap_or(false),
+            action,
+        },
+    })
+}
+
+/// One outbound object in the library's field order.
+pub fn encode(
+    action: &str,
+    body: Option<&[u8]>,
+    to_client: bool,
+    target: &str,
+    sender: &str,
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(96 + body.map_or(4, <[u8]>::len));
+    b.extend_from_slice(b"{\"action\":");
+    serde_json::to_writer(&mut b, action).expect("string");
+    b.extend_from_slice(b",\"message_body\":");
+    b.extend_from_slice(body.unwrap_or(b"null"));
+    let _ = write!(b, ",\"IsTargetClient\":{to_client},\"target\":");
+    serde_json::to_writer(&mut b, target).expect("string");
+    b.extend_from_slice(b",\"sender\":");
+    serde_json::to_writer(&mut b, sender).expect("string");
+    b.push(b'}');
+    b
+}
+
+/// An `error` action for the sender of a refused message.
+pub fn error_frame(to: ClientId, error: &HeraldError) -> Bytes {
+    let body =
+        serde_json::json!({"code": error.code.as_str(), "message": error.message}).to_string();
+    frame(&encode(
+        "error",
+        Some(body.as_bytes()),
+        true,
+        &to.to_string(),
+        SERVER_SENDER,
+    ))
+}
+
+/// `know-yourself`: tells a client its id.
+pub fn know_yourself(client: ClientId) -> Bytes {
+    let id = client.to_string();
+    let body = format!("{{\"id\":\"{id}\"}}");
+    frame(&encode(
+        "know-yourself",
+        Some(body.as_bytes()),
+        true,
+        &id,
+        SERVER_SENDER,
+    ))
+}
+
+fn frame(json: &[u8]) -> Bytes {
+    ws::frame(ws::OP_TEXT, json)
+}
+
+/// Whether `data` is a SimplySocket action object (then it is delivered as it is).
+fn is_action(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct HasAction<'a> {
+        #[serde(borrow)]
+        #[allow(dead_code)]
+        action: &'a str,
+    }
+    data.first() == Some(&b'{') && serde_json::from_slice::<HasAction>(data).is_ok()
+}
+
+pub struct SimplySocketWs;
+
+pub static SIMPLYSOCKET_WS: SimplySocketWs = SimplySocketWs;
+
+impl WireFormat for SimplySocketWs {
+    fn name(&self) -> &'static str {
+        DIALECT
+    }
+
+    fn message(&self, m: &Message) -> Bytes {
+        if is_action(&m.data) {
+            return frame(&m.data);
+        }
+        let sender = m
+            .from
+            .map_or_else(|| SERVER_SENDER.to_string(), |id| id.to_string());
+        frame(&encode(
+            "push-message",
+            Some(&m.data),
+            false,
+            m.channel.as_str(),
+            &sender,
+        ))
+    }
+
+    fn direct(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
+        if is_action(data) {
+            return frame(data);
+        }
+        let sender = from.map_or_else(|| SERVER_SENDER.to_string(), |id| id.to_string());
+        frame(&encode("push-message", Some(data), true, "", &sender))
+    }
+
+    fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Option<Bytes> {
+        let body = serde_json::json!({"roomname": channel.as_str(), "reason": reason}).to_string();
+        Some(frame(&encode(
+            "removed-from-room",
+            Some(body.as_bytes()),
+            false,
+            channel.as_str(),
+            SERVER_SENDER,
+        )))
+    }
+
+    fn keepalive(&self) -> Bytes {
+        ws::ping_frame()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_in_the_library_field_order() {
+        let out = encode(
+            "send-message",
+            Some(br#"{"message":"hi"}"#),
+            false,
+            "room1",
+            "abc",
+        );
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"action":"send-message","message_body":{"message":"hi"},"IsTargetClient":false,"target":"room1","sender":"abc"}"#
+        );
+    }
+
+    #[test]
+    fn parses_actions() {
+        let a = parse(r#"{"action":"join-room","message_body":{"roomname":"r1","playerlimit":2},"target":"mesh-global"}"#).unwrap();
+        assert!(matches!(
+            a,
+            Action::JoinRoom {
+                player_limit: Some(2),
+                ..
+            }
+        ));
+        let a = parse(r#"{"action":"leave-room","message_body":{"roomname":"r1"}}"#).unwrap();
+        assert!(matches!(a, Action::LeaveRoom { .. }));
+        let a = parse(r#"{"action":"send-message","message_body":{"message":"x"},"target":"r1","IsTargetClient":false}"#).unwrap();
+        assert!(matches!(
+            a,
+            Action::Deliver {
+                to_client: false,
+                ..
+            }
+        ));
+        let a = parse(r#"{"action":"poke","target":"u","istargetclient":true}"#).unwrap();
+        assert!(matches!(
+            a,
+            Action::Deliver {
+                to_client: true,
+                ..
+            }
+        ));
+        for bad in [
+            "{",
+            "[]",
+            "{}",
+            r#"{"action":"x"}"#,
+            r#"{"action":"join-room"}"#,
+            r#"{"action":"join-room","message_body":{"roomname":"a b"}}"#,
+            r#"{"action":"join-room","message_body":{"roomname":"a","playerlimit":0}}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

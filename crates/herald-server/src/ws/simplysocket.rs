@@ -1,0 +1,189 @@
+//! The SimplySocket dialect's WebSocket side: every client joins `mesh-global` and is told its
+//! id (`know-yourself`); `join-room` / `leave-room` manage room membership (room members are
+//! told with `client-joined-room` / `client-left-room`); every other action goes to its
+//! `target` room, or to one client when `IsTargetClient` is true, with `sender` set by the
+//! server. Refused messages get an `error` action back.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::hub::PublishRequest;
+use herald_core::{
+    Actor, ChannelName, ChannelOptions, ClientHandle, ClientId, ErrorCode, HeraldError, WireFormat,
+};
+use herald_protocol::simplysocket::{self, Action, GLOBAL_ROOM, SIMPLYSOCKET_WS};
+
+use super::dialect::{Dialect, DialectSession};
+use crate::server::AppState;
+
+pub struct SimplySocket;
+
+impl Dialect for SimplySocket {
+    type Session<'a> = Session<'a>;
+
+    fn name(&self) -> &'static str {
+        simplysocket::DIALECT
+    }
+
+    fn format(&self) -> &'static dyn WireFormat {
+        &SIMPLYSOCKET_WS
+    }
+
+    fn greeting(&self, _state: &AppState, client: &ClientHandle) -> Option<Bytes> {
+        Some(simplysocket::know_yourself(client.id))
+    }
+
+    fn session<'a>(
+        &'a self,
+        state: &'a Arc<AppState>,
+        client: &'a Arc<ClientHandle>,
+    ) -> Session<'a> {
+        // Everyone is in mesh-global, which always accepts (the server joins them).
+        let global = ChannelName::parse(GLOBAL_ROOM).expect("valid room name");
+        let open = ChannelOptions {
+            public: true,
+            client_publish: true,
+            max_subscribers: None,
+        };
+        if let Err(e) = state.hub.join_room(&Actor::Admin, client, &global, &open) {
+            tracing::warn!(client = %client.id, error = %e, "could not join mesh-global");
+        }
+        Session {
+            state,
+            client,
+            actor: Actor::Client(client.clone()),
+        }
+    }
+}
+
+pub struct Session<'a> {
+    state: &'a AppState,
+    client: &'a Arc<ClientHandle>,
+    actor: Actor,
+}
+
+impl DialectSession for Session<'_> {
+    async fn on_text(&mut self, text: Bytes) -> Option<Bytes> {
+        let text = std::str::from_utf8(&text).ok()?;
+        let result = match simplysocket::parse(text) {
+            Ok(action) => self.execute(action).await,
+            Err(e) => Err(e),
+        };
+        result
+            .err()
+            .map(|e| simplysocket::error_frame(self.client.id, &e))
+    }
+
+    async fn on_binary(&mut self, data: Bytes) -> Option<Bytes> {
+        match std::str::from_utf8(&data) {
+            Ok(_) => self.on_text(data).await,
+            Err(_) => Some(simplysocket::error_frame(
+                self.client.id,
+                &HeraldError::new(ErrorCode::InvalidJson, "binary message is not UTF-8"),
+            )),
+        }
+    }
+
+    fn on_too_large(&mut self, len: u64, limit: usize) -> Option<Bytes> {
+        Some(simplysocket::error_frame(
+            self.client.id,
+            &HeraldError::new(
+                ErrorCode::MessageTooLarge,
+                format!("message of {len} bytes skipped: the limit is {limit} bytes"),
+            ),
+        ))
+    }
+
+    /// Room members hear that the client left (mesh-global excepted: everyone is in it).
+    async fn on_close(&mut self) {
+        for room in self.client.subscriptions() {
+            if room.as_str() != GLOBAL_ROOM {
+                self.announce(&room, "client-left-room").await;
+            }
+        }
+    }
+}
+
+impl Session<'_> {
+    async fn execute(&self, action: Action<'_>) -> Result<(), HeraldError> {
+        let hub = &self.state.hub;
+        match action {
+            Action::JoinRoom { room, player_limit } => {
+                let options = ChannelOptions {
+                    public: true,
+                    client_publish: true,
+                    max_subscribers: player_limit,
+                };
+                if hub.join_room(&self.actor, self.client, &room, &options)?
+                    && room.as_str() != GLOBAL_ROOM
+                {
+                    self.announce(&room, "client-joined-room").await;
+                }
+            }
+            Action::LeaveRoom { room } => {
+                if room.as_str() == GLOBAL_ROOM {
+                    return Err(HeraldError::forbidden("every client stays in mesh-global"));
+                }
+                if !hub
+                    .unsubscribe(self.client, std::slice::from_ref(&room))?
+                    .is_empty()
+                {
+                    self.announce(&room, "client-left-room").await;
+                }
+            }
+            Action::Deliver {
+                action,
+                body,
+                target,
+                to_client,
+            } => {
+                let sender = self.client.id.to_string();
+                let body = body.map(|b| b.get().as_bytes());
+                let data = Bytes::from(simplysocket::encode(
+                    &action, body, to_client, &target, &sender,
+                ));
+                if to_client {
+                    hub.send_direct(&self.actor, ClientId::parse(&target)?, &data)?;
+                } else {
+                    let room = ChannelName::parse(&target)?;
+                    if hub.registry().lookup(&room).is_none() {
+                        return Err(HeraldError::new(
+                            ErrorCode::ChannelNotFound,
+                            format!("no room {room:?}"),
+                        ));
+                    }
+                    let req = PublishRequest {
+                        channels: vec![room],
+                        data,
+                        to: None,
+                        once_per_client: false,
+                    };
+                    hub.publish(&self.actor, req).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells a room's members that this client joined or left it.
+    async fn announce(&self, room: &ChannelName, action: &str) {
+        let id = self.client.id.to_string();
+        let body = serde_json::json!({"roomname": room.as_str(), "client": id}).to_string();
+        let data = Bytes::from(simplysocket::encode(
+            action,
+            Some(body.as_bytes()),
+            false,
+            room.as_str(),
+            &id,
+        ));
+        let req = PublishRequest {
+            channels: vec![room.clone()],
+            data,
+            to: None,
+            once_per_client: false,
+        };
+        if let Err(e) = self.state.hub.publish(&Actor::Admin, req).await {
+            tracing::debug!(error = %e, "room notice not delivered");
+        }
+    }
+}
