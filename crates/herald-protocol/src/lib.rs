@@ -8,6 +8,7 @@
 
 pub mod eventual;
 pub mod native;
+pub mod pushstream;
 pub mod simplysocket;
 pub mod subsocket;
 pub mod ws;

@@ -39,6 +39,77 @@ pub struct DialectsConfig {
     pub subsocket: DialectMount,
     pub eventual: DialectMount,
     pub simplysocket: DialectMount,
+    pub pushstream: PushStreamConfig,
+}
+
+/// The push-stream dialect: its mount, and the optional auth hook to the app's backend.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushStreamConfig {
+    pub enabled: bool,
+    pub prefix: String,
+    pub listen: String,
+    /// The app backend asked at each subscriber's connect: Herald POSTs the request's
+    /// `auth_headers` there; a 2xx answer `{"channels":[...]}` admits the subscriber to those
+    /// channels. Empty: no hook (subscribers get the channels in their URL).
+    pub auth_url: String,
+    /// Request headers forwarded to `auth_url` (case-insensitive names).
+    pub auth_headers: Vec<String>,
+    /// How long the backend may take before the subscriber is refused (503).
+    pub auth_timeout_ms: u64,
+}
+
+impl Default for PushStreamConfig {
+    fn default() -> Self {
+        PushStreamConfig {
+            enabled: false,
+            prefix: "/pushstream".into(),
+            listen: String::new(),
+            auth_url: String::new(),
+            auth_headers: vec!["cookie".into(), "authorization".into()],
+            auth_timeout_ms: 2000,
+        }
+    }
+}
+
+impl PushStreamConfig {
+    pub fn mount(&self) -> DialectMount {
+        DialectMount {
+            enabled: self.enabled,
+            prefix: self.prefix.clone(),
+            listen: self.listen.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.mount().validate("pushstream")?;
+        if !self.auth_url.is_empty() {
+            let ok = self
+                .auth_url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError(
+                    "dialects.pushstream.auth_url: must be an http:// URL (or empty)".into(),
+                ));
+            }
+        }
+        if !(1..=60_000).contains(&self.auth_timeout_ms) {
+            return Err(ConfigError(
+                "dialects.pushstream.auth_timeout_ms: must be between 1 and 60000".into(),
+            ));
+        }
+        if let Some(h) = self
+            .auth_headers
+            .iter()
+            .find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(ConfigError(format!(
+                "dialects.pushstream.auth_headers: {h:?} is not a header name"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Where a dialect is served: under `prefix` on the main listener, and optionally on a
@@ -157,6 +228,7 @@ impl Default for Config {
                 subsocket: DialectMount::with_prefix("/subsocket"),
                 eventual: DialectMount::with_prefix("/eventual"),
                 simplysocket: DialectMount::with_prefix("/simplysocket"),
+                pushstream: PushStreamConfig::default(),
             },
         }
     }
@@ -280,6 +352,7 @@ impl Config {
         self.dialects.subsocket.validate("subsocket")?;
         self.dialects.eventual.validate("eventual")?;
         self.dialects.simplysocket.validate("simplysocket")?;
+        self.dialects.pushstream.validate()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),

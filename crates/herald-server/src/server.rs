@@ -60,6 +60,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let subsocket_listener = bind_dialect(&config.dialects.subsocket, "subsocket").await?;
     let eventual_listener = bind_dialect(&config.dialects.eventual, "eventual").await?;
     let simplysocket_listener = bind_dialect(&config.dialects.simplysocket, "simplysocket").await?;
+    let pushstream_listener =
+        bind_dialect(&config.dialects.pushstream.mount(), "pushstream").await?;
     let state = Arc::new(AppState {
         hub,
         config,
@@ -78,7 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
     ];
     let mut dialect_addrs = Vec::new();
-    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 3] = [
+    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 4] = [
         (
             "subsocket",
             subsocket_listener,
@@ -89,6 +91,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             "simplysocket",
             simplysocket_listener,
             crate::http::simplysocket_router,
+        ),
+        (
+            "pushstream",
+            pushstream_listener,
+            crate::http::pushstream_router,
         ),
     ];
     for (name, listener, router) in dialects {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod pushstream;
 mod routes;
 mod subsocket;
 
@@ -74,6 +75,23 @@ pub fn subsocket_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The push-stream dialect's original paths: `/subscribe/...` and `/pub`.
+fn pushstream_routes() -> Router<Arc<AppState>> {
+    use axum::routing::any;
+    Router::new()
+        .route("/subscribe", get(crate::ws::upgrade_pushstream))
+        .route("/subscribe/{*channels}", get(crate::ws::upgrade_pushstream))
+        .route("/pub", any(pushstream::publisher))
+}
+
+/// A listener of the push-stream dialect's own: its original paths at the root.
+pub fn pushstream_router(state: Arc<AppState>) -> Router {
+    pushstream_routes()
+        .route("/healthz", get(routes::healthz))
+        .fallback(routes::not_found)
+        .with_state(state)
+}
+
 /// A listener of its own for a dialect whose WebSocket answers on every path.
 fn any_path_router(state: Arc<AppState>, upgrade: MethodRouter<Arc<AppState>>) -> Router {
     Router::new()
@@ -123,6 +141,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         router = router.nest(&subsocket.prefix, subsocket_routes());
     }
     let dialects = &state.config.dialects;
+    if dialects.pushstream.enabled && !dialects.pushstream.prefix.is_empty() {
+        router = router.nest(&dialects.pushstream.prefix, pushstream_routes());
+    }
     for (mount, upgrade) in [
         (&dialects.eventual, get(crate::ws::upgrade_eventual)),
         (&dialects.simplysocket, get(crate::ws::upgrade_simplysocket)),

@@ -6,7 +6,10 @@ mod connection;
 mod dialect;
 mod eventual;
 mod native;
+mod pushstream;
 mod simplysocket;
+
+pub use pushstream::upgrade_pushstream;
 mod subsocket;
 
 pub use dialect::Dialect;
@@ -40,7 +43,7 @@ pub async fn upgrade(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    upgrade_to(&native::Native, state, remote, req)
+    upgrade_to(native::Native, state, remote, req)
 }
 
 /// The SubSocket dialect's `/socket`.
@@ -49,7 +52,7 @@ pub async fn upgrade_subsocket(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    upgrade_to(&subsocket::SubSocket, state, remote, req)
+    upgrade_to(subsocket::SubSocket, state, remote, req)
 }
 
 /// One of `limits.max_connections` WebSocket slots, taken at the handshake (so simultaneous
@@ -81,7 +84,7 @@ pub async fn upgrade_eventual(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    upgrade_to(&eventual::Eventual, state, remote, req)
+    upgrade_to(eventual::Eventual, state, remote, req)
 }
 
 /// The SimplySocket dialect: any path of its mount.
@@ -90,7 +93,7 @@ pub async fn upgrade_simplysocket(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    upgrade_to(&simplysocket::SimplySocket, state, remote, req)
+    upgrade_to(simplysocket::SimplySocket, state, remote, req)
 }
 
 /// Whether the `Origin` header, if any, names the same host as `Host`.
@@ -110,7 +113,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// Validates the handshake, answers 101 and hands the upgraded socket to a connection task
 /// speaking `dialect`.
 fn upgrade_to<D: Dialect>(
-    dialect: &'static D,
+    dialect: D,
     state: Arc<AppState>,
     remote: SocketAddr,
     mut req: Request,
@@ -172,7 +175,7 @@ fn upgrade_to<D: Dialect>(
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
-                    connection::run(dialect, state, stream, parts.read_buf, remote).await
+                    connection::run(&dialect, state, stream, parts.read_buf, remote).await
                 }
                 Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
             },

@@ -1,0 +1,132 @@
+//! The push-stream dialect's HTTP publisher at `/pub?id=<channel>`: `POST`/`PUT` publish the
+//! body as text and answer the channel's stats, `GET` answers them, `DELETE` deletes the
+//! channel (its subscribers get id -2 "Channel deleted."). As in the original, requests from
+//! the loopback interface need no credential; others need `Authorization: Bearer` with the
+//! admin key or the channel's token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::hub::PublishRequest;
+use herald_core::secret;
+use herald_core::{Actor, ChannelName, ErrorCode};
+use herald_protocol::pushstream;
+
+use crate::server::AppState;
+
+fn explain(status: StatusCode, why: &str) -> Response {
+    let mut resp = (status, why.to_string()).into_response();
+    if let Ok(v) = HeaderValue::from_str(why) {
+        resp.headers_mut().insert("x-nginx-pushstream-explain", v);
+    }
+    resp
+}
+
+/// The original's stats body (numbers as JSON strings, CRLF-terminated).
+fn stats(channel: &ChannelName, published: u64, subscribers: u64) -> Response {
+    let body = format!(
+        "{{\"channel\": \"{channel}\", \"published_messages\": \"{published}\", \"stored_messages\": \"0\", \"subscribers\": \"{subscribers}\"}}\r\n"
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+fn caller(state: &AppState, remote: SocketAddr, headers: &HeaderMap) -> Option<Actor> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match bearer {
+        Some(t) if secret::secrets_equal(t, &state.admin_key) => Some(Actor::Admin),
+        Some(t) if t.starts_with(secret::CHANNEL_TOKEN_PREFIX) => {
+            Some(Actor::ChannelToken(t.to_string()))
+        }
+        _ if remote.ip().is_loopback() => Some(Actor::Admin),
+        _ => None,
+    }
+}
+
+pub async fn publisher(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let Some(actor) = caller(&state, remote, &headers) else {
+        return explain(
+            StatusCode::FORBIDDEN,
+            "Publishing needs a credential from outside this host.",
+        );
+    };
+    let id = query.as_deref().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "id")
+            .map(|(_, v)| v.into_owned())
+    });
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        return explain(StatusCode::BAD_REQUEST, "No channel id provided.");
+    };
+    let channel = match ChannelName::parse(&id) {
+        Ok(c) => c,
+        Err(e) => return explain(StatusCode::BAD_REQUEST, &e.message),
+    };
+    let hub = &state.hub;
+    let current = |channel: &ChannelName| hub.registry().lookup(channel).map(|c| c.summary());
+    match method {
+        Method::POST | Method::PUT => {
+            if body.is_empty() {
+                return explain(
+                    StatusCode::BAD_REQUEST,
+                    "Empty post requests are not allowed.",
+                );
+            }
+            let Ok(text) = std::str::from_utf8(&body) else {
+                return explain(StatusCode::BAD_REQUEST, "The message must be UTF-8 text.");
+            };
+            let req = PublishRequest {
+                channels: vec![channel.clone()],
+                data: pushstream::text_to_data(text),
+                to: None,
+                once_per_client: false,
+            };
+            match hub.publish(&actor, req).await {
+                Ok(_) => {
+                    let (published, subscribers) =
+                        current(&channel).map_or((0, 0), |s| (s.offset, s.subscribers));
+                    stats(&channel, published, subscribers)
+                }
+                Err(e) => explain(
+                    StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+                    &e.message,
+                ),
+            }
+        }
+        Method::GET => match hub.channel(&actor, &channel) {
+            Ok(s) => stats(&channel, s.offset, s.subscribers),
+            Err(e) if e.code == ErrorCode::ChannelNotFound => {
+                explain(StatusCode::NOT_FOUND, "Channel not found.")
+            }
+            Err(e) => explain(StatusCode::FORBIDDEN, &e.message),
+        },
+        Method::DELETE => match hub.delete_channel(&actor, &channel).await {
+            Ok(_) => (StatusCode::OK, "Channel deleted.").into_response(),
+            Err(e) if e.code == ErrorCode::ChannelNotFound => {
+                explain(StatusCode::NOT_FOUND, "Channel not found.")
+            }
+            Err(e) => explain(StatusCode::FORBIDDEN, &e.message),
+        },
+        Method::OPTIONS => StatusCode::OK.into_response(),
+        _ => explain(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
+    }
+}

@@ -1,0 +1,264 @@
+//! The push-stream dialect's WebSocket side. Channels come from the URL
+//! (`/subscribe/<ch1>/<ch2>` or `?channels=a/b`), or, when `dialects.pushstream.auth_url` is
+//! set, from the app backend's answer to the auth hook. Text a subscriber sends is published to
+//! all its channels (where policy allows) and answered with a WebSocket ping, as the original.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use herald_core::client::{DisconnectReason, close_code};
+use herald_core::hub::PublishRequest;
+use herald_core::{
+    Actor, ChannelName, ClientHandle, Disconnect, ErrorCode, HeraldError, WireFormat,
+};
+use herald_protocol::pushstream::{self, PUSHSTREAM_WS};
+use herald_protocol::ws;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::dialect::{Dialect, DialectSession};
+use crate::config::PushStreamConfig;
+use crate::http::ApiError;
+use crate::server::AppState;
+
+/// One subscriber's connection: the channels it was admitted to.
+pub struct PushStream {
+    channels: Vec<ChannelName>,
+    /// Admitted by the auth hook: subscribed on the server's authority, private channels too.
+    by_hook: bool,
+}
+
+/// A refusal before the upgrade, with push-stream's explanation header.
+fn refuse(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let mut resp = ApiError::new(code, message).into_response();
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(message) {
+        resp.headers_mut().insert("x-nginx-pushstream-explain", v);
+    }
+    resp
+}
+
+/// `GET <prefix>/subscribe/<channels>` (or `?channels=`): the subscriber's WebSocket.
+pub async fn upgrade_pushstream(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let config = &state.config.dialects.pushstream;
+    let channels = if config.auth_url.is_empty() {
+        match url_channels(&req) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::MissingField,
+                    "No channel id provided.",
+                );
+            }
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, e.code, &e.message),
+        }
+    } else {
+        match ask_backend(config, req.headers()).await {
+            Ok(c) => c,
+            Err(resp) => return resp,
+        }
+    };
+    let by_hook = !config.auth_url.is_empty();
+    super::upgrade_to(PushStream { channels, by_hook }, state, remote, req)
+}
+
+fn url_channels(req: &Request) -> Result<Vec<ChannelName>, HeraldError> {
+    let path = req.uri().path();
+    let from_path = path
+        .split_once("/subscribe")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let from_query = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "channels")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_default();
+    let mut channels = pushstream::channels_from_path(from_path)?;
+    for c in pushstream::channels_from_path(&from_query)? {
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
+    Ok(channels)
+}
+
+/// The auth hook: POST the configured headers to the backend; a 2xx `{"channels":[...]}`
+/// admits, 401/403 (or any other answer) refuse, and a backend that is down or slow refuses
+/// with 503 within `auth_timeout_ms`.
+async fn ask_backend(
+    config: &PushStreamConfig,
+    headers: &HeaderMap,
+) -> Result<Vec<ChannelName>, Response> {
+    let mut request =
+        http::Request::post(&config.auth_url).header("content-type", "application/json");
+    for name in &config.auth_headers {
+        for value in headers.get_all(name.as_str()) {
+            request = request.header(name.as_str(), value);
+        }
+    }
+    let request = request
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .map_err(|_| {
+            refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "bad auth hook request",
+            )
+        })?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let timeout = Duration::from_millis(config.auth_timeout_ms);
+    let unavailable = |why: &str| {
+        tracing::warn!(reason = why, "push-stream auth hook failed");
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StoreUnavailable,
+            &format!("auth backend {why}"),
+        )
+    };
+    let answer = async {
+        let resp = client.request(request).await.map_err(|_| "unreachable")?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| "answer unreadable")?
+            .to_bytes();
+        Ok::<_, &str>((status, body))
+    };
+    let (status, body) = match tokio::time::timeout(timeout, answer).await {
+        Err(_) => return Err(unavailable("timed out")),
+        Ok(Err(why)) => return Err(unavailable(why)),
+        Ok(Ok(r)) => r,
+    };
+    if !status.is_success() {
+        let code = if status == StatusCode::UNAUTHORIZED {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        let error = if code == StatusCode::UNAUTHORIZED {
+            ErrorCode::Unauthorized
+        } else {
+            ErrorCode::Forbidden
+        };
+        return Err(refuse(code, error, "refused by the auth backend"));
+    }
+    #[derive(serde::Deserialize)]
+    struct Admitted {
+        channels: Vec<String>,
+    }
+    let admitted: Admitted = serde_json::from_slice(&body).map_err(|_| {
+        refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::BadRequest,
+            "auth backend answer is not {\"channels\":[...]}",
+        )
+    })?;
+    admitted
+        .channels
+        .iter()
+        .map(|c| ChannelName::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, e.code, &e.message))
+}
+
+impl Dialect for PushStream {
+    type Session<'a> = Session<'a>;
+
+    fn name(&self) -> &'static str {
+        pushstream::DIALECT
+    }
+
+    fn format(&self) -> &'static dyn WireFormat {
+        &PUSHSTREAM_WS
+    }
+
+    fn greeting(&self, _state: &AppState, _client: &ClientHandle) -> Option<Bytes> {
+        None
+    }
+
+    fn session<'a>(
+        &'a self,
+        state: &'a Arc<AppState>,
+        client: &'a Arc<ClientHandle>,
+    ) -> Session<'a> {
+        let actor = Actor::Client(client.clone());
+        let subscriber = if self.by_hook {
+            Actor::Admin
+        } else {
+            actor.clone()
+        };
+        if let Err(e) = state
+            .hub
+            .subscribe(&subscriber, client, &self.channels, None)
+        {
+            // The original closed with the status and reason after the upgrade.
+            let reason = format!("{}: {}", e.code, e.message);
+            client.outbox.close(Disconnect::new(
+                DisconnectReason::ProtocolError,
+                close_code::POLICY,
+                reason,
+            ));
+        }
+        Session {
+            state,
+            client,
+            actor,
+        }
+    }
+}
+
+pub struct Session<'a> {
+    state: &'a AppState,
+    client: &'a Arc<ClientHandle>,
+    actor: Actor,
+}
+
+impl DialectSession for Session<'_> {
+    /// Published to every channel of the subscriber; answered with a ping.
+    async fn on_text(&mut self, text: Bytes) -> Option<Bytes> {
+        let text = std::str::from_utf8(&text).ok()?;
+        let channels = self.client.subscriptions();
+        if channels.is_empty() {
+            return Some(ws::ping_frame());
+        }
+        let req = PublishRequest {
+            channels,
+            data: pushstream::text_to_data(text),
+            to: None,
+            once_per_client: false,
+        };
+        match self.state.hub.publish(&self.actor, req).await {
+            Ok(_) => Some(ws::ping_frame()),
+            Err(e) => {
+                tracing::debug!(client = %self.client.id, error = %e, "push-stream publish refused");
+                Some(ws::ping_frame())
+            }
+        }
+    }
+
+    async fn on_binary(&mut self, _data: Bytes) -> Option<Bytes> {
+        None
+    }
+
+    fn on_too_large(&mut self, len: u64, limit: usize) -> Option<Bytes> {
+        tracing::debug!(client = %self.client.id, len, limit, "push-stream message too large, skipped");
+        None
+    }
+}
