@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::channel::ChannelName;
@@ -141,6 +142,9 @@ pub struct ClientHandle {
     pub(crate) subscriptions: Mutex<Subscriptions>,
     last_activity_ms: AtomicU64,
     admin: AtomicBool,
+    /// Per-client bytes a dialect keeps for [`WireFormat::for_recipient`] (a leaf lock: taken
+    /// under a channel's state lock during fan-out, never the other way round).
+    pub dialect_state: Mutex<Bytes>,
     /// Frames (requests) received from the client.
     pub frames_in: AtomicU64,
     /// Deliveries queued to it.
@@ -164,6 +168,7 @@ impl ClientHandle {
             info,
             subscriptions: Mutex::new(Subscriptions::default()),
             admin: AtomicBool::new(false),
+            dialect_state: Mutex::new(Bytes::new()),
             frames_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
         }

@@ -31,7 +31,8 @@ pub struct Message {
 
 /// Encodes hub events into transport-ready frames for one kind of connection.
 pub trait WireFormat: Send + Sync + 'static {
-    /// Short name, shown in client listings (e.g. `"native"`).
+    /// Short name, shown in client listings (e.g. `"native"`). Unique per format: the fan-out
+    /// keys its per-publication encode cache by it.
     fn name(&self) -> &'static str;
     /// A channel publication.
     fn message(&self, msg: &Message) -> Bytes;
@@ -51,13 +52,22 @@ pub trait WireFormat: Send + Sync + 'static {
     }
     /// A keep-alive probe; the transport's answer counts as activity.
     fn keepalive(&self) -> Bytes;
+    /// The frame one recipient gets from the shared encoding of [`WireFormat::message`].
+    /// Formats whose deliveries carry per-recipient fields (WS-PushServer's uuid and
+    /// subscription list) build them around the shared payload here, from the client's
+    /// [`ClientHandle::dialect_state`](crate::ClientHandle); the default shares the bytes.
+    fn for_recipient(&self, shared: &Bytes, _client: &crate::ClientHandle) -> Bytes {
+        shared.clone()
+    }
 }
 
 /// Encodes one message at most once per wire format. Formats are few (one per dialect and
-/// transport), so a linear scan over a short vector beats hashing.
+/// transport), so a linear scan over a short vector beats hashing. Formats are told apart by
+/// [`WireFormat::name`], which must be unique: they are zero-sized statics, and distinct
+/// zero-sized statics may share an address, so a pointer would not do.
 pub struct EncodeCache<'a> {
     msg: &'a Message,
-    encoded: Vec<(*const (), Bytes)>,
+    encoded: Vec<(&'static str, Bytes)>,
 }
 
 impl<'a> EncodeCache<'a> {
@@ -70,7 +80,7 @@ impl<'a> EncodeCache<'a> {
 
     /// The frame for `format`, encoding it on first use.
     pub fn frame(&mut self, format: &'static dyn WireFormat) -> Bytes {
-        let key = format as *const dyn WireFormat as *const ();
+        let key = format.name();
         if let Some((_, bytes)) = self.encoded.iter().find(|(k, _)| *k == key) {
             return bytes.clone();
         }

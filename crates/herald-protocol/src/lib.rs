@@ -12,3 +12,4 @@ pub mod pushstream;
 pub mod simplysocket;
 pub mod subsocket;
 pub mod ws;
+pub mod wspush;

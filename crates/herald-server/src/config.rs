@@ -40,6 +40,64 @@ pub struct DialectsConfig {
     pub eventual: DialectMount,
     pub simplysocket: DialectMount,
     pub pushstream: PushStreamConfig,
+    pub wspush: WsPushConfig,
+}
+
+/// The WS-PushServer dialect: its WebSocket and its HTTP API were on separate ports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsPushConfig {
+    pub enabled: bool,
+    /// On the main listener: WebSocket at `<prefix>/ws`, HTTP API at `<prefix>/channel/...`,
+    /// `<prefix>/push` and `<prefix>/sysadmin`.
+    pub prefix: String,
+    /// A listener of its own for the WebSocket (every path), e.g. "0.0.0.0:5222".
+    pub listen: String,
+    /// A listener of its own for the HTTP API, e.g. "0.0.0.0:5223".
+    pub http_listen: String,
+}
+
+impl Default for WsPushConfig {
+    fn default() -> Self {
+        WsPushConfig {
+            enabled: false,
+            prefix: "/wspush".into(),
+            listen: String::new(),
+            http_listen: String::new(),
+        }
+    }
+}
+
+impl WsPushConfig {
+    pub fn mount(&self) -> DialectMount {
+        DialectMount {
+            enabled: self.enabled,
+            prefix: self.prefix.clone(),
+            listen: self.listen.clone(),
+        }
+    }
+
+    pub fn http_mount(&self) -> DialectMount {
+        DialectMount {
+            enabled: self.enabled,
+            prefix: String::new(),
+            listen: self.http_listen.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut mount = self.mount();
+        if self.enabled && mount.prefix.is_empty() && mount.listen.is_empty() {
+            mount.listen = self.http_listen.clone();
+        }
+        mount.validate("wspush")?;
+        if !self.http_listen.is_empty() && self.http_listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError(
+                "dialects.wspush.http_listen: not an address like 0.0.0.0:5223".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The push-stream dialect: its mount, and the optional auth hook to the app's backend.
@@ -229,6 +287,7 @@ impl Default for Config {
                 eventual: DialectMount::with_prefix("/eventual"),
                 simplysocket: DialectMount::with_prefix("/simplysocket"),
                 pushstream: PushStreamConfig::default(),
+                wspush: WsPushConfig::default(),
             },
         }
     }
@@ -353,6 +412,7 @@ impl Config {
         self.dialects.eventual.validate("eventual")?;
         self.dialects.simplysocket.validate("simplysocket")?;
         self.dialects.pushstream.validate()?;
+        self.dialects.wspush.validate()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),

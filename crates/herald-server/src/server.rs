@@ -62,6 +62,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let simplysocket_listener = bind_dialect(&config.dialects.simplysocket, "simplysocket").await?;
     let pushstream_listener =
         bind_dialect(&config.dialects.pushstream.mount(), "pushstream").await?;
+    let wspush_listener = bind_dialect(&config.dialects.wspush.mount(), "wspush").await?;
+    let wspush_http_listener =
+        bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
     let state = Arc::new(AppState {
         hub,
         config,
@@ -80,7 +83,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
     ];
     let mut dialect_addrs = Vec::new();
-    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 4] = [
+    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 6] = [
         (
             "subsocket",
             subsocket_listener,
@@ -96,6 +99,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             "pushstream",
             pushstream_listener,
             crate::http::pushstream_router,
+        ),
+        ("wspush", wspush_listener, crate::http::wspush_ws_router),
+        (
+            "wspush-http",
+            wspush_http_listener,
+            crate::http::wspush_http_router,
         ),
     ];
     for (name, listener, router) in dialects {

@@ -511,7 +511,9 @@ impl Registry {
             {
                 return;
             }
-            let frame = cache.frame(client.format);
+            let frame = client
+                .format
+                .for_recipient(&cache.frame(client.format), client);
             if self.push_or_close(client, frame) {
                 delivered += 1;
                 client

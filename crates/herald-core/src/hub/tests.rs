@@ -476,3 +476,59 @@ async fn firehose_gets_every_publication_once() {
         .unwrap();
     assert_eq!(hub.registry().channel_count(), 2);
 }
+
+/// A second wire format with its own encoding counter.
+struct OtherFormat;
+static OTHER_ENCODINGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl WireFormat for OtherFormat {
+    fn name(&self) -> &'static str {
+        "other"
+    }
+    fn message(&self, m: &Message) -> Bytes {
+        OTHER_ENCODINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Bytes::from(format!("other {};", m.offset))
+    }
+    fn direct(&self, _from: Option<ClientId>, data: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(data)
+    }
+    fn unsubscribed(&self, _channel: &ChannelName, _reason: &str) -> Option<Bytes> {
+        None
+    }
+    fn keepalive(&self) -> Bytes {
+        Bytes::new()
+    }
+}
+static OTHER: OtherFormat = OtherFormat;
+
+#[tokio::test]
+async fn mixed_audience_is_encoded_once_per_format() {
+    let hub = hub();
+    let mut test_clients = Vec::new();
+    let mut other_clients = Vec::new();
+    for _ in 0..40 {
+        test_clients.push(connect(&hub));
+        other_clients.push(hub.connect(&OTHER, ClientInfo::new(None, "other")));
+    }
+    for c in test_clients.iter().chain(&other_clients) {
+        hub.subscribe(&Actor::Admin, c, &[ch("mixed-audience")], None)
+            .unwrap();
+    }
+    let before = OTHER_ENCODINGS.load(std::sync::atomic::Ordering::Relaxed);
+    let r = hub
+        .publish(&Actor::Admin, publish_req(&["mixed-audience"], "1"))
+        .await
+        .unwrap();
+    assert_eq!(r[0].delivered, 80);
+    // No other test uses OtherFormat, so this count is exact.
+    assert_eq!(
+        OTHER_ENCODINGS.load(std::sync::atomic::Ordering::Relaxed) - before,
+        1
+    );
+    assert!(other_clients.iter().all(|c| written(c) == "other 1;"));
+    assert!(
+        test_clients
+            .iter()
+            .all(|c| written(c) == "msg mixed-audience 1 1;")
+    );
+}

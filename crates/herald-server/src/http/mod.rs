@@ -6,6 +6,7 @@ mod error;
 mod pushstream;
 mod routes;
 mod subsocket;
+mod wspush;
 
 pub use error::ApiError;
 
@@ -92,6 +93,30 @@ pub fn pushstream_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The WS-PushServer dialect's HTTP API paths.
+fn wspush_http_routes() -> Router<Arc<AppState>> {
+    use axum::routing::any;
+    Router::new()
+        .route("/channel/create", any(wspush::create))
+        .route("/channel/ping", any(wspush::ping))
+        .route("/channel/delete", any(wspush::delete))
+        .route("/push", any(wspush::push))
+        .route("/sysadmin", any(wspush::sysadmin))
+}
+
+/// A listener of the WS-PushServer HTTP API's own (the original's HTTP port).
+pub fn wspush_http_router(state: Arc<AppState>) -> Router {
+    wspush_http_routes()
+        .route("/healthz", get(routes::healthz))
+        .fallback(routes::not_found)
+        .with_state(state)
+}
+
+/// A listener of the WS-PushServer WebSocket's own: every path is its WebSocket.
+pub fn wspush_ws_router(state: Arc<AppState>) -> Router {
+    any_path_router(state, get(crate::ws::upgrade_wspush))
+}
+
 /// A listener of its own for a dialect whose WebSocket answers on every path.
 fn any_path_router(state: Arc<AppState>, upgrade: MethodRouter<Arc<AppState>>) -> Router {
     Router::new()
@@ -143,6 +168,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     let dialects = &state.config.dialects;
     if dialects.pushstream.enabled && !dialects.pushstream.prefix.is_empty() {
         router = router.nest(&dialects.pushstream.prefix, pushstream_routes());
+    }
+    if dialects.wspush.enabled && !dialects.wspush.prefix.is_empty() {
+        let prefix = &dialects.wspush.prefix;
+        router = router
+            .nest(prefix, wspush_http_routes())
+            .route(&format!("{prefix}/ws"), get(crate::ws::upgrade_wspush))
+            .route(
+                &format!("{prefix}/ws/{{*path}}"),
+                get(crate::ws::upgrade_wspush),
+            );
     }
     for (mount, upgrade) in [
         (&dialects.eventual, get(crate::ws::upgrade_eventual)),

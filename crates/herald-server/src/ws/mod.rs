@@ -8,11 +8,11 @@ mod eventual;
 mod native;
 mod pushstream;
 mod simplysocket;
-
-pub use pushstream::upgrade_pushstream;
 mod subsocket;
+mod wspush;
 
 pub use dialect::Dialect;
+pub use pushstream::upgrade_pushstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +94,15 @@ pub async fn upgrade_simplysocket(
     req: Request,
 ) -> Response {
     upgrade_to(simplysocket::SimplySocket, state, remote, req)
+}
+
+/// The WS-PushServer dialect: any path of its mount.
+pub async fn upgrade_wspush(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    upgrade_to(wspush::WsPush, state, remote, req)
 }
 
 /// Whether the `Origin` header, if any, names the same host as `Host`.

@@ -165,25 +165,24 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Tells a room's members that this client joined or left it.
+    /// Tells a room's SimplySocket members that this client joined or left it. Sent to them
+    /// directly, not published: the notice is this dialect's, and takes no offset in the
+    /// channel that other protocols see.
     async fn announce(&self, room: &ChannelName, action: &str) {
+        let registry = self.state.hub.registry();
+        let Some(channel) = registry.lookup(room) else {
+            return;
+        };
         let id = self.client.id.to_string();
         let body = serde_json::json!({"roomname": room.as_str(), "client": id}).to_string();
-        let data = Bytes::from(simplysocket::encode(
-            action,
-            Some(body.as_bytes()),
-            false,
-            room.as_str(),
-            &id,
-        ));
-        let req = PublishRequest {
-            channels: vec![room.clone()],
-            data,
-            to: None,
-            once_per_client: false,
-        };
-        if let Err(e) = self.state.hub.publish(&Actor::Admin, req).await {
-            tracing::debug!(error = %e, "room notice not delivered");
+        let data = simplysocket::encode(action, Some(body.as_bytes()), false, room.as_str(), &id);
+        let frame = SIMPLYSOCKET_WS.direct(None, &data);
+        for member in channel.subscriber_ids() {
+            if let Some(member) = registry.client(member)
+                && member.format.name() == simplysocket::DIALECT
+            {
+                registry.push_or_close(&member, frame.clone());
+            }
         }
     }
 }

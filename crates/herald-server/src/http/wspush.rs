@@ -1,0 +1,269 @@
+//! The WS-PushServer dialect's HTTP API: `SERVER_ACTION` envelopes posted to
+//! `/channel/create`, `/channel/ping`, `/push` and `/channel/delete` (any method, as the
+//! original), answered with its envelopes and the envelope's code as the HTTP status. Channel
+//! tokens are Herald channel tokens. `/sysadmin` needs the admin key
+//! (`Authorization: Bearer`), which the original did not ask for.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::hub::PublishRequest;
+use herald_core::{Actor, ChannelName, ChannelOptions, ClientId, ErrorCode, secret};
+use herald_protocol::wspush;
+use serde::Deserialize;
+
+use crate::server::AppState;
+
+type St = State<Arc<AppState>>;
+
+fn reply(json: Vec<u8>, code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// A refusal: the error envelope and its code (small, unlike a `Response`).
+pub struct Fail {
+    code: u16,
+    json: Vec<u8>,
+}
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        reply(self.json, self.code)
+    }
+}
+
+fn error(code: u16, message: &str, details: &str) -> Fail {
+    Fail {
+        code,
+        json: wspush::error(code, message, details),
+    }
+}
+
+fn invalid() -> Fail {
+    error(400, "Bad Request", "Invalid message")
+}
+
+fn not_found(channel: &str) -> Fail {
+    error(
+        404,
+        "Not found",
+        &format!("Could not find a WebSocketChannel called \"{channel}\""),
+    )
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "messageType")]
+    message_type: String,
+    action: String,
+    data: serde_json::Value,
+}
+
+/// Parses the `SERVER_ACTION` envelope for `action` and its `data` as `T`.
+fn parse<T: for<'de> Deserialize<'de>>(body: &Bytes, action: &str) -> Result<T, Fail> {
+    let text = String::from_utf8_lossy(body);
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| error(400, "Bad Request", &text))?;
+    let env: Envelope = serde_json::from_value(value).map_err(|_| invalid())?;
+    if env.message_type != "SERVER_ACTION" || env.action != action {
+        return Err(invalid());
+    }
+    serde_json::from_value(env.data).map_err(|_| invalid())
+}
+
+fn ok(message: &str, data: &str) -> Answer {
+    Ok(reply(
+        wspush::envelope("SERVER_ACK", 200, message, data.as_bytes()),
+        200,
+    ))
+}
+
+fn json_str(s: &str) -> String {
+    let mut b = Vec::new();
+    wspush::gson_str(&mut b, s);
+    String::from_utf8(b).expect("JSON is UTF-8")
+}
+
+#[derive(Deserialize)]
+struct ChannelOnly {
+    channel: String,
+}
+
+type Answer = Result<Response, Fail>;
+
+pub async fn create(State(state): St, body: Bytes) -> Answer {
+    let req: ChannelOnly = parse(&body, "CREATE_CHANNEL")?;
+    let name = ChannelName::parse(&req.channel).map_err(|_| invalid())?;
+    let options = ChannelOptions {
+        public: true,
+        client_publish: false,
+        max_subscribers: None,
+    };
+    match state.hub.create_channel(&Actor::Admin, name, options).await {
+        Ok(created) => {
+            let data = format!(
+                "{{\"channel\":{},\"channelToken\":{}}}",
+                json_str(&req.channel),
+                json_str(&created.token)
+            );
+            ok("Created", &data)
+        }
+        Err(e) if e.code == ErrorCode::ChannelExists => Err(error(
+            409,
+            "Conflict",
+            &format!(
+                "A WebSocketChannel called \"{}\" already exists",
+                req.channel
+            ),
+        )),
+        Err(e) => Err(error(500, "Internal Server Error", &e.message)),
+    }
+}
+
+#[derive(Deserialize)]
+struct ChannelToken {
+    channel: String,
+    #[serde(rename = "channelToken")]
+    channel_token: Option<String>,
+}
+
+/// Finds the channel and checks its token: 404, then 401 or 403 for a null token
+/// (`null_is`), 403 for a wrong one.
+fn authorize(
+    state: &AppState,
+    channel: &str,
+    token: Option<&str>,
+    null_is: u16,
+) -> Result<(ChannelName, String), Fail> {
+    let name = ChannelName::parse(channel).map_err(|_| not_found(channel))?;
+    let ch = state
+        .hub
+        .registry()
+        .lookup(&name)
+        .ok_or_else(|| not_found(channel))?;
+    let Some(token) = token else {
+        return Err(if null_is == 401 {
+            error(401, "Unauthorized", "No channel token provided")
+        } else {
+            error(403, "Forbidden", "Channel token is invalid")
+        });
+    };
+    let valid = ch.view(|v| {
+        v.token_hash
+            .is_some_and(|h| secret::token_matches_hash(token, h))
+    });
+    if !valid {
+        return Err(error(403, "Forbidden", "Channel token is invalid"));
+    }
+    Ok((name, token.to_string()))
+}
+
+pub async fn ping(State(state): St, body: Bytes) -> Answer {
+    // The key is required by the schema; its value may be null.
+    let value: serde_json::Value = parse(&body, "PING_CHANNEL")?;
+    if value.get("channelToken").is_none() {
+        return Err(invalid());
+    }
+    let req: ChannelToken = serde_json::from_value(value).map_err(|_| invalid())?;
+    authorize(&state, &req.channel, req.channel_token.as_deref(), 401)?;
+    ok(
+        "OK",
+        &format!(
+            "{{\"channel\":{},\"channelToken\":null}}",
+            json_str(&req.channel)
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+struct Push {
+    channel: String,
+    #[serde(rename = "channelToken")]
+    channel_token: String,
+    #[serde(default)]
+    recipients: Vec<String>,
+    message: String,
+}
+
+pub async fn push(State(state): St, body: Bytes) -> Answer {
+    let req: Push = parse(&body, "PUSH_MESSAGE")?;
+    let (name, token) = authorize(&state, &req.channel, Some(&req.channel_token), 403)?;
+    // Unknown recipients are skipped, as in the original.
+    let recipients: Vec<ClientId> = req
+        .recipients
+        .iter()
+        .filter_map(|r| ClientId::parse(r).ok())
+        .collect();
+    let to = (!req.recipients.is_empty()).then_some(recipients);
+    let publish = PublishRequest {
+        channels: vec![name],
+        data: wspush::text_to_data(&req.message),
+        to,
+        once_per_client: false,
+    };
+    match state
+        .hub
+        .publish(&Actor::ChannelToken(token), publish)
+        .await
+    {
+        Ok(_) => ok("Sent", "null"),
+        Err(e) => Err(error(e.code.http_status(), "Bad Request", &e.message)),
+    }
+}
+
+pub async fn delete(State(state): St, body: Bytes) -> Answer {
+    let req: ChannelToken = parse(&body, "DELETE_CHANNEL")?;
+    let (name, token) = authorize(&state, &req.channel, req.channel_token.as_deref(), 403)?;
+    match state
+        .hub
+        .delete_channel(&Actor::ChannelToken(token), &name)
+        .await
+    {
+        Ok(_) => ok("Deleted", "null"),
+        Err(e) => Err(error(
+            e.code.http_status(),
+            "Internal Server Error",
+            &e.message,
+        )),
+    }
+}
+
+pub async fn sysadmin(State(state): St, headers: HeaderMap) -> Answer {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|k| secret::secrets_equal(k.trim(), &state.admin_key)) {
+        return Err(error(
+            401,
+            "Unauthorized",
+            "The admin key is required (Authorization: Bearer)",
+        ));
+    }
+    let mut names: Vec<String> = state
+        .hub
+        .registry()
+        .all_channels()
+        .iter()
+        .map(|c| c.name.to_string())
+        .collect();
+    names.sort();
+    let list = names
+        .iter()
+        .map(|n| json_str(n))
+        .collect::<Vec<_>>()
+        .join(",");
+    let data = format!(
+        "{{\"channels\":[{list}],\"channelsAmount\":{},\"clientsAmount\":{}}}",
+        names.len(),
+        state.hub.registry().client_count()
+    );
+    Ok(reply(
+        wspush::envelope("SERVER_SYSADMIN", 200, "OK", data.as_bytes()),
+        200,
+    ))
+}
