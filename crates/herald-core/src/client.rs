@@ -33,6 +33,8 @@ pub enum DisconnectReason {
     ServerShutdown,
     /// It broke the transport protocol (bad framing, invalid UTF-8, ...).
     ProtocolError,
+    /// Its address was banned.
+    Banned,
 }
 
 impl DisconnectReason {
@@ -44,6 +46,7 @@ impl DisconnectReason {
             DisconnectReason::TimedOut => "timed_out",
             DisconnectReason::ServerShutdown => "server_shutdown",
             DisconnectReason::ProtocolError => "protocol_error",
+            DisconnectReason::Banned => "banned",
         }
     }
 }

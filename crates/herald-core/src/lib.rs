@@ -8,6 +8,7 @@
 //! the [`Store`] trait. The HTTP API, WebSocket sessions and (later) admin clients all drive the
 //! same hub operations, so they behave identically.
 
+pub mod bans;
 pub mod broker;
 pub mod channel;
 pub mod client;

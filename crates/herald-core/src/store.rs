@@ -6,10 +6,12 @@
 //! blocking thread pool.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::bans::BanRecord;
 use crate::channel::ChannelOptions;
 
 /// A channel as stored.
@@ -32,12 +34,17 @@ pub trait Store: Send + Sync + 'static {
     fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError>;
     /// Returns whether a record was removed.
     fn delete_channel(&self, name: &str) -> Result<bool, StoreError>;
+    fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError>;
+    /// Inserts or replaces the ban of `ban.ip`.
+    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError>;
+    fn delete_ban(&self, ip: IpAddr) -> Result<bool, StoreError>;
 }
 
 /// Keeps everything in memory: nothing survives the process.
 #[derive(Default)]
 pub struct MemoryStore {
     channels: Mutex<BTreeMap<String, ChannelRecord>>,
+    bans: Mutex<BTreeMap<IpAddr, BanRecord>>,
 }
 
 impl Store for MemoryStore {
@@ -50,5 +57,15 @@ impl Store for MemoryStore {
     }
     fn delete_channel(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self.channels.lock().remove(name).is_some())
+    }
+    fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        Ok(self.bans.lock().values().cloned().collect())
+    }
+    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
+        self.bans.lock().insert(ban.ip, ban.clone());
+        Ok(())
+    }
+    fn delete_ban(&self, ip: IpAddr) -> Result<bool, StoreError> {
+        Ok(self.bans.lock().remove(&ip).is_some())
     }
 }

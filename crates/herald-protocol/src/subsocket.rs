@@ -29,10 +29,21 @@ pub enum Command<'a> {
     Sub(&'a str),
     Unsub(&'a str),
     AdminToken(&'a str),
-    Pub { channel: &'a str, message: &'a str },
+    Pub {
+        channel: &'a str,
+        message: &'a str,
+    },
     Broadcast(&'a str),
-    Message { to: &'a str, message: &'a str },
+    Message {
+        to: &'a str,
+        message: &'a str,
+    },
     Kick(&'a str),
+    /// `ban <uuid> [seconds]`: ban the address that client came from.
+    Ban {
+        id: &'a str,
+        seconds: Option<u64>,
+    },
 }
 
 /// Why a frame is not a command.
@@ -60,6 +71,21 @@ pub fn parse(frame: &str) -> Result<Command<'_>, Unparsed<'_>> {
         "admin-token" => Command::AdminToken(arg("token")?),
         "broadcast" => Command::Broadcast(rest.unwrap_or_default()),
         "kick" => Command::Kick(arg("client id")?),
+        "ban" => {
+            let args = arg("client id")?;
+            let (id, seconds) = match args.split_once(' ') {
+                Some((id, s)) => (
+                    id,
+                    Some(
+                        s.trim()
+                            .parse()
+                            .map_err(|_| Unparsed::MissingArgument("seconds as a whole number"))?,
+                    ),
+                ),
+                None => (args, None),
+            };
+            Command::Ban { id, seconds }
+        }
         "pub" => {
             // `pub ch` (no message part) was ignored; `pub ch ` sends an empty message.
             let (channel, message) = arg("channel")?.split_once(' ').ok_or(Unparsed::Ignored)?;

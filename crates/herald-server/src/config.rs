@@ -74,6 +74,7 @@ impl WsPushConfig {
             enabled: self.enabled,
             prefix: self.prefix.clone(),
             listen: self.listen.clone(),
+            static_dir: String::new(),
         }
     }
 
@@ -82,6 +83,7 @@ impl WsPushConfig {
             enabled: self.enabled,
             prefix: String::new(),
             listen: self.http_listen.clone(),
+            static_dir: String::new(),
         }
     }
 
@@ -136,6 +138,7 @@ impl PushStreamConfig {
             enabled: self.enabled,
             prefix: self.prefix.clone(),
             listen: self.listen.clone(),
+            static_dir: String::new(),
         }
     }
 
@@ -181,6 +184,9 @@ pub struct DialectMount {
     pub prefix: String,
     /// A listener of its own serving the original paths, e.g. "0.0.0.0:8081". Empty: none.
     pub listen: String,
+    /// SubSocket only: a folder served at `/static/` (the original's test pages). Empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub static_dir: String,
 }
 
 impl DialectMount {
@@ -189,6 +195,7 @@ impl DialectMount {
             enabled: false,
             prefix: prefix.into(),
             listen: String::new(),
+            static_dir: String::new(),
         }
     }
 

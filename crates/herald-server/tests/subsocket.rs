@@ -391,3 +391,106 @@ async fn cross_origin_handshakes_are_refused_and_disabled_dialect_is_absent() {
     let status = RawPeer::handshake_status(plain.addr(), "/subsocket/socket", "").await;
     assert!(status.contains("404"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_closes_refuses_reconnects_expires_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut c = common::config(dir.path());
+        c.dialects.subsocket.enabled = true;
+        c
+    };
+    let server = herald_server::start(config()).await.unwrap();
+    let addr = server.local_addr;
+    let mut admin = RawPeer::connect_to(addr, "/subsocket/socket", "").await;
+    admin.send_text(&format!("admin-token {ADMIN_KEY}")).await;
+    let api = Api::new(&format!("http://{addr}"), Some(ADMIN_KEY));
+    let mut admin_ready = false;
+    for _ in 0..250 {
+        let list = api
+            .request_ok("GET", "/api/v1/clients", None)
+            .await
+            .unwrap();
+        if list["clients"][0]["admin"] == true {
+            admin_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admin_ready);
+    let mut victim = RawPeer::connect_to(addr, "/subsocket/socket", "").await;
+    let (_, id, _) = split3(&admin.text().await);
+    // A 1-second ban of the victim's address (127.0.0.1: every test client here).
+    admin.send_text(&format!("ban {id} 1")).await;
+    assert_eq!(victim.close_code().await, Some(4000));
+    let status = RawPeer::handshake_status(addr, "/subsocket/socket", "").await;
+    assert!(status.contains("403"), "refused while banned: {status}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _back = RawPeer::connect_to(addr, "/subsocket/socket", "").await;
+
+    // An open-ended ban through the REST API survives a restart.
+    let mut victim = RawPeer::connect_to(addr, "/subsocket/socket", "").await;
+    let list = api
+        .request_ok("GET", "/api/v1/clients", None)
+        .await
+        .unwrap();
+    let newest = list["clients"].as_array().unwrap().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _, body) = Api::new(&format!("http://{addr}"), None)
+        .request_raw(
+            "GET",
+            &format!("/subsocket/api.v1/clients/ban?client-id={newest}"),
+            &[("admin-token", ADMIN_KEY)],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(victim.close_code().await, Some(4000));
+    server.shutdown(Duration::from_secs(2)).await;
+    let server = herald_server::start(config()).await.unwrap();
+    let status = RawPeer::handshake_status(server.local_addr, "/ws", "").await;
+    assert!(
+        status.contains("403"),
+        "still banned after restart: {status}"
+    );
+    server.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_folder_serves_test_pages_from_the_same_origin() {
+    let pages = tempfile::tempdir().unwrap();
+    std::fs::write(pages.path().join("index.html"), "<h1>SubSocket test</h1>").unwrap();
+    std::fs::write(pages.path().join("admin-client.html"), "admin").unwrap();
+    let dir = pages.path().to_string_lossy().to_string();
+    let srv = TestServer::start_with(move |c| {
+        c.dialects.subsocket.enabled = true;
+        c.dialects.subsocket.static_dir = dir;
+    })
+    .await;
+    let get = |path: &str| {
+        let api = srv.anonymous();
+        let path = path.to_string();
+        async move {
+            let (status, headers, body) = api
+                .request_raw("GET", &path, &[], Default::default())
+                .await
+                .unwrap();
+            (status, headers, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    let (status, headers, body) = get("/subsocket/static/").await;
+    assert_eq!((status, body.as_str()), (200, "<h1>SubSocket test</h1>"));
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(get("/subsocket/static/admin-client.html").await.2, "admin");
+    let (status, headers, _) = get("/subsocket/static").await;
+    assert_eq!(
+        (status, headers["location"].to_str().unwrap()),
+        (301, "/subsocket/static/")
+    );
+    assert_eq!(get("/subsocket/static/../Cargo.toml").await.0, 404);
+    assert_eq!(get("/subsocket/static/%2e%2e/x").await.0, 404);
+    assert_eq!(get("/subsocket/static/missing.html").await.0, 404);
+}

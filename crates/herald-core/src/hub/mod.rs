@@ -15,6 +15,7 @@ use serde::Serialize;
 pub use policy::Actor;
 pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
 
+use crate::bans::{BanList, BanRecord};
 use crate::broker::{Broker, Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
 use crate::client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason, now_ms};
@@ -121,6 +122,7 @@ pub struct Hub {
     started: Instant,
     /// Held while creating or deleting a persistent channel (store write + registry update).
     channel_changes: tokio::sync::Mutex<()>,
+    bans: BanList,
 }
 
 impl Hub {
@@ -134,6 +136,7 @@ impl Hub {
             stats,
             started: Instant::now(),
             channel_changes: tokio::sync::Mutex::new(()),
+            bans: BanList::default(),
         }
     }
 
@@ -171,6 +174,14 @@ impl Hub {
                 rec.created_at_ms,
             )?;
             restored += 1;
+        }
+        let bans = self
+            .store
+            .load_bans()
+            .map_err(|e| HeraldError::new(ErrorCode::StoreUnavailable, e.to_string()))?;
+        let now = now_ms();
+        for ban in bans.into_iter().filter(|b| b.active_at(now)) {
+            self.bans.insert(ban);
         }
         Ok(restored)
     }
@@ -701,6 +712,51 @@ impl Hub {
             Stats::add(&self.stats.kicked, 1);
         }
         Ok(())
+    }
+
+    // ---- bans -----------------------------------------------------------------------------
+
+    /// Bans the address client `id` connected from (kept in the store), and closes every
+    /// connection from it with 4000 (do not reconnect). `duration_secs`: `None` = until lifted.
+    pub async fn ban_client(
+        &self,
+        actor: &Actor,
+        id: ClientId,
+        duration_secs: Option<u64>,
+        reason: &str,
+    ) -> Result<BanRecord, HeraldError> {
+        let client = self.client(actor, id)?;
+        let ip =
+            client.info.remote.map(|a| a.ip()).ok_or_else(|| {
+                HeraldError::bad_request("this client has no network address to ban")
+            })?;
+        let now = now_ms();
+        let ban = BanRecord {
+            ip,
+            reason: reason.to_string(),
+            created_at_ms: now,
+            expires_at_ms: duration_secs.map(|s| now.saturating_add(s.saturating_mul(1000))),
+        };
+        let store = self.store.clone();
+        let record = ban.clone();
+        run_blocking(move || store.put_ban(&record)).await?;
+        self.bans.insert(ban.clone());
+        let close = Disconnect::new(
+            DisconnectReason::Banned,
+            crate::client::close_code::KICKED_NO_RECONNECT,
+            format!("banned: {reason}"),
+        );
+        for other in self.registry.all_clients() {
+            if other.info.remote.map(|a| a.ip()) == Some(ip) && other.outbox.close(close.clone()) {
+                Stats::add(&self.stats.kicked, 1);
+            }
+        }
+        Ok(ban)
+    }
+
+    /// The ban that refuses a connection from `ip` now, if any.
+    pub fn banned(&self, ip: std::net::IpAddr) -> Option<BanRecord> {
+        self.bans.check(ip, now_ms())
     }
 
     // ---- housekeeping ---------------------------------------------------------------------

@@ -66,6 +66,10 @@ fn subsocket_routes() -> Router<Arc<AppState>> {
             any(subsocket::clients_unsubscribe),
         )
         .route("/api.v1/clients/kick", any(subsocket::clients_kick))
+        .route("/api.v1/clients/ban", any(subsocket::clients_ban))
+        .route("/static", get(subsocket::static_file))
+        .route("/static/", get(subsocket::static_file))
+        .route("/static/{*path}", get(subsocket::static_file))
 }
 
 /// A listener of the SubSocket dialect's own: its original paths at the root.

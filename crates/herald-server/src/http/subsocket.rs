@@ -184,6 +184,35 @@ pub async fn clients_unsubscribe(
     change_subscription(&state, &q, false).await
 }
 
+/// `clients/ban?client-id=<uuid>[&seconds=N]`: bans the address the client came from and
+/// closes its connections with 4000.
+pub async fn clients_ban(State(state): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    if !authorized(&state, &headers) {
+        return forbidden();
+    }
+    let Some(id) = first(&q, &["client-id", "id"]) else {
+        return ok("client-id are required input...\n".into());
+    };
+    let seconds = match first(&q, &["seconds"]).map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(_)) => return error(&HeraldError::bad_request("seconds must be a whole number")),
+    };
+    let result = match ClientId::parse(&id) {
+        Ok(id) => {
+            state
+                .hub
+                .ban_client(&Actor::Admin, id, seconds, "banned by an admin")
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(_) => ok(String::new()),
+        Err(e) => error(&e),
+    }
+}
+
 pub async fn clients_kick(State(state): St, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     if !authorized(&state, &headers) {
         return forbidden();
@@ -199,5 +228,58 @@ pub async fn clients_kick(State(state): St, headers: HeaderMap, RawQuery(q): Raw
     match ClientId::parse(&id).and_then(|id| state.hub.kick(&Actor::Admin, id, disconnect)) {
         Ok(()) => ok(String::new()),
         Err(e) => error(&e),
+    }
+}
+
+/// `GET /static/<path>`: files from `dialects.subsocket.static_dir` (the original served its
+/// test pages this way, from the same origin as `/socket`). `/static` redirects to `/static/`,
+/// which serves `index.html`. Paths are confined to the folder.
+pub async fn static_file(
+    State(state): St,
+    uri: axum::http::Uri,
+    axum::extract::OriginalUri(original): axum::extract::OriginalUri,
+) -> Response {
+    let dir = &state.config.dialects.subsocket.static_dir;
+    if dir.is_empty() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let path = uri.path();
+    let Some(rest) = path.split_once("/static").map(|(_, r)| r) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if rest.is_empty() {
+        return (
+            StatusCode::MOVED_PERMANENTLY,
+            [(header::LOCATION, format!("{}/", original.path()))],
+        )
+            .into_response();
+    }
+    let relative = rest.trim_start_matches('/');
+    let relative = if relative.is_empty() {
+        "index.html"
+    } else {
+        relative
+    };
+    let safe = std::path::Path::new(relative)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !safe {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let file = std::path::Path::new(dir).join(relative);
+    match tokio::fs::read(&file).await {
+        Ok(bytes) => {
+            let kind = match file.extension().and_then(|e| e.to_str()) {
+                Some("html") => "text/html; charset=utf-8",
+                Some("js") => "text/javascript; charset=utf-8",
+                Some("css") => "text/css; charset=utf-8",
+                Some("json") => "application/json",
+                Some("png") => "image/png",
+                Some("svg") => "image/svg+xml",
+                _ => "application/octet-stream",
+            };
+            (StatusCode::OK, [(header::CONTENT_TYPE, kind)], bytes).into_response()
+        }
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }

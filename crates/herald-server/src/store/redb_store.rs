@@ -7,9 +7,14 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use std::net::IpAddr;
+
+use herald_core::bans::BanRecord;
 use herald_core::store::{ChannelRecord, Store, StoreError};
 
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
+/// Bans by IP address (its text form), JSON values.
+const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 
 pub struct RedbStore {
     db: Database,
@@ -33,48 +38,81 @@ impl RedbStore {
             .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(CHANNELS).map_err(err)?;
+        txn.open_table(BANS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(RedbStore { db })
     }
 }
 
-impl Store for RedbStore {
-    fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+impl RedbStore {
+    fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(CHANNELS).map_err(err)?;
+        let table = txn.open_table(table).map_err(err)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(err)? {
             let (key, value) = entry.map_err(err)?;
-            match serde_json::from_slice::<ChannelRecord>(value.value()) {
+            match serde_json::from_slice::<T>(value.value()) {
                 Ok(rec) => out.push(rec),
                 Err(e) => {
-                    tracing::error!(channel = key.value(), error = %e, "unreadable channel record skipped")
+                    tracing::error!(key = key.value(), error = %e, "unreadable record skipped")
                 }
             }
         }
         Ok(out)
     }
 
-    fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(rec).map_err(err)?;
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(value).map_err(err)?;
         let txn = self.db.begin_write().map_err(err)?;
         {
-            let mut table = txn.open_table(CHANNELS).map_err(err)?;
-            table
-                .insert(rec.name.as_str(), value.as_slice())
-                .map_err(err)?;
+            let mut table = txn.open_table(table).map_err(err)?;
+            table.insert(key, value.as_slice()).map_err(err)?;
         }
         txn.commit().map_err(err)
     }
 
-    fn delete_channel(&self, name: &str) -> Result<bool, StoreError> {
+    fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
         let removed = {
-            let mut table = txn.open_table(CHANNELS).map_err(err)?;
-            table.remove(name).map_err(err)?.is_some()
+            let mut table = txn.open_table(table).map_err(err)?;
+            table.remove(key).map_err(err)?.is_some()
         };
         txn.commit().map_err(err)?;
         Ok(removed)
+    }
+}
+
+impl Store for RedbStore {
+    fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        self.load(CHANNELS)
+    }
+
+    fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError> {
+        self.put(CHANNELS, &rec.name, rec)
+    }
+
+    fn delete_channel(&self, name: &str) -> Result<bool, StoreError> {
+        self.delete(CHANNELS, name)
+    }
+
+    fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
+        self.load(BANS)
+    }
+
+    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
+        self.put(BANS, &ban.ip.to_string(), ban)
+    }
+
+    fn delete_ban(&self, ip: IpAddr) -> Result<bool, StoreError> {
+        self.delete(BANS, &ip.to_string())
     }
 }
 

@@ -127,6 +127,13 @@ fn upgrade_to<D: Dialect>(
     remote: SocketAddr,
     mut req: Request,
 ) -> Response {
+    if let Some(ban) = state.hub.banned(remote.ip()) {
+        tracing::info!(%remote, "banned address refused");
+        let mut resp =
+            ApiError::new(ErrorCode::Forbidden, format!("banned: {}", ban.reason)).into_response();
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return resp;
+    }
     let headers = req.headers();
     if dialect.same_origin_only() && !same_origin(headers) {
         let mut resp =

@@ -140,6 +140,11 @@ impl Session<'_> {
                 let to = ClientId::parse(to)?;
                 hub.send_direct(&self.actor, to, &subsocket::text_to_data(message))?;
             }
+            Command::Ban { id, seconds } => {
+                let id = ClientId::parse(id)?;
+                hub.ban_client(&self.actor, id, seconds, "banned by an admin")
+                    .await?;
+            }
             Command::Kick(id) => {
                 let disconnect = Disconnect::new(
                     DisconnectReason::Kicked,
