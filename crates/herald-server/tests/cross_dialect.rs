@@ -129,3 +129,80 @@ async fn one_publication_every_dialect_its_own_format() {
     assert!(subsocket.text().await.ends_with(" from subsocket"));
     let _ = simply_id;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_frames_are_answered_and_every_dialect_keeps_serving() {
+    let srv = TestServer::start_with(|c| {
+        let d = &mut c.dialects;
+        d.subsocket.enabled = true;
+        d.eventual.enabled = true;
+        d.pushstream.enabled = true;
+        d.simplysocket.enabled = true;
+        d.wspush.enabled = true;
+    })
+    .await;
+    let addr = srv.addr();
+    let huge = "x".repeat(100 * 1024);
+
+    let mut subsocket = RawPeer::connect_to(addr, "/subsocket/socket", "").await;
+    subsocket.send_text(&huge).await;
+    assert!(
+        subsocket
+            .text()
+            .await
+            .starts_with("__error message_too_large ")
+    );
+
+    let mut eventual = RawPeer::connect_to(addr, "/eventual", "").await;
+    eventual.send_text(&huge).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(eventual.text().await.trim_end()).unwrap()["code"],
+        "message_too_large"
+    );
+
+    let mut simply = RawPeer::connect_to(addr, "/simplysocket/x", "").await;
+    simply.json().await; // know-yourself
+    simply.send_text(&huge).await;
+    assert_eq!(
+        simply.json().await["message_body"]["code"],
+        "message_too_large"
+    );
+
+    let mut wspush = RawPeer::connect_to(addr, "/wspush/ws", "").await;
+    wspush.json().await; // Connected
+    wspush.send_text(&huge).await;
+    let e = wspush.json().await;
+    assert_eq!(
+        (e["messageType"].as_str(), e["code"].as_u64()),
+        (Some("ERROR"), Some(400))
+    );
+
+    // push-stream had no error frame: the message is skipped and the subscriber keeps working.
+    let mut pushstream = RawPeer::connect_to(addr, "/pushstream/subscribe/big", "").await;
+    pushstream.send_text(&huge).await;
+    for _ in 0..250 {
+        let info = srv
+            .admin()
+            .request("GET", "/api/v1/channels/big", None)
+            .await
+            .unwrap();
+        if info.0 == 200 && info.1["subscribers"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.admin()
+        .publish(&["big"], json!("still here"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pushstream.text().await,
+        r#"{"id":1,"channel":"big","text":"still here"}"#
+    );
+
+    // The others still answer too.
+    subsocket.send_text("dance").await;
+    assert!(subsocket.text().await.starts_with("__error unknown_op "));
+    simply.send_text("{").await;
+    assert_eq!(simply.json().await["action"], "error");
+}
