@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RawPeer, TestServer, WAIT};
+use common::{RawPeer, TestServer, WAIT, wait_for_subscribers};
 use serde_json::{Value, json};
 
 async fn server() -> TestServer {
@@ -21,21 +21,6 @@ async fn server() -> TestServer {
 
 fn event(id: &str) -> Value {
     json!({"specversion":"1.0","id":id,"source":"/sensors/7","type":"com.example.temp","data":{"celsius":21.5}})
-}
-
-async fn wait_for_subscribers(srv: &TestServer, channel: &str, n: u64) {
-    for _ in 0..250 {
-        if let Ok((200, info)) = srv
-            .admin()
-            .request("GET", &format!("/api/v1/channels/{channel}"), None)
-            .await
-            && info["subscribers"] == n
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{channel} did not reach {n} subscribers");
 }
 
 /// The next frame must be exactly one JSON value followed by "\n".

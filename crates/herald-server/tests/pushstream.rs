@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::{RawPeer, TestServer};
+use common::{RawPeer, TestServer, wait_for_subscribers};
 use herald_client::Api;
 
 async fn server_with(tweak: impl FnOnce(&mut herald_server::Config)) -> TestServer {
@@ -39,21 +39,6 @@ async fn pub_raw(
         .await
         .unwrap();
     (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
-}
-
-async fn wait_for_subscribers(srv: &TestServer, channel: &str, n: u64) {
-    for _ in 0..250 {
-        if let Ok((200, info)) = srv
-            .admin()
-            .request("GET", &format!("/api/v1/channels/{channel}"), None)
-            .await
-            && info["subscribers"] == n
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{channel} did not reach {n} subscribers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

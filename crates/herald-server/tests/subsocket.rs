@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, RawPeer, TestServer, WAIT};
+use common::{ADMIN_KEY, RawPeer, TestServer, WAIT, wait_for_subscribers};
 use herald_client::Api;
 use serde_json::json;
 
@@ -56,21 +56,6 @@ async fn wait_for_admin(srv: &TestServer) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("no admin connection within 5 s");
-}
-
-async fn wait_for_subscribers(srv: &TestServer, channel: &str, n: u64) {
-    for _ in 0..250 {
-        let info = srv
-            .admin()
-            .request_ok("GET", &format!("/api/v1/channels/{channel}"), None)
-            .await
-            .unwrap();
-        if info["subscribers"] == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{channel} did not reach {n} subscribers within 5 s");
 }
 
 fn split3(frame: &str) -> (String, String, String) {

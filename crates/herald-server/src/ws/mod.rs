@@ -37,22 +37,26 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
-/// `GET /ws`: the native protocol.
-pub async fn upgrade(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
-    upgrade_to(native::Native, state, remote, req)
+/// Defines an axum handler that upgrades to `$dialect`.
+macro_rules! upgrade_handler {
+    ($(#[doc = $doc:expr] $name:ident => $dialect:expr;)*) => {$(
+        #[doc = $doc]
+        pub async fn $name(
+            State(state): State<Arc<AppState>>,
+            ConnectInfo(remote): ConnectInfo<SocketAddr>,
+            req: Request,
+        ) -> Response {
+            upgrade_to($dialect, state, remote, req)
+        }
+    )*};
 }
 
-/// The SubSocket dialect's `/socket`.
-pub async fn upgrade_subsocket(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
-    upgrade_to(subsocket::SubSocket, state, remote, req)
+upgrade_handler! {
+    #[doc = "`GET /ws`: the native protocol."] upgrade => native::Native;
+    #[doc = "The SubSocket dialect's `/socket`."] upgrade_subsocket => subsocket::SubSocket;
+    #[doc = "The Eventual Agent dialect: any path of its mount."] upgrade_eventual => eventual::Eventual;
+    #[doc = "The SimplySocket dialect: any path of its mount."] upgrade_simplysocket => simplysocket::SimplySocket;
+    #[doc = "The WS-PushServer dialect: any path of its mount."] upgrade_wspush => wspush::WsPush;
 }
 
 /// One of `limits.max_connections` WebSocket slots, taken at the handshake (so simultaneous
@@ -76,33 +80,6 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// The Eventual Agent dialect: any path of its mount.
-pub async fn upgrade_eventual(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
-    upgrade_to(eventual::Eventual, state, remote, req)
-}
-
-/// The SimplySocket dialect: any path of its mount.
-pub async fn upgrade_simplysocket(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
-    upgrade_to(simplysocket::SimplySocket, state, remote, req)
-}
-
-/// The WS-PushServer dialect: any path of its mount.
-pub async fn upgrade_wspush(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
-    upgrade_to(wspush::WsPush, state, remote, req)
 }
 
 /// Whether the `Origin` header, if any, names the same host as `Host`.

@@ -74,6 +74,20 @@ impl TestServer {
     }
 }
 
+/// Waits (up to 5 s) until `channel` has `n` subscribers, as the HTTP API reports it.
+pub async fn wait_for_subscribers(srv: &TestServer, channel: &str, n: u64) {
+    for _ in 0..250 {
+        let path = format!("/api/v1/channels/{channel}");
+        if let Ok((200, info)) = srv.admin().request("GET", &path, None).await
+            && info["subscribers"] == n
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{channel} did not reach {n} subscribers within 5 s");
+}
+
 /// A WebSocket peer speaking raw frames over TCP.
 pub struct RawPeer {
     pub tcp: TcpStream,
