@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -116,6 +117,11 @@ pub struct ClientInfo {
     /// Which protocol it speaks, e.g. `"native"`.
     pub dialect: &'static str,
     pub connected_at_ms: u64,
+    /// The user it authenticated as at connect, if any (it may also authenticate later).
+    pub user: Option<Arc<str>>,
+    /// Request headers kept for `client.connected` events (`events.headers` in config):
+    /// lower-case name, value.
+    pub headers: Vec<(String, String)>,
 }
 
 impl ClientInfo {
@@ -124,6 +130,8 @@ impl ClientInfo {
             remote,
             dialect,
             connected_at_ms: now_ms(),
+            user: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -145,6 +153,8 @@ pub struct ClientHandle {
     pub(crate) subscriptions: Mutex<Subscriptions>,
     last_activity_ms: AtomicU64,
     admin: AtomicBool,
+    /// The user id, once known (set at most once: from the connection request or `auth`).
+    user: OnceLock<Arc<str>>,
     /// Per-client bytes a dialect keeps for [`WireFormat::for_recipient`] (a leaf lock: taken
     /// under a channel's state lock during fan-out, never the other way round).
     pub dialect_state: Mutex<Bytes>,
@@ -163,8 +173,13 @@ pub(crate) struct Subscriptions {
 
 impl ClientHandle {
     pub fn new(format: &'static dyn WireFormat, info: ClientInfo) -> Self {
+        let user = OnceLock::new();
+        if let Some(u) = &info.user {
+            let _ = user.set(u.clone());
+        }
         ClientHandle {
             id: ClientId::random(),
+            user,
             format,
             outbox: Outbox::new(),
             last_activity_ms: AtomicU64::new(info.connected_at_ms),
@@ -192,6 +207,19 @@ impl ClientHandle {
 
     pub fn set_admin(&self, admin: bool) {
         self.admin.store(admin, Ordering::Relaxed);
+    }
+
+    pub fn user(&self) -> Option<&Arc<str>> {
+        self.user.get()
+    }
+
+    /// Records the user the connection authenticated as. A connection has one user for its
+    /// whole life: returns `false` (and changes nothing) if a different one was set before.
+    pub fn set_user(&self, user: Arc<str>) -> bool {
+        match self.user.get() {
+            Some(existing) => **existing == *user,
+            None => self.user.set(user.clone()).is_ok() || self.user.get() == Some(&user),
+        }
     }
 
     /// The channels it is subscribed to, sorted.

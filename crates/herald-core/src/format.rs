@@ -50,6 +50,11 @@ pub trait WireFormat: Send + Sync + 'static {
     fn connection_notice(&self, _client: ClientId, _connected: bool) -> Option<Bytes> {
         None
     }
+    /// For admin connections that asked for lifecycle events (`{"op":"events"}`): one event.
+    /// `None` (the default): the protocol has no event frame.
+    fn event(&self, _event: &crate::events::Event) -> Option<Bytes> {
+        None
+    }
     /// A keep-alive probe; the transport's answer counts as activity.
     fn keepalive(&self) -> Bytes;
     /// The frame one recipient gets from the shared encoding of [`WireFormat::message`].

@@ -321,6 +321,25 @@ impl WireFormat for NativeWs {
         ))
     }
 
+    fn event(&self, event: &herald_core::Event) -> Option<Bytes> {
+        Some(text_frame(128, |b| {
+            let _ = write!(
+                b,
+                "{{\"op\":\"event\",\"type\":\"{}\",\"seq\":{},\"time\":{}",
+                event.kind.as_str(),
+                event.seq,
+                event.time_ms
+            );
+            for (key, value) in &event.data {
+                b.push(b',');
+                write_json_str(b, key);
+                b.push(b':');
+                serde_json::to_writer(&mut *b, value).expect("JSON values serialize");
+            }
+            b.push(b'}');
+        }))
+    }
+
     fn keepalive(&self) -> Bytes {
         ws::ping_frame()
     }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::Value;
 
 pub use policy::Actor;
 pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
@@ -20,6 +21,7 @@ use crate::broker::{Broker, Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
 use crate::client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason, now_ms};
 use crate::error::{ErrorCode, HeraldError};
+use crate::events::{EventBus, EventMask, EventType};
 use crate::format::WireFormat;
 use crate::ids::ClientId;
 use crate::secret;
@@ -193,8 +195,47 @@ impl Hub {
         let client = Arc::new(ClientHandle::new(format, info));
         self.registry.add_client(client.clone());
         Stats::add(&self.stats.connections_total, 1);
+        self.registry.emit(EventType::ClientConnected, |f| {
+            registry::client_fields(f, &client);
+            let info = &client.info;
+            f.insert(
+                "remote".into(),
+                info.remote.map_or(Value::Null, |a| a.to_string().into()),
+            );
+            f.insert("dialect".into(), info.dialect.into());
+            let headers: serde_json::Map<_, _> = info
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect();
+            f.insert("headers".into(), headers.into());
+        });
         self.announce(client.id, true);
         client
+    }
+
+    /// The lifecycle-event listeners (sinks are added at start, e.g. webhooks).
+    pub fn events(&self) -> &EventBus {
+        self.registry.events()
+    }
+
+    /// Chooses the lifecycle events an admin connection receives (`{"op":"events"}`).
+    pub fn listen_events(
+        &self,
+        actor: &Actor,
+        client: &Arc<ClientHandle>,
+        mask: EventMask,
+    ) -> Result<(), HeraldError> {
+        actor.require_admin("receiving lifecycle events")?;
+        let subs = client.subscriptions.lock();
+        if subs.closed {
+            return Err(HeraldError::new(
+                ErrorCode::ClientNotFound,
+                "the client is disconnecting",
+            ));
+        }
+        self.registry.events().set_listener(client, mask);
+        Ok(())
     }
 
     /// Makes a connection an admin (it presented the admin secret): it may do what the admin
@@ -249,12 +290,18 @@ impl Hub {
             std::mem::take(&mut subs.channels)
         };
         for name in &channels {
-            self.registry.remove_subscriber(name, client.id);
+            self.registry
+                .remove_subscriber(name, client.id, "disconnected");
         }
         self.registry.remove_admin(client.id);
+        self.registry.events().remove_listener(client.id);
         self.registry.remove_firehose(client.id);
         if self.registry.remove_client(client.id).is_some() {
             Stats::add(&self.stats.disconnections_total, 1);
+            self.registry.emit(EventType::ClientDisconnected, |f| {
+                registry::client_fields(f, client);
+                f.insert("reason".into(), reason.as_str().into());
+            });
             self.announce(client.id, false);
         }
         tracing::debug!(client = %client.id, reason = reason.as_str(), "client disconnected");
@@ -401,6 +448,15 @@ impl Hub {
         client: &Arc<ClientHandle>,
         channels: &[ChannelName],
     ) -> Result<Vec<ChannelName>, HeraldError> {
+        self.unsubscribe_because(client, channels, "unsubscribed")
+    }
+
+    fn unsubscribe_because(
+        &self,
+        client: &Arc<ClientHandle>,
+        channels: &[ChannelName],
+        reason: &'static str,
+    ) -> Result<Vec<ChannelName>, HeraldError> {
         self.check_list_len(
             "channels",
             channels.len(),
@@ -410,7 +466,7 @@ impl Hub {
         let mut left = Vec::new();
         for name in channels {
             if subs.channels.remove(name) {
-                self.registry.remove_subscriber(name, client.id);
+                self.registry.remove_subscriber(name, client.id, reason);
                 left.push(name.clone());
             }
         }
@@ -424,7 +480,7 @@ impl Hub {
         channels: &[ChannelName],
         reason: &str,
     ) -> Result<Vec<ChannelName>, HeraldError> {
-        let left = self.unsubscribe(client, channels)?;
+        let left = self.unsubscribe_because(client, channels, "removed")?;
         for name in &left {
             if let Some(notice) = client.format.unsubscribed(name, reason) {
                 self.registry.push_or_close(client, notice);

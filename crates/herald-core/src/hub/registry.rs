@@ -19,6 +19,7 @@ use crate::broker::{Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
 use crate::client::{ClientHandle, Disconnect, now_ms};
 use crate::error::{ErrorCode, HeraldError};
+use crate::events::{EventBus, EventType};
 use crate::format::{EncodeCache, Message};
 use crate::ids::ClientId;
 use crate::outbox::Push;
@@ -26,6 +27,16 @@ use crate::secret;
 use crate::stats::Stats;
 
 const SHARDS: usize = 64;
+
+/// An event's `client` and `user` fields.
+pub(crate) fn client_fields(f: &mut serde_json::Map<String, serde_json::Value>, c: &ClientHandle) {
+    f.insert("client".into(), c.id.to_string().into());
+    f.insert(
+        "user".into(),
+        c.user()
+            .map_or(serde_json::Value::Null, |u| u.as_ref().into()),
+    );
+}
 
 struct Sharded<K, V> {
     shards: Box<[RwLock<HashMap<K, V>>]>,
@@ -173,6 +184,7 @@ pub struct Registry {
     channels: Sharded<ChannelName, Arc<Channel>>,
     outbox_limit: usize,
     stats: Arc<Stats>,
+    events: EventBus,
 }
 
 impl Registry {
@@ -184,7 +196,23 @@ impl Registry {
             channels: Sharded::new(),
             outbox_limit,
             stats,
+            events: EventBus::default(),
         }
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Emits a lifecycle event if anyone wants it (`fields` runs only then).
+    pub(crate) fn emit(
+        &self,
+        kind: EventType,
+        fields: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    ) {
+        self.events.emit(kind, fields, |client, frame| {
+            self.push_or_close(client, frame)
+        });
     }
 
     pub fn stats(&self) -> &Stats {
@@ -352,7 +380,32 @@ impl Registry {
         let channel = shard.remove(name)?;
         let mut st = channel.state.lock();
         st.removed = true;
-        Some(st.subscribers.drain().map(|(_, c)| c).collect())
+        let former: Vec<_> = st.subscribers.drain().map(|(_, c)| c).collect();
+        for (i, c) in former.iter().enumerate() {
+            self.emit_left(name, c, "channel_deleted", i + 1 == former.len());
+        }
+        Some(former)
+    }
+
+    /// `client.unsubscribed`, and `channel.vacated` when it was the last subscriber. Called
+    /// under the channel's state lock.
+    fn emit_left(
+        &self,
+        name: &ChannelName,
+        client: &ClientHandle,
+        reason: &'static str,
+        last: bool,
+    ) {
+        self.emit(EventType::ClientUnsubscribed, |f| {
+            client_fields(f, client);
+            f.insert("channel".into(), name.as_str().into());
+            f.insert("reason".into(), reason.into());
+        });
+        if last {
+            self.emit(EventType::ChannelVacated, |f| {
+                f.insert("channel".into(), name.as_str().into());
+            });
+        }
     }
 
     /// Adds `client` to `name`, creating an ephemeral channel with `defaults` if it does not
@@ -401,19 +454,41 @@ impl Registry {
                 return Err(e);
             }
             st.subscribers.insert(client.id, client.clone());
+            // Under the channel's lock: occupied/vacated alternate, once per transition.
+            self.emit(EventType::ClientSubscribed, |f| {
+                client_fields(f, client);
+                f.insert("channel".into(), name.as_str().into());
+            });
+            if st.subscribers.len() == 1 {
+                self.emit(EventType::ChannelOccupied, |f| {
+                    f.insert("channel".into(), name.as_str().into());
+                });
+            }
             return Ok(Added::New);
         }
     }
 
-    /// Removes `client` from `name`; returns whether it was subscribed.
-    pub(crate) fn remove_subscriber(&self, name: &ChannelName, client: ClientId) -> bool {
+    /// Removes `client` from `name`; returns whether it was subscribed. `reason` goes into
+    /// the `client.unsubscribed` event.
+    pub(crate) fn remove_subscriber(
+        &self,
+        name: &ChannelName,
+        client: ClientId,
+        reason: &'static str,
+    ) -> bool {
         let Some(channel) = self.lookup(name) else {
             return false;
         };
         let (was, vacant) = {
             let mut st = channel.state.lock();
-            let was = st.subscribers.remove(&client).is_some();
-            (was, st.subscribers.is_empty() && !st.persistent)
+            let removed = st.subscribers.remove(&client);
+            if let Some(c) = &removed {
+                self.emit_left(name, c, reason, st.subscribers.is_empty());
+            }
+            (
+                removed.is_some(),
+                st.subscribers.is_empty() && !st.persistent,
+            )
         };
         if vacant {
             self.remove_if_vacant(name);
