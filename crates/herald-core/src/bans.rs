@@ -1,19 +1,85 @@
-//! Bans: who may not connect. Today a ban names an IP address (what SubSocket's
-//! `ban <uuid> [seconds]` means: the address that client came from), with an optional expiry
-//! and a reason. Bans are kept in the store, so they survive a restart; expired ones are
-//! ignored and pruned. (Bans by user id and CIDR come with the admin-clients work.)
+//! Bans: who may not connect. A ban names an IP address, a CIDR range or a user id, with an
+//! optional expiry and a reason. Bans are kept in the store, so they survive a restart;
+//! expired ones are ignored and pruned on the way.
+//!
+//! Lookups happen at every handshake (address) and whenever a connection's user becomes
+//! known, so they are hash lookups; ranges are few and scanned (at most [`MAX_RANGE_BANS`]).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, HeraldError};
+
+/// Most bans of all kinds kept at once.
+pub const MAX_BANS: usize = 100_000;
+/// Most CIDR range bans (each handshake scans them).
+pub const MAX_RANGE_BANS: usize = 10_000;
+/// Longest user id a ban may name.
+pub const MAX_USER_LEN: usize = 256;
+
+/// What a ban applies to. Serialized as one field: `{"ip": ...}`, `{"cidr": ...}` or
+/// `{"user": ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BanTarget {
+    Ip(IpAddr),
+    Cidr(IpNet),
+    User(String),
+}
+
+impl BanTarget {
+    /// Checks a user id for a ban.
+    pub fn user(user: &str) -> Result<BanTarget, HeraldError> {
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            return Err(HeraldError::bad_request(format!(
+                "a user id must be 1 to {MAX_USER_LEN} bytes"
+            )));
+        }
+        Ok(BanTarget::User(user.to_string()))
+    }
+
+    /// Parses an address range like `10.0.0.0/8` (a single address is a `/32` or `/128`).
+    pub fn cidr(text: &str) -> Result<BanTarget, HeraldError> {
+        let net: IpNet = text.parse().map_err(|_| {
+            HeraldError::bad_request(format!(
+                "{:?} is not a CIDR range like 10.0.0.0/8",
+                crate::ids::truncate(text, 64)
+            ))
+        })?;
+        Ok(BanTarget::Cidr(net.trunc()))
+    }
+
+    pub fn ip(text: &str) -> Result<BanTarget, HeraldError> {
+        text.parse().map(BanTarget::Ip).map_err(|_| {
+            HeraldError::bad_request(format!(
+                "{:?} is not an IP address",
+                crate::ids::truncate(text, 64)
+            ))
+        })
+    }
+}
+
+/// A ban's id: `ip:<address>`, `cidr:<range>` or `user:<user id>`. It is also the store key.
+impl fmt::Display for BanTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BanTarget::Ip(ip) => write!(f, "ip:{ip}"),
+            BanTarget::Cidr(net) => write!(f, "cidr:{net}"),
+            BanTarget::User(user) => write!(f, "user:{user}"),
+        }
+    }
+}
 
 /// One ban, as stored and listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanRecord {
-    /// The banned address (the key).
-    pub ip: IpAddr,
+    #[serde(flatten)]
+    pub target: BanTarget,
     pub reason: String,
     pub created_at_ms: u64,
     /// `None`: until lifted.
@@ -24,43 +90,154 @@ impl BanRecord {
     pub fn active_at(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_none_or(|e| now_ms < e)
     }
+
+    pub fn id(&self) -> String {
+        self.target.to_string()
+    }
+
+    /// The listing form: the record with its `id`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = v.as_object_mut() {
+            map.insert("id".into(), self.id().into());
+        }
+        v
+    }
 }
 
-/// The bans in force, looked up at every handshake.
+/// The bans in force.
 #[derive(Default)]
 pub struct BanList {
-    by_ip: RwLock<HashMap<IpAddr, BanRecord>>,
+    inner: RwLock<Bans>,
+}
+
+#[derive(Default)]
+struct Bans {
+    ips: HashMap<IpAddr, BanRecord>,
+    users: HashMap<String, BanRecord>,
+    ranges: Vec<BanRecord>,
+}
+
+impl Bans {
+    fn len(&self) -> usize {
+        self.ips.len() + self.users.len() + self.ranges.len()
+    }
 }
 
 impl BanList {
+    /// Checks that `target` can be added (limits); replacing an existing ban always can.
+    pub fn check_room(&self, target: &BanTarget) -> Result<(), HeraldError> {
+        let bans = self.inner.read();
+        let exists = match target {
+            BanTarget::Ip(ip) => bans.ips.contains_key(ip),
+            BanTarget::User(u) => bans.users.contains_key(u),
+            BanTarget::Cidr(_) => bans.ranges.iter().any(|b| &b.target == target),
+        };
+        if exists {
+            return Ok(());
+        }
+        if bans.len() >= MAX_BANS {
+            return Err(HeraldError::new(
+                ErrorCode::TooMany,
+                format!("at most {MAX_BANS} bans can be in force; lift some first"),
+            ));
+        }
+        if matches!(target, BanTarget::Cidr(_)) && bans.ranges.len() >= MAX_RANGE_BANS {
+            return Err(HeraldError::new(
+                ErrorCode::TooMany,
+                format!("at most {MAX_RANGE_BANS} range bans can be in force"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces the ban of `ban.target`.
     pub fn insert(&self, ban: BanRecord) {
-        self.by_ip.write().insert(ban.ip, ban);
+        let mut bans = self.inner.write();
+        match &ban.target {
+            BanTarget::Ip(ip) => {
+                bans.ips.insert(*ip, ban);
+            }
+            BanTarget::User(u) => {
+                bans.users.insert(u.clone(), ban);
+            }
+            BanTarget::Cidr(_) => {
+                bans.ranges.retain(|b| b.target != ban.target);
+                bans.ranges.push(ban);
+            }
+        }
     }
 
-    pub fn remove(&self, ip: IpAddr) -> Option<BanRecord> {
-        self.by_ip.write().remove(&ip)
+    pub fn remove(&self, target: &BanTarget) -> Option<BanRecord> {
+        let mut bans = self.inner.write();
+        match target {
+            BanTarget::Ip(ip) => bans.ips.remove(ip),
+            BanTarget::User(u) => bans.users.remove(u),
+            BanTarget::Cidr(_) => {
+                let i = bans.ranges.iter().position(|b| &b.target == target)?;
+                Some(bans.ranges.swap_remove(i))
+            }
+        }
     }
 
-    /// The ban that refuses `ip` now, if any (expired bans are dropped on the way).
-    pub fn check(&self, ip: IpAddr, now_ms: u64) -> Option<BanRecord> {
-        let found = self.by_ip.read().get(&ip).cloned()?;
+    /// The ban that refuses `ip` now, if any: the address's own, else a range holding it.
+    pub fn check_ip(&self, ip: IpAddr, now_ms: u64) -> Option<BanRecord> {
+        let ip = ip.to_canonical();
+        let found = {
+            let bans = self.inner.read();
+            bans.ips.get(&ip).cloned().or_else(|| {
+                bans.ranges
+                    .iter()
+                    .find(|b| matches!(&b.target, BanTarget::Cidr(net) if net.contains(&ip)))
+                    .cloned()
+            })
+        }?;
+        self.still_active(found, now_ms)
+    }
+
+    /// The ban that refuses `user` now, if any.
+    pub fn check_user(&self, user: &str, now_ms: u64) -> Option<BanRecord> {
+        let found = self.inner.read().users.get(user).cloned()?;
+        self.still_active(found, now_ms)
+    }
+
+    fn still_active(&self, found: BanRecord, now_ms: u64) -> Option<BanRecord> {
         if found.active_at(now_ms) {
             return Some(found);
         }
-        self.by_ip.write().remove(&ip);
-        None
+        self.remove(&found.target);
+        self.check_again(found, now_ms)
+    }
+
+    /// After pruning an expired address ban, a range may still hold the address.
+    fn check_again(&self, pruned: BanRecord, now_ms: u64) -> Option<BanRecord> {
+        match pruned.target {
+            BanTarget::Ip(ip) => self.check_ip(ip, now_ms),
+            _ => None,
+        }
     }
 
     pub fn list(&self, now_ms: u64) -> Vec<BanRecord> {
-        let mut all: Vec<_> = self
-            .by_ip
-            .read()
+        let bans = self.inner.read();
+        let mut all: Vec<_> = bans
+            .ips
             .values()
+            .chain(bans.users.values())
+            .chain(bans.ranges.iter())
             .filter(|b| b.active_at(now_ms))
             .cloned()
             .collect();
-        all.sort_by_key(|b| b.created_at_ms);
+        all.sort_by_key(|b| (b.created_at_ms, b.id()));
         all
+    }
+
+    /// Whether a connection from `ip` with `user` is covered by `ban`.
+    pub fn covers(ban: &BanRecord, ip: Option<IpAddr>, user: Option<&str>) -> bool {
+        match &ban.target {
+            BanTarget::Ip(b) => ip.is_some_and(|ip| ip.to_canonical() == *b),
+            BanTarget::Cidr(net) => ip.is_some_and(|ip| net.contains(&ip.to_canonical())),
+            BanTarget::User(u) => user == Some(u.as_str()),
+        }
     }
 }
 
@@ -68,18 +245,64 @@ impl BanList {
 mod tests {
     use super::*;
 
+    fn ban(target: BanTarget, expires_at_ms: Option<u64>) -> BanRecord {
+        BanRecord {
+            target,
+            reason: "r".into(),
+            created_at_ms: 0,
+            expires_at_ms,
+        }
+    }
+
     #[test]
     fn expiry_is_honoured() {
         let list = BanList::default();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        list.insert(BanRecord {
-            ip,
-            reason: "r".into(),
-            created_at_ms: 0,
-            expires_at_ms: Some(100),
-        });
-        assert!(list.check(ip, 50).is_some());
-        assert!(list.check(ip, 100).is_none());
+        list.insert(ban(BanTarget::Ip(ip), Some(100)));
+        assert!(list.check_ip(ip, 50).is_some());
+        assert!(list.check_ip(ip, 100).is_none());
         assert!(list.list(0).is_empty(), "pruned");
+    }
+
+    #[test]
+    fn ranges_users_and_mapped_addresses() {
+        let list = BanList::default();
+        list.insert(ban(BanTarget::cidr("10.1.0.0/16").unwrap(), None));
+        list.insert(ban(BanTarget::user("mallory").unwrap(), None));
+        assert!(list.check_ip("10.1.200.3".parse().unwrap(), 0).is_some());
+        assert!(
+            list.check_ip("::ffff:10.1.0.9".parse().unwrap(), 0)
+                .is_some()
+        );
+        assert!(list.check_ip("10.2.0.1".parse().unwrap(), 0).is_none());
+        assert!(list.check_user("mallory", 0).is_some());
+        assert!(list.check_user("alice", 0).is_none());
+        // An expired address ban inside a banned range still leaves the range in force.
+        list.insert(ban(BanTarget::Ip("10.1.0.5".parse().unwrap()), Some(1)));
+        assert!(list.check_ip("10.1.0.5".parse().unwrap(), 5).is_some());
+        assert_eq!(list.list(5).len(), 2);
+        assert!(
+            list.remove(&BanTarget::cidr("10.1.0.0/16").unwrap())
+                .is_some()
+        );
+        assert!(list.check_ip("10.1.200.3".parse().unwrap(), 0).is_none());
+    }
+
+    #[test]
+    fn records_keep_the_old_stored_form() {
+        // Bans stored before ranges and users existed: {"ip": ...}.
+        let old = r#"{"ip":"10.0.0.1","reason":"x","created_at_ms":1,"expires_at_ms":null}"#;
+        let rec: BanRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.id(), "ip:10.0.0.1");
+        let v = rec.to_json();
+        assert_eq!(v["id"], "ip:10.0.0.1");
+        assert_eq!(v["ip"], "10.0.0.1");
+        let user: BanRecord = serde_json::from_value(
+            serde_json::json!({"user":"u1","reason":"","created_at_ms":0,"expires_at_ms":5}),
+        )
+        .unwrap();
+        assert_eq!(user.target, BanTarget::User("u1".into()));
+        assert!(BanTarget::cidr("300.0.0.0/8").is_err());
+        assert!(BanTarget::user("").is_err());
     }
 }

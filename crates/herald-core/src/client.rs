@@ -63,6 +63,8 @@ pub mod close_code {
     pub const INTERNAL: u16 = 1011;
     /// Disconnected by an operator; do not reconnect.
     pub const KICKED_NO_RECONNECT: u16 = 4000;
+    /// Refused or disconnected by a ban; do not reconnect.
+    pub const BANNED: u16 = 4003;
     /// Outbox overflow.
     pub const SLOW_CONSUMER: u16 = 4100;
     /// No pong/activity within the ping timeout.

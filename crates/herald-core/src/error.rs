@@ -43,6 +43,10 @@ pub enum ErrorCode {
     NotFound,
     /// The HTTP method is not allowed on this route.
     MethodNotAllowed,
+    /// The connection's address or user is banned.
+    Banned,
+    /// Too many requests or connection attempts in a short time; slow down and retry.
+    RateLimited,
     /// The durable store failed; the action was not done.
     StoreUnavailable,
     /// The server is shutting down.
@@ -53,7 +57,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::UnknownOp,
@@ -71,6 +75,8 @@ impl ErrorCode {
         ErrorCode::ChannelFull,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Banned,
+        ErrorCode::RateLimited,
         ErrorCode::StoreUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
@@ -96,6 +102,8 @@ impl ErrorCode {
             ErrorCode::ChannelFull => "channel_full",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Banned => "banned",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
@@ -113,7 +121,8 @@ impl ErrorCode {
             | ErrorCode::InvalidClientId
             | ErrorCode::TooMany => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::Banned => 403,
+            ErrorCode::RateLimited => 429,
             ErrorCode::ChannelNotFound | ErrorCode::ClientNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::ChannelExists | ErrorCode::ChannelFull => 409,

@@ -1,15 +1,13 @@
-//! The durable store: state that users create and that must survive a restart (today:
-//! channels created through the API, with their options and hashed tokens).
+//! The durable store: state that users create and that must survive a restart (channels
+//! created through the API, with their options and hashed tokens; bans).
 //!
 //! Implementations: [`MemoryStore`] here (tests, `--data-dir` less runs), redb in
 //! herald-server. Calls are synchronous and may block on disk; the hub runs them on the
 //! blocking thread pool.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::bans::BanRecord;
 use crate::channel::ChannelOptions;
@@ -35,16 +33,17 @@ pub trait Store: Send + Sync + 'static {
     /// Returns whether a record was removed.
     fn delete_channel(&self, name: &str) -> Result<bool, StoreError>;
     fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError>;
-    /// Inserts or replaces the ban of `ban.ip`.
+    /// Inserts or replaces the ban with `ban.id()`.
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError>;
-    fn delete_ban(&self, ip: IpAddr) -> Result<bool, StoreError>;
+    /// Removes the ban with this id (`ip:...`, `cidr:...`, `user:...`).
+    fn delete_ban(&self, id: &str) -> Result<bool, StoreError>;
 }
 
 /// Keeps everything in memory: nothing survives the process.
 #[derive(Default)]
 pub struct MemoryStore {
     channels: Mutex<BTreeMap<String, ChannelRecord>>,
-    bans: Mutex<BTreeMap<IpAddr, BanRecord>>,
+    bans: Mutex<BTreeMap<String, BanRecord>>,
 }
 
 impl Store for MemoryStore {
@@ -62,10 +61,10 @@ impl Store for MemoryStore {
         Ok(self.bans.lock().values().cloned().collect())
     }
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
-        self.bans.lock().insert(ban.ip, ban.clone());
+        self.bans.lock().insert(ban.id(), ban.clone());
         Ok(())
     }
-    fn delete_ban(&self, ip: IpAddr) -> Result<bool, StoreError> {
-        Ok(self.bans.lock().remove(&ip).is_some())
+    fn delete_ban(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.bans.lock().remove(id).is_some())
     }
 }

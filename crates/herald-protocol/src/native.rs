@@ -29,9 +29,13 @@ pub enum Op<'a> {
     Subscribe {
         channels: Vec<ChannelName>,
         token: Option<String>,
+        /// Admins: subscribe this other client.
+        client: Option<ClientId>,
     },
     Unsubscribe {
         channels: Vec<ChannelName>,
+        /// Admins: unsubscribe this other client.
+        client: Option<ClientId>,
     },
     Publish {
         channels: Vec<ChannelName>,
@@ -39,11 +43,44 @@ pub enum Op<'a> {
         to: Option<Vec<ClientId>>,
     },
     Send {
-        to: ClientId,
+        to: Recipient,
         data: &'a RawValue,
     },
     Ping,
+    /// Present a credential: the admin key or a connection token.
+    Auth {
+        token: String,
+    },
+    /// One of the admin operations ([`ADMIN_OPS`]); the session parses the rest of the frame.
+    Admin {
+        op: &'static str,
+    },
 }
+
+/// Who a direct message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    Client(ClientId),
+    /// Every connection of a user (admins only).
+    User(String),
+}
+
+/// Operations only admin connections may use, each mirroring an HTTP API route
+/// (docs/protocol.md, "Admin connections").
+pub const ADMIN_OPS: &[&str] = &[
+    "events",
+    "clients",
+    "client",
+    "channels",
+    "channel",
+    "channel_create",
+    "channel_delete",
+    "kick",
+    "ban",
+    "unban",
+    "bans",
+    "stats",
+];
 
 /// The envelope every request shares; each field is kept raw until the op says what it means,
 /// so a wrong type gets an error naming the field. Unknown fields are ignored (clients may be
@@ -64,6 +101,10 @@ pub struct Fields<'a> {
     to: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    client: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
 }
 
 /// A request that could not be parsed: the error, and the request's id if it had a usable one.
@@ -138,16 +179,15 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
     Ok(match op {
         "subscribe" => Op::Subscribe {
             channels: channel_list(env)?,
-            token: match env.token {
-                Some(raw) => Some(
-                    serde_json::from_str::<String>(raw.get())
-                        .map_err(|_| HeraldError::bad_request("\"token\" must be a string"))?,
-                ),
-                None => None,
-            },
+            token: env
+                .token
+                .map(|raw| string_field("token", raw))
+                .transpose()?,
+            client: env.client.map(client_field).transpose()?,
         },
         "unsubscribe" => Op::Unsubscribe {
             channels: channel_list(env)?,
+            client: env.client.map(client_field).transpose()?,
         },
         "publish" => Op::Publish {
             channels: env.channels()?,
@@ -155,15 +195,34 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
             to: env.recipients()?,
         },
         "send" => Op::Send {
-            to: {
-                let raw = env.to.ok_or_else(|| missing("to"))?;
-                let s: &str = serde_json::from_str(raw.get())
-                    .map_err(|_| HeraldError::bad_request("\"to\" must be a client id string"))?;
-                ClientId::parse(s)?
+            to: match (env.to, env.user) {
+                (Some(raw), None) => {
+                    let s: &str = serde_json::from_str(raw.get()).map_err(|_| {
+                        HeraldError::bad_request("\"to\" must be a client id string")
+                    })?;
+                    Recipient::Client(ClientId::parse(s)?)
+                }
+                (None, Some(raw)) => Recipient::User(string_field("user", raw)?),
+                (Some(_), Some(_)) => {
+                    return Err(HeraldError::bad_request(
+                        "give either \"to\" (a client) or \"user\", not both",
+                    ));
+                }
+                (None, None) => return Err(missing("to")),
             },
             data: env.data()?,
         },
         "ping" => Op::Ping,
+        "auth" => Op::Auth {
+            token: string_field("token", env.token.ok_or_else(|| missing("token"))?)?,
+        },
+        admin if ADMIN_OPS.contains(&admin) => Op::Admin {
+            op: ADMIN_OPS
+                .iter()
+                .find(|o| **o == admin)
+                .copied()
+                .unwrap_or_default(),
+        },
         other => {
             return Err(HeraldError::new(
                 ErrorCode::UnknownOp,
@@ -171,6 +230,17 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
             ));
         }
     })
+}
+
+fn string_field(name: &str, raw: &RawValue) -> Result<String, HeraldError> {
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| HeraldError::bad_request(format!("\"{name}\" must be a string")))
+}
+
+fn client_field(raw: &RawValue) -> Result<ClientId, HeraldError> {
+    let s: &str = serde_json::from_str(raw.get())
+        .map_err(|_| HeraldError::bad_request("\"client\" must be a client id string"))?;
+    ClientId::parse(s)
 }
 
 fn missing(field: &str) -> HeraldError {
@@ -358,9 +428,11 @@ mod tests {
     fn parses_every_op() {
         let r = parse_request(r#"{"op":"subscribe","channels":["a","b"],"id":1}"#).unwrap();
         assert_eq!(r.id.unwrap().get(), "1");
-        assert!(matches!(r.op, Op::Subscribe { ref channels, token: None } if channels.len() == 2));
+        assert!(
+            matches!(r.op, Op::Subscribe { ref channels, token: None, client: None } if channels.len() == 2)
+        );
         let r = parse_request(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap();
-        assert!(matches!(r.op, Op::Unsubscribe { ref channels } if channels.len() == 1));
+        assert!(matches!(r.op, Op::Unsubscribe { ref channels, .. } if channels.len() == 1));
         let id = ClientId::random();
         let text = format!(
             r#"{{"op":"publish","channels":["a"],"data":{{"x":[1,2]}},"to":["{id}"],"id":"r1"}}"#

@@ -29,7 +29,24 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub channels: ChannelsConfig,
     pub limits: LimitsConfig,
+    pub events: EventsConfig,
     pub dialects: DialectsConfig,
+}
+
+/// Lifecycle events (docs/events.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Request headers copied into `client.connected` events (case-insensitive names).
+    pub headers: Vec<String>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            headers: vec!["user-agent".into(), "origin".into()],
+        }
+    }
 }
 
 /// The seed protocols Herald speaks besides its own (docs/dialects.md).
@@ -289,6 +306,7 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             channels: ChannelsConfig::default(),
             limits: LimitsConfig::default(),
+            events: EventsConfig::default(),
             dialects: DialectsConfig {
                 subsocket: DialectMount::with_prefix("/subsocket"),
                 eventual: DialectMount::with_prefix("/eventual"),
@@ -353,6 +371,7 @@ const KNOWN_KEYS: &[&str] = &[
     "websocket",
     "channels",
     "limits",
+    "events",
 ];
 
 /// A configuration problem, naming the key.
@@ -414,6 +433,19 @@ impl Config {
         }
         if ws.handshake_timeout_secs == 0 {
             return bad("websocket.handshake_timeout_secs", "must be at least 1");
+        }
+        if let Some(h) = self
+            .events
+            .headers
+            .iter()
+            .find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(ConfigError(format!(
+                "events.headers: {h:?} is not a header name"
+            )));
+        }
+        if self.events.headers.len() > 32 {
+            return bad("events.headers", "at most 32 headers");
         }
         self.dialects.subsocket.validate("subsocket")?;
         self.dialects.eventual.validate("eventual")?;

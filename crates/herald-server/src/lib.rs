@@ -6,8 +6,12 @@
 //! - [`ws`]: the WebSocket transport: handshake and the per-connection task.
 //! - [`store`]: the embedded redb store.
 //! - [`admin_key`]: loading or generating the admin key.
+//! - [`admin`]: management request bodies shared by the HTTP API and admin connections.
+//! - [`auth`]: connection credentials (admin key, connection tokens).
 
+pub mod admin;
 pub mod admin_key;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod server;

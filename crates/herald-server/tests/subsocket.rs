@@ -407,7 +407,7 @@ async fn ban_closes_refuses_reconnects_expires_and_survives_restart() {
     let (_, id, _) = split3(&admin.text().await);
     // A 1-second ban of the victim's address (127.0.0.1: every test client here).
     admin.send_text(&format!("ban {id} 1")).await;
-    assert_eq!(victim.close_code().await, Some(4000));
+    assert_eq!(victim.close_code().await, Some(4003));
     let status = RawPeer::handshake_status(addr, "/subsocket/socket", "").await;
     assert!(status.contains("403"), "refused while banned: {status}");
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -433,7 +433,7 @@ async fn ban_closes_refuses_reconnects_expires_and_survives_restart() {
         .await
         .unwrap();
     assert_eq!((status, body.len()), (200, 0));
-    assert_eq!(victim.close_code().await, Some(4000));
+    assert_eq!(victim.close_code().await, Some(4003));
     server.shutdown(Duration::from_secs(2)).await;
     let server = herald_server::start(config()).await.unwrap();
     let status = RawPeer::handshake_status(server.local_addr, "/ws", "").await;

@@ -16,10 +16,10 @@ use serde_json::Value;
 pub use policy::Actor;
 pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
 
-use crate::bans::{BanList, BanRecord};
+use crate::bans::{BanList, BanRecord, BanTarget};
 use crate::broker::{Broker, Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
-use crate::client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason, now_ms};
+use crate::client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason, close_code, now_ms};
 use crate::error::{ErrorCode, HeraldError};
 use crate::events::{EventBus, EventMask, EventType};
 use crate::format::WireFormat;
@@ -105,6 +105,44 @@ pub struct ClientSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub channels: Option<Vec<ChannelName>>,
+}
+
+/// Longest ban or kick reason accepted.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// Who to ban.
+#[derive(Clone, Debug)]
+pub enum BanSubject {
+    /// A connected client: its user if it has one, else its address.
+    Client(ClientId),
+    Target(BanTarget),
+}
+
+#[derive(Clone, Debug)]
+pub struct BanRequest {
+    pub target: BanSubject,
+    /// `None`: until lifted.
+    pub duration_secs: Option<u64>,
+    pub reason: String,
+}
+
+/// A ban that was put in force, and how many connections it closed.
+#[derive(Clone, Debug)]
+pub struct Banned {
+    pub ban: BanRecord,
+    pub disconnected: u64,
+}
+
+/// Parses a ban id: `ip:<address>`, `cidr:<range>`, `user:<user id>`.
+pub fn parse_ban_id(id: &str) -> Result<BanTarget, HeraldError> {
+    match id.split_once(':') {
+        Some(("ip", rest)) => BanTarget::ip(rest),
+        Some(("cidr", rest)) => BanTarget::cidr(rest),
+        Some(("user", rest)) => BanTarget::user(rest),
+        _ => Err(HeraldError::bad_request(
+            "a ban id looks like ip:<address>, cidr:<range> or user:<user id>",
+        )),
+    }
 }
 
 /// A newly created channel and its token (shown once; only its hash is kept).
@@ -772,8 +810,79 @@ impl Hub {
 
     // ---- bans -----------------------------------------------------------------------------
 
-    /// Bans the address client `id` connected from (kept in the store), and closes every
-    /// connection from it with 4000 (do not reconnect). `duration_secs`: `None` = until lifted.
+    /// Bans `request.target` (kept in the store) and closes every connection it covers with
+    /// 4003 (do not reconnect). A ban of a client names that client's user if it has one,
+    /// else the address it connected from.
+    pub async fn ban(&self, actor: &Actor, request: BanRequest) -> Result<Banned, HeraldError> {
+        actor.require_admin("banning")?;
+        if request.reason.len() > MAX_REASON_LEN {
+            return Err(HeraldError::bad_request(format!(
+                "a reason may be at most {MAX_REASON_LEN} bytes"
+            )));
+        }
+        let target = match request.target {
+            BanSubject::Client(id) => {
+                let client = self.client(actor, id)?;
+                match (client.user(), client.info.remote) {
+                    (Some(user), _) => BanTarget::User(user.to_string()),
+                    (None, Some(remote)) => BanTarget::Ip(remote.ip().to_canonical()),
+                    (None, None) => {
+                        return Err(HeraldError::bad_request(
+                            "this client has neither a user id nor an address to ban",
+                        ));
+                    }
+                }
+            }
+            BanSubject::Target(BanTarget::Ip(ip)) => BanTarget::Ip(ip.to_canonical()),
+            BanSubject::Target(t) => t,
+        };
+        self.bans.check_room(&target)?;
+        let now = now_ms();
+        let ban = BanRecord {
+            target,
+            reason: request.reason,
+            created_at_ms: now,
+            expires_at_ms: request
+                .duration_secs
+                .map(|s| now.saturating_add(s.saturating_mul(1000))),
+        };
+        let store = self.store.clone();
+        let record = ban.clone();
+        run_blocking(move || store.put_ban(&record)).await?;
+        self.bans.insert(ban.clone());
+        let message = if ban.reason.is_empty() {
+            "banned".to_string()
+        } else {
+            format!("banned: {}", ban.reason)
+        };
+        let close = Disconnect::new(DisconnectReason::Banned, close_code::BANNED, message);
+        let mut closed = Vec::new();
+        for other in self.registry.all_clients() {
+            let ip = other.info.remote.map(|a| a.ip());
+            // Admin connections hold the admin secret: an address ban does not lock them out.
+            let exempt = other.is_admin() && !matches!(ban.target, BanTarget::User(_));
+            if !exempt
+                && BanList::covers(&ban, ip, other.user().map(|u| u.as_ref()))
+                && other.outbox.close(close.clone())
+            {
+                Stats::add(&self.stats.kicked, 1);
+                closed.push(other.id);
+            }
+        }
+        self.registry.emit(EventType::ClientBanned, |f| {
+            if let Value::Object(fields) = ban.to_json() {
+                f.extend(fields);
+            }
+            let ids = closed.iter().map(|id| Value::from(id.to_string()));
+            f.insert("clients".into(), Value::Array(ids.collect()));
+        });
+        Ok(Banned {
+            disconnected: closed.len() as u64,
+            ban,
+        })
+    }
+
+    /// Bans the address or user of client `id` (SubSocket's `ban <uuid> [seconds]`).
     pub async fn ban_client(
         &self,
         actor: &Actor,
@@ -781,38 +890,90 @@ impl Hub {
         duration_secs: Option<u64>,
         reason: &str,
     ) -> Result<BanRecord, HeraldError> {
-        let client = self.client(actor, id)?;
-        let ip =
-            client.info.remote.map(|a| a.ip()).ok_or_else(|| {
-                HeraldError::bad_request("this client has no network address to ban")
-            })?;
-        let now = now_ms();
-        let ban = BanRecord {
-            ip,
+        let request = BanRequest {
+            target: BanSubject::Client(id),
+            duration_secs,
             reason: reason.to_string(),
-            created_at_ms: now,
-            expires_at_ms: duration_secs.map(|s| now.saturating_add(s.saturating_mul(1000))),
+        };
+        Ok(self.ban(actor, request).await?.ban)
+    }
+
+    /// Lifts the ban with this id (`ip:...`, `cidr:...`, `user:...`).
+    pub async fn unban(&self, actor: &Actor, id: &str) -> Result<BanRecord, HeraldError> {
+        actor.require_admin("lifting bans")?;
+        let target = parse_ban_id(id)?;
+        let Some(ban) = self.bans.remove(&target) else {
+            return Err(HeraldError::new(
+                ErrorCode::NotFound,
+                format!("no ban {:?} is in force", crate::ids::truncate(id, 300)),
+            ));
         };
         let store = self.store.clone();
-        let record = ban.clone();
-        run_blocking(move || store.put_ban(&record)).await?;
-        self.bans.insert(ban.clone());
-        let close = Disconnect::new(
-            DisconnectReason::Banned,
-            crate::client::close_code::KICKED_NO_RECONNECT,
-            format!("banned: {reason}"),
-        );
-        for other in self.registry.all_clients() {
-            if other.info.remote.map(|a| a.ip()) == Some(ip) && other.outbox.close(close.clone()) {
-                Stats::add(&self.stats.kicked, 1);
-            }
+        let key = ban.id();
+        if let Err(e) = run_blocking(move || store.delete_ban(&key)).await {
+            self.bans.insert(ban);
+            return Err(e);
         }
         Ok(ban)
     }
 
+    /// The bans in force, oldest first (admin only).
+    pub fn bans(&self, actor: &Actor) -> Result<Vec<BanRecord>, HeraldError> {
+        actor.require_admin("listing bans")?;
+        Ok(self.bans.list(now_ms()))
+    }
+
     /// The ban that refuses a connection from `ip` now, if any.
     pub fn banned(&self, ip: std::net::IpAddr) -> Option<BanRecord> {
-        self.bans.check(ip, now_ms())
+        self.bans.check_ip(ip, now_ms())
+    }
+
+    /// The ban that refuses connections of `user` now, if any.
+    pub fn banned_user(&self, user: &str) -> Option<BanRecord> {
+        self.bans.check_user(user, now_ms())
+    }
+
+    /// Disconnects every connection of `user` with `disconnect`; returns how many.
+    pub fn kick_user(
+        &self,
+        actor: &Actor,
+        user: &str,
+        disconnect: Disconnect,
+    ) -> Result<u64, HeraldError> {
+        actor.require_admin("managing clients")?;
+        let mut kicked = 0;
+        for client in self.user_clients(user) {
+            if client.outbox.close(disconnect.clone()) {
+                kicked += 1;
+            }
+        }
+        Stats::add(&self.stats.kicked, kicked);
+        Ok(kicked)
+    }
+
+    /// Sends `data` directly to every connection of `user`; returns how many got it.
+    pub fn send_to_user(&self, actor: &Actor, user: &str, data: &[u8]) -> Result<u64, HeraldError> {
+        actor.require_admin("messaging users")?;
+        self.check_payload(data)?;
+        let mut sent = 0;
+        for client in self.user_clients(user) {
+            if self
+                .registry
+                .push_or_close(&client, client.format.direct(None, data))
+            {
+                sent += 1;
+            }
+        }
+        Stats::add(&self.stats.direct_messages, sent);
+        Ok(sent)
+    }
+
+    /// The connections of `user`. A scan: admin operations are rare next to the hot path, and
+    /// an index would cost every connection memory.
+    pub fn user_clients(&self, user: &str) -> Vec<Arc<ClientHandle>> {
+        let mut found = self.registry.all_clients();
+        found.retain(|c| c.user().is_some_and(|u| **u == *user));
+        found
     }
 
     // ---- housekeeping ---------------------------------------------------------------------

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use utoipa::OpenApi;
 
 use crate::server::AppState;
@@ -25,8 +25,9 @@ use crate::server::AppState;
     paths(
         routes::publish, routes::list_channels, routes::create_channel, routes::get_channel,
         routes::delete_channel, routes::list_clients, routes::get_client, routes::subscribe_client,
-        routes::unsubscribe_client, routes::send_to_client, routes::kick_client, routes::stats,
-        routes::healthz
+        routes::unsubscribe_client, routes::send_to_client, routes::kick_client, routes::get_user,
+        routes::kick_user, routes::send_to_user, routes::create_ban, routes::list_bans,
+        routes::delete_ban, routes::stats, routes::healthz
     ),
     modifiers(&BearerAuth)
 )]
@@ -162,6 +163,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(routes::unsubscribe_client),
         )
         .route("/clients/{id}/send", post(routes::send_to_client))
+        .route(
+            "/users/{user}",
+            get(routes::get_user).delete(routes::kick_user),
+        )
+        .route("/users/{user}/send", post(routes::send_to_user))
+        .route("/bans", get(routes::list_bans).post(routes::create_ban))
+        .route("/bans/{id}", delete(routes::delete_ban))
         .route("/stats", get(routes::stats))
         .route("/openapi.json", get(openapi_json));
     let subsocket = &state.config.dialects.subsocket;

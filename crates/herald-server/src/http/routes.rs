@@ -8,14 +8,11 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::hub::{
     ChannelPublished, ChannelSummary, ClientSummary, CreatedChannel, PublishRequest,
 };
 use herald_core::stats::StatsSnapshot;
-use herald_core::{
-    Actor, ChannelName, ChannelOptions, ClientHandle, ClientId, ErrorCode, HeraldError,
-};
+use herald_core::{Actor, ChannelName, ClientHandle, ClientId, ErrorCode};
 use herald_protocol::native::Fields;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -23,6 +20,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
+use crate::admin::{BanBody, CreateChannelBody, KickBody};
 use crate::server::AppState;
 
 type St = State<Arc<AppState>>;
@@ -136,16 +134,6 @@ pub async fn list_channels(
     }))
 }
 
-/// Body of `POST /api/v1/channels`; options left out take the `[channels]` defaults.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateChannelBody {
-    pub name: String,
-    pub public: Option<bool>,
-    pub client_publish: Option<bool>,
-    pub max_subscribers: Option<u32>,
-}
-
 /// Create a channel; the answer carries its token (shown once).
 #[utoipa::path(post, path = "/api/v1/channels", request_body = CreateChannelBody,
     responses((status = 201, body = CreatedChannel), (status = "4XX", body = ErrorBody)),
@@ -156,18 +144,8 @@ pub async fn create_channel(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedChannel>)> {
     let req: CreateChannelBody = parse_json(body_text(&body)?)?;
-    let name = channel_param(&req.name)?;
-    let defaults = &state.hub.config().channel_defaults;
-    let options = ChannelOptions {
-        public: req.public.unwrap_or(defaults.public),
-        client_publish: req.client_publish.unwrap_or(defaults.client_publish),
-        // 0 means unlimited, as in the configuration file.
-        max_subscribers: match req.max_subscribers {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => defaults.max_subscribers,
-        },
-    };
+    let name = req.name()?;
+    let options = req.options(&state.hub.config().channel_defaults);
     let created = state.hub.create_channel(&actor, name, options).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
@@ -334,16 +312,6 @@ pub async fn send_to_client(
     Ok(Json(Sent { sent: true }))
 }
 
-/// Query of `DELETE /api/v1/clients/{id}`.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct KickQuery {
-    /// Shown to the client in the close frame (at most 120 bytes are sent).
-    pub reason: Option<String>,
-    /// `false`: close with 4000 (do not reconnect) instead of 4200 (may reconnect).
-    pub reconnect: Option<bool>,
-}
-
 #[derive(Serialize, ToSchema)]
 pub struct Disconnected {
     pub disconnected: String,
@@ -352,36 +320,175 @@ pub struct Disconnected {
 
 /// Disconnect a client with a reason (admin).
 #[utoipa::path(delete, path = "/api/v1/clients/{id}",
-    params(("id" = String, Path, description = "client id"), KickQuery),
+    params(("id" = String, Path, description = "client id"), KickBody),
     responses((status = 200, body = Disconnected), (status = "4XX", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn kick_client(
     State(state): St,
     Caller(actor): Caller,
     Path(id): Path<String>,
-    query: Result<Query<KickQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<KickBody>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Disconnected>> {
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
     let id = client_param(&id)?;
-    let code = if q.reconnect == Some(false) {
-        close_code::KICKED_NO_RECONNECT
-    } else {
-        close_code::KICKED
-    };
-    let reason = q
-        .reason
-        .unwrap_or_else(|| "disconnected by an operator".into());
-    if reason.len() > 120 {
-        return Err(HeraldError::bad_request("reason is longer than 120 bytes").into());
-    }
-    state.hub.kick(
-        &actor,
-        id,
-        Disconnect::new(DisconnectReason::Kicked, code, reason),
-    )?;
+    let disconnect = q.disconnect()?;
+    let code = disconnect.code;
+    state.hub.kick(&actor, id, disconnect)?;
     Ok(Json(Disconnected {
         disconnected: id.to_string(),
         code,
+    }))
+}
+
+// ---- users --------------------------------------------------------------------------------
+
+#[derive(Serialize, ToSchema)]
+pub struct UserConnections {
+    pub user: String,
+    pub clients: Vec<ClientSummary>,
+}
+
+/// The connections of a user (admin).
+#[utoipa::path(get, path = "/api/v1/users/{user}",
+    params(("user" = String, Path, description = "user id")),
+    responses((status = 200, body = UserConnections), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])), tag = "users")]
+pub async fn get_user(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+) -> ApiResult<Json<UserConnections>> {
+    actor.require_admin("managing users")?;
+    let clients = state
+        .hub
+        .user_clients(&user)
+        .iter()
+        .map(|c| state.hub.client_summary(c, true))
+        .collect();
+    Ok(Json(UserConnections { user, clients }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserDisconnected {
+    pub user: String,
+    /// Connections closed.
+    pub disconnected: u64,
+}
+
+/// Disconnect every connection of a user (admin).
+#[utoipa::path(delete, path = "/api/v1/users/{user}",
+    params(("user" = String, Path, description = "user id"), KickBody),
+    responses((status = 200, body = UserDisconnected), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])), tag = "users")]
+pub async fn kick_user(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+    query: Result<Query<KickBody>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<UserDisconnected>> {
+    let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let disconnected = state.hub.kick_user(&actor, &user, q.disconnect()?)?;
+    Ok(Json(UserDisconnected { user, disconnected }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SentToUser {
+    pub sent: bool,
+    /// Connections that got the message.
+    pub connections: u64,
+}
+
+/// Send a direct message to every connection of a user (admin).
+#[utoipa::path(post, path = "/api/v1/users/{user}/send", request_body = SendBody,
+    params(("user" = String, Path, description = "user id")),
+    responses((status = 200, body = SentToUser), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])), tag = "users")]
+pub async fn send_to_user(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(user): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<SentToUser>> {
+    let fields = Fields::parse(body_text(&body)?)?;
+    let data = raw_bytes(&body, fields.data()?);
+    let connections = state.hub.send_to_user(&actor, &user, &data)?;
+    Ok(Json(SentToUser {
+        sent: connections > 0,
+        connections,
+    }))
+}
+
+// ---- bans ---------------------------------------------------------------------------------
+
+#[derive(Serialize, ToSchema)]
+pub struct BanCreated {
+    /// The ban: `id`, one of `ip` / `cidr` / `user`, `reason`, `created_at_ms`,
+    /// `expires_at_ms`.
+    #[schema(value_type = Object)]
+    pub ban: serde_json::Value,
+    /// Connections it closed (4003).
+    pub disconnected: u64,
+}
+
+/// Ban a client (its user, else its address), a user, an address or a range (admin).
+#[utoipa::path(post, path = "/api/v1/bans", request_body = BanBody,
+    responses((status = 201, body = BanCreated), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])), tag = "bans")]
+pub async fn create_ban(
+    State(state): St,
+    Caller(actor): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<BanCreated>)> {
+    let req: BanBody = parse_json(body_text(&body)?)?;
+    let banned = state.hub.ban(&actor, req.request()?).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BanCreated {
+            ban: banned.ban.to_json(),
+            disconnected: banned.disconnected,
+        }),
+    ))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BanList {
+    #[schema(value_type = Vec<Object>)]
+    pub bans: Vec<serde_json::Value>,
+}
+
+/// The bans in force, oldest first (admin).
+#[utoipa::path(get, path = "/api/v1/bans",
+    responses((status = 200, body = BanList), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])), tag = "bans")]
+pub async fn list_bans(State(state): St, Caller(actor): Caller) -> ApiResult<Json<BanList>> {
+    let bans = state
+        .hub
+        .bans(&actor)?
+        .iter()
+        .map(|b| b.to_json())
+        .collect();
+    Ok(Json(BanList { bans }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Unbanned {
+    #[schema(value_type = Object)]
+    pub unbanned: serde_json::Value,
+}
+
+/// Lift a ban by id, e.g. `ip:10.0.0.1`, `cidr:10.0.0.0/8`, `user:alice` (admin).
+#[utoipa::path(delete, path = "/api/v1/bans/{id}",
+    params(("id" = String, Path, description = "ban id")),
+    responses((status = 200, body = Unbanned), (status = "4XX", body = ErrorBody)),
+    security(("bearer" = [])), tag = "bans")]
+pub async fn delete_ban(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Unbanned>> {
+    let ban = state.hub.unban(&actor, &id).await?;
+    Ok(Json(Unbanned {
+        unbanned: ban.to_json(),
     }))
 }
 

@@ -7,13 +7,12 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use std::net::IpAddr;
-
 use herald_core::bans::BanRecord;
 use herald_core::store::{ChannelRecord, Store, StoreError};
 
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
-/// Bans by IP address (its text form), JSON values.
+/// Bans by id (`ip:...`, `cidr:...`, `user:...`; bans written before ids existed are keyed
+/// by the bare address), JSON values.
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
 
 pub struct RedbStore {
@@ -108,11 +107,17 @@ impl Store for RedbStore {
     }
 
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
-        self.put(BANS, &ban.ip.to_string(), ban)
+        self.put(BANS, &ban.id(), ban)
     }
 
-    fn delete_ban(&self, ip: IpAddr) -> Result<bool, StoreError> {
-        self.delete(BANS, &ip.to_string())
+    fn delete_ban(&self, id: &str) -> Result<bool, StoreError> {
+        let removed = self.delete(BANS, id)?;
+        // An address ban stored under its legacy key (the bare address).
+        let legacy = match id.strip_prefix("ip:") {
+            Some(addr) => self.delete(BANS, addr)?,
+            None => false,
+        };
+        Ok(removed || legacy)
     }
 }
 

@@ -6,16 +6,16 @@
 //! allows. While a write is blocked on a full socket the task still notices a close request
 //! (slow consumer, kick, ping timeout, shutdown) and drops the connection instead of waiting.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::client::{ClientInfo, DisconnectReason, close_code, now_ms};
+use herald_core::client::{DisconnectReason, close_code, now_ms};
 use herald_core::{ClientHandle, Disconnect};
 use herald_protocol::ws::{self, Decoder, Incoming};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::Admission;
 use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
 
@@ -29,16 +29,20 @@ pub async fn run<D: Dialect>(
     state: Arc<AppState>,
     stream: TcpStream,
     leftover: Bytes,
-    remote: SocketAddr,
+    admission: Admission,
 ) {
     let _ = stream.set_nodelay(true);
     let ws_cfg = &state.config.websocket;
-    let client = state.hub.connect(
-        dialect.format(),
-        ClientInfo::new(Some(remote), dialect.name()),
-    );
+    let client = state.hub.connect(dialect.format(), admission.info);
     if let Some(greeting) = dialect.greeting(&state, &client) {
         state.hub.registry().push_or_close(&client, greeting);
+    }
+    if let Err(e) = super::apply_identity(&state, &client, &admission.identity) {
+        // The greeting is out: tell the client why its token's channels were refused.
+        tracing::debug!(client = %client.id, error = %e.message, "connect-time subscription refused");
+        if let Some(frame) = dialect.error_frame(&e) {
+            state.hub.registry().push_or_close(&client, frame);
+        }
     }
     // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
     let read_buf = BytesMut::from(&leftover[..]);

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::{ClientHandle, WireFormat};
+use herald_core::{ClientHandle, HeraldError, WireFormat};
 
 use crate::server::AppState;
 
@@ -26,6 +26,17 @@ pub trait Dialect: Send + Sync + 'static {
     /// server of the dialect did).
     fn same_origin_only(&self) -> bool {
         false
+    }
+    /// Whether the handshake's `Authorization: Bearer` / `?token=` is a Herald credential
+    /// (admin key or connection token) to verify. Dialects whose original used those for
+    /// something else leave them alone.
+    fn takes_credentials(&self) -> bool {
+        false
+    }
+    /// A frame telling the client of an error outside any request (e.g. its token's channels
+    /// were refused at connect), if the protocol has one.
+    fn error_frame(&self, _error: &HeraldError) -> Option<Bytes> {
+        None
     }
     /// A frame to queue right after the handshake, if the protocol has one.
     fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes>;

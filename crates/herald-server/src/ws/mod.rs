@@ -2,6 +2,7 @@
 //! mechanism) and the per-connection task in [`connection`], which feeds the native codec and
 //! drains the client's outbox.
 
+mod admin;
 mod connection;
 mod dialect;
 mod eventual;
@@ -22,11 +23,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::ErrorCode;
+use herald_core::client::ClientInfo;
+use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldError};
 use herald_protocol::ws::accept_key;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::auth::{self, Identity};
 use crate::http::ApiError;
 use crate::server::AppState;
 
@@ -96,6 +99,90 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+/// What the handshake established about a connection, handed to its task.
+pub(crate) struct Admission {
+    pub info: ClientInfo,
+    pub identity: Identity,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = ApiError::new(code, message).into_response();
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Checks the handshake's credential (dialects that take one) and the user's bans.
+fn admit<D: Dialect>(dialect: &D, state: &AppState, req: &Request) -> Result<Identity, Response> {
+    if !dialect.takes_credentials() {
+        return Ok(Identity::default());
+    }
+    let Some(credential) = auth::handshake_credential(req.headers(), req.uri().query()) else {
+        return Ok(Identity::default());
+    };
+    let identity = auth::verify(state, &credential).map_err(|e| {
+        tracing::info!(error = %e.message, "connection refused: bad credential");
+        refuse(e.code, e.message)
+    })?;
+    if let Some(user) = &identity.user
+        && let Some(ban) = state.hub.banned_user(user)
+    {
+        tracing::info!(user = %user, "banned user refused");
+        return Err(refuse(ErrorCode::Banned, ban_message(&ban)));
+    }
+    Ok(identity)
+}
+
+pub(crate) fn ban_message(ban: &herald_core::bans::BanRecord) -> String {
+    if ban.reason.is_empty() {
+        "banned".into()
+    } else {
+        format!("banned: {}", ban.reason)
+    }
+}
+
+/// Applies a verified identity to a connection: admin rights (native admins hear connects
+/// and disconnects until they choose otherwise with `{"op":"events"}`), and the channels its
+/// token grants, subscribed on the server's authority.
+pub(crate) fn apply_identity(
+    state: &AppState,
+    client: &Arc<ClientHandle>,
+    identity: &Identity,
+) -> Result<(), HeraldError> {
+    if identity.admin && !client.is_admin() {
+        state.hub.make_admin(client);
+        if client.format.name() == herald_protocol::native::DIALECT {
+            let mask = EventMask::of([EventType::ClientConnected, EventType::ClientDisconnected]);
+            state.hub.listen_events(&Actor::Admin, client, mask)?;
+        }
+    }
+    if !identity.channels.is_empty() {
+        state
+            .hub
+            .subscribe(&Actor::Admin, client, &identity.channels, None)?;
+    }
+    Ok(())
+}
+
+/// The request headers `events.headers` names, for `client.connected` events.
+fn event_headers(state: &AppState, headers: &HeaderMap) -> Vec<(String, String)> {
+    let names = &state.config.events.headers;
+    if names.is_empty() || !state.hub.events().wanted(EventType::ClientConnected) {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(name.as_str())?.to_str().ok()?;
+            let value = herald_core::ids::truncate(value, MAX_EVENT_HEADER_BYTES);
+            Some((name.to_ascii_lowercase(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Longest header value copied into an event.
+const MAX_EVENT_HEADER_BYTES: usize = 1024;
+
 /// Validates the handshake, answers 101 and hands the upgraded socket to a connection task
 /// speaking `dialect`.
 fn upgrade_to<D: Dialect>(
@@ -104,12 +191,14 @@ fn upgrade_to<D: Dialect>(
     remote: SocketAddr,
     mut req: Request,
 ) -> Response {
-    if let Some(ban) = state.hub.banned(remote.ip()) {
+    let identity = match admit(&dialect, &state, &req) {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal,
+    };
+    // The admin key passes address bans, so an operator cannot lock themselves out.
+    if let Some(ban) = state.hub.banned(remote.ip()).filter(|_| !identity.admin) {
         tracing::info!(%remote, "banned address refused");
-        let mut resp =
-            ApiError::new(ErrorCode::Forbidden, format!("banned: {}", ban.reason)).into_response();
-        *resp.status_mut() = StatusCode::FORBIDDEN;
-        return resp;
+        return refuse(ErrorCode::Banned, ban_message(&ban));
     }
     let headers = req.headers();
     if dialect.same_origin_only() && !same_origin(headers) {
@@ -154,6 +243,10 @@ fn upgrade_to<D: Dialect>(
         return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
     };
     let accept = accept_key(key);
+    let mut info = ClientInfo::new(Some(remote), dialect.name());
+    info.user = identity.user.clone();
+    info.headers = event_headers(&state, headers);
+    let admission = Admission { info, identity };
     let Some(slot) = ConnectionSlot::take(&state) else {
         tracing::warn!(%remote, "connection refused: limits.max_connections reached");
         let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
@@ -168,7 +261,7 @@ fn upgrade_to<D: Dialect>(
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
                     let stream = parts.io.into_inner();
-                    connection::run(&dialect, state, stream, parts.read_buf, remote).await
+                    connection::run(&dialect, state, stream, parts.read_buf, admission).await
                 }
                 Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
             },

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::hub::PublishRequest;
 use herald_core::stats::Stats;
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
-use herald_protocol::native::{self, NATIVE_WS, Op};
+use herald_protocol::native::{self, NATIVE_WS, Op, Recipient};
 use serde_json::json;
 
 use super::dialect::{Dialect, DialectSession};
@@ -26,6 +27,14 @@ impl Dialect for Native {
 
     fn format(&self) -> &'static dyn WireFormat {
         &NATIVE_WS
+    }
+
+    fn takes_credentials(&self) -> bool {
+        true
+    }
+
+    fn error_frame(&self, error: &HeraldError) -> Option<Bytes> {
+        Some(native::reply_error(None, error))
     }
 
     fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes> {
@@ -103,13 +112,23 @@ impl<'a> Session<'a> {
     async fn execute(&self, op: Op<'_>, frame: &Bytes) -> Result<serde_json::Value, HeraldError> {
         let hub = &self.state.hub;
         match op {
-            Op::Subscribe { channels, token } => {
-                let changed =
-                    hub.subscribe(&self.actor, self.client, &channels, token.as_deref())?;
+            Op::Subscribe {
+                channels,
+                token,
+                client,
+            } => {
+                let target = self.target(client)?;
+                let changed = hub.subscribe(&self.actor, &target, &channels, token.as_deref())?;
                 Ok(json!({ "channels": channels, "changed": changed }))
             }
-            Op::Unsubscribe { channels } => {
-                let changed = hub.unsubscribe(self.client, &channels)?;
+            Op::Unsubscribe { channels, client } => {
+                let changed = match client {
+                    None => hub.unsubscribe(self.client, &channels)?,
+                    Some(_) => {
+                        let target = self.target(client)?;
+                        hub.force_unsubscribe(&target, &channels, "admin")?
+                    }
+                };
                 Ok(json!({ "channels": channels, "changed": changed }))
             }
             Op::Publish { channels, data, to } => {
@@ -127,11 +146,64 @@ impl<'a> Session<'a> {
                     .await?;
                 Ok(json!({ "channels": results }))
             }
-            Op::Send { to, data } => {
-                hub.send_direct(&self.actor, to, data.get().as_bytes())?;
-                Ok(json!({ "sent": true }))
-            }
+            Op::Send { to, data } => match to {
+                Recipient::Client(id) => {
+                    hub.send_direct(&self.actor, id, data.get().as_bytes())?;
+                    Ok(json!({ "sent": true }))
+                }
+                Recipient::User(user) => {
+                    let sent = hub.send_to_user(&self.actor, &user, data.get().as_bytes())?;
+                    Ok(json!({ "sent": sent > 0, "connections": sent }))
+                }
+            },
             Op::Ping => Ok(json!({ "pong": true })),
+            Op::Auth { token } => self.authenticate(&token),
+            Op::Admin { op } => {
+                let text = std::str::from_utf8(frame).unwrap_or_default();
+                super::admin::execute(self.state, &self.actor, self.client, op, text).await
+            }
         }
+    }
+
+    /// The client an op acts on: itself, or (admins) the one named by `client`.
+    fn target(
+        &self,
+        client: Option<herald_core::ClientId>,
+    ) -> Result<Arc<ClientHandle>, HeraldError> {
+        match client {
+            None => Ok(self.client.clone()),
+            Some(id) if id == self.client.id => Ok(self.client.clone()),
+            Some(id) => self.state.hub.client(&self.actor, id),
+        }
+    }
+
+    /// `{"op":"auth","token":...}`: the admin key or a connection token, after connecting.
+    fn authenticate(&self, token: &str) -> Result<serde_json::Value, HeraldError> {
+        let identity = crate::auth::verify(self.state, token)?;
+        if let Some(user) = &identity.user {
+            if let Some(ban) = self.state.hub.banned_user(user) {
+                let close = Disconnect::new(
+                    DisconnectReason::Banned,
+                    close_code::BANNED,
+                    super::ban_message(&ban),
+                );
+                self.client.outbox.close(close);
+                return Err(HeraldError::new(
+                    ErrorCode::Banned,
+                    super::ban_message(&ban),
+                ));
+            }
+            if !self.client.set_user(user.clone()) {
+                return Err(HeraldError::forbidden(
+                    "this connection is already authenticated as another user",
+                ));
+            }
+        }
+        super::apply_identity(self.state, self.client, &identity)?;
+        Ok(json!({
+            "admin": self.client.is_admin(),
+            "user": self.client.user().map(|u| u.to_string()),
+            "channels": identity.channels,
+        }))
     }
 }

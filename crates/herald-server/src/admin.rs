@@ -1,0 +1,130 @@
+//! What the HTTP API and admin connections share: the bodies of management requests and how
+//! each becomes a hub call. `POST /api/v1/bans` and `{"op":"ban"}` parse the same struct and
+//! reach the same [`Hub::ban`](herald_core::Hub::ban), so their rules and error codes match.
+
+use herald_core::bans::BanTarget;
+use herald_core::client::{Disconnect, DisconnectReason, close_code};
+use herald_core::hub::{BanRequest, BanSubject, MAX_REASON_LEN};
+use herald_core::{ChannelName, ChannelOptions, ClientId, HeraldError};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+/// Longest close reason sent in a WebSocket close frame (the frame allows 123 bytes).
+pub const MAX_CLOSE_REASON: usize = 120;
+
+/// Creating a channel; options left out take the `[channels]` defaults.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChannelBody {
+    /// The channel name (`channel` is accepted too over WebSocket).
+    #[serde(alias = "channel")]
+    pub name: String,
+    pub public: Option<bool>,
+    pub client_publish: Option<bool>,
+    /// 0 = unlimited.
+    pub max_subscribers: Option<u32>,
+}
+
+impl CreateChannelBody {
+    pub fn name(&self) -> Result<ChannelName, HeraldError> {
+        ChannelName::parse(&self.name)
+    }
+
+    pub fn options(&self, defaults: &ChannelOptions) -> ChannelOptions {
+        ChannelOptions {
+            public: self.public.unwrap_or(defaults.public),
+            client_publish: self.client_publish.unwrap_or(defaults.client_publish),
+            // 0 means unlimited, as in the configuration file.
+            max_subscribers: match self.max_subscribers {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => defaults.max_subscribers,
+            },
+        }
+    }
+}
+
+/// How to disconnect a client or user.
+#[derive(Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KickBody {
+    /// Shown to the client in the close frame (at most 120 bytes).
+    pub reason: Option<String>,
+    /// `false`: close with 4000 (do not reconnect) instead of 4200 (may reconnect).
+    pub reconnect: Option<bool>,
+}
+
+impl KickBody {
+    pub fn disconnect(&self) -> Result<Disconnect, HeraldError> {
+        let code = if self.reconnect == Some(false) {
+            close_code::KICKED_NO_RECONNECT
+        } else {
+            close_code::KICKED
+        };
+        let reason = self
+            .reason
+            .clone()
+            .unwrap_or_else(|| "disconnected by an operator".into());
+        if reason.len() > MAX_CLOSE_REASON {
+            return Err(HeraldError::bad_request(format!(
+                "reason is longer than {MAX_CLOSE_REASON} bytes"
+            )));
+        }
+        Ok(Disconnect::new(DisconnectReason::Kicked, code, reason))
+    }
+}
+
+/// A ban: exactly one of `client`, `user`, `ip`, `cidr`.
+#[derive(Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BanBody {
+    /// A connected client: bans its user if it has one, else its address.
+    pub client: Option<String>,
+    pub user: Option<String>,
+    pub ip: Option<String>,
+    /// An address range, e.g. `10.0.0.0/8`.
+    pub cidr: Option<String>,
+    /// Seconds until the ban expires; absent = until lifted.
+    pub duration_secs: Option<u64>,
+    /// Kept with the ban and shown to refused clients.
+    pub reason: Option<String>,
+}
+
+impl BanBody {
+    pub fn request(&self) -> Result<BanRequest, HeraldError> {
+        let given = [&self.client, &self.user, &self.ip, &self.cidr]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if given != 1 {
+            return Err(HeraldError::bad_request(
+                "a ban names exactly one of \"client\", \"user\", \"ip\" or \"cidr\"",
+            ));
+        }
+        let target = if let Some(id) = &self.client {
+            BanSubject::Client(ClientId::parse(id)?)
+        } else if let Some(user) = &self.user {
+            BanSubject::Target(BanTarget::user(user)?)
+        } else if let Some(ip) = &self.ip {
+            BanSubject::Target(BanTarget::ip(ip)?)
+        } else {
+            BanSubject::Target(BanTarget::cidr(self.cidr.as_deref().unwrap_or_default())?)
+        };
+        if self.duration_secs == Some(0) {
+            return Err(HeraldError::bad_request(
+                "duration_secs must be at least 1 (leave it out for a ban until lifted)",
+            ));
+        }
+        let reason = self.reason.clone().unwrap_or_default();
+        if reason.len() > MAX_REASON_LEN {
+            return Err(HeraldError::bad_request(format!(
+                "reason is longer than {MAX_REASON_LEN} bytes"
+            )));
+        }
+        Ok(BanRequest {
+            target,
+            duration_secs: self.duration_secs,
+            reason,
+        })
+    }
+}

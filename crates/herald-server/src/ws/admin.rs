@@ -1,0 +1,159 @@
+//! The native protocol's admin operations (`{"op":"clients"}`, `"kick"`, `"ban"`, ...): the
+//! HTTP API's management routes over an admin connection. Each parses its fields from the
+//! request frame and calls the same hub operation as its HTTP route, with the same errors
+//! (bodies shared through [`crate::admin`]).
+
+use std::sync::Arc;
+
+use herald_core::{Actor, ChannelName, ClientHandle, ClientId, EventMask, HeraldError};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::admin::{BanBody, CreateChannelBody, KickBody};
+use crate::server::AppState;
+
+/// Runs admin op `op`; `text` is the whole request frame.
+pub async fn execute(
+    state: &AppState,
+    actor: &Actor,
+    client: &Arc<ClientHandle>,
+    op: &str,
+    text: &str,
+) -> Result<Value, HeraldError> {
+    if !actor.is_admin() {
+        return Err(HeraldError::forbidden(format!(
+            "op {op:?} needs an admin connection (send {{\"op\":\"auth\",\"token\":<admin key>}})"
+        )));
+    }
+    let hub = &state.hub;
+    match op {
+        "events" => {
+            let req: EventsBody = fields(text)?;
+            let mask = EventMask::parse(req.types.iter().map(String::as_str))
+                .map_err(|bad| HeraldError::bad_request(format!("unknown event type {bad:?}")))?;
+            hub.listen_events(actor, client, mask)?;
+            let types: Vec<_> = mask.types().map(|t| t.as_str()).collect();
+            Ok(json!({ "types": types }))
+        }
+        "clients" => Ok(json!({ "clients": hub.clients(actor)? })),
+        "client" => {
+            let req: ClientBody = fields(text)?;
+            let target = hub.client(actor, ClientId::parse(&req.client)?)?;
+            Ok(serde_json::to_value(hub.client_summary(&target, true)).unwrap_or_default())
+        }
+        "channels" => Ok(json!({ "channels": hub.channels(actor)? })),
+        "channel" => {
+            let req: ChannelBody = fields(text)?;
+            let summary = hub.channel(actor, &ChannelName::parse(&req.channel)?)?;
+            Ok(serde_json::to_value(summary).unwrap_or_default())
+        }
+        "channel_create" => {
+            let req: CreateChannelBody = fields(text)?;
+            let options = req.options(&hub.config().channel_defaults);
+            let created = hub.create_channel(actor, req.name()?, options).await?;
+            Ok(serde_json::to_value(created).unwrap_or_default())
+        }
+        "channel_delete" => {
+            let req: ChannelBody = fields(text)?;
+            let name = ChannelName::parse(&req.channel)?;
+            let unsubscribed = hub.delete_channel(actor, &name).await?;
+            Ok(json!({ "deleted": name, "unsubscribed": unsubscribed }))
+        }
+        "kick" => {
+            let req: KickTarget = fields(text)?;
+            let how = KickBody {
+                reason: req.reason,
+                reconnect: req.reconnect,
+            };
+            let disconnect = how.disconnect()?;
+            let disconnected = match (req.client, req.user) {
+                (Some(id), None) => {
+                    hub.kick(actor, ClientId::parse(&id)?, disconnect)?;
+                    1
+                }
+                (None, Some(user)) => hub.kick_user(actor, &user, disconnect)?,
+                _ => {
+                    return Err(HeraldError::bad_request(
+                        "kick names exactly one of \"client\" or \"user\"",
+                    ));
+                }
+            };
+            Ok(json!({ "disconnected": disconnected }))
+        }
+        "ban" => {
+            let req: BanBody = fields(text)?;
+            let banned = hub.ban(actor, req.request()?).await?;
+            Ok(json!({ "ban": banned.ban.to_json(), "disconnected": banned.disconnected }))
+        }
+        "unban" => {
+            let req: UnbanBody = fields(text)?;
+            let ban = hub.unban(actor, &req.ban).await?;
+            Ok(json!({ "unbanned": ban.to_json() }))
+        }
+        "bans" => {
+            let bans: Vec<_> = hub.bans(actor)?.iter().map(|b| b.to_json()).collect();
+            Ok(json!({ "bans": bans }))
+        }
+        "stats" => Ok(serde_json::to_value(hub.stats_snapshot()).unwrap_or_default()),
+        other => Err(HeraldError::new(
+            herald_core::ErrorCode::UnknownOp,
+            format!("unknown admin op {other:?}"),
+        )),
+    }
+}
+
+/// Parses the op's fields from the frame, without its `op` and `id`. Unknown fields are
+/// refused, as the HTTP API refuses them.
+fn fields<T: DeserializeOwned>(text: &str) -> Result<T, HeraldError> {
+    let mut map: serde_json::Map<String, Value> = serde_json::from_str(text)
+        .map_err(|e| HeraldError::bad_request(format!("invalid request: {e}")))?;
+    map.remove("op");
+    map.remove("id");
+    serde_json::from_value(Value::Object(map)).map_err(|e| {
+        let msg = e.to_string();
+        // serde's "missing field `x`" keeps the protocol's missing_field code.
+        if let Some(rest) = msg.strip_prefix("missing field `") {
+            let name = rest.split('`').next().unwrap_or_default();
+            return HeraldError::new(
+                herald_core::ErrorCode::MissingField,
+                format!("missing field \"{name}\""),
+            );
+        }
+        HeraldError::bad_request(format!("invalid request: {msg}"))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsBody {
+    types: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientBody {
+    client: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelBody {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnbanBody {
+    /// The ban's id, e.g. `ip:10.0.0.1` or `user:alice`.
+    ban: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickTarget {
+    client: Option<String>,
+    user: Option<String>,
+    reason: Option<String>,
+    reconnect: Option<bool>,
+}
