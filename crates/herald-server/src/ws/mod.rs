@@ -113,22 +113,25 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 /// Checks the handshake's credential (dialects that take one) and the user's bans.
-fn admit<D: Dialect>(dialect: &D, state: &AppState, req: &Request) -> Result<Identity, Response> {
+fn admit<D: Dialect>(
+    dialect: &D,
+    state: &AppState,
+    req: &Request,
+) -> Result<Identity, HeraldError> {
     if !dialect.takes_credentials() {
         return Ok(Identity::default());
     }
     let Some(credential) = auth::handshake_credential(req.headers(), req.uri().query()) else {
         return Ok(Identity::default());
     };
-    let identity = auth::verify(state, &credential).map_err(|e| {
+    let identity = auth::verify(state, &credential).inspect_err(|e| {
         tracing::info!(error = %e.message, "connection refused: bad credential");
-        refuse(e.code, e.message)
     })?;
     if let Some(user) = &identity.user
         && let Some(ban) = state.hub.banned_user(user)
     {
         tracing::info!(user = %user, "banned user refused");
-        return Err(refuse(ErrorCode::Banned, ban_message(&ban)));
+        return Err(HeraldError::new(ErrorCode::Banned, ban_message(&ban)));
     }
     Ok(identity)
 }
@@ -193,7 +196,7 @@ fn upgrade_to<D: Dialect>(
 ) -> Response {
     let identity = match admit(&dialect, &state, &req) {
         Ok(identity) => identity,
-        Err(refusal) => return refusal,
+        Err(e) => return refuse(e.code, e.message),
     };
     // The admin key passes address bans, so an operator cannot lock themselves out.
     if let Some(ban) = state.hub.banned(remote.ip()).filter(|_| !identity.admin) {
