@@ -1,17 +1,19 @@
 //! herald-server: everything between the network and the hub.
 //!
-//! - [`server`]: builds the hub from the [`config::Config`], binds the listener, runs the
+//! - [`server`]: builds the hub from the [`config::Config`], binds the listeners, runs the
 //!   accept loop (hyper HTTP/1.1 with upgrades), the keep-alive pinger and graceful shutdown.
 //! - [`http`]: the HTTP API under `/api/v1` (axum), `/healthz`, the OpenAPI document.
 //! - [`ws`]: the WebSocket transport: handshake and the per-connection task.
 //! - [`store`]: the embedded redb store.
 //! - [`admin_key`]: loading or generating the admin key.
+//! - [`tls`]: loading `[tls]`'s certificate and key into a rustls configuration.
 
 pub mod admin_key;
 pub mod config;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -1,6 +1,6 @@
 //! The WebSocket transport: the `/ws` upgrade (RFC 6455 handshake over hyper's upgrade
 //! mechanism) and the per-connection task in [`connection`], which feeds the native codec and
-//! drains the client's outbox.
+//! drains the client's outbox, over plain TCP or TLS ([`transport`]).
 
 mod connection;
 mod dialect;
@@ -9,6 +9,7 @@ mod native;
 mod pushstream;
 mod simplysocket;
 mod subsocket;
+mod transport;
 mod wspush;
 
 pub use dialect::Dialect;
@@ -26,6 +27,7 @@ use herald_core::ErrorCode;
 use herald_protocol::ws::accept_key;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::http::ApiError;
 use crate::server::AppState;
@@ -164,15 +166,28 @@ fn upgrade_to<D: Dialect>(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    let stream = parts.io.into_inner();
-                    connection::run(&dialect, state, stream, parts.read_buf, remote).await
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
+        };
+        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                return connection::run(&dialect, state, stream, parts.read_buf, remote).await;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+            Ok(parts) => {
+                let (tcp, tls) = parts.io.into_inner().into_inner();
+                match transport::TlsTransport::new(tcp, tls) {
+                    Ok(stream) => {
+                        connection::run(&dialect, state, stream, parts.read_buf, remote).await
+                    }
+                    Err(e) => tracing::debug!(%remote, error = %e, "TLS error at the upgrade"),
                 }
-                Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-            },
-            Err(e) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
+            }
+            Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS"),
         }
     });
     Response::builder()
