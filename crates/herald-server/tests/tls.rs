@@ -93,8 +93,17 @@ impl TlsServer {
 
     /// A TLS connection to the TLS listener, the certificate verified for `localhost`.
     async fn connect(&self) -> TlsStream<TcpStream> {
+        self.connect_with(None).await
+    }
+
+    /// `recv_buffer`: a small receive buffer makes a non-reading peer fill up quickly.
+    async fn connect_with(&self, recv_buffer: Option<u32>) -> TlsStream<TcpStream> {
         let addr = self.srv.server.tls_addr.expect("TLS listener bound");
-        let tcp = TcpStream::connect(addr).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let tcp = socket.connect(addr).await.unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         tokio::time::timeout(WAIT, self.connector().connect(name, tcp))
             .await
@@ -151,7 +160,11 @@ impl TlsServer {
 
     /// A WebSocket over TLS at `path`.
     async fn wss(&self, path: &str) -> Wss {
-        let stream = self.connect().await;
+        self.wss_with(path, None).await
+    }
+
+    async fn wss_with(&self, path: &str, recv_buffer: Option<u32>) -> Wss {
+        let stream = self.connect_with(recv_buffer).await;
         let port = self.srv.server.tls_addr.unwrap().port();
         let uri = format!("wss://localhost:{port}{path}");
         let builder = ClientBuilder::from_uri(uri.parse().unwrap());
@@ -164,7 +177,11 @@ impl TlsServer {
 
     /// A native-protocol WebSocket over TLS, past its welcome frame.
     async fn native(&self) -> (Wss, Value) {
-        let mut ws = self.wss("/ws").await;
+        self.native_with(None).await
+    }
+
+    async fn native_with(&self, recv_buffer: Option<u32>) -> (Wss, Value) {
+        let mut ws = self.wss_with("/ws", recv_buffer).await;
         let welcome = next_json(&mut ws).await;
         assert_eq!(welcome["op"], "welcome", "{welcome}");
         (ws, welcome)
@@ -330,6 +347,61 @@ async fn large_messages_from_a_wss_client_cross_record_boundaries() {
         let reply = next_op(&mut publisher, "reply").await;
         assert_eq!(reply["id"], id);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_client_reading_late_gets_everything_in_order() {
+    let srv = TlsServer::start_with(|c| c.websocket.outbox_max_bytes = 32 * 1024 * 1024).await;
+    let (mut ws, _) = srv.native_with(Some(4096)).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": 1, "channel": "later"}),
+    )
+    .await;
+    next_op(&mut ws, "reply").await;
+    // ~12 MB while the client reads nothing: more than the sockets' buffers hold, so the
+    // server's TLS writes wait for room with records still held by rustls.
+    let api = srv.srv.admin();
+    let total = 200u64;
+    for i in 0..total {
+        let payload: String = (0..60_000)
+            .map(|j| (b'a' + ((i as usize + j) % 26) as u8) as char)
+            .collect();
+        api.publish(&["later"], json!(payload)).await.unwrap();
+    }
+    for i in 0..total {
+        let m = next_op(&mut ws, "message").await;
+        assert_eq!(m["offset"], i + 1);
+        let data = m["data"].as_str().unwrap();
+        assert_eq!(data.len(), 60_000);
+        assert!(data.starts_with((b'a' + (i % 26) as u8) as char));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_client_that_never_reads_is_a_slow_consumer() {
+    let srv = TlsServer::start_with(|c| c.websocket.outbox_max_bytes = 128 * 1024).await;
+    let (mut slow, _) = srv.native_with(Some(4096)).await;
+    send(
+        &mut slow,
+        json!({"op": "subscribe", "id": 1, "channel": "flood"}),
+    )
+    .await;
+    next_op(&mut slow, "reply").await;
+    let api = srv.srv.admin();
+    let payload = "z".repeat(8 * 1024);
+    let mut cut_off = false;
+    for _ in 0..2000 {
+        let answer = api.publish(&["flood"], json!(payload)).await.unwrap();
+        if answer["channels"][0]["delivered"] == 0 {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "the non-reading client was never cut off");
+    let stats = api.stats().await.unwrap();
+    assert_eq!(stats["slow_consumers"], 1);
+    wait_for_no_connections(&srv.srv).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
