@@ -98,6 +98,25 @@ fn same_origin(headers: &HeaderMap) -> bool {
     matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
+/// The connection task of a WebSocket upgraded on a TLS connection.
+async fn run_tls<D: Dialect>(
+    dialect: &D,
+    state: Arc<AppState>,
+    upgraded: hyper::upgrade::Upgraded,
+    remote: SocketAddr,
+) {
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(parts) => {
+            let (tcp, tls) = parts.io.into_inner().into_inner();
+            match transport::TlsTransport::new(tcp, tls) {
+                Ok(stream) => connection::run(dialect, state, stream, parts.read_buf, remote).await,
+                Err(e) => tracing::debug!(%remote, error = %e, "TLS error at the upgrade"),
+            }
+        }
+        Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS"),
+    }
+}
+
 /// Validates the handshake, answers 101 and hands the upgraded socket to a connection task
 /// speaking `dialect`.
 fn upgrade_to<D: Dialect>(
@@ -170,24 +189,13 @@ fn upgrade_to<D: Dialect>(
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
         };
-        let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let stream = parts.io.into_inner();
-                return connection::run(&dialect, state, stream, parts.read_buf, remote).await;
+                connection::run(&dialect, state, stream, parts.read_buf, remote).await
             }
-            Err(upgraded) => upgraded,
-        };
-        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-            Ok(parts) => {
-                let (tcp, tls) = parts.io.into_inner().into_inner();
-                match transport::TlsTransport::new(tcp, tls) {
-                    Ok(stream) => {
-                        connection::run(&dialect, state, stream, parts.read_buf, remote).await
-                    }
-                    Err(e) => tracing::debug!(%remote, error = %e, "TLS error at the upgrade"),
-                }
-            }
-            Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS"),
+            // Boxed: this task stays as small as it was before TLS for plain connections.
+            Err(upgraded) => Box::pin(run_tls(&dialect, state, upgraded, remote)).await,
         }
     });
     Response::builder()
