@@ -12,13 +12,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::dialect::{Dialect, DialectSession};
-use super::transport::Transport;
-use crate::server::AppState;
 use bytes::{Bytes, BytesMut};
 use herald_core::client::{ClientInfo, DisconnectReason, close_code, now_ms};
 use herald_core::{ClientHandle, Disconnect};
 use herald_protocol::ws::{self, Decoder, Incoming};
+
+use super::dialect::{Dialect, DialectSession};
+use super::transport::Transport;
+use crate::server::AppState;
 
 /// Most bytes moved from the outbox per write.
 const WRITE_BATCH: usize = 64 * 1024;
