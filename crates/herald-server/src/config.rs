@@ -31,6 +31,46 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub events: EventsConfig,
     pub dialects: DialectsConfig,
+    pub tls: TlsConfig,
+}
+
+/// HTTPS/WSS: a second listener serving the main router over TLS (rustls). The plain `listen`
+/// stays available.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address of the TLS listener, e.g. "0.0.0.0:8443". Empty: no TLS listener.
+    pub listen: String,
+    /// PEM file with the certificate chain, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key_file: PathBuf,
+}
+
+impl TlsConfig {
+    /// The parsed `listen` address, if TLS is configured.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(());
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError(
+                "tls.listen: not an address like 0.0.0.0:8443 (or empty for no TLS)".into(),
+            ));
+        }
+        for (key, path) in [("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError(format!(
+                    "tls.{key}: required when tls.listen is set"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Lifecycle events (docs/events.md).
@@ -314,6 +354,7 @@ impl Default for Config {
                 pushstream: PushStreamConfig::default(),
                 wspush: WsPushConfig::default(),
             },
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -372,6 +413,7 @@ const KNOWN_KEYS: &[&str] = &[
     "channels",
     "limits",
     "events",
+    "tls",
 ];
 
 /// A configuration problem, naming the key.
@@ -452,6 +494,7 @@ impl Config {
         self.dialects.simplysocket.validate("simplysocket")?;
         self.dialects.pushstream.validate()?;
         self.dialects.wspush.validate()?;
+        self.tls.validate()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
@@ -554,6 +597,14 @@ mod tests {
         std::fs::write(&path, "[websocket]\noutbox_max_bytes = 1000\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("websocket.outbox_max_bytes"), "{err}");
+
+        std::fs::write(&path, "[tls]\nlisten = \"127.0.0.1:8443\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("tls.cert_file"), "{err}");
+
+        std::fs::write(&path, "[tls]\nlisten = \"everywhere\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("tls.listen"), "{err}");
 
         let err = Config::load(Some(&dir.path().join("missing.toml")))
             .unwrap_err()

@@ -1,6 +1,6 @@
 //! herald-server: everything between the network and the hub.
 //!
-//! - [`server`]: builds the hub from the [`config::Config`], binds the listener, runs the
+//! - [`server`]: builds the hub from the [`config::Config`], binds the listeners, runs the
 //!   accept loop (hyper HTTP/1.1 with upgrades), the keep-alive pinger and graceful shutdown.
 //! - [`http`]: the HTTP API under `/api/v1` (axum), `/healthz`, the OpenAPI document.
 //! - [`ws`]: the WebSocket transport: handshake and the per-connection task.
@@ -8,6 +8,7 @@
 //! - [`admin_key`]: loading or generating the admin key.
 //! - [`admin`]: management request bodies shared by the HTTP API and admin connections.
 //! - [`auth`]: connection credentials (admin key, connection tokens).
+//! - [`tls`]: loading `[tls]`'s certificate and key into a rustls configuration.
 
 pub mod admin;
 pub mod admin_key;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -1,4 +1,5 @@
-//! Server assembly and lifecycle: store → hub → listener, the keep-alive pinger, and graceful
+//! Server assembly and lifecycle: store → hub → listeners (plain, and TLS when `[tls]` is
+//! set), the accept loops with their TLS handshakes, the keep-alive pinger, and graceful
 //! shutdown (stop accepting, close every connection with 1001, wait for them to go).
 
 use std::net::SocketAddr;
@@ -11,9 +12,11 @@ use herald_core::client::{Disconnect, now_ms};
 use herald_core::{Hub, MemoryBroker, Store};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::admin_key;
@@ -39,12 +42,20 @@ pub struct RunningServer {
     pub restored_channels: usize,
     /// Listeners of dialects' own: (dialect, bound address).
     pub dialect_addrs: Vec<(&'static str, SocketAddr)>,
+    /// The TLS listener's bound address, when `[tls]` is set.
+    pub tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Opens the store, restores channels, binds `config.listen` and starts serving.
+/// Opens the store, restores channels, binds `config.listen` (and `tls.listen`) and starts
+/// serving.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    // Certificate problems are configuration errors: report them before touching anything.
+    let tls_acceptor = match config.tls.listen_addr() {
+        Some(_) => Some(TlsAcceptor::from(crate::tls::server_config(&config.tls)?)),
+        None => None,
+    };
     let key = admin_key::load_or_generate(&config.admin_key, &config.data_dir)
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> =
@@ -57,6 +68,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
+    let tls_listener = match config.tls.listen_addr() {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("tls.listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let subsocket_listener = bind_dialect(&config.dialects.subsocket, "subsocket").await?;
     let eventual_listener = bind_dialect(&config.dialects.eventual, "eventual").await?;
     let simplysocket_listener = bind_dialect(&config.dialects.simplysocket, "simplysocket").await?;
@@ -76,12 +96,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut tasks = vec![
         tokio::spawn(accept_loop(
             listener,
-            main_router,
+            None,
+            main_router.clone(),
             state.clone(),
             shutdown_rx.clone(),
         )),
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
     ];
+    if let (Some(listener), Some(acceptor)) = (tls_listener, tls_acceptor) {
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            Some(acceptor),
+            main_router,
+            state.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let mut dialect_addrs = Vec::new();
     let dialects: [(&'static str, Option<TcpListener>, RouterFn); 6] = [
         (
@@ -111,7 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let Some(listener) = listener else { continue };
         dialect_addrs.push((name, listener.local_addr()?));
         let router = router(state.clone());
-        let accept = accept_loop(listener, router, state.clone(), shutdown_rx.clone());
+        let accept = accept_loop(listener, None, router, state.clone(), shutdown_rx.clone());
         tasks.push(tokio::spawn(accept));
     }
     Ok(RunningServer {
@@ -120,6 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         generated_admin_key: key.generated,
         restored_channels: restored,
         dialect_addrs,
+        tls_addr,
         shutdown,
         tasks,
     })
@@ -162,8 +193,10 @@ impl RunningServer {
     }
 }
 
+/// Accepts connections on `listener` and serves `router` on each, over TLS with `tls`.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     router: axum::Router,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
@@ -173,8 +206,17 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
-                    let conn = serve_connection(tcp, remote, router.clone(), state.clone(), shutdown.clone());
-                    tokio::spawn(conn);
+                    let _ = tcp.set_nodelay(true);
+                    let (router, state, shutdown) = (router.clone(), state.clone(), shutdown.clone());
+                    match &tls {
+                        None => {
+                            tokio::spawn(serve_connection(tcp, remote, router, state, shutdown));
+                        }
+                        Some(acceptor) => {
+                            let conn = serve_tls_connection(acceptor.clone(), tcp, remote, router, state, shutdown);
+                            tokio::spawn(conn);
+                        }
+                    }
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -186,14 +228,36 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(
+/// Performs the TLS handshake (within `websocket.handshake_timeout_secs`, abandoned at
+/// shutdown), then serves HTTP on the TLS stream.
+async fn serve_tls_connection(
+    acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
     router: axum::Router,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = tcp.set_nodelay(true);
+    let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)) => handshake,
+        _ = shutdown.changed() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => serve_connection(stream, remote, router, state, shutdown).await,
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on a TCP stream or a TLS stream over one.
+async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: I,
+    remote: SocketAddr,
+    router: axum::Router,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
         router.clone().oneshot(req)
@@ -202,7 +266,7 @@ async fn serve_connection(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     drop(state);
     let mut conn = std::pin::pin!(conn);

@@ -159,6 +159,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("herald {} listening on {addr}", env!("CARGO_PKG_VERSION"));
     eprintln!("  WebSocket:  ws://{addr}/ws");
     eprintln!("  HTTP API:   http://{addr}/api/v1  (OpenAPI: /api/v1/openapi.json)");
+    if let Some(tls_addr) = server.tls_addr {
+        eprintln!("  WSS:        wss://{tls_addr}/ws");
+        eprintln!("  HTTPS API:  https://{tls_addr}/api/v1");
+    }
     let subsocket = &server.state.config.dialects.subsocket;
     if subsocket.enabled && !subsocket.prefix.is_empty() {
         eprintln!("  SubSocket:  ws://{addr}{}/socket", subsocket.prefix);

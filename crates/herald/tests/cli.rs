@@ -53,11 +53,18 @@ fn environment_overrides_the_file() {
         .env("HERALD_WEBSOCKET__PING_INTERVAL_SECS", "7")
         .env("HERALD_ADMIN_KEY", "a-long-enough-admin-key")
         .env("HERALD_UNRELATED", "ignored")
+        .env("HERALD_TLS__LISTEN", "127.0.0.1:8443")
+        .env("HERALD_TLS__CERT_FILE", "/etc/herald/cert.pem")
+        .env("HERALD_TLS__KEY_FILE", "/etc/herald/key.pem")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"ping_interval_secs\": 7"), "{text}");
+    assert!(
+        text.contains("\"cert_file\": \"/etc/herald/cert.pem\""),
+        "{text}"
+    );
     assert!(
         text.contains("\"admin_key\": \"<set>\""),
         "the key is never printed: {text}"
@@ -77,6 +84,11 @@ fn invalid_config_fails_at_start_naming_the_key() {
         ),
         ("admin_key = \"short\"\n", "admin_key"),
         ("[nonsense]\nx = 1\n", "nonsense"),
+        (
+            "[tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n",
+            "tls.cert_file: cannot read /nonexistent/cert.pem",
+        ),
+        ("[tls]\nlisten = \"127.0.0.1:0\"\n", "tls.cert_file"),
     ];
     for (text, key) in cases {
         std::fs::write(&path, text).unwrap();

@@ -5,6 +5,9 @@
 //! a batch) into one contiguous buffer and writes it with as few system calls as the socket
 //! allows. While a write is blocked on a full socket the task still notices a close request
 //! (slow consumer, kick, ping timeout, shutdown) and drops the connection instead of waiting.
+//!
+//! The task is generic over its [`Transport`]: a plain `TcpStream`, or a TLS connection over
+//! one ([`super::transport::TlsTransport`]).
 
 use std::sync::Arc;
 
@@ -12,11 +15,10 @@ use bytes::{Bytes, BytesMut};
 use herald_core::client::{DisconnectReason, close_code, now_ms};
 use herald_core::{ClientHandle, Disconnect};
 use herald_protocol::ws::{self, Decoder, Incoming};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::Admission;
 use super::dialect::{Dialect, DialectSession};
+use super::transport::Transport;
 use crate::server::AppState;
 
 /// Most bytes moved from the outbox per write.
@@ -24,14 +26,13 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 4096;
 
-pub async fn run<D: Dialect>(
+pub async fn run<D: Dialect, T: Transport>(
     dialect: &D,
     state: Arc<AppState>,
-    stream: TcpStream,
+    stream: T,
     leftover: Bytes,
     admission: Admission,
 ) {
-    let _ = stream.set_nodelay(true);
     let ws_cfg = &state.config.websocket;
     let client = state.hub.connect(dialect.format(), admission.info);
     if let Some(greeting) = dialect.greeting(&state, &client) {
@@ -60,11 +61,11 @@ pub async fn run<D: Dialect>(
     state.hub.disconnect(&client, reason);
 }
 
-struct Connection<'a, S> {
+struct Connection<'a, S, T> {
     session: S,
     state: &'a AppState,
     client: &'a Arc<ClientHandle>,
-    stream: TcpStream,
+    stream: T,
     read_buf: BytesMut,
     decoder: Decoder,
 }
@@ -72,7 +73,7 @@ struct Connection<'a, S> {
 /// Control flow out of a step: keep serving, or the connection ended for this reason.
 type Step = Result<(), DisconnectReason>;
 
-impl<S: DialectSession + Send> Connection<'_, S> {
+impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     async fn serve(&mut self) -> DisconnectReason {
         // Frames that arrived with the handshake.
         if let Err(reason) = self.process_read_buf().await {
@@ -118,7 +119,8 @@ impl<S: DialectSession + Send> Connection<'_, S> {
     /// Writes `buf`, giving up if the connection is asked to close while the socket is full.
     async fn write_all(&mut self, buf: &[u8]) -> Step {
         let mut written = 0;
-        while written < buf.len() {
+        // (TLS: until the records holding `buf` are on the socket too.)
+        while written < buf.len() || self.stream.needs_flush() {
             match self.stream.try_write(&buf[written..]) {
                 Ok(n) => written += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -142,10 +144,10 @@ impl<S: DialectSession + Send> Connection<'_, S> {
     /// Sends a close frame (best effort) and half-closes the socket.
     async fn close(&mut self, disconnect: &Disconnect) {
         let frame = ws::close_frame(disconnect.code, &disconnect.message);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            let _ = self.stream.write_all(&frame).await;
-            let _ = self.stream.shutdown().await;
-        })
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.stream.finish(&frame),
+        )
         .await;
     }
 

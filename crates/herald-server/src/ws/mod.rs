@@ -1,6 +1,6 @@
 //! The WebSocket transport: the `/ws` upgrade (RFC 6455 handshake over hyper's upgrade
 //! mechanism) and the per-connection task in [`connection`], which feeds the native codec and
-//! drains the client's outbox.
+//! drains the client's outbox, over plain TCP or TLS ([`transport`]).
 
 mod admin;
 mod connection;
@@ -10,6 +10,7 @@ mod native;
 mod pushstream;
 mod simplysocket;
 mod subsocket;
+mod transport;
 mod wspush;
 
 pub use dialect::Dialect;
@@ -28,6 +29,7 @@ use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldEr
 use herald_protocol::ws::accept_key;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use crate::auth::{self, Identity};
 use crate::http::ApiError;
@@ -186,6 +188,26 @@ fn event_headers(state: &AppState, headers: &HeaderMap) -> Vec<(String, String)>
 /// Longest header value copied into an event.
 const MAX_EVENT_HEADER_BYTES: usize = 1024;
 
+/// The connection task of a WebSocket upgraded on a TLS connection.
+async fn run_tls<D: Dialect>(
+    dialect: &D,
+    state: Arc<AppState>,
+    upgraded: hyper::upgrade::Upgraded,
+    admission: Admission,
+) {
+    let remote = admission.info.remote;
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(parts) => {
+            let (tcp, tls) = parts.io.into_inner().into_inner();
+            match transport::TlsTransport::new(tcp, tls) {
+                Ok(stream) => connection::run(dialect, state, stream, parts.read_buf, admission).await,
+                Err(e) => tracing::debug!(?remote, error = %e, "TLS error at the upgrade"),
+            }
+        }
+        Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS"),
+    }
+}
+
 /// Validates the handshake, answers 101 and hands the upgraded socket to a connection task
 /// speaking `dialect`.
 fn upgrade_to<D: Dialect>(
@@ -260,15 +282,17 @@ fn upgrade_to<D: Dialect>(
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    let stream = parts.io.into_inner();
-                    connection::run(&dialect, state, stream, parts.read_buf, admission).await
-                }
-                Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-            },
-            Err(e) => tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                connection::run(&dialect, state, stream, parts.read_buf, admission).await
+            }
+            // Boxed: this task stays as small as it was before TLS for plain connections.
+            Err(upgraded) => Box::pin(run_tls(&dialect, state, upgraded, admission)).await,
         }
     });
     Response::builder()

@@ -1,0 +1,217 @@
+//! The byte stream under a WebSocket connection: [`Transport`] is the handful of non-blocking
+//! operations the connection task uses (readiness, `try_read`, `try_write`, the final
+//! close). Plain TCP implements it with `TcpStream`'s own methods, so the plain path is the
+//! same code as before TLS existed. [`TlsTransport`] drives a `rustls::ServerConnection` by
+//! hand over the same `TcpStream`: TLS records are read with `read_tls` and decrypted with
+//! `process_new_packets`, plaintext goes into `writer()` and out with `write_tls`, each with
+//! the socket's `try_read` / `try_write` semantics.
+
+use std::future::Future;
+use std::io::{self, Read, Write};
+
+use bytes::BytesMut;
+use rustls::ServerConnection;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// What the connection task needs from its socket. All methods have `TcpStream`'s semantics:
+/// the `try_` ones never wait and report `WouldBlock` when the socket is not ready.
+pub trait Transport: Send + Sync {
+    /// Waits until [`Transport::try_read_buf`] may make progress.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Appends received bytes to `buf`; `Ok(0)` is the end of the stream.
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
+    /// Writes some of `buf` (possibly empty, to push out bytes the transport holds).
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Bytes accepted by `try_write` are still held by the transport, not yet on the socket.
+    fn needs_flush(&self) -> bool;
+    /// Waits until the socket can take more bytes.
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes `last` (the close frame) completely and shuts the write side down.
+    fn finish(&mut self, last: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Transport for TcpStream {
+    #[inline]
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    #[inline]
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        TcpStream::try_read_buf(self, buf)
+    }
+
+    #[inline]
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+
+    #[inline]
+    fn needs_flush(&self) -> bool {
+        false
+    }
+
+    #[inline]
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::writable(self)
+    }
+
+    async fn finish(&mut self, last: &[u8]) -> io::Result<()> {
+        self.write_all(last).await?;
+        self.shutdown().await
+    }
+}
+
+/// A WebSocket over TLS: the TCP stream and the rustls connection taken over from the
+/// `tokio_rustls` stream hyper served the handshake on.
+pub struct TlsTransport {
+    tcp: TcpStream,
+    tls: ServerConnection,
+    /// Decrypted bytes rustls holds that were not read yet.
+    plaintext: usize,
+}
+
+impl TlsTransport {
+    /// Takes over `tls`, which may already hold received records or decrypted bytes that
+    /// nobody has read yet (they are read first).
+    pub fn new(tcp: TcpStream, mut tls: ServerConnection) -> io::Result<TlsTransport> {
+        let state = tls.process_new_packets().map_err(invalid_data)?;
+        let mut transport = TlsTransport {
+            tcp,
+            plaintext: state.plaintext_bytes_to_read(),
+            tls,
+        };
+        // Normally nothing is left: hyper flushed the 101 answer.
+        match transport.flush_tls() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        Ok(transport)
+    }
+
+    /// Moves decrypted bytes into `buf`.
+    fn read_plaintext(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        let start = buf.len();
+        buf.resize(start + self.plaintext, 0);
+        let result = self.tls.reader().read(&mut buf[start..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        buf.truncate(start + n);
+        self.plaintext -= n;
+        result
+    }
+
+    /// Writes the TLS records rustls holds; `WouldBlock` if the socket cannot take them all.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            if self.tls.write_tls(&mut SocketIo(&self.tcp))? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_tls_blocking(&mut self) -> io::Result<()> {
+        loop {
+            match self.flush_tls() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Transport for TlsTransport {
+    async fn readable(&self) -> io::Result<()> {
+        if self.plaintext > 0 {
+            return Ok(());
+        }
+        self.tcp.readable().await
+    }
+
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            if self.plaintext > 0 {
+                return self.read_plaintext(buf);
+            }
+            // Records may arrive in pieces: read until a whole one decrypts or the socket
+            // has nothing more (WouldBlock, which also clears the socket's readiness).
+            let eof = self.tls.read_tls(&mut SocketIo(&self.tcp))? == 0;
+            let state = match self.tls.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // Send the alert rustls queued, best effort.
+                    let _ = self.flush_tls();
+                    return Err(invalid_data(e));
+                }
+            };
+            // Post-handshake messages (a TLS 1.3 key update) may need an answer; a full socket
+            // leaves it queued for the next write.
+            match self.flush_tls() {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+            self.plaintext = state.plaintext_bytes_to_read();
+            if self.plaintext == 0 && (eof || state.peer_has_closed()) {
+                return Ok(0);
+            }
+        }
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // Bound what rustls holds: take new plaintext only once earlier records are out.
+        self.flush_tls()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.tls.writer().write(buf)?;
+        match self.flush_tls() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    fn needs_flush(&self) -> bool {
+        self.tls.wants_write()
+    }
+
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.tcp.writable()
+    }
+
+    async fn finish(&mut self, last: &[u8]) -> io::Result<()> {
+        self.flush_tls_blocking().await?;
+        self.tls.writer().write_all(last)?;
+        self.tls.send_close_notify();
+        self.flush_tls_blocking().await?;
+        self.tcp.shutdown().await
+    }
+}
+
+fn invalid_data(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Blocking-style `Read`/`Write` over the non-blocking socket, for rustls's `read_tls` and
+/// `write_tls`: `WouldBlock` passes through (and clears tokio's readiness).
+struct SocketIo<'a>(&'a TcpStream);
+
+impl Read for SocketIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for SocketIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
