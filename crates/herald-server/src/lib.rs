@@ -6,12 +6,14 @@
 //! - [`ws`]: the WebSocket transport: handshake and the per-connection task.
 //! - [`store`]: the embedded redb store.
 //! - [`admin_key`]: loading or generating the admin key.
+//! - [`webhooks`]: lifecycle events POSTed to the configured endpoints as CloudEvents.
 
 pub mod admin_key;
 pub mod config;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 pub mod ws;
 
 pub use config::Config;

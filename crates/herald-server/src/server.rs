@@ -19,6 +19,7 @@ use tower::ServiceExt;
 use crate::admin_key;
 use crate::config::Config;
 use crate::store::RedbStore;
+use crate::webhooks::Webhooks;
 
 /// Shared by every handler and connection task.
 pub struct AppState {
@@ -41,6 +42,7 @@ pub struct RunningServer {
     pub dialect_addrs: Vec<(&'static str, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    webhooks: Webhooks,
 }
 
 /// Opens the store, restores channels, binds `config.listen` and starts serving.
@@ -65,6 +67,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let wspush_listener = bind_dialect(&config.dialects.wspush.mount(), "wspush").await?;
     let wspush_http_listener =
         bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
+    let webhooks = Webhooks::start(&config.webhooks, &hub)?;
     let state = Arc::new(AppState {
         hub,
         config,
@@ -122,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         dialect_addrs,
         shutdown,
         tasks,
+        webhooks,
     })
 }
 
@@ -148,7 +152,7 @@ impl RunningServer {
 
     /// Stops accepting, asks every WebSocket connection to close (1001) and every HTTP
     /// connection to finish its request, and waits up to `grace` for all of them (and with
-    /// them the store) to be released.
+    /// them the store) to be released. Then webhook workers get a short flush.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -159,6 +163,10 @@ impl RunningServer {
         while Arc::strong_count(&self.state) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The disconnections above are queued as events: a short, best-effort flush.
+        self.webhooks
+            .stop(crate::webhooks::SHUTDOWN_FLUSH.min(grace))
+            .await;
     }
 }
 
