@@ -110,6 +110,17 @@ impl WebhookConfig {
                 "must be an http:// URL (https is not supported: terminate TLS in a proxy)".into(),
             );
         }
+        if self.url.split_once("://").is_some_and(|(_, rest)| {
+            rest.split(['/', '?', '#'])
+                .next()
+                .unwrap_or_default()
+                .contains('@')
+        }) {
+            return bad(
+                "url",
+                "must not contain credentials (the signature authenticates Herald)".into(),
+            );
+        }
         if self.secret.0.chars().count() < MIN_WEBHOOK_SECRET_LEN {
             return bad(
                 "secret",
@@ -695,6 +706,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("webhooks[0].url"), "{err}");
+        let err = load("[[webhooks]]\nurl = \"http://u:pw@h/x\"\nsecret = \"0123456789abcdef\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhooks[0].url: must not contain credentials"),
+            "{err}"
+        );
         let err = load("[[webhooks]]\nurl = \"http://h/x\"\nsecret = \"short\"\n")
             .unwrap_err()
             .to_string();

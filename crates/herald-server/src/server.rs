@@ -1,5 +1,6 @@
-//! Server assembly and lifecycle: store → hub → listener, the keep-alive pinger, and graceful
-//! shutdown (stop accepting, close every connection with 1001, wait for them to go).
+//! Server assembly and lifecycle: store → hub → listener, the keep-alive pinger, the webhook
+//! workers, and graceful shutdown (stop accepting, close every connection with 1001, wait for
+//! them to go, flush webhooks briefly).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
