@@ -19,6 +19,13 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     pub timed_out: AtomicU64,
     pub kicked: AtomicU64,
+    /// Webhooks (herald-server's `webhooks` module): events delivered (2xx), events given up
+    /// after `max_attempts`, events dropped because an endpoint's queue was full, and POSTs
+    /// retried.
+    pub webhook_delivered: AtomicU64,
+    pub webhook_failed: AtomicU64,
+    pub webhook_dropped: AtomicU64,
+    pub webhook_retries: AtomicU64,
 }
 
 impl Stats {
@@ -45,5 +52,13 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     pub timed_out: u64,
     pub kicked: u64,
+    /// Lifecycle events a webhook endpoint acknowledged with a 2xx.
+    pub webhook_delivered: u64,
+    /// Lifecycle events given up after a webhook's `max_attempts`.
+    pub webhook_failed: u64,
+    /// Lifecycle events dropped because a webhook's queue was full.
+    pub webhook_dropped: u64,
+    /// Webhook POSTs retried after a failure.
+    pub webhook_retries: u64,
     pub uptime_seconds: u64,
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub dialects: DialectsConfig,
     pub tls: TlsConfig,
+    /// `[[webhooks]]`: endpoints that get lifecycle events by HTTP POST (docs/webhooks.md).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// HTTPS/WSS: a second listener serving the main router over TLS (rustls). The plain `listen`
@@ -86,6 +88,130 @@ impl Default for EventsConfig {
         EventsConfig {
             headers: vec!["user-agent".into(), "origin".into()],
         }
+    }
+}
+
+/// One webhook endpoint (`[[webhooks]]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// Where events are POSTed: an http:// URL (terminate TLS in a proxy for https).
+    pub url: String,
+    /// The HMAC-SHA256 key for `Herald-Signature`; at least 16 characters. Never logged.
+    pub secret: WebhookSecret,
+    /// Event types sent to this endpoint (`"*"` = all).
+    pub types: Vec<String>,
+    /// 1: one CloudEvent per POST (a JSON object). More: up to that many per POST, as a JSON
+    /// array (`application/cloudevents-batch+json`).
+    pub batch_max: usize,
+    /// How long one POST may take before it counts as failed.
+    pub timeout_ms: u64,
+    /// POSTs of one batch before it is given up (1 = no retries).
+    pub max_attempts: u32,
+    /// Events waiting for this endpoint; beyond it new events are dropped (and counted).
+    pub queue_capacity: usize,
+    /// First retry delay; doubles per attempt up to `backoff_max_ms`, with full jitter.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// The CloudEvents `source`. Empty: `herald://<hostname>`.
+    pub source: String,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            secret: WebhookSecret::default(),
+            types: vec!["*".into()],
+            batch_max: 1,
+            timeout_ms: 5000,
+            max_attempts: 8,
+            queue_capacity: 10_000,
+            backoff_base_ms: 200,
+            backoff_max_ms: 30_000,
+            source: String::new(),
+        }
+    }
+}
+
+/// Shortest webhook secret accepted.
+pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+
+/// A webhook's signing secret: `Debug` does not show it, so it never reaches a log.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookSecret(pub String);
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl WebhookConfig {
+    /// The event types this endpoint wants.
+    pub fn mask(&self) -> Result<herald_core::EventMask, String> {
+        herald_core::EventMask::parse(self.types.iter().map(String::as_str))
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let bad =
+            |field: &str, why: String| Err(ConfigError(format!("webhooks[{i}].{field}: {why}")));
+        let url_ok = self
+            .url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        if !url_ok {
+            return bad(
+                "url",
+                "must be an http:// URL (https is not supported: terminate TLS in a proxy)".into(),
+            );
+        }
+        if self.url.split_once("://").is_some_and(|(_, rest)| {
+            rest.split(['/', '?', '#'])
+                .next()
+                .unwrap_or_default()
+                .contains('@')
+        }) {
+            return bad(
+                "url",
+                "must not contain credentials (the signature authenticates Herald)".into(),
+            );
+        }
+        if self.secret.0.chars().count() < MIN_WEBHOOK_SECRET_LEN {
+            return bad(
+                "secret",
+                format!("must be at least {MIN_WEBHOOK_SECRET_LEN} characters"),
+            );
+        }
+        if self.types.is_empty() {
+            return bad(
+                "types",
+                "must name at least one event type (or \"*\")".into(),
+            );
+        }
+        if let Err(name) = self.mask() {
+            return bad("types", format!("unknown event type {name:?}"));
+        }
+        for (field, v, min, max) in [
+            ("batch_max", self.batch_max as u64, 1, 1000),
+            ("timeout_ms", self.timeout_ms, 1, 300_000),
+            ("max_attempts", u64::from(self.max_attempts), 1, 100),
+            ("queue_capacity", self.queue_capacity as u64, 1, 10_000_000),
+            ("backoff_base_ms", self.backoff_base_ms, 1, 3_600_000),
+            ("backoff_max_ms", self.backoff_max_ms, 1, 3_600_000),
+        ] {
+            if !(min..=max).contains(&v) {
+                return bad(field, format!("must be between {min} and {max}"));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_base_ms {
+            return bad("backoff_max_ms", "must be at least backoff_base_ms".into());
+        }
+        if !self.source.is_empty() && self.source.chars().any(char::is_control) {
+            return bad("source", "must not contain control characters".into());
+        }
+        Ok(())
     }
 }
 
@@ -355,6 +481,7 @@ impl Default for Config {
                 wspush: WsPushConfig::default(),
             },
             tls: TlsConfig::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -414,6 +541,7 @@ const KNOWN_KEYS: &[&str] = &[
     "limits",
     "events",
     "tls",
+    "webhooks",
 ];
 
 /// A configuration problem, naming the key.
@@ -495,6 +623,9 @@ impl Config {
         self.dialects.pushstream.validate()?;
         self.dialects.wspush.validate()?;
         self.tls.validate()?;
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            webhook.validate(i)?;
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections),
@@ -610,5 +741,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_parse_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        let ok =
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9000/hook\"\nsecret = \"0123456789abcdef\"\n";
+        let config = load(&format!(
+            "{ok}types = [\"client.connected\"]\nbatch_max = 10\n[[webhooks]]\nurl = \"http://h/x\"\nsecret = \"fedcba9876543210\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.webhooks.len(), 2);
+        assert_eq!(config.webhooks[0].batch_max, 10);
+        assert_eq!(config.webhooks[1].types, ["*"]);
+        assert_eq!(config.webhooks[1].max_attempts, 8);
+        assert!(
+            !format!("{config:?}").contains("0123456789abcdef"),
+            "secret in Debug"
+        );
+
+        for (extra, key) in [
+            (
+                "types = [\"client.connected\", \"x\"]\n",
+                "webhooks[0].types: unknown event type \"x\"",
+            ),
+            ("types = []\n", "webhooks[0].types"),
+            ("batch_max = 0\n", "webhooks[0].batch_max"),
+            ("queue_capacity = 0\n", "webhooks[0].queue_capacity"),
+            ("max_attempts = 0\n", "webhooks[0].max_attempts"),
+            ("timeout_ms = 0\n", "webhooks[0].timeout_ms"),
+            (
+                "backoff_base_ms = 500\nbackoff_max_ms = 100\n",
+                "webhooks[0].backoff_max_ms",
+            ),
+            ("colour = \"red\"\n", "colour"),
+        ] {
+            let err = load(&format!("{ok}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let err = load("[[webhooks]]\nurl = \"https://h/x\"\nsecret = \"0123456789abcdef\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("webhooks[0].url"), "{err}");
+        let err = load("[[webhooks]]\nurl = \"http://u:pw@h/x\"\nsecret = \"0123456789abcdef\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhooks[0].url: must not contain credentials"),
+            "{err}"
+        );
+        let err = load("[[webhooks]]\nurl = \"http://h/x\"\nsecret = \"short\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhooks[0].secret") && !err.contains("short"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{ok}[[webhooks]]\nsecret = \"0123456789abcdef\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("webhooks[1].url"), "{err}");
     }
 }

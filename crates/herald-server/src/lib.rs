@@ -9,6 +9,7 @@
 //! - [`admin`]: management request bodies shared by the HTTP API and admin connections.
 //! - [`auth`]: connection credentials (admin key, connection tokens).
 //! - [`tls`]: loading `[tls]`'s certificate and key into a rustls configuration.
+//! - [`webhooks`]: lifecycle events POSTed to the configured endpoints as CloudEvents.
 
 pub mod admin;
 pub mod admin_key;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod webhooks;
 pub mod ws;
 
 pub use config::Config;

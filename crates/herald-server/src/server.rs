@@ -1,6 +1,9 @@
 //! Server assembly and lifecycle: store → hub → listeners (plain, and TLS when `[tls]` is
 //! set), the accept loops with their TLS handshakes, the keep-alive pinger, and graceful
 //! shutdown (stop accepting, close every connection with 1001, wait for them to go).
+//! Server assembly and lifecycle: store → hub → listener, the keep-alive pinger, the webhook
+//! workers, and graceful shutdown (stop accepting, close every connection with 1001, wait for
+//! them to go, flush webhooks briefly).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use tower::ServiceExt;
 use crate::admin_key;
 use crate::config::Config;
 use crate::store::RedbStore;
+use crate::webhooks::Webhooks;
 
 /// Shared by every handler and connection task.
 pub struct AppState {
@@ -46,6 +50,7 @@ pub struct RunningServer {
     pub tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    webhooks: Webhooks,
 }
 
 /// Opens the store, restores channels, binds `config.listen` (and `tls.listen`) and starts
@@ -85,6 +90,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let wspush_listener = bind_dialect(&config.dialects.wspush.mount(), "wspush").await?;
     let wspush_http_listener =
         bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
+    let webhooks = Webhooks::start(&config.webhooks, &hub)?;
     let state = Arc::new(AppState {
         hub,
         config,
@@ -153,6 +159,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tls_addr,
         shutdown,
         tasks,
+        webhooks,
     })
 }
 
@@ -179,7 +186,7 @@ impl RunningServer {
 
     /// Stops accepting, asks every WebSocket connection to close (1001) and every HTTP
     /// connection to finish its request, and waits up to `grace` for all of them (and with
-    /// them the store) to be released.
+    /// them the store) to be released. Then webhook workers get a short flush.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -190,6 +197,10 @@ impl RunningServer {
         while Arc::strong_count(&self.state) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The disconnections above are queued as events: a short, best-effort flush.
+        self.webhooks
+            .stop(crate::webhooks::SHUTDOWN_FLUSH.min(grace))
+            .await;
     }
 }
 

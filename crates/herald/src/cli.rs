@@ -109,6 +109,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !shown.admin_key.is_empty() {
                 shown.admin_key = "<set>".into();
             }
+            for webhook in &mut shown.webhooks {
+                webhook.secret.0 = "<set>".into();
+            }
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }

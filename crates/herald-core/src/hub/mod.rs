@@ -192,6 +192,11 @@ impl Hub {
         &self.stats
     }
 
+    /// The counters, for tasks that outlive a borrow of the hub (webhook workers).
+    pub fn shared_stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// Re-creates the channels kept in the store (at start).
     pub fn restore(&self) -> Result<usize, HeraldError> {
         let records = self
@@ -1017,6 +1022,10 @@ impl Hub {
             slow_consumers: s.slow_consumers.load(Relaxed),
             timed_out: s.timed_out.load(Relaxed),
             kicked: s.kicked.load(Relaxed),
+            webhook_delivered: s.webhook_delivered.load(Relaxed),
+            webhook_failed: s.webhook_failed.load(Relaxed),
+            webhook_dropped: s.webhook_dropped.load(Relaxed),
+            webhook_retries: s.webhook_retries.load(Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

@@ -200,7 +200,9 @@ async fn run_tls<D: Dialect>(
         Ok(parts) => {
             let (tcp, tls) = parts.io.into_inner().into_inner();
             match transport::TlsTransport::new(tcp, tls) {
-                Ok(stream) => connection::run(dialect, state, stream, parts.read_buf, admission).await,
+                Ok(stream) => {
+                    connection::run(dialect, state, stream, parts.read_buf, admission).await
+                }
                 Err(e) => tracing::debug!(?remote, error = %e, "TLS error at the upgrade"),
             }
         }
