@@ -29,6 +29,8 @@ pub enum ErrorCode {
     TooMany,
     /// No or an unknown credential.
     Unauthorized,
+    /// The token has expired: get a fresh one and retry.
+    TokenExpired,
     /// The credential is valid but does not allow this action.
     Forbidden,
     /// The channel does not exist.
@@ -57,7 +59,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::UnknownOp,
@@ -68,6 +70,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::TooMany,
         ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
         ErrorCode::Forbidden,
         ErrorCode::ChannelNotFound,
         ErrorCode::ClientNotFound,
@@ -95,6 +98,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TooMany => "too_many",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenExpired => "token_expired",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ChannelNotFound => "channel_not_found",
             ErrorCode::ClientNotFound => "client_not_found",
@@ -120,7 +124,7 @@ impl ErrorCode {
             | ErrorCode::InvalidChannel
             | ErrorCode::InvalidClientId
             | ErrorCode::TooMany => 400,
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden | ErrorCode::Banned => 403,
             ErrorCode::RateLimited => 429,
             ErrorCode::ChannelNotFound | ErrorCode::ClientNotFound | ErrorCode::NotFound => 404,

@@ -1,6 +1,7 @@
 //! Who a connection is: the credential it presents at the handshake (`Authorization: Bearer`
 //! or `?token=`) or later in `{"op":"auth"}`, turned into an [`Identity`]. Today a credential
-//! is the admin key (compared in constant time); connection tokens extend this.
+//! is the admin key (compared in constant time) or, when `[jwt]` has a key, a JWT connection
+//! token (crate::jwt).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use axum::http::header::AUTHORIZATION;
 use herald_core::secret;
 use herald_core::{ChannelName, ErrorCode, HeraldError};
 
+use crate::jwt;
 use crate::server::AppState;
 
 /// What a verified credential says about a connection.
@@ -42,7 +44,7 @@ pub fn handshake_credential(headers: &HeaderMap, query: Option<&str>) -> Option<
     })
 }
 
-/// Verifies a connection credential.
+/// Verifies a connection credential: the admin key, or a JWT connection token.
 pub fn verify(state: &AppState, credential: &str) -> Result<Identity, HeraldError> {
     if secret::secrets_equal(credential, &state.admin_key) {
         return Ok(Identity {
@@ -50,8 +52,57 @@ pub fn verify(state: &AppState, credential: &str) -> Result<Identity, HeraldErro
             ..Identity::default()
         });
     }
-    Err(HeraldError::new(
-        ErrorCode::Unauthorized,
-        "unknown credential: expected the admin key",
-    ))
+    match &state.jwt {
+        Some(verifier) if jwt::looks_like_jwt(credential) => {
+            let claims = verifier.verify(credential)?;
+            if claims.channel.is_some() {
+                return Err(HeraldError::new(
+                    ErrorCode::Unauthorized,
+                    "this is a subscription token (it has a \"channel\" claim); connect with a connection token",
+                ));
+            }
+            Ok(Identity {
+                admin: claims.admin,
+                channels: jwt::token_channels(&claims)?,
+                user: Some(Arc::from(claims.sub.as_str())),
+            })
+        }
+        Some(_) => Err(HeraldError::new(
+            ErrorCode::Unauthorized,
+            "unknown credential: expected the admin key or a JWT connection token",
+        )),
+        None => Err(HeraldError::new(
+            ErrorCode::Unauthorized,
+            "unknown credential: expected the admin key (JWT is not configured)",
+        )),
+    }
+}
+
+/// Checks a subscription token (JWT with a `channel` claim) for `channel` and the
+/// connection's `user`: it must name that channel and that user.
+pub fn verify_subscription(
+    state: &AppState,
+    token: &str,
+    channel: &ChannelName,
+    user: Option<&str>,
+) -> Result<(), HeraldError> {
+    let verifier = state.jwt.as_ref().ok_or_else(|| {
+        HeraldError::new(
+            ErrorCode::Unauthorized,
+            "JWT is not configured on this server",
+        )
+    })?;
+    let claims = verifier.verify(token)?;
+    match claims.channel.as_deref() {
+        None => Err(HeraldError::forbidden(
+            "this is a connection token: subscribing needs a subscription token (with a \"channel\" claim)",
+        )),
+        Some(c) if c != channel.as_str() => Err(HeraldError::forbidden(format!(
+            "the subscription token is for channel {c:?}, not {channel:?}"
+        ))),
+        Some(_) if user != Some(claims.sub.as_str()) => Err(HeraldError::forbidden(
+            "the subscription token belongs to another user than this connection's",
+        )),
+        Some(_) => Ok(()),
+    }
 }

@@ -34,6 +34,57 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[[webhooks]]`: endpoints that get lifecycle events by HTTP POST (docs/webhooks.md).
     pub webhooks: Vec<WebhookConfig>,
+    pub jwt: JwtConfig,
+}
+
+/// JSON Web Tokens for connections and private-channel subscriptions (docs/auth.md). Any
+/// key set turns JWT on; tokens pick the key by their `alg`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// Secret for HS256/HS384/HS512 tokens (at least 32 characters). Empty: none.
+    pub hmac_secret: Secret,
+    /// PEM RSA public key for RS*/PS* tokens. Empty: none.
+    pub rsa_public_key_file: PathBuf,
+    /// PEM EC public key (P-256 or P-384) for ES256/ES384 tokens. Empty: none.
+    pub ecdsa_public_key_file: PathBuf,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Required `iss` claim. Empty: not checked.
+    pub issuer: String,
+    /// Required `aud` claim. Empty: not checked.
+    pub audience: String,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hmac_secret: Secret::default(),
+            rsa_public_key_file: PathBuf::new(),
+            ecdsa_public_key_file: PathBuf::new(),
+            leeway_secs: 5,
+            issuer: String::new(),
+            audience: String::new(),
+        }
+    }
+}
+
+/// Shortest JWT HMAC secret accepted.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+impl JwtConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let len = self.hmac_secret.0.len();
+        if len > 0 && len < MIN_JWT_SECRET_LEN {
+            return Err(ConfigError(format!(
+                "jwt.hmac_secret: must be at least {MIN_JWT_SECRET_LEN} characters (or empty)"
+            )));
+        }
+        if self.leeway_secs > 300 {
+            return Err(ConfigError("jwt.leeway_secs: at most 300 seconds".into()));
+        }
+        Ok(())
+    }
 }
 
 /// HTTPS/WSS: a second listener serving the main router over TLS (rustls). The plain `listen`
@@ -137,12 +188,16 @@ impl Default for WebhookConfig {
 /// Shortest webhook secret accepted.
 pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
 
-/// A webhook's signing secret: `Debug` does not show it, so it never reaches a log.
+/// A secret from the configuration (webhook signing keys, the JWT HMAC secret): `Debug`
+/// does not show it, so it never reaches a log.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct WebhookSecret(pub String);
+pub struct Secret(pub String);
 
-impl std::fmt::Debug for WebhookSecret {
+/// A webhook's signing secret.
+pub type WebhookSecret = Secret;
+
+impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
@@ -482,6 +537,7 @@ impl Default for Config {
             },
             tls: TlsConfig::default(),
             webhooks: Vec::new(),
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -541,6 +597,7 @@ const KNOWN_KEYS: &[&str] = &[
     "limits",
     "events",
     "tls",
+    "jwt",
     "webhooks",
 ];
 
@@ -617,6 +674,7 @@ impl Config {
         if self.events.headers.len() > 32 {
             return bad("events.headers", "at most 32 headers");
         }
+        self.jwt.validate()?;
         self.dialects.subsocket.validate("subsocket")?;
         self.dialects.eventual.validate("eventual")?;
         self.dialects.simplysocket.validate("simplysocket")?;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub hub: Hub,
     pub config: Config,
     pub admin_key: String,
+    /// Verifies JSON Web Tokens, when `[jwt]` has a key.
+    pub jwt: Option<crate::jwt::JwtVerifier>,
     /// WebSocket connections admitted (handshake accepted, not yet ended).
     pub ws_connections: std::sync::atomic::AtomicUsize,
 }
@@ -91,10 +93,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let wspush_http_listener =
         bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
     let webhooks = Webhooks::start(&config.webhooks, &hub)?;
+    let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
     let state = Arc::new(AppState {
         hub,
         config,
         admin_key: key.key,
+        jwt,
         ws_connections: Default::default(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);

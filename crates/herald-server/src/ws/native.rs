@@ -118,7 +118,12 @@ impl<'a> Session<'a> {
                 client,
             } => {
                 let target = self.target(client)?;
-                let changed = hub.subscribe(&self.actor, &target, &channels, token.as_deref())?;
+                let changed = match token.as_deref() {
+                    Some(jwt) if crate::jwt::looks_like_jwt(jwt) => {
+                        self.subscribe_with_jwt(&target, &channels, jwt)?
+                    }
+                    token => hub.subscribe(&self.actor, &target, &channels, token)?,
+                };
                 Ok(json!({ "channels": channels, "changed": changed }))
             }
             Op::Unsubscribe { channels, client } => {
@@ -163,6 +168,27 @@ impl<'a> Session<'a> {
                 super::admin::execute(self.state, &self.actor, self.client, op, text).await
             }
         }
+    }
+
+    /// A subscription with a JWT subscription token: it names one channel and this
+    /// connection's user, and admits it on the token issuer's authority (private channels
+    /// included); limits such as `max_subscribers` still apply.
+    fn subscribe_with_jwt(
+        &self,
+        target: &Arc<ClientHandle>,
+        channels: &[herald_core::ChannelName],
+        token: &str,
+    ) -> Result<Vec<herald_core::ChannelName>, HeraldError> {
+        let [channel] = channels else {
+            return Err(HeraldError::bad_request(
+                "a subscription token covers one channel: subscribe to it alone",
+            ));
+        };
+        let user = target.user().map(|u| u.as_ref());
+        crate::auth::verify_subscription(self.state, token, channel, user)?;
+        self.state
+            .hub
+            .subscribe(&Actor::Admin, target, channels, None)
     }
 
     /// The client an op acts on: itself, or (admins) the one named by `client`.
