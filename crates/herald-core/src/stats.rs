@@ -19,6 +19,17 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     pub timed_out: AtomicU64,
     pub kicked: AtomicU64,
+    /// WebSocket handshakes refused by a connection limit (the sum of the `refused_*` below).
+    pub refused_connections: AtomicU64,
+    pub refused_max_connections: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub refused_per_user: AtomicU64,
+    pub refused_connect_rate: AtomicU64,
+    pub refused_origin: AtomicU64,
+    /// Messages dropped by `limits.messages_per_second`.
+    pub rate_limited: AtomicU64,
+    /// Connections closed (4102) for flooding past the message rate.
+    pub rate_limited_disconnects: AtomicU64,
 }
 
 impl Stats {
@@ -45,5 +56,21 @@ pub struct StatsSnapshot {
     pub slow_consumers: u64,
     pub timed_out: u64,
     pub kicked: u64,
+    /// WebSocket handshakes refused by a connection limit, in all (docs/errors.md).
+    pub refused_connections: u64,
+    /// ... of them at `limits.max_connections` (503 `too_many`).
+    pub refused_max_connections: u64,
+    /// ... at `limits.max_connections_per_ip` (429 `too_many`).
+    pub refused_per_ip: u64,
+    /// ... at `limits.max_connections_per_user` (429 `too_many`; also counts `auth` refusals).
+    pub refused_per_user: u64,
+    /// ... by `limits.connect_rate_per_ip` (429 `rate_limited`).
+    pub refused_connect_rate: u64,
+    /// ... by `websocket.allowed_origins` (403 `forbidden`).
+    pub refused_origin: u64,
+    /// Messages dropped by `limits.messages_per_second` (answered `rate_limited`).
+    pub rate_limited: u64,
+    /// Connections closed with 4102 for flooding past the message rate.
+    pub rate_limited_disconnects: u64,
     pub uptime_seconds: u64,
 }

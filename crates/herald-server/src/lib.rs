@@ -8,12 +8,14 @@
 //! - [`admin_key`]: loading or generating the admin key.
 //! - [`admin`]: management request bodies shared by the HTTP API and admin connections.
 //! - [`auth`]: connection credentials (admin key, connection tokens).
+//! - [`limits`]: per-IP, per-user, connection-rate, origin and message-rate limits.
 
 pub mod admin;
 pub mod admin_key;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod server;
 pub mod store;
 pub mod ws;

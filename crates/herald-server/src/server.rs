@@ -27,6 +27,8 @@ pub struct AppState {
     pub admin_key: String,
     /// WebSocket connections admitted (handshake accepted, not yet ended).
     pub ws_connections: std::sync::atomic::AtomicUsize,
+    /// Per-IP, per-user, connection-rate, origin and message-rate limits.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// A started server.
@@ -65,11 +67,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let wspush_listener = bind_dialect(&config.dialects.wspush.mount(), "wspush").await?;
     let wspush_http_listener =
         bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
+    let limits = Arc::new(crate::limits::Limits::new(&config));
     let state = Arc::new(AppState {
         hub,
         config,
         admin_key: key.key,
         ws_connections: Default::default(),
+        limits,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = crate::http::router(state.clone());
