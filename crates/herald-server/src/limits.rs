@@ -203,7 +203,10 @@ enum OriginPattern {
     /// `https://app.example.com`, `null`, ... (compared case-insensitively).
     Exact(String),
     /// `https://*.example.com[:port]`: `prefix` = `https://`, `suffix` = `.example.com[:port]`.
-    Subdomain { prefix: String, suffix: String },
+    Subdomain {
+        prefix: String,
+        suffix: String,
+    },
 }
 
 impl OriginPattern {
@@ -406,7 +409,12 @@ pub fn check_attempt(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Resul
     let limits = &state.limits;
     if let Some(gcra) = &limits.connect {
         if let Err(wait_ns) = limits.buckets.admit(gcra, ip_key(ip), limits.now_ns()) {
-            count_refusal(state, Refused::ConnectRate, ip, "limits.connect_rate_per_ip");
+            count_refusal(
+                state,
+                Refused::ConnectRate,
+                ip,
+                "limits.connect_rate_per_ip",
+            );
             let mut resp = refusal(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
@@ -500,9 +508,8 @@ pub fn take_slots(
         None
     };
     let user_slot = match &identity.user {
-        Some(user) => take_user_slot(state, ip, user).map_err(|e| {
-            refusal(StatusCode::TOO_MANY_REQUESTS, e.code, e.message)
-        })?,
+        Some(user) => take_user_slot(state, ip, user)
+            .map_err(|e| refusal(StatusCode::TOO_MANY_REQUESTS, e.code, e.message))?,
         None => None,
     };
     Ok(ConnectionSlots {
@@ -523,7 +530,12 @@ pub fn take_user_slot(
         return Ok(None);
     }
     if let Err(held) = limits.user_counts.take(user, limits.per_user) {
-        count_refusal(state, Refused::PerUser, ip, "limits.max_connections_per_user");
+        count_refusal(
+            state,
+            Refused::PerUser,
+            ip,
+            "limits.max_connections_per_user",
+        );
         return Err(HeraldError::new(
             ErrorCode::TooMany,
             too_many(
