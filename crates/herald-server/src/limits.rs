@@ -407,25 +407,25 @@ pub fn count_refusal(state: &AppState, kind: Refused, ip: IpAddr, detail: &str) 
 #[allow(clippy::result_large_err)]
 pub fn check_attempt(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<(), Response> {
     let limits = &state.limits;
-    if let Some(gcra) = &limits.connect {
-        if let Err(wait_ns) = limits.buckets.admit(gcra, ip_key(ip), limits.now_ns()) {
-            count_refusal(
-                state,
-                Refused::ConnectRate,
-                ip,
-                "limits.connect_rate_per_ip",
-            );
-            let mut resp = refusal(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                "too many connection attempts from this address; retry later".into(),
-            );
-            let secs = wait_ns.div_ceil(NANOS).max(1);
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return Err(resp);
+    if let Some(gcra) = &limits.connect
+        && let Err(wait_ns) = limits.buckets.admit(gcra, ip_key(ip), limits.now_ns())
+    {
+        count_refusal(
+            state,
+            Refused::ConnectRate,
+            ip,
+            "limits.connect_rate_per_ip",
+        );
+        let mut resp = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many connection attempts from this address; retry later".into(),
+        );
+        let secs = wait_ns.div_ceil(NANOS).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        return Err(resp);
     }
     if limits.origins.is_empty() {
         return Ok(());

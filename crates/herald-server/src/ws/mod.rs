@@ -113,6 +113,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 /// Checks the handshake's credential (dialects that take one) and the user's bans.
+#[allow(clippy::result_large_err)]
 fn admit<D: Dialect>(dialect: &D, state: &AppState, req: &Request) -> Result<Identity, Response> {
     if !dialect.takes_credentials() {
         return Ok(Identity::default());
