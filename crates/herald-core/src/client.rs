@@ -36,6 +36,8 @@ pub enum DisconnectReason {
     ProtocolError,
     /// Its address was banned.
     Banned,
+    /// It kept sending far past `limits.messages_per_second`.
+    RateLimited,
 }
 
 impl DisconnectReason {
@@ -48,6 +50,7 @@ impl DisconnectReason {
             DisconnectReason::ServerShutdown => "server_shutdown",
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::Banned => "banned",
+            DisconnectReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -69,6 +72,8 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4100;
     /// No pong/activity within the ping timeout.
     pub const TIMED_OUT: u16 = 4101;
+    /// Kept sending far past the message rate limit.
+    pub const RATE_LIMITED: u16 = 4102;
     /// Disconnected by an operator; may reconnect.
     pub const KICKED: u16 = 4200;
 }

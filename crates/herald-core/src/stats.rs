@@ -26,6 +26,17 @@ pub struct Stats {
     pub webhook_failed: AtomicU64,
     pub webhook_dropped: AtomicU64,
     pub webhook_retries: AtomicU64,
+    /// WebSocket handshakes refused by a connection limit (the sum of the `refused_*` below).
+    pub refused_connections: AtomicU64,
+    pub refused_max_connections: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    pub refused_per_user: AtomicU64,
+    pub refused_connect_rate: AtomicU64,
+    pub refused_origin: AtomicU64,
+    /// Messages dropped by `limits.messages_per_second`.
+    pub rate_limited: AtomicU64,
+    /// Connections closed (4102) for flooding past the message rate.
+    pub rate_limited_disconnects: AtomicU64,
 }
 
 impl Stats {
@@ -60,5 +71,21 @@ pub struct StatsSnapshot {
     pub webhook_dropped: u64,
     /// Webhook POSTs retried after a failure.
     pub webhook_retries: u64,
+    /// WebSocket handshakes refused by a connection limit, in all (docs/errors.md).
+    pub refused_connections: u64,
+    /// ... of them at `limits.max_connections` (503 `too_many`).
+    pub refused_max_connections: u64,
+    /// ... at `limits.max_connections_per_ip` (429 `too_many`).
+    pub refused_per_ip: u64,
+    /// ... at `limits.max_connections_per_user` (429 `too_many`; also counts `auth` refusals).
+    pub refused_per_user: u64,
+    /// ... by `limits.connect_rate_per_ip` (429 `rate_limited`).
+    pub refused_connect_rate: u64,
+    /// ... by `websocket.allowed_origins` (403 `forbidden`).
+    pub refused_origin: u64,
+    /// Messages dropped by `limits.messages_per_second` (answered `rate_limited`).
+    pub rate_limited: u64,
+    /// Connections closed with 4102 for flooding past the message rate.
+    pub rate_limited_disconnects: u64,
     pub uptime_seconds: u64,
 }

@@ -490,6 +490,9 @@ pub struct WebSocketConfig {
     pub outbox_max_bytes: usize,
     /// Seconds a WebSocket handshake (and an HTTP request head) may take.
     pub handshake_timeout_secs: u64,
+    /// Origins browsers may open WebSockets from (`https://app.example.com`,
+    /// `https://*.example.com`, `*`). Empty: any. Handshakes without `Origin` always pass.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -515,6 +518,18 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     pub max_recipients: usize,
     pub max_http_body_bytes: usize,
+    /// Open WebSocket connections per IP address (IPv6: per /64). 0 = unlimited.
+    pub max_connections_per_ip: usize,
+    /// Open WebSocket connections per user. 0 = unlimited.
+    pub max_connections_per_user: usize,
+    /// WebSocket handshakes per second per IP address (token bucket). 0 = off.
+    pub connect_rate_per_ip: u32,
+    /// Handshakes an address may make at once before `connect_rate_per_ip` applies.
+    pub connect_burst_per_ip: u32,
+    /// Messages per second per connection (token bucket). 0 = off.
+    pub messages_per_second: u32,
+    /// Messages a connection may send at once before `messages_per_second` applies.
+    pub message_burst: u32,
 }
 
 impl Default for Config {
@@ -550,6 +565,7 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             outbox_max_bytes: 1024 * 1024,
             handshake_timeout_secs: 10,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -575,6 +591,12 @@ impl Default for LimitsConfig {
             max_payload_bytes: 64 * 1024,
             max_recipients: 1000,
             max_http_body_bytes: 1024 * 1024,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            connect_rate_per_ip: 0,
+            connect_burst_per_ip: 10,
+            messages_per_second: 0,
+            message_burst: 50,
         }
     }
 }
@@ -709,6 +731,7 @@ impl Config {
                 "must not exceed limits.max_http_body_bytes",
             );
         }
+        crate::limits::validate(self)?;
         if self.admin_key.is_empty() {
             return Ok(());
         }

@@ -11,6 +11,7 @@
 //! - [`jwt`]: verifying and minting JSON Web Tokens.
 //! - [`tls`]: loading `[tls]`'s certificate and key into a rustls configuration.
 //! - [`webhooks`]: lifecycle events POSTed to the configured endpoints as CloudEvents.
+//! - [`limits`]: per-IP, per-user, connection-rate, origin and message-rate limits.
 
 pub mod admin;
 pub mod admin_key;
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod jwt;
+pub mod limits;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -36,6 +36,8 @@ pub struct AppState {
     pub jwt: Option<crate::jwt::JwtVerifier>,
     /// WebSocket connections admitted (handshake accepted, not yet ended).
     pub ws_connections: std::sync::atomic::AtomicUsize,
+    /// Per-IP, per-user, connection-rate, origin and message-rate limits.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// A started server.
@@ -94,12 +96,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
     let webhooks = Webhooks::start(&config.webhooks, &hub)?;
     let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
+    let limits = Arc::new(crate::limits::Limits::new(&config));
     let state = Arc::new(AppState {
         hub,
         config,
         admin_key: key.key,
         jwt,
         ws_connections: Default::default(),
+        limits,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = crate::http::router(state.clone());

@@ -110,7 +110,7 @@ fn webhook(
 ) -> herald_server::config::WebhookConfig {
     let mut w = herald_server::config::WebhookConfig {
         url: url.into(),
-        secret: herald_server::config::WebhookSecret(SECRET.into()),
+        secret: herald_server::config::Secret(SECRET.into()),
         backoff_base_ms: 20,
         backoff_max_ms: 200,
         ..Default::default()

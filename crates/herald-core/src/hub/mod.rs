@@ -1026,6 +1026,14 @@ impl Hub {
             webhook_failed: s.webhook_failed.load(Relaxed),
             webhook_dropped: s.webhook_dropped.load(Relaxed),
             webhook_retries: s.webhook_retries.load(Relaxed),
+            refused_connections: s.refused_connections.load(Relaxed),
+            refused_max_connections: s.refused_max_connections.load(Relaxed),
+            refused_per_ip: s.refused_per_ip.load(Relaxed),
+            refused_per_user: s.refused_per_user.load(Relaxed),
+            refused_connect_rate: s.refused_connect_rate.load(Relaxed),
+            refused_origin: s.refused_origin.load(Relaxed),
+            rate_limited: s.rate_limited.load(Relaxed),
+            rate_limited_disconnects: s.rate_limited_disconnects.load(Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

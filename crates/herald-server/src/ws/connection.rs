@@ -55,6 +55,7 @@ pub async fn run<D: Dialect, T: Transport>(
         stream,
         read_buf,
         decoder: Decoder::new(ws_cfg.max_message_bytes),
+        rate: Default::default(),
     };
     let reason = conn.serve().await;
     conn.session.on_close().await;
@@ -68,6 +69,7 @@ struct Connection<'a, S, T> {
     stream: T,
     read_buf: BytesMut,
     decoder: Decoder,
+    rate: crate::limits::MessageRate,
 }
 
 /// Control flow out of a step: keep serving, or the connection ended for this reason.
@@ -203,6 +205,41 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     }
 
     async fn handle(&mut self, event: Incoming) -> Step {
+        if matches!(
+            event,
+            Incoming::Text(_) | Incoming::Binary(_) | Incoming::TooLarge { .. }
+        ) {
+            return self.handle_limited(event).await;
+        }
+        self.handle_frame(event).await
+    }
+
+    /// A data message, under `limits.messages_per_second`: dropped and answered
+    /// `rate_limited` over the rate, the connection closed (4102) when it floods.
+    async fn handle_limited(&mut self, event: Incoming) -> Step {
+        use crate::limits::Verdict;
+        match self.rate.check(self.state, self.client) {
+            Verdict::Allow => self.handle_frame(event).await,
+            Verdict::Drop => {
+                let message = match &event {
+                    Incoming::Text(b) | Incoming::Binary(b) => &b[..],
+                    _ => &[],
+                };
+                let error = crate::limits::rate_limited_error();
+                if let Some(frame) = self.session.on_dropped(message, &error) {
+                    self.state.hub.registry().push_or_close(self.client, frame);
+                }
+                Ok(())
+            }
+            Verdict::Close(disconnect) => {
+                // Replies already queued go out first, then the close frame.
+                self.client.outbox.close(disconnect);
+                self.flush().await
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, event: Incoming) -> Step {
         let reply = match event {
             Incoming::Text(text) => self.session.on_text(text).await,
             Incoming::Binary(data) => self.session.on_binary(data).await,

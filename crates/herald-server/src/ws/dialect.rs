@@ -54,6 +54,11 @@ pub trait DialectSession {
     fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Option<Bytes>> + Send;
     /// A message of `len` bytes was over `limit` and skipped.
     fn on_too_large(&mut self, len: u64, limit: usize) -> Option<Bytes>;
+    /// `message` was dropped by a limit (`limits.messages_per_second`): the frame telling the
+    /// client so, if the protocol has one.
+    fn on_dropped(&mut self, _message: &[u8], _error: &HeraldError) -> Option<Bytes> {
+        None
+    }
     /// The connection is ending; its subscriptions are still in place.
     fn on_close(&mut self) -> impl Future<Output = ()> + Send {
         async {}

@@ -70,6 +70,10 @@ impl DialectSession for Session<'_> {
             format!("message of {len} bytes skipped: the limit is {limit} bytes"),
         )))
     }
+
+    fn on_dropped(&mut self, _message: &[u8], error: &HeraldError) -> Option<Bytes> {
+        Some(eventual::error_frame(error))
+    }
 }
 
 impl Session<'_> {

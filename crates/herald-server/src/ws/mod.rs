@@ -218,6 +218,9 @@ fn upgrade_to<D: Dialect>(
     remote: SocketAddr,
     mut req: Request,
 ) -> Response {
+    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
+        return refusal;
+    }
     let identity = match admit(&dialect, &state, &req) {
         Ok(identity) => identity,
         Err(e) => return refuse(e.code, e.message),
@@ -275,15 +278,20 @@ fn upgrade_to<D: Dialect>(
     info.headers = event_headers(&state, headers);
     let admission = Admission { info, identity };
     let Some(slot) = ConnectionSlot::take(&state) else {
-        tracing::warn!(%remote, "connection refused: limits.max_connections reached");
+        let kind = crate::limits::Refused::MaxConnections;
+        crate::limits::count_refusal(&state, kind, remote.ip(), "limits.max_connections");
         let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
             .into_response();
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return resp;
     };
+    let slots = match crate::limits::take_slots(&state, remote.ip(), &admission.identity) {
+        Ok(slots) => slots,
+        Err(refusal) => return refusal,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let _slot = slot;
+        let _slots = (slot, slots);
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),

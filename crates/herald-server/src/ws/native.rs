@@ -73,12 +73,24 @@ impl DialectSession for Session<'_> {
         );
         Some(native::reply_error(None, &error))
     }
+
+    fn on_dropped(&mut self, message: &[u8], error: &HeraldError) -> Option<Bytes> {
+        // Echo the request's id, so the client's request gets its answer.
+        let text = std::str::from_utf8(message).unwrap_or_default();
+        let id = match native::parse_request(text) {
+            Ok(req) => req.id,
+            Err(bad) => bad.id,
+        };
+        Some(native::reply_error(id, error))
+    }
 }
 
 pub struct Session<'a> {
     state: &'a AppState,
     client: &'a Arc<ClientHandle>,
     actor: Actor,
+    /// The `limits.max_connections_per_user` slot taken when `auth` named the user.
+    user_slot: std::sync::OnceLock<crate::limits::Slot>,
 }
 
 impl<'a> Session<'a> {
@@ -87,6 +99,7 @@ impl<'a> Session<'a> {
             state,
             client,
             actor: Actor::Client(client.clone()),
+            user_slot: std::sync::OnceLock::new(),
         }
     }
 
@@ -218,6 +231,15 @@ impl<'a> Session<'a> {
                     ErrorCode::Banned,
                     super::ban_message(&ban),
                 ));
+            }
+            // A user named for the first time counts against its connection limit (the
+            // admin key is exempt, as at the handshake).
+            if self.client.user().is_none() && !identity.admin && !self.client.is_admin() {
+                let ip = self.client.info.remote.map(|r| r.ip());
+                let ip = ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+                if let Some(slot) = crate::limits::take_user_slot(self.state, ip, user)? {
+                    let _ = self.user_slot.set(slot);
+                }
             }
             if !self.client.set_user(user.clone()) {
                 return Err(HeraldError::forbidden(

@@ -94,6 +94,10 @@ impl DialectSession for Session<'_> {
         ))
     }
 
+    fn on_dropped(&mut self, _message: &[u8], error: &HeraldError) -> Option<Bytes> {
+        Some(simplysocket::error_frame(self.client.id, error))
+    }
+
     /// Room members hear that the client left (mesh-global excepted: everyone is in it).
     async fn on_close(&mut self) {
         for room in self.client.subscriptions() {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::{Actor, ChannelName, ClientHandle, ErrorCode, WireFormat};
+use herald_core::{Actor, ChannelName, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::wspush::{self, ClientAction, Refused, WSPUSH_WS};
 
 use super::dialect::{Dialect, DialectSession};
@@ -131,5 +131,9 @@ impl DialectSession for Session<'_> {
             "Invalid message",
             &format!("message of {len} bytes is over the {limit}-byte limit"),
         ))
+    }
+
+    fn on_dropped(&mut self, _message: &[u8], error: &HeraldError) -> Option<Bytes> {
+        Some(error_frame(429, "Too Many Requests", &error.message))
     }
 }
