@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::JwtConfig;
 
+pub use jsonwebtoken::Algorithm as JwtAlgorithm;
+
 /// Longest user id a token may carry.
 pub const MAX_USER_LEN: usize = 256;
 /// Most channels a connection token may list.

@@ -29,6 +29,8 @@ enum Command {
     Sub(SubArgs),
     /// Load-test a running server (fanout, idle, connect).
     Bench(bench::BenchArgs),
+    /// Mint a JWT connection or subscription token (for testing; your backend mints real ones).
+    Token(TokenArgs),
     /// Write or check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -77,6 +79,44 @@ struct SubArgs {
     count: Option<u64>,
 }
 
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Seconds until the token expires.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Channels to subscribe the connection to at connect (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Make the connection an admin.
+    #[arg(long)]
+    admin: bool,
+    /// Mint a subscription token for this private channel instead of a connection token.
+    #[arg(long, conflicts_with_all = ["channels", "admin"])]
+    channel: Option<String>,
+    /// Signing algorithm: HS256/384/512 (with the HMAC secret), RS*/PS* or ES256/384 (with
+    /// --private-key).
+    #[arg(long, default_value = "HS256")]
+    alg: String,
+    /// PEM private key for RS*/PS*/ES* (PKCS#8 for EC keys).
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// The HMAC secret (default: `jwt.hmac_secret` of --config or ./herald.toml, or
+    /// HERALD_JWT__HMAC_SECRET).
+    #[arg(long, env = "HERALD_JWT__HMAC_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Config file to read `[jwt]` from.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// `iss` and `aud` claims (default: `jwt.issuer` / `jwt.audience` of the config).
+    #[arg(long)]
+    issuer: Option<String>,
+    #[arg(long)]
+    audience: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Write a commented default config file.
@@ -98,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pub(args) => publish(args).await,
         Command::Sub(args) => subscribe(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Token(args) => mint_token(args),
         Command::Config(ConfigCommand::Init { path, force }) => config_init(&path, force),
         Command::Config(ConfigCommand::Check { path }) => {
             let config = Config::load(Some(&path))?;
@@ -109,6 +150,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !shown.admin_key.is_empty() {
                 shown.admin_key = "<set>".into();
             }
+            if !shown.jwt.hmac_secret.0.is_empty() {
+                shown.jwt.hmac_secret.0 = "<set>".into();
+            }
             for webhook in &mut shown.webhooks {
                 webhook.secret.0 = "<set>".into();
             }
@@ -116,6 +160,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `herald token`: prints a signed token on stdout.
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    use herald_server::jwt::{self, Claims, JwtAlgorithm};
+    let alg: JwtAlgorithm = args
+        .alg
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--alg {:?}: not a JWT algorithm like HS256", args.alg))?;
+    let default_file = PathBuf::from("herald.toml");
+    let file = match &args.config {
+        Some(p) => Some(p.clone()),
+        None if default_file.exists() => Some(default_file),
+        None => None,
+    };
+    let config = Config::load(file.as_deref())?;
+    let key = match &args.private_key {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("--private-key: cannot read {}", path.display()))?,
+        None => {
+            let secret = args
+                .secret
+                .clone()
+                .unwrap_or_else(|| config.jwt.hmac_secret.0.clone());
+            if secret.is_empty() {
+                anyhow::bail!(
+                    "no signing key: give --secret, set jwt.hmac_secret in the config, or use --private-key"
+                );
+            }
+            secret.into_bytes()
+        }
+    };
+    let now = jwt::now_secs();
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let claims = Claims {
+        sub: args.sub,
+        exp: now + args.ttl,
+        iat: Some(now),
+        iss: args.issuer.or_else(|| non_empty(&config.jwt.issuer)),
+        aud: args.audience.or_else(|| non_empty(&config.jwt.audience)),
+        channels: args.channels,
+        admin: args.admin,
+        channel: args.channel,
+        ..Claims::default()
+    };
+    println!("{}", jwt::mint(&claims, alg, &key)?);
+    Ok(())
 }
 
 fn config_init(path: &Path, force: bool) -> anyhow::Result<()> {

@@ -97,6 +97,8 @@ pub struct ClientSummary {
     pub remote: Option<String>,
     pub connected_at_ms: u64,
     pub admin: bool,
+    /// The user it authenticated as, if any.
+    pub user: Option<String>,
     pub subscriptions: usize,
     pub messages_in: u64,
     pub messages_out: u64,
@@ -772,6 +774,7 @@ impl Hub {
             remote: client.info.remote.map(|a| a.to_string()),
             connected_at_ms: client.info.connected_at_ms,
             admin: client.is_admin(),
+            user: client.user().map(|u| u.to_string()),
             subscriptions: subs.len(),
             messages_in: client.frames_in.load(Relaxed),
             messages_out: client.messages_out.load(Relaxed),

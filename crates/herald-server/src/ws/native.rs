@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::hub::PublishRequest;
 use herald_core::stats::Stats;
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
@@ -220,13 +219,8 @@ impl<'a> Session<'a> {
     fn authenticate(&self, token: &str) -> Result<serde_json::Value, HeraldError> {
         let identity = crate::auth::verify(self.state, token)?;
         if let Some(user) = &identity.user {
+            // Refused; the connection stays as it was (anonymous), like a refused handshake.
             if let Some(ban) = self.state.hub.banned_user(user) {
-                let close = Disconnect::new(
-                    DisconnectReason::Banned,
-                    close_code::BANNED,
-                    super::ban_message(&ban),
-                );
-                self.client.outbox.close(close);
                 return Err(HeraldError::new(
                     ErrorCode::Banned,
                     super::ban_message(&ban),
