@@ -146,11 +146,12 @@ pub struct ChannelOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_subscribers: Option<u32>,
     /// Only admins may subscribe (`subscribe = "admin"`): the channel's token does not admit.
-    /// Takes precedence over `public`.
-    #[serde(default)]
+    /// Takes precedence over `public`. Left out of JSON when false.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub admin_only_subscribe: bool,
-    /// A publishing client receives its own publication (when it is subscribed).
-    #[serde(default = "yes")]
+    /// A publishing client receives its own publication (when it is subscribed). Left out of
+    /// JSON when true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub echo: bool,
     /// Largest `data` of a publication to this channel, in bytes; `None` = the global
     /// `limits.max_payload_bytes` (which a channel cannot raise).
@@ -160,6 +161,14 @@ pub struct ChannelOptions {
 
 fn yes() -> bool {
     true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ChannelOptions {
@@ -236,6 +245,23 @@ mod tests {
             }
         );
         assert!(old.echo && !old.admin_only_subscribe && old.max_payload_bytes.is_none());
+        // Options at their defaults serialize as before; others appear.
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"public":false,"client_publish":true,"max_subscribers":3}"#
+        );
+        let new = ChannelOptions {
+            admin_only_subscribe: true,
+            echo: false,
+            max_payload_bytes: Some(10),
+            ..old
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(
+            json,
+            r#"{"public":false,"client_publish":true,"max_subscribers":3,"admin_only_subscribe":true,"echo":false,"max_payload_bytes":10}"#
+        );
+        assert_eq!(serde_json::from_str::<ChannelOptions>(&json).unwrap(), new);
         let mut o = ChannelOptions::default();
         for p in [
             SubscribePolicy::Admin,
