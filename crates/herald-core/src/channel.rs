@@ -31,6 +31,13 @@ impl ChannelName {
         &self.0
     }
 
+    /// The namespace: the part before the first `:` (`chat` in `chat:room-1`), if any. Its
+    /// options come from `[namespaces.<ns>]`; names without one (or with an unconfigured
+    /// one) use the `[channels]` defaults.
+    pub fn namespace(&self) -> Option<&str> {
+        self.0.split_once(':').map(|(ns, _)| ns)
+    }
+
     /// A stable hash for shard selection (FNV-1a; channel names are short).
     pub fn shard_key(&self) -> u64 {
         let mut h: u64 = 0xcbf29ce484222325;
@@ -90,8 +97,43 @@ impl Serialize for ChannelName {
     }
 }
 
-/// Who may do what on a channel. Channels created on first use take the configured defaults;
-/// channels created through the API take what the request says (missing fields: defaults).
+/// Who may subscribe to a channel (`subscribe` in a namespace or an API request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribePolicy {
+    /// Any client.
+    Public,
+    /// Holders of the channel's token, and admins (who may subscribe anybody).
+    Private,
+    /// Admins only (an admin connection, or the admin key subscribing a client).
+    Admin,
+}
+
+impl SubscribePolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "public" => Some(SubscribePolicy::Public),
+            "private" => Some(SubscribePolicy::Private),
+            "admin" => Some(SubscribePolicy::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscribePolicy::Public => "public",
+            SubscribePolicy::Private => "private",
+            SubscribePolicy::Admin => "admin",
+        }
+    }
+}
+
+/// Who may do what on a channel. Channels created on first use take their namespace's
+/// options (`[namespaces.<ns>]`, else `[channels]`); channels created through the API take
+/// what the request says, and their namespace's options for what it leaves out.
+///
+/// The fields added with namespaces (`admin_only_subscribe`, `echo`, `max_payload_bytes`)
+/// have serde defaults, so records stored before them read as before.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelOptions {
@@ -103,6 +145,49 @@ pub struct ChannelOptions {
     /// Most subscribers at once; `None` = unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_subscribers: Option<u32>,
+    /// Only admins may subscribe (`subscribe = "admin"`): the channel's token does not admit.
+    /// Takes precedence over `public`. Left out of JSON when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub admin_only_subscribe: bool,
+    /// A publishing client receives its own publication (when it is subscribed). Left out of
+    /// JSON when true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub echo: bool,
+    /// Largest `data` of a publication to this channel, in bytes; `None` = the global
+    /// `limits.max_payload_bytes` (which a channel cannot raise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ChannelOptions {
+    /// Who may subscribe, from `public` and `admin_only_subscribe`.
+    pub fn subscribe(&self) -> SubscribePolicy {
+        if self.admin_only_subscribe {
+            SubscribePolicy::Admin
+        } else if self.public {
+            SubscribePolicy::Public
+        } else {
+            SubscribePolicy::Private
+        }
+    }
+
+    /// Sets `public` and `admin_only_subscribe` for `policy`.
+    pub fn set_subscribe(&mut self, policy: SubscribePolicy) {
+        self.public = policy == SubscribePolicy::Public;
+        self.admin_only_subscribe = policy == SubscribePolicy::Admin;
+    }
 }
 
 impl Default for ChannelOptions {
@@ -111,6 +196,9 @@ impl Default for ChannelOptions {
             public: true,
             client_publish: false,
             max_subscribers: None,
+            admin_only_subscribe: false,
+            echo: true,
+            max_payload_bytes: None,
         }
     }
 }
@@ -129,6 +217,60 @@ mod tests {
             &"x".repeat(200),
         ] {
             ChannelName::parse(ok).unwrap();
+        }
+    }
+
+    #[test]
+    fn namespace_is_the_prefix_before_the_first_colon() {
+        assert_eq!(
+            ChannelName::parse("chat:a:b").unwrap().namespace(),
+            Some("chat")
+        );
+        assert_eq!(ChannelName::parse(":a").unwrap().namespace(), Some(""));
+        assert_eq!(ChannelName::parse("lobby").unwrap().namespace(), None);
+    }
+
+    #[test]
+    fn options_stored_before_namespaces_still_read() {
+        let old: ChannelOptions =
+            serde_json::from_str(r#"{"public":false,"client_publish":true,"max_subscribers":3}"#)
+                .unwrap();
+        assert_eq!(
+            old,
+            ChannelOptions {
+                public: false,
+                client_publish: true,
+                max_subscribers: Some(3),
+                ..Default::default()
+            }
+        );
+        assert!(old.echo && !old.admin_only_subscribe && old.max_payload_bytes.is_none());
+        // Options at their defaults serialize as before; others appear.
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"public":false,"client_publish":true,"max_subscribers":3}"#
+        );
+        let new = ChannelOptions {
+            admin_only_subscribe: true,
+            echo: false,
+            max_payload_bytes: Some(10),
+            ..old
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert_eq!(
+            json,
+            r#"{"public":false,"client_publish":true,"max_subscribers":3,"admin_only_subscribe":true,"echo":false,"max_payload_bytes":10}"#
+        );
+        assert_eq!(serde_json::from_str::<ChannelOptions>(&json).unwrap(), new);
+        let mut o = ChannelOptions::default();
+        for p in [
+            SubscribePolicy::Admin,
+            SubscribePolicy::Private,
+            SubscribePolicy::Public,
+        ] {
+            o.set_subscribe(p);
+            assert_eq!(o.subscribe(), p);
+            assert_eq!(SubscribePolicy::parse(p.as_str()), Some(p));
         }
     }
 

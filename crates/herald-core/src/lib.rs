@@ -23,7 +23,7 @@ pub mod stats;
 pub mod store;
 
 pub use broker::{Broker, MemoryBroker};
-pub use channel::{ChannelName, ChannelOptions};
+pub use channel::{ChannelName, ChannelOptions, SubscribePolicy};
 pub use client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason};
 pub use error::{ErrorCode, HeraldError};
 pub use events::{Event, EventMask, EventSink, EventType};

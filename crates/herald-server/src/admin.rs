@@ -5,24 +5,32 @@
 use herald_core::bans::BanTarget;
 use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::hub::{BanRequest, BanSubject, MAX_REASON_LEN};
-use herald_core::{ChannelName, ChannelOptions, ClientId, HeraldError};
+use herald_core::{ChannelName, ChannelOptions, ClientId, HeraldError, SubscribePolicy};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 /// Longest close reason sent in a WebSocket close frame (the frame allows 123 bytes).
 pub const MAX_CLOSE_REASON: usize = 120;
 
-/// Creating a channel; options left out take the `[channels]` defaults.
+/// Creating a channel; options left out take its namespace's (`[namespaces.<ns>]` for a
+/// name `<ns>:...`, else the `[channels]` defaults).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannelBody {
     /// The channel name (`channel` is accepted too over WebSocket).
     #[serde(alias = "channel")]
     pub name: String,
+    /// `true` = `subscribe: "public"`, `false` = `subscribe: "private"`.
     pub public: Option<bool>,
+    /// Who may subscribe: `public`, `private` (token holders and admins) or `admin`.
+    pub subscribe: Option<SubscribePolicy>,
     pub client_publish: Option<bool>,
     /// 0 = unlimited.
     pub max_subscribers: Option<u32>,
+    /// Whether a publishing client receives its own publication.
+    pub echo: Option<bool>,
+    /// Largest publication to this channel, in bytes; 0 = the global limit.
+    pub max_payload_bytes: Option<u32>,
 }
 
 impl CreateChannelBody {
@@ -30,17 +38,41 @@ impl CreateChannelBody {
         ChannelName::parse(&self.name)
     }
 
-    pub fn options(&self, defaults: &ChannelOptions) -> ChannelOptions {
-        ChannelOptions {
-            public: self.public.unwrap_or(defaults.public),
+    /// The options the request sets, over `defaults` (the options of the name's namespace,
+    /// [`HubConfig::defaults_for`](herald_core::HubConfig::defaults_for)).
+    pub fn options(&self, defaults: &ChannelOptions) -> Result<ChannelOptions, HeraldError> {
+        let zero_is_none = |v: Option<u32>, default: Option<u32>| match v {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => default,
+        };
+        let mut options = ChannelOptions {
             client_publish: self.client_publish.unwrap_or(defaults.client_publish),
             // 0 means unlimited, as in the configuration file.
-            max_subscribers: match self.max_subscribers {
-                Some(0) => None,
-                Some(n) => Some(n),
-                None => defaults.max_subscribers,
-            },
+            max_subscribers: zero_is_none(self.max_subscribers, defaults.max_subscribers),
+            echo: self.echo.unwrap_or(defaults.echo),
+            max_payload_bytes: zero_is_none(self.max_payload_bytes, defaults.max_payload_bytes),
+            ..defaults.clone()
+        };
+        let from_public = self.public.map(|public| {
+            if public {
+                SubscribePolicy::Public
+            } else {
+                SubscribePolicy::Private
+            }
+        });
+        match (self.subscribe, from_public) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(HeraldError::bad_request(format!(
+                    "\"public\": {} contradicts \"subscribe\": {:?}",
+                    self.public.unwrap_or_default(),
+                    a.as_str()
+                )));
+            }
+            (Some(policy), _) | (None, Some(policy)) => options.set_subscribe(policy),
+            (None, None) => {}
         }
+        Ok(options)
     }
 }
 

@@ -6,6 +6,7 @@
 //! `HERALD_ADMIN_KEY`, ...) and `HERALD_<SECTION>__<KEY>` for keys in a section
 //! (`HERALD_WEBSOCKET__PING_INTERVAL_SECS`). Other `HERALD_*` variables are ignored.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use figment2::Figment;
 use figment2::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use herald_core::{ChannelOptions, HubConfig};
+use herald_core::{ChannelOptions, HubConfig, SubscribePolicy};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +29,8 @@ pub struct Config {
     pub log: String,
     pub websocket: WebSocketConfig,
     pub channels: ChannelsConfig,
+    /// `[namespaces.<ns>]`: options of channels named `<ns>:...` (docs/configuration.md).
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
     pub limits: LimitsConfig,
     pub events: EventsConfig,
     pub dialects: DialectsConfig,
@@ -505,8 +508,99 @@ pub struct ChannelsConfig {
     pub client_publish: bool,
     /// 0 = unlimited.
     pub max_subscribers: u32,
+    /// A publishing client receives its own publication (when subscribed).
+    pub echo: bool,
+    /// Largest publication per channel, in bytes; 0 = `limits.max_payload_bytes`.
+    pub max_payload_bytes: u32,
     /// Clients may send direct messages (`op: send`) to other clients.
     pub client_direct_messages: bool,
+}
+
+/// Most `[namespaces.<ns>]` tables.
+pub const MAX_NAMESPACES: usize = 256;
+/// Longest namespace name.
+pub const MAX_NAMESPACE_LEN: usize = 64;
+
+/// `[namespaces.<ns>]`: the options of channels named `<ns>:...`. Keys left out take the
+/// `[channels]` value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// "public" (anyone), "private" (holders of the channel's token, and admins) or "admin"
+    /// (admins only). Left out: `[channels] public` (true = "public", false = "private").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<String>,
+    /// "clients" (clients too) or "admin" (admins, the HTTP API and the backend only).
+    /// Left out: `[channels] client_publish`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish: Option<String>,
+    /// 0 = unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_subscribers: Option<u32>,
+    /// A publishing client receives its own publication.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
+    /// Largest publication, in bytes (at most `limits.max_payload_bytes`); 0 = that limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u32>,
+}
+
+impl NamespaceConfig {
+    fn validate(&self, ns: &str, max_payload: usize) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("namespaces.{ns}{key}: {why}")));
+        if ns.is_empty()
+            || ns.len() > MAX_NAMESPACE_LEN
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return bad(
+                "",
+                "a namespace name has 1 to 64 ASCII letters, digits, '-' or '_'",
+            );
+        }
+        if let Some(v) = &self.subscribe
+            && SubscribePolicy::parse(v).is_none()
+        {
+            return bad(".subscribe", "must be \"public\", \"private\" or \"admin\"");
+        }
+        if let Some(v) = &self.publish
+            && v != "clients"
+            && v != "admin"
+        {
+            return bad(".publish", "must be \"clients\" or \"admin\"");
+        }
+        if let Some(v) = self.max_payload_bytes
+            && v as usize > max_payload
+        {
+            return bad(
+                ".max_payload_bytes",
+                &format!("must not exceed limits.max_payload_bytes ({max_payload})"),
+            );
+        }
+        Ok(())
+    }
+
+    /// These options over `defaults` (the `[channels]` ones). Call after validation.
+    fn options(&self, defaults: &ChannelOptions) -> ChannelOptions {
+        let mut options = defaults.clone();
+        if let Some(policy) = self.subscribe.as_deref().and_then(SubscribePolicy::parse) {
+            options.set_subscribe(policy);
+        }
+        if let Some(publish) = &self.publish {
+            options.client_publish = publish == "clients";
+        }
+        if let Some(n) = self.max_subscribers {
+            options.max_subscribers = (n > 0).then_some(n);
+        }
+        if let Some(echo) = self.echo {
+            options.echo = echo;
+        }
+        if let Some(n) = self.max_payload_bytes {
+            options.max_payload_bytes = (n > 0).then_some(n);
+        }
+        options
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -541,6 +635,7 @@ impl Default for Config {
             log: "info".into(),
             websocket: WebSocketConfig::default(),
             channels: ChannelsConfig::default(),
+            namespaces: BTreeMap::new(),
             limits: LimitsConfig::default(),
             events: EventsConfig::default(),
             dialects: DialectsConfig {
@@ -577,6 +672,8 @@ impl Default for ChannelsConfig {
             public: true,
             client_publish: false,
             max_subscribers: 0,
+            echo: true,
+            max_payload_bytes: 0,
             client_direct_messages: false,
         }
     }
@@ -616,6 +713,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log",
     "websocket",
     "channels",
+    "namespaces",
     "limits",
     "events",
     "tls",
@@ -732,6 +830,7 @@ impl Config {
             );
         }
         crate::limits::validate(self)?;
+        self.validate_namespaces()?;
         if self.admin_key.is_empty() {
             return Ok(());
         }
@@ -744,8 +843,45 @@ impl Config {
         Ok(())
     }
 
+    fn validate_namespaces(&self) -> Result<(), ConfigError> {
+        let max_payload = self.limits.max_payload_bytes;
+        if self.channels.max_payload_bytes as usize > max_payload {
+            return Err(ConfigError(format!(
+                "channels.max_payload_bytes: must not exceed limits.max_payload_bytes ({max_payload})"
+            )));
+        }
+        if self.namespaces.len() > MAX_NAMESPACES {
+            return Err(ConfigError(format!(
+                "namespaces: at most {MAX_NAMESPACES} namespaces"
+            )));
+        }
+        for (ns, namespace) in &self.namespaces {
+            namespace.validate(ns, max_payload)?;
+        }
+        Ok(())
+    }
+
+    /// The options of channels without a configured namespace (`[channels]`).
+    fn channel_defaults(&self) -> ChannelOptions {
+        let c = &self.channels;
+        ChannelOptions {
+            public: c.public,
+            client_publish: c.client_publish,
+            max_subscribers: (c.max_subscribers > 0).then_some(c.max_subscribers),
+            admin_only_subscribe: false,
+            echo: c.echo,
+            max_payload_bytes: (c.max_payload_bytes > 0).then_some(c.max_payload_bytes),
+        }
+    }
+
     /// The hub's share of the configuration.
     pub fn hub_config(&self) -> HubConfig {
+        let channel_defaults = self.channel_defaults();
+        let namespaces: HashMap<String, ChannelOptions> = self
+            .namespaces
+            .iter()
+            .map(|(ns, n)| (ns.clone(), n.options(&channel_defaults)))
+            .collect();
         HubConfig {
             outbox_max_bytes: self.websocket.outbox_max_bytes,
             max_channels_per_connection: self.limits.max_channels_per_connection,
@@ -753,12 +889,8 @@ impl Config {
             max_payload_bytes: self.limits.max_payload_bytes,
             max_recipients: self.limits.max_recipients,
             auto_create_channels: self.channels.auto_create,
-            channel_defaults: ChannelOptions {
-                public: self.channels.public,
-                client_publish: self.channels.client_publish,
-                max_subscribers: (self.channels.max_subscribers > 0)
-                    .then_some(self.channels.max_subscribers),
-            },
+            channel_defaults,
+            namespaces,
             client_direct_messages: self.channels.client_direct_messages,
         }
     }
@@ -822,6 +954,113 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn namespaces_parse_over_the_channel_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(
+            &path,
+            r#"
+[channels]
+client_publish = true
+max_subscribers = 10
+[namespaces.chat]
+echo = false
+max_payload_bytes = 100
+[namespaces.orders]
+subscribe = "private"
+publish = "admin"
+max_subscribers = 0
+[namespaces.ops]
+subscribe = "admin"
+"#,
+        )
+        .unwrap();
+        let hub = Config::load(Some(&path)).unwrap().hub_config();
+        let chat = herald_core::ChannelName::parse("chat:room").unwrap();
+        let chat = hub.defaults_for(&chat);
+        assert!(chat.public && chat.client_publish && !chat.echo);
+        assert_eq!(chat.max_subscribers, Some(10), "inherited from [channels]");
+        assert_eq!(chat.max_payload_bytes, Some(100));
+        let orders = &hub.namespaces["orders"];
+        assert_eq!(orders.subscribe(), SubscribePolicy::Private);
+        assert!(!orders.client_publish && orders.echo);
+        assert_eq!(orders.max_subscribers, None, "0 = unlimited");
+        assert_eq!(hub.namespaces["ops"].subscribe(), SubscribePolicy::Admin);
+        let plain = herald_core::ChannelName::parse("plain").unwrap();
+        assert_eq!(hub.defaults_for(&plain), &hub.channel_defaults);
+        assert!(hub.channel_defaults.client_publish && hub.channel_defaults.echo);
+    }
+
+    #[test]
+    fn commented_namespaces_of_the_example_file_are_valid() {
+        let start = DEFAULT_CONFIG_TOML
+            .find("# [namespaces.")
+            .expect("the example file shows namespaces");
+        let mut toml = DEFAULT_CONFIG_TOML[..start].to_string();
+        for line in DEFAULT_CONFIG_TOML[start..].lines() {
+            match line.strip_prefix("# ") {
+                Some(l) if l.starts_with('[') || l.contains(" = ") => toml.push_str(l),
+                _ if line.starts_with('#') || line.is_empty() => {}
+                _ => break,
+            }
+            toml.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            config.namespaces.keys().collect::<Vec<_>>(),
+            ["chat", "orders"]
+        );
+    }
+
+    #[test]
+    fn namespace_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path)).unwrap_err().to_string()
+        };
+        for (toml, expected) in [
+            (
+                "[namespaces.chat]\nsubscribe = \"friends\"\n",
+                r#"namespaces.chat.subscribe: must be "public", "private" or "admin""#,
+            ),
+            (
+                "[namespaces.chat]\npublish = \"anyone\"\n",
+                r#"namespaces.chat.publish: must be "clients" or "admin""#,
+            ),
+            (
+                "[namespaces.chat]\nmax_payload_bytes = 70000\n",
+                "namespaces.chat.max_payload_bytes: must not exceed limits.max_payload_bytes (65536)",
+            ),
+            (
+                "[namespaces.\"a.b\"]\necho = true\n",
+                "namespaces.a.b: a namespace name has 1 to 64",
+            ),
+            (
+                &format!("[namespaces.{}]\necho = true\n", "n".repeat(65)),
+                "a namespace name has 1 to 64",
+            ),
+            ("[namespaces.chat]\ncolour = 1\n", "colour"),
+            ("[namespaces.chat]\necho = \"no\"\n", "namespaces.chat.echo"),
+            (
+                "[channels]\nmax_payload_bytes = 70000\n",
+                "channels.max_payload_bytes",
+            ),
+        ] {
+            let err = load(toml);
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
+        let many: String = (0..=MAX_NAMESPACES)
+            .map(|i| format!("[namespaces.n{i}]\n"))
+            .collect();
+        assert!(load(&many).contains("namespaces: at most 256"));
     }
 
     #[test]

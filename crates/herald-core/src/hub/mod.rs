@@ -6,6 +6,7 @@
 mod policy;
 mod registry;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,8 +46,12 @@ pub struct HubConfig {
     /// Subscribing to an unknown channel creates it (ephemeral). Publishing to an unknown
     /// channel reaches nobody and creates nothing. When off, both are `channel_not_found`.
     pub auto_create_channels: bool,
-    /// Options of channels created on first use.
+    /// Options of channels created on first use whose name has no configured namespace
+    /// (the default namespace, `[channels]`).
     pub channel_defaults: ChannelOptions,
+    /// Options of each namespace (`[namespaces.<ns>]`, already merged over
+    /// `channel_defaults`), by the prefix before the first `:` of a channel name.
+    pub namespaces: HashMap<String, ChannelOptions>,
     /// Clients may send direct messages to other clients (admins always may).
     pub client_direct_messages: bool,
 }
@@ -61,8 +66,19 @@ impl Default for HubConfig {
             max_recipients: 1000,
             auto_create_channels: true,
             channel_defaults: ChannelOptions::default(),
+            namespaces: HashMap::new(),
             client_direct_messages: false,
         }
+    }
+}
+
+impl HubConfig {
+    /// The options a channel called `name` starts from: its namespace's, or the defaults
+    /// when it has no prefix or one that is not configured.
+    pub fn defaults_for(&self, name: &ChannelName) -> &ChannelOptions {
+        name.namespace()
+            .and_then(|ns| self.namespaces.get(ns))
+            .unwrap_or(&self.channel_defaults)
     }
 }
 
@@ -365,11 +381,7 @@ impl Hub {
         channels: &[ChannelName],
         token: Option<&str>,
     ) -> Result<Vec<ChannelName>, HeraldError> {
-        let create = self
-            .config
-            .auto_create_channels
-            .then_some(&self.config.channel_defaults);
-        self.subscribe_creating(actor, client, channels, token, create)
+        self.subscribe_creating(actor, client, channels, token, Create::Namespace)
     }
 
     /// Joins `client` to `room`, creating it (ephemeral) with `options` if it does not exist,
@@ -387,7 +399,7 @@ impl Hub {
             client,
             std::slice::from_ref(room),
             None,
-            Some(options),
+            Create::With(options),
         )?;
         Ok(!added.is_empty())
     }
@@ -398,7 +410,7 @@ impl Hub {
         client: &Arc<ClientHandle>,
         channels: &[ChannelName],
         token: Option<&str>,
-        create: Option<&ChannelOptions>,
+        create: Create<'_>,
     ) -> Result<Vec<ChannelName>, HeraldError> {
         self.check_list_len(
             "channels",
@@ -426,7 +438,7 @@ impl Hub {
             ));
         }
         for name in channels {
-            self.precheck_subscribe(actor, name, token, create)?;
+            self.precheck_subscribe(actor, name, token, self.creating(&create, name))?;
         }
         let mut added = Vec::new();
         for name in channels {
@@ -442,12 +454,28 @@ impl Hub {
                 }
                 Ok(())
             };
+            let create = self.creating(&create, name);
             if self.registry.add_subscriber(name, client, create, check)? == Added::New {
                 subs.channels.insert(name.clone());
                 added.push(name.clone());
             }
         }
         Ok(added)
+    }
+
+    /// The options `name` would be created with if it does not exist (`None`: not created).
+    fn creating<'a>(
+        &'a self,
+        create: &Create<'a>,
+        name: &ChannelName,
+    ) -> Option<&'a ChannelOptions> {
+        match create {
+            Create::Namespace => self
+                .config
+                .auto_create_channels
+                .then(|| self.config.defaults_for(name)),
+            Create::With(options) => Some(options),
+        }
     }
 
     fn precheck_subscribe(
@@ -563,10 +591,15 @@ impl Hub {
         let mut seen = std::collections::HashSet::new();
         req.channels.retain(|c| seen.insert(c.clone()));
         for name in &req.channels {
+            let check = |view: &ChannelView| {
+                actor.check_publish(name, view)?;
+                check_channel_payload(name, view.options, req.data.len())
+            };
             match self.registry.lookup(name) {
-                Some(ch) => ch.view(|view| actor.check_publish(name, view))?,
-                None if self.config.auto_create_channels => actor
-                    .check_publish(name, &ChannelView::absent(&self.config.channel_defaults))?,
+                Some(ch) => ch.view(check)?,
+                None if self.config.auto_create_channels => {
+                    check(&ChannelView::absent(self.config.defaults_for(name)))?
+                }
                 None => return Err(not_found(name)),
             }
         }
@@ -1063,6 +1096,29 @@ impl Hub {
             ));
         }
         Ok(())
+    }
+}
+
+/// Which options a subscription creates a missing channel with.
+enum Create<'a> {
+    /// Its namespace's (or the defaults), if `auto_create_channels` is on.
+    Namespace,
+    /// These, whatever `auto_create_channels` says (dialect rooms).
+    With(&'a ChannelOptions),
+}
+
+/// A channel's own payload limit (`max_payload_bytes` of its namespace or its options).
+fn check_channel_payload(
+    name: &ChannelName,
+    options: &ChannelOptions,
+    len: usize,
+) -> Result<(), HeraldError> {
+    match options.max_payload_bytes {
+        Some(max) if len > max as usize => Err(HeraldError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("data is {len} bytes; channel {name:?} accepts at most {max}"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -43,18 +43,41 @@ impl Actor {
 
     /// Whether this actor may subscribe someone to `name` (a client itself, or, for
     /// admins, anybody). `presented` is a channel token sent with a client's request.
+    ///
+    /// By the channel's [`SubscribePolicy`](crate::SubscribePolicy):
+    /// - public: anyone;
+    /// - private: admins, and whoever holds the channel's token;
+    /// - admin: admins only.
+    ///
+    /// Hook for subscription tokens (JWTs scoped to channels): the one place a private
+    /// channel admits a non-admin is [`Actor::may_join_private`]; a "subscription token
+    /// verified for this channel" credential is to be accepted there, next to the channel
+    /// token. Today `presented` carries the raw token string from the request.
     pub fn check_subscribe(
         &self,
         name: &ChannelName,
         channel: &ChannelView,
         presented: Option<&str>,
     ) -> Result<(), HeraldError> {
-        if channel.options.public || self.is_admin() || self.holds_token_of(channel, presented) {
+        if self.is_admin() {
+            return Ok(());
+        }
+        if channel.options.admin_only_subscribe {
+            return Err(HeraldError::forbidden(format!(
+                "only admins may subscribe to channel {name:?}"
+            )));
+        }
+        if channel.options.public || self.may_join_private(channel, presented) {
             return Ok(());
         }
         Err(HeraldError::forbidden(format!(
             "channel {name:?} is not public: subscribing needs its token or an admin"
         )))
+    }
+
+    /// Whether a non-admin may join a private channel: it presents the channel's token.
+    fn may_join_private(&self, channel: &ChannelView, presented: Option<&str>) -> bool {
+        self.holds_token_of(channel, presented)
     }
 
     /// Whether this actor may publish to `name`.

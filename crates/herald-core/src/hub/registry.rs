@@ -530,6 +530,7 @@ impl Registry {
                 &msg,
                 publish.to.as_deref(),
                 publish.once.as_deref(),
+                None,
             );
             return Published {
                 offset: 0,
@@ -546,11 +547,13 @@ impl Registry {
             from: publish.from,
             data: publish.data.clone(),
         };
+        let skip = msg.from.filter(|_| !st.options.echo);
         let delivered = self.fan_out(
             &st.subscribers,
             &msg,
             publish.to.as_deref(),
             publish.once.as_deref(),
+            skip,
         );
         Published {
             offset: msg.offset,
@@ -566,7 +569,8 @@ impl Registry {
         };
         let mut st = channel.state.lock();
         st.offset = st.offset.max(msg.offset);
-        self.fan_out(&st.subscribers, msg, to, None)
+        let skip = msg.from.filter(|_| !st.options.echo);
+        self.fan_out(&st.subscribers, msg, to, None, skip)
     }
 
     fn fan_out(
@@ -575,12 +579,17 @@ impl Registry {
         msg: &Message,
         to: Option<&[ClientId]>,
         once: Option<&Mutex<std::collections::HashSet<ClientId>>>,
+        // The publisher, on a channel with `echo` off: it does not get its own message.
+        skip: Option<ClientId>,
     ) -> u64 {
         Stats::add(&self.stats.publications, 1);
         let mut cache = EncodeCache::new(msg);
         let mut delivered = 0u64;
         let mut once = once.map(|m| m.lock());
         let mut deliver = |client: &Arc<ClientHandle>| {
+            if skip == Some(client.id) {
+                return;
+            }
             if let Some(seen) = once.as_mut()
                 && !seen.insert(client.id)
             {

@@ -10,6 +10,9 @@ use crate::client::DisconnectReason;
 use crate::format::Message;
 use crate::store::MemoryStore;
 
+/// Channel namespaces (`[namespaces.<ns>]`).
+mod namespaces;
+
 /// Encodes every event as readable text and counts message encodings.
 struct TestFormat;
 static ENCODINGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

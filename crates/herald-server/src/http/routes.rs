@@ -145,7 +145,7 @@ pub async fn create_channel(
 ) -> ApiResult<(StatusCode, Json<CreatedChannel>)> {
     let req: CreateChannelBody = parse_json(body_text(&body)?)?;
     let name = req.name()?;
-    let options = req.options(&state.hub.config().channel_defaults);
+    let options = req.options(state.hub.config().defaults_for(&name))?;
     let created = state.hub.create_channel(&actor, name, options).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }

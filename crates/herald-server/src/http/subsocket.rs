@@ -98,10 +98,13 @@ pub async fn channels_put(State(state): St, headers: HeaderMap, RawQuery(q): Raw
             Ok(c) => c,
             Err(e) => return error(&e),
         };
+        // Its namespace's options for what SubSocket does not set.
         let options = ChannelOptions {
             public: public.eq_ignore_ascii_case("yes"),
             client_publish: broadcast.eq_ignore_ascii_case("yes"),
             max_subscribers: None,
+            admin_only_subscribe: false,
+            ..state.hub.config().defaults_for(&channel).clone()
         };
         if let Err(e) = state.hub.put_channel(&Actor::Admin, channel, options).await {
             return error(&e);

@@ -98,10 +98,13 @@ type Answer = Result<Response, Fail>;
 pub async fn create(State(state): St, body: Bytes) -> Answer {
     let req: ChannelOnly = parse(&body, "CREATE_CHANNEL")?;
     let name = ChannelName::parse(&req.channel).map_err(|_| invalid())?;
+    // Its namespace's options for what WS-PushServer does not set.
     let options = ChannelOptions {
         public: true,
         client_publish: false,
         max_subscribers: None,
+        admin_only_subscribe: false,
+        ..state.hub.config().defaults_for(&name).clone()
     };
     match state.hub.create_channel(&Actor::Admin, name, options).await {
         Ok(created) => {

@@ -135,6 +135,7 @@ mod tests {
                 public: false,
                 client_publish: true,
                 max_subscribers: Some(3),
+                ..Default::default()
             },
             token_hash: "ab".repeat(32),
             created_at_ms: 1,

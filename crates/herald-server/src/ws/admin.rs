@@ -50,8 +50,9 @@ pub async fn execute(
         }
         "channel_create" => {
             let req: CreateChannelBody = fields(text)?;
-            let options = req.options(&hub.config().channel_defaults);
-            let created = hub.create_channel(actor, req.name()?, options).await?;
+            let name = req.name()?;
+            let options = req.options(hub.config().defaults_for(&name))?;
+            let created = hub.create_channel(actor, name, options).await?;
             Ok(serde_json::to_value(created).unwrap_or_default())
         }
         "channel_delete" => {

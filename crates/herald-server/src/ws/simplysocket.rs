@@ -44,6 +44,7 @@ impl Dialect for SimplySocket {
             public: true,
             client_publish: true,
             max_subscribers: None,
+            ..Default::default()
         };
         if let Err(e) = state.hub.join_room(&Actor::Admin, client, &global, &open) {
             tracing::warn!(client = %client.id, error = %e, "could not join mesh-global");
@@ -117,6 +118,7 @@ impl Session<'_> {
                     public: true,
                     client_publish: true,
                     max_subscribers: player_limit,
+                    ..Default::default()
                 };
                 if hub.join_room(&self.actor, self.client, &room, &options)?
                     && room.as_str() != GLOBAL_ROOM
