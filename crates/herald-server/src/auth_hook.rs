@@ -157,13 +157,16 @@ struct Answer {
     reason: Option<String>,
 }
 
+/// A connect answer and when it was got.
+type Cached = (Instant, Result<Identity, HeraldError>);
+
 /// The hook's HTTP client, its configuration and its connect cache. Always present in
 /// [`crate::server::AppState`]; [`AuthHook::enabled`] says whether `[auth_hook]` is on.
 pub struct AuthHook {
     config: AuthHookConfig,
     headers: Vec<HeaderName>,
     client: Client<HttpConnector, Full<Bytes>>,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Result<Identity, HeraldError>)>>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
 }
 
 impl AuthHook {
