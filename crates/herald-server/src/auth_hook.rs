@@ -199,7 +199,7 @@ impl AuthHook {
     }
 
     /// POSTs `body` (JSON) with `headers` to `url`; the answer's status and body, or why
-    /// there is none ("timed out", "unreachable", ...). Bounded by `timeout` in all.
+    /// there is none ("timed out", "is unreachable", ...). Bounded by `timeout` in all.
     pub async fn post(
         &self,
         url: &str,
@@ -217,12 +217,12 @@ impl AuthHook {
                 .client
                 .request(request)
                 .await
-                .map_err(|_| "unreachable")?;
+                .map_err(|_| "is unreachable")?;
             let status = resp.status();
             let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|_| "answer unreadable or too large")?
+                .map_err(|_| "sent an unreadable or oversized answer")?
                 .to_bytes();
             Ok((status, body))
         };

@@ -353,7 +353,7 @@ async fn a_backend_that_is_down_refuses_with_auth_unavailable() {
         (503, json!("auth_unavailable"))
     );
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("unreachable"), "{message}");
+    assert!(message.contains("is unreachable"), "{message}");
     // Herald's own credentials still work while the backend is down.
     let bearer = format!("Bearer {ADMIN_KEY}");
     Client::connect_with_headers(&srv.ws_url(), &[("authorization", &bearer)])
