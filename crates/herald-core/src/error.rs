@@ -51,6 +51,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The durable store failed; the action was not done.
     StoreUnavailable,
+    /// The app backend's auth hook timed out, was unreachable or answered nonsense: the
+    /// request was refused, not judged. Retry later.
+    AuthUnavailable,
     /// The server is shutting down.
     ShuttingDown,
     /// An unexpected server-side failure.
@@ -59,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::UnknownOp,
@@ -81,6 +84,7 @@ impl ErrorCode {
         ErrorCode::Banned,
         ErrorCode::RateLimited,
         ErrorCode::StoreUnavailable,
+        ErrorCode::AuthUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
     ];
@@ -109,6 +113,7 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::AuthUnavailable => "auth_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -131,7 +136,9 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::ChannelExists | ErrorCode::ChannelFull => 409,
             ErrorCode::MessageTooLarge | ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::StoreUnavailable | ErrorCode::ShuttingDown => 503,
+            ErrorCode::StoreUnavailable | ErrorCode::AuthUnavailable | ErrorCode::ShuttingDown => {
+                503
+            }
             ErrorCode::Internal => 500,
         }
     }

@@ -38,6 +38,8 @@ pub struct Config {
     /// `[[webhooks]]`: endpoints that get lifecycle events by HTTP POST (docs/webhooks.md).
     pub webhooks: Vec<WebhookConfig>,
     pub jwt: JwtConfig,
+    /// The app backend asked at connect (and optionally at subscribe/publish), docs/auth-hook.md.
+    pub auth_hook: crate::auth_hook::AuthHookConfig,
 }
 
 /// JSON Web Tokens for connections and private-channel subscriptions (docs/auth.md). Any
@@ -648,6 +650,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             webhooks: Vec::new(),
             jwt: JwtConfig::default(),
+            auth_hook: Default::default(),
         }
     }
 }
@@ -719,6 +722,7 @@ const KNOWN_KEYS: &[&str] = &[
     "tls",
     "jwt",
     "webhooks",
+    "auth_hook",
 ];
 
 /// A configuration problem, naming the key.
@@ -795,6 +799,7 @@ impl Config {
             return bad("events.headers", "at most 32 headers");
         }
         self.jwt.validate()?;
+        self.auth_hook.validate()?;
         self.dialects.subsocket.validate("subsocket")?;
         self.dialects.eventual.validate("eventual")?;
         self.dialects.simplysocket.validate("simplysocket")?;
@@ -1129,5 +1134,44 @@ subscribe = "admin"
         .unwrap_err()
         .to_string();
         assert!(err.contains("webhooks[1].url"), "{err}");
+    }
+
+    #[test]
+    fn auth_hook_parses_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        let config = load("[auth_hook]\nurl = \"http://127.0.0.1:9000/auth\"\non_subscribe = true\ncache_secs = 30\n").unwrap();
+        assert!(config.auth_hook.on_subscribe);
+        assert_eq!(config.auth_hook.headers, ["authorization", "cookie"]);
+        for (toml, key) in [
+            ("url = \"https://h/auth\"\n", "auth_hook.url"),
+            (
+                "url = \"http://h/a\"\ntimeout_ms = 0\n",
+                "auth_hook.timeout_ms",
+            ),
+            (
+                "url = \"http://h/a\"\ntimeout_ms = 60001\n",
+                "auth_hook.timeout_ms",
+            ),
+            (
+                "url = \"http://h/a\"\nheaders = [\"bad header\"]\n",
+                "auth_hook.headers",
+            ),
+            (
+                "url = \"http://h/a\"\ncache_secs = 3601\n",
+                "auth_hook.cache_secs",
+            ),
+            ("on_publish = true\n", "auth_hook.on_publish"),
+            ("colour = 1\n", "colour"),
+        ] {
+            let err = load(&format!("[auth_hook]\n{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 }

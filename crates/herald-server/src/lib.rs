@@ -8,6 +8,7 @@
 //! - [`admin_key`]: loading or generating the admin key.
 //! - [`admin`]: management request bodies shared by the HTTP API and admin connections.
 //! - [`auth`]: connection credentials (admin key, connection tokens).
+//! - [`auth_hook`]: asking the app's backend by HTTP POST at connect, subscribe and publish.
 //! - [`jwt`]: verifying and minting JSON Web Tokens.
 //! - [`tls`]: loading `[tls]`'s certificate and key into a rustls configuration.
 //! - [`webhooks`]: lifecycle events POSTed to the configured endpoints as CloudEvents.
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod admin_key;
 pub mod auth;
+pub mod auth_hook;
 pub mod config;
 pub mod http;
 pub mod jwt;

@@ -38,6 +38,8 @@ pub struct AppState {
     pub ws_connections: std::sync::atomic::AtomicUsize,
     /// Per-IP, per-user, connection-rate, origin and message-rate limits.
     pub limits: Arc<crate::limits::Limits>,
+    /// The app backend's auth hook (`[auth_hook]`) and its HTTP client.
+    pub auth_hook: crate::auth_hook::AuthHook,
 }
 
 /// A started server.
@@ -97,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let webhooks = Webhooks::start(&config.webhooks, &hub)?;
     let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
     let limits = Arc::new(crate::limits::Limits::new(&config));
+    let auth_hook = crate::auth_hook::AuthHook::new(&config.auth_hook);
     let state = Arc::new(AppState {
         hub,
         config,
@@ -104,6 +107,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         jwt,
         ws_connections: Default::default(),
         limits,
+        auth_hook,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = crate::http::router(state.clone());

@@ -56,8 +56,34 @@ macro_rules! upgrade_handler {
     )*};
 }
 
+/// `GET /ws`: the native protocol. With `[auth_hook]` on, a handshake without a credential
+/// Herald knows waits for the app backend's answer before it is upgraded or refused.
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    if !state.auth_hook.enabled() {
+        return upgrade_to(native::Native, state, remote, req);
+    }
+    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
+        return refusal;
+    }
+    let identity = crate::auth_hook::admit(
+        &state,
+        remote,
+        req.headers(),
+        req.uri(),
+        native::Native.name(),
+    )
+    .await;
+    match identity.and_then(|identity| check_user_ban(&state, identity)) {
+        Ok(identity) => upgrade_admitted(native::Native, state, remote, req, identity),
+        Err(e) => refuse(e.code, e.message),
+    }
+}
+
 upgrade_handler! {
-    #[doc = "`GET /ws`: the native protocol."] upgrade => native::Native;
     #[doc = "The SubSocket dialect's `/socket`."] upgrade_subsocket => subsocket::SubSocket;
     #[doc = "The Eventual Agent dialect: any path of its mount."] upgrade_eventual => eventual::Eventual;
     #[doc = "The SimplySocket dialect: any path of its mount."] upgrade_simplysocket => simplysocket::SimplySocket;
@@ -129,6 +155,11 @@ fn admit<D: Dialect>(
     let identity = auth::verify(state, &credential).inspect_err(|e| {
         tracing::info!(error = %e.message, "connection refused: bad credential");
     })?;
+    check_user_ban(state, identity)
+}
+
+/// Refuses an identity whose user is banned.
+fn check_user_ban(state: &AppState, identity: Identity) -> Result<Identity, HeraldError> {
     if let Some(user) = &identity.user
         && let Some(ban) = state.hub.banned_user(user)
     {
@@ -216,7 +247,7 @@ fn upgrade_to<D: Dialect>(
     dialect: D,
     state: Arc<AppState>,
     remote: SocketAddr,
-    mut req: Request,
+    req: Request,
 ) -> Response {
     if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
         return refusal;
@@ -225,6 +256,18 @@ fn upgrade_to<D: Dialect>(
         Ok(identity) => identity,
         Err(e) => return refuse(e.code, e.message),
     };
+    upgrade_admitted(dialect, state, remote, req, identity)
+}
+
+/// [`upgrade_to`] once the credential has been judged: bans, origin, the handshake itself,
+/// connection limits, then 101.
+fn upgrade_admitted<D: Dialect>(
+    dialect: D,
+    state: Arc<AppState>,
+    remote: SocketAddr,
+    mut req: Request,
+    identity: Identity,
+) -> Response {
     // The admin key passes address bans, so an operator cannot lock themselves out.
     if let Some(ban) = state.hub.banned(remote.ip()).filter(|_| !identity.admin) {
         tracing::info!(%remote, "banned address refused");

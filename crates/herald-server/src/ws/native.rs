@@ -12,6 +12,7 @@ use herald_protocol::native::{self, NATIVE_WS, Op, Recipient};
 use serde_json::json;
 
 use super::dialect::{Dialect, DialectSession};
+use crate::auth_hook::HookEvent;
 use crate::server::AppState;
 
 /// Herald's own protocol at `/ws`.
@@ -134,6 +135,13 @@ impl<'a> Session<'a> {
                     Some(jwt) if crate::jwt::looks_like_jwt(jwt) => {
                         self.subscribe_with_jwt(&target, &channels, jwt)?
                     }
+                    // Allowed by the app backend: on its authority, private channels too.
+                    _ if self.state.auth_hook.asks(HookEvent::Subscribe, self.client) => {
+                        let hook = &self.state.auth_hook;
+                        hook.authorize(HookEvent::Subscribe, self.client, &channels)
+                            .await?;
+                        hub.subscribe(&Actor::Admin, &target, &channels, None)?
+                    }
                     token => hub.subscribe(&self.actor, &target, &channels, token)?,
                 };
                 Ok(json!({ "channels": channels, "changed": changed }))
@@ -150,6 +158,12 @@ impl<'a> Session<'a> {
             }
             Op::Publish { channels, data, to } => {
                 let data = frame.slice_ref(data.get().as_bytes());
+                // The backend is an extra gate: the channel must still take client publications.
+                if self.state.auth_hook.asks(HookEvent::Publish, self.client) {
+                    let hook = &self.state.auth_hook;
+                    hook.authorize(HookEvent::Publish, self.client, &channels)
+                        .await?;
+                }
                 let results = hub
                     .publish(
                         &self.actor,

@@ -18,9 +18,6 @@ use herald_core::{
 };
 use herald_protocol::pushstream::{self, PUSHSTREAM_WS};
 use herald_protocol::ws;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::dialect::{Dialect, DialectSession};
 use crate::config::PushStreamConfig;
@@ -64,7 +61,7 @@ pub async fn upgrade_pushstream(
             Err(e) => return refuse(StatusCode::BAD_REQUEST, e.code, &e.message),
         }
     } else {
-        match ask_backend(config, req.headers()).await {
+        match ask_backend(&state, config, req.headers()).await {
             Ok(c) => c,
             Err(resp) => return resp,
         }
@@ -99,53 +96,41 @@ fn url_channels(req: &Request) -> Result<Vec<ChannelName>, HeraldError> {
 
 /// The auth hook: POST the configured headers to the backend; a 2xx `{"channels":[...]}`
 /// admits, 401/403 (or any other answer) refuse, and a backend that is down or slow refuses
-/// with 503 within `auth_timeout_ms`.
+/// with 503 `auth_unavailable` within `auth_timeout_ms`. The HTTP client is the one of
+/// `[auth_hook]` (crate::auth_hook).
 async fn ask_backend(
+    state: &AppState,
     config: &PushStreamConfig,
     headers: &HeaderMap,
 ) -> Result<Vec<ChannelName>, Response> {
-    let mut request =
-        http::Request::post(&config.auth_url).header("content-type", "application/json");
+    let mut forwarded = Vec::new();
     for name in &config.auth_headers {
-        for value in headers.get_all(name.as_str()) {
-            request = request.header(name.as_str(), value);
+        let Ok(name) = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
+            continue;
+        };
+        for value in headers.get_all(&name) {
+            forwarded.push((name.clone(), value.clone()));
         }
     }
-    let request = request
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .map_err(|_| {
-            refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "bad auth hook request",
-            )
-        })?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let timeout = Duration::from_millis(config.auth_timeout_ms);
     let unavailable = |why: &str| {
         tracing::warn!(reason = why, "push-stream auth hook failed");
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::StoreUnavailable,
+            ErrorCode::AuthUnavailable,
             &format!("auth backend {why}"),
         )
     };
-    let answer = async {
-        let resp = client.request(request).await.map_err(|_| "unreachable")?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| "answer unreadable")?
-            .to_bytes();
-        Ok::<_, &str>((status, body))
-    };
-    let (status, body) = match tokio::time::timeout(timeout, answer).await {
-        Err(_) => return Err(unavailable("timed out")),
-        Ok(Err(why)) => return Err(unavailable(why)),
-        Ok(Ok(r)) => r,
-    };
+    let answer = state
+        .auth_hook
+        .post(
+            &config.auth_url,
+            &forwarded,
+            Bytes::from_static(b"{}"),
+            timeout,
+        )
+        .await;
+    let (status, body) = answer.map_err(unavailable)?;
     if !status.is_success() {
         let code = if status == StatusCode::UNAUTHORIZED {
             StatusCode::UNAUTHORIZED
@@ -166,7 +151,7 @@ async fn ask_backend(
     let admitted: Admitted = serde_json::from_slice(&body).map_err(|_| {
         refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::BadRequest,
+            ErrorCode::AuthUnavailable,
             "auth backend answer is not {\"channels\":[...]}",
         )
     })?;

@@ -1,0 +1,480 @@
+//! The auth hook (`[auth_hook]`, docs/auth-hook.md): Herald asks the app's backend by HTTP
+//! POST whether a connection may connect, and optionally whether a client may subscribe or
+//! publish. The backend sees the handshake's configured headers (cookies, `Authorization`)
+//! and query string; its answer allows or denies and may name the user, the admin flag and
+//! channels to subscribe. A backend that is slow, down or answers nonsense refuses with
+//! `auth_unavailable` (503) within `timeout_ms`: Herald never waits longer and never admits
+//! by default. Connect answers can be cached per credential for `cache_secs`.
+//!
+//! The same HTTP client ([`AuthHook::post`]) serves the push-stream dialect's own hook
+//! (`dialects.pushstream.auth_url`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use bytes::Bytes;
+use herald_core::{ChannelName, ClientHandle, ErrorCode, HeraldError};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Identity;
+use crate::server::AppState;
+
+/// `[auth_hook]`: the app backend asked at connect (and optionally at subscribe/publish).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthHookConfig {
+    /// Where Herald POSTs its questions: an http:// URL. Empty: no hook.
+    pub url: String,
+    /// Request headers of the handshake forwarded to the backend (case-insensitive names).
+    pub headers: Vec<String>,
+    /// Forward the handshake's query string (`?token=...&room=...`).
+    pub forward_query: bool,
+    /// How long one question may take; slower answers refuse with `auth_unavailable`.
+    pub timeout_ms: u64,
+    /// Ask before a (non-admin) client subscribes.
+    pub on_subscribe: bool,
+    /// Ask before a (non-admin) client publishes.
+    pub on_publish: bool,
+    /// Seconds a connect answer is reused for the same forwarded headers and query. 0: none.
+    pub cache_secs: u64,
+}
+
+impl Default for AuthHookConfig {
+    fn default() -> Self {
+        AuthHookConfig {
+            url: String::new(),
+            headers: vec!["authorization".into(), "cookie".into()],
+            forward_query: true,
+            timeout_ms: 2000,
+            on_subscribe: false,
+            on_publish: false,
+            cache_secs: 0,
+        }
+    }
+}
+
+impl AuthHookConfig {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let bad = |key: &str, why: String| {
+            Err(crate::config::ConfigError(format!(
+                "auth_hook.{key}: {why}"
+            )))
+        };
+        if !self.url.is_empty() {
+            let ok = self
+                .url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if !ok {
+                return bad(
+                    "url",
+                    "must be an http:// URL (or empty for no hook; terminate TLS in a proxy)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(h) = self
+            .headers
+            .iter()
+            .find(|h| HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return bad("headers", format!("{h:?} is not a header name"));
+        }
+        if self.headers.len() > 32 {
+            return bad("headers", "at most 32 headers".into());
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return bad("timeout_ms", "must be between 1 and 60000".into());
+        }
+        if self.cache_secs > 3600 {
+            return bad("cache_secs", "at most 3600".into());
+        }
+        if !self.url.is_empty() || !(self.on_subscribe || self.on_publish) {
+            return Ok(());
+        }
+        bad(
+            if self.on_subscribe {
+                "on_subscribe"
+            } else {
+                "on_publish"
+            },
+            "needs auth_hook.url".into(),
+        )
+    }
+}
+
+/// Most connect answers kept in the cache.
+pub const CACHE_CAPACITY: usize = 10_000;
+/// Largest answer body read from the backend.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longest user id accepted from the backend.
+const MAX_USER_LEN: usize = 256;
+
+/// What Herald asks the backend about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookEvent {
+    Subscribe,
+    Publish,
+}
+
+impl HookEvent {
+    fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::Subscribe => "subscribe",
+            HookEvent::Publish => "publish",
+        }
+    }
+}
+
+/// The handshake as the connect question shows it.
+pub struct Handshake<'a> {
+    pub remote: SocketAddr,
+    pub dialect: &'static str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// The backend's answer body (every field optional).
+#[derive(Debug, Default, Deserialize)]
+struct Answer {
+    allow: Option<bool>,
+    user: Option<String>,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    channels: Vec<String>,
+    reason: Option<String>,
+}
+
+/// A connect answer and when it was got.
+type Cached = (Instant, Result<Identity, HeraldError>);
+
+/// The hook's HTTP client, its configuration and its connect cache. Always present in
+/// [`crate::server::AppState`]; [`AuthHook::enabled`] says whether `[auth_hook]` is on.
+pub struct AuthHook {
+    config: AuthHookConfig,
+    headers: Vec<HeaderName>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+}
+
+impl AuthHook {
+    pub fn new(config: &AuthHookConfig) -> AuthHook {
+        AuthHook {
+            config: config.clone(),
+            headers: config
+                .headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+                .collect(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `[auth_hook]` has a URL.
+    pub fn enabled(&self) -> bool {
+        !self.config.url.is_empty()
+    }
+
+    /// Whether a client's `event` request goes to the backend first (admins are not asked
+    /// about).
+    pub fn asks(&self, event: HookEvent, client: &ClientHandle) -> bool {
+        let wanted = match event {
+            HookEvent::Subscribe => self.config.on_subscribe,
+            HookEvent::Publish => self.config.on_publish,
+        };
+        wanted && self.enabled() && !client.is_admin()
+    }
+
+    /// POSTs `body` (JSON) with `headers` to `url`; the answer's status and body, or why
+    /// there is none ("timed out", "is unreachable", ...). Bounded by `timeout` in all.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), &'static str> {
+        let mut request = http::Request::post(url).header(header::CONTENT_TYPE, "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request.body(Full::new(body)).map_err(|_| "bad request")?;
+        let answer = async {
+            let resp = self
+                .client
+                .request(request)
+                .await
+                .map_err(|_| "is unreachable")?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|_| "sent an unreadable or oversized answer")?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, answer)
+            .await
+            .unwrap_or(Err("timed out"))
+    }
+
+    /// Asks the backend whether a handshake may connect, and as whom.
+    pub async fn connect(&self, handshake: &Handshake<'_>) -> Result<Identity, HeraldError> {
+        let query = handshake.query.filter(|_| self.config.forward_query);
+        let mut forwarded = Vec::new();
+        let mut shown = serde_json::Map::new();
+        for name in &self.headers {
+            let values: Vec<&str> = handshake
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let joiner = if name == header::COOKIE { "; " } else { ", " };
+            shown.insert(name.to_string(), Value::from(values.join(joiner)));
+            if !matches!(
+                *name,
+                header::HOST
+                    | header::CONTENT_TYPE
+                    | header::CONTENT_LENGTH
+                    | header::TRANSFER_ENCODING
+                    | header::CONNECTION
+                    | header::UPGRADE
+            ) {
+                for value in handshake.headers.get_all(name) {
+                    forwarded.push((name.clone(), value.clone()));
+                }
+            }
+        }
+        let key = (self.config.cache_secs > 0).then(|| cache_key(&shown, query));
+        if let Some(key) = &key
+            && let Some(cached) = self.cached(key)
+        {
+            return cached;
+        }
+        let body = json!({
+            "event": "connect",
+            "remote": handshake.remote.to_string(),
+            "dialect": handshake.dialect,
+            "path": handshake.path,
+            "query": query.unwrap_or_default(),
+            "headers": shown,
+        });
+        let outcome = self.ask(&forwarded, &body).await.and_then(identity);
+        if let Some(key) = key
+            && outcome
+                .as_ref()
+                .err()
+                .is_none_or(|e| e.code != ErrorCode::AuthUnavailable)
+        {
+            self.remember(key, outcome.clone());
+        }
+        outcome
+    }
+
+    /// Asks the backend whether `client` may subscribe or publish to `channels`; `Ok` allows.
+    pub async fn authorize(
+        &self,
+        event: HookEvent,
+        client: &ClientHandle,
+        channels: &[ChannelName],
+    ) -> Result<(), HeraldError> {
+        let body = json!({
+            "event": event.as_str(),
+            "client": client.id.to_string(),
+            "user": client.user().map(|u| u.to_string()),
+            "remote": client.info.remote.map(|r| r.to_string()),
+            "dialect": client.info.dialect,
+            "channels": channels,
+        });
+        self.ask(&[], &body).await.map(|_| ())
+    }
+
+    /// One question: the backend's allowing answer, or the refusal it means.
+    async fn ask(
+        &self,
+        headers: &[(HeaderName, HeaderValue)],
+        body: &Value,
+    ) -> Result<Answer, HeraldError> {
+        let event = body["event"].as_str().unwrap_or_default().to_string();
+        let unavailable = |why: String| {
+            tracing::warn!(event, reason = %why, "auth hook failed");
+            HeraldError::new(
+                ErrorCode::AuthUnavailable,
+                format!("the auth backend {why}; try again later"),
+            )
+        };
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let (status, bytes) = self
+            .post(
+                &self.config.url,
+                headers,
+                Bytes::from(body.to_string()),
+                timeout,
+            )
+            .await
+            .map_err(|why| {
+                unavailable(why.replace(
+                    "timed out",
+                    &format!("timed out after {} ms", self.config.timeout_ms),
+                ))
+            })?;
+        let parsed = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(Answer::default())
+        } else {
+            serde_json::from_slice::<Answer>(&bytes)
+        };
+        let refused = |code: ErrorCode, reason: Option<String>| {
+            let reason = reason.filter(|r| !r.is_empty());
+            let message = match reason {
+                Some(r) => format!("refused by the auth backend: {r}"),
+                None => "refused by the auth backend".to_string(),
+            };
+            tracing::debug!(event, code = %code, message, "auth hook refused");
+            HeraldError::new(code, message)
+        };
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let code = if status == StatusCode::UNAUTHORIZED {
+                    ErrorCode::Unauthorized
+                } else {
+                    ErrorCode::Forbidden
+                };
+                Err(refused(code, parsed.ok().and_then(|a| a.reason)))
+            }
+            s if s.is_success() => {
+                let answer = parsed.map_err(|e| {
+                    unavailable(format!(
+                        "answered {s} with a body that is not the expected JSON object ({e})"
+                    ))
+                })?;
+                if answer.allow == Some(false) {
+                    return Err(refused(ErrorCode::Forbidden, answer.reason));
+                }
+                Ok(answer)
+            }
+            s => Err(unavailable(format!("answered {s}"))),
+        }
+    }
+
+    fn cached(&self, key: &[u8; 32]) -> Option<Result<Identity, HeraldError>> {
+        let ttl = Duration::from_secs(self.config.cache_secs);
+        let cache = self.cache.lock();
+        let (at, outcome) = cache.get(key)?;
+        (at.elapsed() < ttl).then(|| outcome.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], outcome: Result<Identity, HeraldError>) {
+        let ttl = Duration::from_secs(self.config.cache_secs);
+        let mut cache = self.cache.lock();
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if cache.len() >= CACHE_CAPACITY {
+            // Still full of fresh entries: drop an arbitrary tenth.
+            let victims: Vec<_> = cache.keys().take(CACHE_CAPACITY / 10).copied().collect();
+            for k in victims {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(key, (Instant::now(), outcome));
+    }
+
+    /// Entries in the connect cache (for tests).
+    pub fn cached_entries(&self) -> usize {
+        self.cache.lock().len()
+    }
+}
+
+/// Judges a handshake when the hook is on: the admin key or a JWT connection token that
+/// verifies is used as is (and an expired Herald JWT is refused with `token_expired`, so the
+/// client knows to refresh it); anything else, no credential included, is the backend's to
+/// judge.
+pub async fn admit(
+    state: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+    dialect: &'static str,
+) -> Result<Identity, HeraldError> {
+    let query = uri.query();
+    if let Some(credential) = crate::auth::handshake_credential(headers, query) {
+        match crate::auth::verify(state, &credential) {
+            Ok(identity) => return Ok(identity),
+            Err(e) if e.code == ErrorCode::TokenExpired => return Err(e),
+            Err(_) => {}
+        }
+    }
+    state
+        .auth_hook
+        .connect(&Handshake {
+            remote,
+            dialect,
+            path: uri.path(),
+            query,
+            headers,
+        })
+        .await
+        .inspect_err(|e| tracing::info!(%remote, code = %e.code, error = %e.message, "connection refused by the auth hook"))
+}
+
+/// The cache key: a hash of everything forwarded about the credential.
+fn cache_key(headers: &serde_json::Map<String, Value>, query: Option<&str>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for (name, value) in headers {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(value.as_str().unwrap_or_default().as_bytes());
+        hash.update([0]);
+    }
+    hash.update([1]);
+    hash.update(query.unwrap_or_default().as_bytes());
+    hash.finalize().into()
+}
+
+/// The identity an allowing connect answer gives.
+fn identity(answer: Answer) -> Result<Identity, HeraldError> {
+    let bad = |why: String| {
+        tracing::warn!(reason = %why, "auth hook answer refused");
+        HeraldError::new(
+            ErrorCode::AuthUnavailable,
+            format!("the auth backend's answer is unusable: {why}"),
+        )
+    };
+    let user = match answer.user.filter(|u| !u.is_empty()) {
+        Some(u) if u.len() > MAX_USER_LEN || u.chars().any(char::is_control) => {
+            return Err(bad(format!(
+                "\"user\" must be at most {MAX_USER_LEN} bytes without control characters"
+            )));
+        }
+        Some(u) => Some(Arc::from(u.as_str())),
+        None => None,
+    };
+    let channels = answer
+        .channels
+        .iter()
+        .map(|c| ChannelName::parse(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("\"channels\": {}", e.message)))?;
+    Ok(Identity {
+        admin: answer.admin,
+        user,
+        channels,
+    })
+}
