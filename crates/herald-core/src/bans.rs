@@ -51,16 +51,36 @@ impl BanTarget {
                 crate::ids::truncate(text, 64)
             ))
         })?;
-        Ok(BanTarget::Cidr(net.trunc()))
+        Ok(BanTarget::Cidr(net).canonical())
     }
 
     pub fn ip(text: &str) -> Result<BanTarget, HeraldError> {
-        text.parse().map(BanTarget::Ip).map_err(|_| {
+        let ip: IpAddr = text.parse().map_err(|_| {
             HeraldError::bad_request(format!(
                 "{:?} is not an IP address",
                 crate::ids::truncate(text, 64)
             ))
-        })
+        })?;
+        Ok(BanTarget::Ip(ip).canonical())
+    }
+
+    /// The form lookups compare against: IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) and
+    /// ranges inside `::ffff:0:0/96` become IPv4, as connection addresses do; ranges lose
+    /// their host bits.
+    pub fn canonical(self) -> BanTarget {
+        match self {
+            BanTarget::Ip(ip) => BanTarget::Ip(ip.to_canonical()),
+            BanTarget::Cidr(IpNet::V6(net)) if net.prefix_len() >= 96 => {
+                match net.addr().to_ipv4_mapped() {
+                    Some(v4) => ipnet::Ipv4Net::new(v4, net.prefix_len() - 96)
+                        .map(|n| BanTarget::Cidr(IpNet::V4(n.trunc())))
+                        .unwrap_or(BanTarget::Cidr(IpNet::V6(net.trunc()))),
+                    None => BanTarget::Cidr(IpNet::V6(net.trunc())),
+                }
+            }
+            BanTarget::Cidr(net) => BanTarget::Cidr(net.trunc()),
+            user => user,
+        }
     }
 }
 
@@ -126,7 +146,9 @@ impl Bans {
 
 impl BanList {
     /// Checks that `target` can be added (limits); replacing an existing ban always can.
-    pub fn check_room(&self, target: &BanTarget) -> Result<(), HeraldError> {
+    /// Expired bans are pruned first, so they never count.
+    pub fn check_room(&self, target: &BanTarget, now_ms: u64) -> Result<(), HeraldError> {
+        self.prune(now_ms);
         let bans = self.inner.read();
         let exists = match target {
             BanTarget::Ip(ip) => bans.ips.contains_key(ip),
@@ -151,8 +173,9 @@ impl BanList {
         Ok(())
     }
 
-    /// Adds or replaces the ban of `ban.target`.
-    pub fn insert(&self, ban: BanRecord) {
+    /// Adds or replaces the ban of `ban.target` (in its canonical form).
+    pub fn insert(&self, mut ban: BanRecord) {
+        ban.target = ban.target.canonical();
         let mut bans = self.inner.write();
         match &ban.target {
             BanTarget::Ip(ip) => {
@@ -180,44 +203,62 @@ impl BanList {
         }
     }
 
-    /// The ban that refuses `ip` now, if any: the address's own, else a range holding it.
+    /// The ban that refuses `ip` now, if any: the address's own, else an active range
+    /// holding it. Expired bans are ignored (and pruned by [`BanList::prune`]).
     pub fn check_ip(&self, ip: IpAddr, now_ms: u64) -> Option<BanRecord> {
         let ip = ip.to_canonical();
-        let found = {
-            let bans = self.inner.read();
-            bans.ips.get(&ip).cloned().or_else(|| {
-                bans.ranges
-                    .iter()
-                    .find(|b| matches!(&b.target, BanTarget::Cidr(net) if net.contains(&ip)))
-                    .cloned()
+        let bans = self.inner.read();
+        if let Some(ban) = bans.ips.get(&ip).filter(|b| b.active_at(now_ms)) {
+            return Some(ban.clone());
+        }
+        bans.ranges
+            .iter()
+            .find(|b| {
+                b.active_at(now_ms)
+                    && matches!(&b.target, BanTarget::Cidr(net) if net.contains(&ip))
             })
-        }?;
-        self.still_active(found, now_ms)
+            .cloned()
     }
 
     /// The ban that refuses `user` now, if any.
     pub fn check_user(&self, user: &str, now_ms: u64) -> Option<BanRecord> {
-        let found = self.inner.read().users.get(user).cloned()?;
-        self.still_active(found, now_ms)
+        let bans = self.inner.read();
+        bans.users
+            .get(user)
+            .filter(|b| b.active_at(now_ms))
+            .cloned()
     }
 
-    fn still_active(&self, found: BanRecord, now_ms: u64) -> Option<BanRecord> {
-        if found.active_at(now_ms) {
-            return Some(found);
-        }
-        self.remove(&found.target);
-        self.check_again(found, now_ms)
-    }
-
-    /// After pruning an expired address ban, a range may still hold the address.
-    fn check_again(&self, pruned: BanRecord, now_ms: u64) -> Option<BanRecord> {
-        match pruned.target {
-            BanTarget::Ip(ip) => self.check_ip(ip, now_ms),
-            _ => None,
-        }
+    /// Drops every ban that has expired; returns them (their store records may go too).
+    pub fn prune(&self, now_ms: u64) -> Vec<BanRecord> {
+        let mut bans = self.inner.write();
+        let mut expired = Vec::new();
+        bans.ips.retain(|_, b| {
+            let keep = b.active_at(now_ms);
+            if !keep {
+                expired.push(b.clone());
+            }
+            keep
+        });
+        bans.users.retain(|_, b| {
+            let keep = b.active_at(now_ms);
+            if !keep {
+                expired.push(b.clone());
+            }
+            keep
+        });
+        bans.ranges.retain(|b| {
+            let keep = b.active_at(now_ms);
+            if !keep {
+                expired.push(b.clone());
+            }
+            keep
+        });
+        expired
     }
 
     pub fn list(&self, now_ms: u64) -> Vec<BanRecord> {
+        self.prune(now_ms);
         let bans = self.inner.read();
         let mut all: Vec<_> = bans
             .ips
@@ -261,6 +302,7 @@ mod tests {
         list.insert(ban(BanTarget::Ip(ip), Some(100)));
         assert!(list.check_ip(ip, 50).is_some());
         assert!(list.check_ip(ip, 100).is_none());
+        assert_eq!(list.prune(100).len(), 1);
         assert!(list.list(0).is_empty(), "pruned");
     }
 
@@ -277,9 +319,13 @@ mod tests {
         assert!(list.check_ip("10.2.0.1".parse().unwrap(), 0).is_none());
         assert!(list.check_user("mallory", 0).is_some());
         assert!(list.check_user("alice", 0).is_none());
-        // An expired address ban inside a banned range still leaves the range in force.
+        // An expired address ban inside a banned range still leaves the range in force, and so
+        // does an expired range overlapping an active one.
         list.insert(ban(BanTarget::Ip("10.1.0.5".parse().unwrap()), Some(1)));
         assert!(list.check_ip("10.1.0.5".parse().unwrap(), 5).is_some());
+        list.insert(ban(BanTarget::cidr("10.0.0.0/8").unwrap(), Some(1)));
+        list.insert(ban(BanTarget::cidr("10.1.0.0/16").unwrap(), None));
+        assert!(list.check_ip("10.1.9.9".parse().unwrap(), 5).is_some());
         assert_eq!(list.list(5).len(), 2);
         assert!(
             list.remove(&BanTarget::cidr("10.1.0.0/16").unwrap())
@@ -303,6 +349,19 @@ mod tests {
         .unwrap();
         assert_eq!(user.target, BanTarget::User("u1".into()));
         assert!(BanTarget::cidr("300.0.0.0/8").is_err());
+        // IPv4-mapped forms are stored as IPv4, as connection addresses are compared.
+        assert_eq!(
+            BanTarget::ip("::ffff:10.0.0.1").unwrap().to_string(),
+            "ip:10.0.0.1"
+        );
+        assert_eq!(
+            BanTarget::cidr("::ffff:10.0.0.0/104").unwrap().to_string(),
+            "cidr:10.0.0.0/8"
+        );
+        assert_eq!(
+            BanTarget::cidr("10.1.2.3/16").unwrap().to_string(),
+            "cidr:10.1.0.0/16"
+        );
         assert!(BanTarget::user("").is_err());
     }
 }

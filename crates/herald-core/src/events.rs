@@ -122,8 +122,9 @@ pub struct Event {
 }
 
 /// Receives every event of the types it wants. `emit` runs on the thread that made the
-/// change, possibly under registry locks: it must not block or take hub locks (queue and
-/// return).
+/// change, possibly under registry locks and the bus's own read locks: it must not block,
+/// take hub locks, emit events or change the bus (`add_sink`, `set_listener`): queue and
+/// return.
 pub trait EventSink: Send + Sync + 'static {
     fn wants(&self) -> EventMask;
     fn emit(&self, event: &Arc<Event>);
@@ -137,6 +138,9 @@ pub struct EventBus {
     wanted: AtomicU32,
     sinks: RwLock<Vec<Arc<dyn EventSink>>>,
     listeners: RwLock<HashMap<ClientId, (Arc<ClientHandle>, EventMask)>>,
+    /// Serializes changes of the lists with the recomputation of `wanted`, so the last
+    /// stored union is always that of the current lists.
+    changes: parking_lot::Mutex<()>,
 }
 
 impl EventBus {
@@ -147,12 +151,14 @@ impl EventBus {
     }
 
     pub fn add_sink(&self, sink: Arc<dyn EventSink>) {
+        let _change = self.changes.lock();
         self.sinks.write().push(sink);
         self.recompute();
     }
 
     /// Sets what an admin connection hears; `EventMask::NONE` removes it.
     pub fn set_listener(&self, client: &Arc<ClientHandle>, mask: EventMask) {
+        let _change = self.changes.lock();
         {
             let mut listeners = self.listeners.write();
             if mask == EventMask::NONE {
@@ -173,11 +179,13 @@ impl EventBus {
     }
 
     pub fn remove_listener(&self, id: ClientId) {
+        let _change = self.changes.lock();
         if self.listeners.write().remove(&id).is_some() {
             self.recompute();
         }
     }
 
+    /// Stores the union of every mask. Called with `changes` held.
     fn recompute(&self) {
         let sinks = self
             .sinks

@@ -71,6 +71,7 @@ pub const ADMIN_OPS: &[&str] = &[
     "events",
     "clients",
     "client",
+    "user",
     "channels",
     "channel",
     "channel_create",

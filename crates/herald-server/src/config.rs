@@ -795,6 +795,15 @@ impl Config {
                 "events.headers: {h:?} is not a header name"
             )));
         }
+        if let Some(h) = self.events.headers.iter().find(|h| {
+            ["authorization", "proxy-authorization", "cookie"]
+                .iter()
+                .any(|secret| h.eq_ignore_ascii_case(secret))
+        }) {
+            return Err(ConfigError(format!(
+                "events.headers: {h:?} carries credentials and is never copied into events"
+            )));
+        }
         if self.events.headers.len() > 32 {
             return bad("events.headers", "at most 32 headers");
         }
@@ -954,6 +963,13 @@ mod tests {
         std::fs::write(&path, "[tls]\nlisten = \"everywhere\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("tls.listen"), "{err}");
+
+        std::fs::write(&path, "[events]\nheaders = [\"Authorization\"]\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            err.contains("events.headers") && err.contains("credentials"),
+            "{err}"
+        );
 
         let err = Config::load(Some(&dir.path().join("missing.toml")))
             .unwrap_err()

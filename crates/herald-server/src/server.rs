@@ -314,7 +314,11 @@ async fn pinger(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tick.tick() => state.hub.keepalive_sweep(now_ms(), ws.ping_timeout_secs * 1000),
+            _ = tick.tick() => {
+                state.hub.keepalive_sweep(now_ms(), ws.ping_timeout_secs * 1000);
+                // Housekeeping on the same beat: expired bans leave memory and the store.
+                state.hub.prune_bans().await;
+            }
         }
     }
 }

@@ -99,7 +99,7 @@ async fn disconnect_reasons_kick_ban_and_slow_consumer() {
         .request_ok(json!({"op":"kick","client":id,"reason":"bye now","reconnect":false}))
         .await
         .unwrap();
-    assert_eq!(reply["result"]["disconnected"], 1);
+    assert_eq!(reply["result"], json!({"disconnected": id, "code": 4000}));
     match kicked.next_event(WAIT).await.unwrap() {
         herald_client::Event::Closed { code, reason } => {
             assert_eq!((code, reason.as_str()), (4000, "bye now"))

@@ -132,6 +132,17 @@ async fn connection_tokens_carry_user_channels_and_admin() {
         other["error"]["code"], "forbidden",
         "one user per connection"
     );
+    // The admin ops for users: list one user's connections, kick them all.
+    let listed = admin
+        .request_ok(json!({"op":"user","user":"dave"}))
+        .await
+        .unwrap();
+    assert_eq!(listed["result"]["clients"][0]["id"], late.id());
+    let kicked = admin
+        .request_ok(json!({"op":"kick","user":"dave"}))
+        .await
+        .unwrap();
+    assert_eq!(kicked["result"], json!({"user":"dave","disconnected":1}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,6 +168,10 @@ async fn expired_wrongly_signed_and_wrongly_scoped_tokens_are_refused() {
         refused(&srv, "eyJhbGciOi.garbage.token").await.1,
         "unauthorized"
     );
+    // An array `aud` (as many identity providers mint) is accepted.
+    let mut multi_aud = claims("aud-user", 60);
+    multi_aud.aud = Some(json!(["herald", "other-service"]));
+    connect_as(&srv, &hs256(&multi_aud)).await;
     // A subscription token is not a connection token.
     let mut sub_token = claims("alice", 60);
     sub_token.channel = Some("vip".into());
@@ -231,6 +246,22 @@ async fn private_channels_need_a_subscription_token_for_this_user_and_channel() 
         alice.next_op("message", WAIT).await.unwrap()["channel"],
         "vip"
     );
+    // Admin-only channels stay admin-only: a subscription token does not open them.
+    srv.admin()
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"staff","subscribe":"admin"})),
+        )
+        .await
+        .unwrap();
+    let mut staff = claims("alice", 60);
+    staff.channel = Some("staff".into());
+    let r = alice
+        .request(json!({"op":"subscribe","channel":"staff","token":hs256(&staff)}))
+        .await
+        .unwrap();
+    assert_eq!(r["error"]["code"], "forbidden", "{r}");
     // An anonymous connection has no user to bind the token to.
     let mut anon = srv.client().await;
     let r = anon

@@ -199,7 +199,10 @@ fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
         exp: now + args.ttl,
         iat: Some(now),
         iss: args.issuer.or_else(|| non_empty(&config.jwt.issuer)),
-        aud: args.audience.or_else(|| non_empty(&config.jwt.audience)),
+        aud: args
+            .audience
+            .or_else(|| non_empty(&config.jwt.audience))
+            .map(serde_json::Value::from),
         channels: args.channels,
         admin: args.admin,
         channel: args.channel,

@@ -243,8 +243,12 @@ impl Hub {
             .load_bans()
             .map_err(|e| HeraldError::new(ErrorCode::StoreUnavailable, e.to_string()))?;
         let now = now_ms();
-        for ban in bans.into_iter().filter(|b| b.active_at(now)) {
-            self.bans.insert(ban);
+        for ban in bans {
+            if ban.active_at(now) {
+                self.bans.insert(ban);
+            } else if let Err(e) = self.store.delete_ban(&ban.id()) {
+                tracing::warn!(ban = %ban.id(), error = %e, "could not forget an expired ban");
+            }
         }
         Ok(restored)
     }
@@ -254,8 +258,8 @@ impl Hub {
     /// Registers a new connection.
     pub fn connect(&self, format: &'static dyn WireFormat, info: ClientInfo) -> Arc<ClientHandle> {
         let client = Arc::new(ClientHandle::new(format, info));
-        self.registry.add_client(client.clone());
         Stats::add(&self.stats.connections_total, 1);
+        // Before the client is listed, so nothing can subscribe it ahead of this event.
         self.registry.emit(EventType::ClientConnected, |f| {
             registry::client_fields(f, &client);
             let info = &client.info;
@@ -271,6 +275,7 @@ impl Hub {
                 .collect();
             f.insert("headers".into(), headers.into());
         });
+        self.registry.add_client(client.clone());
         self.announce(client.id, true);
         client
     }
@@ -642,7 +647,7 @@ impl Hub {
                 "clients may not send direct messages on this server",
             ));
         }
-        if let Actor::ChannelToken(_) = actor {
+        if let Actor::ChannelToken(_) | Actor::Issuer = actor {
             return Err(HeraldError::forbidden("direct messages need the admin key"));
         }
         self.check_payload(data)?;
@@ -877,8 +882,9 @@ impl Hub {
             BanSubject::Target(BanTarget::Ip(ip)) => BanTarget::Ip(ip.to_canonical()),
             BanSubject::Target(t) => t,
         };
-        self.bans.check_room(&target)?;
+        let target = target.canonical();
         let now = now_ms();
+        self.bans.check_room(&target, now)?;
         let ban = BanRecord {
             target,
             reason: request.reason,
@@ -911,9 +917,11 @@ impl Hub {
             }
         }
         self.registry.emit(EventType::ClientBanned, |f| {
-            if let Value::Object(fields) = ban.to_json() {
+            if let Value::Object(fields) = serde_json::to_value(&ban).unwrap_or_default() {
                 f.extend(fields);
             }
+            // The ban's id as "ban": "id" is the request id in native frames.
+            f.insert("ban".into(), ban.id().into());
             let ids = closed.iter().map(|id| Value::from(id.to_string()));
             f.insert("clients".into(), Value::Array(ids.collect()));
         });
@@ -962,6 +970,26 @@ impl Hub {
     pub fn bans(&self, actor: &Actor) -> Result<Vec<BanRecord>, HeraldError> {
         actor.require_admin("listing bans")?;
         Ok(self.bans.list(now_ms()))
+    }
+
+    /// Forgets expired bans, in memory and in the store (the server's housekeeping calls it).
+    pub async fn prune_bans(&self) {
+        let expired = self.bans.prune(now_ms());
+        if expired.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let ids: Vec<String> = expired.iter().map(|b| b.id()).collect();
+        let result = run_blocking(move || {
+            for id in &ids {
+                store.delete_ban(id)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e.message, "could not forget expired bans");
+        }
     }
 
     /// The ban that refuses a connection from `ip` now, if any.

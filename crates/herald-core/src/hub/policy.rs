@@ -18,6 +18,11 @@ pub enum Actor {
     ChannelToken(String),
     /// A client over its connection.
     Client(Arc<ClientHandle>),
+    /// The app backend's word, given through a verified credential: a JWT subscription
+    /// token, a connection token's `channels`, or the auth hook's answer. It may subscribe
+    /// clients to public and private channels, but not to admin-only ones, and may do
+    /// nothing else.
+    Issuer,
 }
 
 impl Actor {
@@ -26,7 +31,7 @@ impl Actor {
         match self {
             Actor::Admin => true,
             Actor::Client(c) => c.is_admin(),
-            Actor::ChannelToken(_) => false,
+            Actor::ChannelToken(_) | Actor::Issuer => false,
         }
     }
 
@@ -49,10 +54,9 @@ impl Actor {
     /// - private: admins, and whoever holds the channel's token;
     /// - admin: admins only.
     ///
-    /// Hook for subscription tokens (JWTs scoped to channels): the one place a private
-    /// channel admits a non-admin is [`Actor::may_join_private`]; a "subscription token
-    /// verified for this channel" credential is to be accepted there, next to the channel
-    /// token. Today `presented` carries the raw token string from the request.
+    /// The one place a private channel admits a non-admin is [`Actor::may_join_private`]:
+    /// the channel's token, or [`Actor::Issuer`] (a verified JWT subscription token or the
+    /// auth hook's allow, checked by the server before it asks).
     pub fn check_subscribe(
         &self,
         name: &ChannelName,
@@ -75,9 +79,10 @@ impl Actor {
         )))
     }
 
-    /// Whether a non-admin may join a private channel: it presents the channel's token.
+    /// Whether a non-admin may join a private channel: the app backend vouched for it, or it
+    /// presents the channel's token.
     fn may_join_private(&self, channel: &ChannelView, presented: Option<&str>) -> bool {
-        self.holds_token_of(channel, presented)
+        matches!(self, Actor::Issuer) || self.holds_token_of(channel, presented)
     }
 
     /// Whether this actor may publish to `name`.
@@ -96,6 +101,9 @@ impl Actor {
             Actor::Client(_) => Err(HeraldError::forbidden(format!(
                 "clients may not publish to channel {name:?} (client_publish is off)"
             ))),
+            Actor::Issuer => Err(HeraldError::forbidden(
+                "a subscription grant cannot publish",
+            )),
         }
     }
 

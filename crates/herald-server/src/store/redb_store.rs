@@ -112,11 +112,15 @@ impl Store for RedbStore {
 
     fn delete_ban(&self, id: &str) -> Result<bool, StoreError> {
         let removed = self.delete(BANS, id)?;
-        // An address ban stored under its legacy key (the bare address).
-        let legacy = match id.strip_prefix("ip:") {
-            Some(addr) => self.delete(BANS, addr)?,
-            None => false,
-        };
+        // An address ban stored under a legacy key: the bare address, for IPv4 also its
+        // IPv4-mapped IPv6 form (how dual-stack listeners saw it).
+        let mut legacy = false;
+        if let Some(addr) = id.strip_prefix("ip:") {
+            legacy |= self.delete(BANS, addr)?;
+            if let Ok(std::net::IpAddr::V4(v4)) = addr.parse::<std::net::IpAddr>() {
+                legacy |= self.delete(BANS, &v4.to_ipv6_mapped().to_string())?;
+            }
+        }
         Ok(removed || legacy)
     }
 }

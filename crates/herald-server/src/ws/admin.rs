@@ -68,19 +68,31 @@ pub async fn execute(
                 reconnect: req.reconnect,
             };
             let disconnect = how.disconnect()?;
-            let disconnected = match (req.client, req.user) {
+            // The same answers as DELETE /api/v1/clients/{id} and /api/v1/users/{user}.
+            match (req.client, req.user) {
                 (Some(id), None) => {
-                    hub.kick(actor, ClientId::parse(&id)?, disconnect)?;
-                    1
+                    let id = ClientId::parse(&id)?;
+                    let code = disconnect.code;
+                    hub.kick(actor, id, disconnect)?;
+                    Ok(json!({ "disconnected": id.to_string(), "code": code }))
                 }
-                (None, Some(user)) => hub.kick_user(actor, &user, disconnect)?,
-                _ => {
-                    return Err(HeraldError::bad_request(
-                        "kick names exactly one of \"client\" or \"user\"",
-                    ));
+                (None, Some(user)) => {
+                    let disconnected = hub.kick_user(actor, &user, disconnect)?;
+                    Ok(json!({ "user": user, "disconnected": disconnected }))
                 }
-            };
-            Ok(json!({ "disconnected": disconnected }))
+                _ => Err(HeraldError::bad_request(
+                    "kick names exactly one of \"client\" or \"user\"",
+                )),
+            }
+        }
+        "user" => {
+            let req: UserBody = fields(text)?;
+            let clients: Vec<_> = hub
+                .user_clients(&req.user)
+                .iter()
+                .map(|c| hub.client_summary(c, true))
+                .collect();
+            Ok(json!({ "user": req.user, "clients": clients }))
         }
         "ban" => {
             let req: BanBody = fields(text)?;
@@ -135,6 +147,12 @@ struct EventsBody {
 #[serde(deny_unknown_fields)]
 struct ClientBody {
     client: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    user: String,
 }
 
 #[derive(Deserialize)]

@@ -35,6 +35,15 @@ pub async fn run<D: Dialect, T: Transport>(
 ) {
     let ws_cfg = &state.config.websocket;
     let client = state.hub.connect(dialect.format(), admission.info);
+    // A ban put in force between the handshake's check and now would have missed this
+    // connection in its sweep: look again, now that the client is listed.
+    if let Some(ban) = super::ban_covering(&state, &client, admission.identity.admin) {
+        client.outbox.close(Disconnect::new(
+            DisconnectReason::Banned,
+            close_code::BANNED,
+            super::ban_message(&ban),
+        ));
+    }
     if let Some(greeting) = dialect.greeting(&state, &client) {
         state.hub.registry().push_or_close(&client, greeting);
     }

@@ -169,6 +169,20 @@ fn check_user_ban(state: &AppState, identity: Identity) -> Result<Identity, Hera
     Ok(identity)
 }
 
+/// The ban that covers `client` now, if any: its address (unless `admin`), or its user.
+pub(crate) fn ban_covering(
+    state: &AppState,
+    client: &ClientHandle,
+    admin: bool,
+) -> Option<herald_core::bans::BanRecord> {
+    let by_ip = client
+        .info
+        .remote
+        .filter(|_| !admin)
+        .and_then(|r| state.hub.banned(r.ip()));
+    by_ip.or_else(|| client.user().and_then(|u| state.hub.banned_user(u)))
+}
+
 pub(crate) fn ban_message(ban: &herald_core::bans::BanRecord) -> String {
     if ban.reason.is_empty() {
         "banned".into()
@@ -195,9 +209,19 @@ pub(crate) fn apply_identity(
     if !identity.channels.is_empty() {
         state
             .hub
-            .subscribe(&Actor::Admin, client, &identity.channels, None)?;
+            .subscribe(&granting(identity), client, &identity.channels, None)?;
     }
     Ok(())
+}
+
+/// On whose authority a credential's channels are subscribed: an admin credential's as an
+/// admin's, any other's as the issuer's (public and private channels, not admin-only ones).
+fn granting(identity: &Identity) -> Actor {
+    if identity.admin {
+        Actor::Admin
+    } else {
+        Actor::Issuer
+    }
 }
 
 /// The request headers `events.headers` names, for `client.connected` events.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::hub::PublishRequest;
 use herald_core::stats::Stats;
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
@@ -140,7 +141,7 @@ impl<'a> Session<'a> {
                         let hook = &self.state.auth_hook;
                         hook.authorize(HookEvent::Subscribe, self.client, &channels)
                             .await?;
-                        hub.subscribe(&Actor::Admin, &target, &channels, None)?
+                        hub.subscribe(&Actor::Issuer, &target, &channels, None)?
                     }
                     token => hub.subscribe(&self.actor, &target, &channels, token)?,
                 };
@@ -214,7 +215,7 @@ impl<'a> Session<'a> {
         crate::auth::verify_subscription(self.state, token, channel, user)?;
         self.state
             .hub
-            .subscribe(&Actor::Admin, target, channels, None)
+            .subscribe(&Actor::Issuer, target, channels, None)
     }
 
     /// The client an op acts on: itself, or (admins) the one named by `client`.
@@ -252,6 +253,18 @@ impl<'a> Session<'a> {
             if !self.client.set_user(user.clone()) {
                 return Err(HeraldError::forbidden(
                     "this connection is already authenticated as another user",
+                ));
+            }
+            // A user ban put in force since the check above missed this connection.
+            if let Some(ban) = self.state.hub.banned_user(user) {
+                self.client.outbox.close(Disconnect::new(
+                    DisconnectReason::Banned,
+                    close_code::BANNED,
+                    super::ban_message(&ban),
+                ));
+                return Err(HeraldError::new(
+                    ErrorCode::Banned,
+                    super::ban_message(&ban),
                 ));
             }
         }
