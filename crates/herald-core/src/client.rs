@@ -124,9 +124,15 @@ pub struct ClientInfo {
     /// Which protocol it speaks, e.g. `"native"`.
     pub dialect: &'static str,
     pub connected_at_ms: u64,
+}
+
+/// What a connection brings to [`Hub::connect_as`](crate::Hub::connect_as) beyond its
+/// [`ClientInfo`]: used at connect, not kept in the (per-connection) handle.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectExtras {
     /// The user it authenticated as at connect, if any (it may also authenticate later).
     pub user: Option<Arc<str>>,
-    /// Request headers kept for `client.connected` events (`events.headers` in config):
+    /// Request headers for the `client.connected` event (`events.headers` in config):
     /// lower-case name, value.
     pub headers: Vec<(String, String)>,
 }
@@ -137,8 +143,6 @@ impl ClientInfo {
             remote,
             dialect,
             connected_at_ms: now_ms(),
-            user: None,
-            headers: Vec::new(),
         }
     }
 }
@@ -179,11 +183,11 @@ pub(crate) struct Subscriptions {
 }
 
 impl ClientHandle {
-    pub fn new(format: &'static dyn WireFormat, info: ClientInfo) -> Self {
-        let user = OnceLock::new();
-        if let Some(u) = &info.user {
-            let _ = user.set(u.clone());
-        }
+    pub fn new(format: &'static dyn WireFormat, info: ClientInfo, user: Option<Arc<str>>) -> Self {
+        let user = match user {
+            Some(u) => OnceLock::from(u),
+            None => OnceLock::new(),
+        };
         ClientHandle {
             id: ClientId::random(),
             user,

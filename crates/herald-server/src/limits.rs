@@ -466,10 +466,21 @@ impl Drop for Slot {
     }
 }
 
-/// The per-IP and per-user slots a connection holds for its life.
+/// The per-IP and per-user slots a connection holds for its life. Boxed, and absent when
+/// neither limit applies: it lives in every connection's task, so it stays one word.
 pub struct ConnectionSlots {
-    _ip: Option<Slot>,
-    _user: Option<Slot>,
+    _held: Option<Box<(Option<Slot>, Option<Slot>)>>,
+}
+
+impl ConnectionSlots {
+    fn new(ip: Option<Slot>, user: Option<Slot>) -> Self {
+        match (ip, user) {
+            (None, None) => ConnectionSlots { _held: None },
+            slots => ConnectionSlots {
+                _held: Some(Box::new(slots)),
+            },
+        }
+    }
 }
 
 fn too_many(what: &str, held: usize, key: &str) -> String {
@@ -485,10 +496,7 @@ pub fn take_slots(
 ) -> Result<ConnectionSlots, Response> {
     let limits = &state.limits;
     if identity.admin {
-        return Ok(ConnectionSlots {
-            _ip: None,
-            _user: None,
-        });
+        return Ok(ConnectionSlots::new(None, None));
     }
     let ip_slot = if limits.per_ip > 0 {
         let key = ip_key(ip);
@@ -512,10 +520,7 @@ pub fn take_slots(
             .map_err(|e| refusal(StatusCode::TOO_MANY_REQUESTS, e.code, e.message))?,
         None => None,
     };
-    Ok(ConnectionSlots {
-        _ip: ip_slot,
-        _user: user_slot,
-    })
+    Ok(ConnectionSlots::new(ip_slot, user_slot))
 }
 
 /// Takes a slot of `limits.max_connections_per_user` for `user` (at the handshake, or when a

@@ -197,3 +197,61 @@ fn serve_sub_pub_round_trip_with_generated_admin_key() {
     assert_eq!(v["data"], serde_json::json!({"hello": "world"}));
     assert!(sub.0.wait().unwrap().success());
 }
+
+#[test]
+fn token_mints_verifiable_connection_and_subscription_tokens() {
+    use herald_server::config::{JwtConfig, Secret};
+    use herald_server::jwt::JwtVerifier;
+    let secret = "cli-test-jwt-secret-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let mint = |args: &[&str]| {
+        let out = herald()
+            .arg("token")
+            .args(args)
+            .current_dir(dir.path())
+            .env("HERALD_JWT__HMAC_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let verifier = JwtVerifier::from_config(&JwtConfig {
+        hmac_secret: Secret(secret.into()),
+        ..JwtConfig::default()
+    })
+    .unwrap()
+    .unwrap();
+    let conn = verifier
+        .verify(&mint(&[
+            "--sub",
+            "alice",
+            "--channels",
+            "news,alerts",
+            "--admin",
+        ]))
+        .unwrap();
+    assert_eq!(conn.sub, "alice");
+    assert_eq!(conn.channels, vec!["news", "alerts"]);
+    assert!(conn.admin && conn.channel.is_none());
+    let sub = verifier
+        .verify(&mint(&["--sub", "bob", "--channel", "vip", "--ttl", "60"]))
+        .unwrap();
+    assert_eq!(sub.channel.as_deref(), Some("vip"));
+    assert!(sub.exp <= herald_server::jwt::now_secs() + 60);
+
+    // No key anywhere: a clear error, status 1.
+    let out = herald()
+        .args(["token", "--sub", "x"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no signing key"), "{err}");
+    let out = herald()
+        .args(["token", "--sub", "x", "--alg", "XX999", "--secret", secret])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--alg"));
+}

@@ -20,7 +20,9 @@ pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
 use crate::bans::{BanList, BanRecord, BanTarget};
 use crate::broker::{Broker, Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
-use crate::client::{ClientHandle, ClientInfo, Disconnect, DisconnectReason, close_code, now_ms};
+use crate::client::{
+    ClientHandle, ClientInfo, ConnectExtras, Disconnect, DisconnectReason, close_code, now_ms,
+};
 use crate::error::{ErrorCode, HeraldError};
 use crate::events::{EventBus, EventMask, EventType};
 use crate::format::WireFormat;
@@ -257,7 +259,19 @@ impl Hub {
 
     /// Registers a new connection.
     pub fn connect(&self, format: &'static dyn WireFormat, info: ClientInfo) -> Arc<ClientHandle> {
-        let client = Arc::new(ClientHandle::new(format, info));
+        self.connect_as(format, info, ConnectExtras::default())
+    }
+
+    /// Registers a new connection that authenticated as `extras.user` at connect; its
+    /// `client.connected` event carries `extras.headers`.
+    pub fn connect_as(
+        &self,
+        format: &'static dyn WireFormat,
+        info: ClientInfo,
+        extras: ConnectExtras,
+    ) -> Arc<ClientHandle> {
+        let ConnectExtras { user, headers } = extras;
+        let client = Arc::new(ClientHandle::new(format, info, user));
         Stats::add(&self.stats.connections_total, 1);
         // Before the client is listed, so nothing can subscribe it ahead of this event.
         self.registry.emit(EventType::ClientConnected, |f| {
@@ -268,10 +282,9 @@ impl Hub {
                 info.remote.map_or(Value::Null, |a| a.to_string().into()),
             );
             f.insert("dialect".into(), info.dialect.into());
-            let headers: serde_json::Map<_, _> = info
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            let headers: serde_json::Map<_, _> = headers
+                .into_iter()
+                .map(|(k, v)| (k, Value::from(v)))
                 .collect();
             f.insert("headers".into(), headers.into());
         });

@@ -31,29 +31,11 @@ pub async fn run<D: Dialect, T: Transport>(
     state: Arc<AppState>,
     stream: T,
     leftover: Bytes,
-    admission: Admission,
+    admission: Box<Admission>,
 ) {
     let ws_cfg = &state.config.websocket;
-    let client = state.hub.connect(dialect.format(), admission.info);
-    // A ban put in force between the handshake's check and now would have missed this
-    // connection in its sweep: look again, now that the client is listed.
-    if let Some(ban) = super::ban_covering(&state, &client, admission.identity.admin) {
-        client.outbox.close(Disconnect::new(
-            DisconnectReason::Banned,
-            close_code::BANNED,
-            super::ban_message(&ban),
-        ));
-    }
-    if let Some(greeting) = dialect.greeting(&state, &client) {
-        state.hub.registry().push_or_close(&client, greeting);
-    }
-    if let Err(e) = super::apply_identity(&state, &client, &admission.identity) {
-        // The greeting is out: tell the client why its token's channels were refused.
-        tracing::debug!(client = %client.id, error = %e.message, "connect-time subscription refused");
-        if let Some(frame) = dialect.error_frame(&e) {
-            state.hub.registry().push_or_close(&client, frame);
-        }
-    }
+    // Synchronous, so nothing of the admission outlives it in this (per-connection) future.
+    let client = open(dialect, &state, *admission);
     // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
     let read_buf = BytesMut::from(&leftover[..]);
     drop(leftover);
@@ -69,6 +51,36 @@ pub async fn run<D: Dialect, T: Transport>(
     let reason = conn.serve().await;
     conn.session.on_close().await;
     state.hub.disconnect(&client, reason);
+}
+
+/// Registers the client, re-checks bans, queues the greeting and applies the credential.
+fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<ClientHandle> {
+    let Admission {
+        info,
+        extras,
+        identity,
+    } = admission;
+    let client = state.hub.connect_as(dialect.format(), info, extras);
+    // A ban put in force between the handshake's check and now would have missed this
+    // connection in its sweep: look again, now that the client is listed.
+    if let Some(ban) = super::ban_covering(state, &client, identity.admin) {
+        client.outbox.close(Disconnect::new(
+            DisconnectReason::Banned,
+            close_code::BANNED,
+            super::ban_message(&ban),
+        ));
+    }
+    if let Some(greeting) = dialect.greeting(state, &client) {
+        state.hub.registry().push_or_close(&client, greeting);
+    }
+    if let Err(e) = super::apply_identity(state, &client, &identity) {
+        // The greeting is out: tell the client why its token's channels were refused.
+        tracing::debug!(client = %client.id, error = %e.message, "connect-time subscription refused");
+        if let Some(frame) = dialect.error_frame(&e) {
+            state.hub.registry().push_or_close(&client, frame);
+        }
+    }
+    client
 }
 
 struct Connection<'a, S, T> {
@@ -185,6 +197,11 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(event)) => {
                     self.handle(event).await?;
+                    // Closing (a flood, a kick): read no further; the next flush writes what
+                    // is queued and performs the close.
+                    if self.client.outbox.closing().is_some() {
+                        return Ok(());
+                    }
                     // A client sending a burst of requests must not starve the tasks that
                     // deliver what it publishes: yield once the task's budget is spent.
                     tokio::task::consume_budget().await;
@@ -214,23 +231,27 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     }
 
     async fn handle(&mut self, event: Incoming) -> Step {
-        if matches!(
+        let data = matches!(
             event,
             Incoming::Text(_) | Incoming::Binary(_) | Incoming::TooLarge { .. }
-        ) {
-            return self.handle_limited(event).await;
+        );
+        // The rate check is synchronous and this awaits `handle_frame` directly: this future
+        // lives in every connection's task, so no extra layer of state.
+        if data && !self.admit_by_rate(&event) {
+            return Ok(());
         }
         self.handle_frame(event).await
     }
 
-    /// A data message, under `limits.messages_per_second`: dropped and answered
-    /// `rate_limited` over the rate, the connection closed (4102) when it floods.
-    async fn handle_limited(&mut self, event: Incoming) -> Step {
+    /// `limits.messages_per_second` for a data message: whether to handle it. Over the rate it
+    /// is dropped and answered `rate_limited`; a flood closes the connection (4102) once the
+    /// replies already queued are out (the next flush performs the close).
+    fn admit_by_rate(&mut self, event: &Incoming) -> bool {
         use crate::limits::Verdict;
         match self.rate.check(self.state, self.client) {
-            Verdict::Allow => self.handle_frame(event).await,
+            Verdict::Allow => true,
             Verdict::Drop => {
-                let message = match &event {
+                let message = match event {
                     Incoming::Text(b) | Incoming::Binary(b) => &b[..],
                     _ => &[],
                 };
@@ -238,12 +259,11 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
                 if let Some(frame) = self.session.on_dropped(message, &error) {
                     self.state.hub.registry().push_or_close(self.client, frame);
                 }
-                Ok(())
+                false
             }
             Verdict::Close(disconnect) => {
-                // Replies already queued go out first, then the close frame.
                 self.client.outbox.close(disconnect);
-                self.flush().await
+                false
             }
         }
     }

@@ -24,7 +24,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::client::ClientInfo;
+use herald_core::client::{ClientInfo, ConnectExtras};
 use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldError};
 use herald_protocol::ws::accept_key;
 use hyper_util::rt::TokioIo;
@@ -130,6 +130,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// What the handshake established about a connection, handed to its task.
 pub(crate) struct Admission {
     pub info: ClientInfo,
+    pub extras: ConnectExtras,
     pub identity: Identity,
 }
 
@@ -248,7 +249,7 @@ async fn run_tls<D: Dialect>(
     dialect: &D,
     state: Arc<AppState>,
     upgraded: hyper::upgrade::Upgraded,
-    admission: Admission,
+    admission: Box<Admission>,
 ) {
     let remote = admission.info.remote;
     match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
@@ -340,10 +341,17 @@ fn upgrade_admitted<D: Dialect>(
         return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
     };
     let accept = accept_key(key);
-    let mut info = ClientInfo::new(Some(remote), dialect.name());
-    info.user = identity.user.clone();
-    info.headers = event_headers(&state, headers);
-    let admission = Admission { info, identity };
+    let info = ClientInfo::new(Some(remote), dialect.name());
+    let extras = ConnectExtras {
+        user: identity.user.clone(),
+        headers: event_headers(&state, headers),
+    };
+    // Boxed: the task keeps what it captures for the connection's whole life.
+    let admission = Box::new(Admission {
+        info,
+        extras,
+        identity,
+    });
     let Some(slot) = ConnectionSlot::take(&state) else {
         let kind = crate::limits::Refused::MaxConnections;
         crate::limits::count_refusal(&state, kind, remote.ip(), "limits.max_connections");

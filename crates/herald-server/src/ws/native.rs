@@ -139,7 +139,9 @@ impl<'a> Session<'a> {
                     // Allowed by the app backend: on its authority, private channels too.
                     _ if self.state.auth_hook.asks(HookEvent::Subscribe, self.client) => {
                         let hook = &self.state.auth_hook;
-                        hook.authorize(HookEvent::Subscribe, self.client, &channels)
+                        // Boxed, like every rare slow path here: the connection task's future
+                        // is allocated per connection and sized for its largest await.
+                        Box::pin(hook.authorize(HookEvent::Subscribe, self.client, &channels))
                             .await?;
                         hub.subscribe(&Actor::Issuer, &target, &channels, None)?
                     }
@@ -162,8 +164,7 @@ impl<'a> Session<'a> {
                 // The backend is an extra gate: the channel must still take client publications.
                 if self.state.auth_hook.asks(HookEvent::Publish, self.client) {
                     let hook = &self.state.auth_hook;
-                    hook.authorize(HookEvent::Publish, self.client, &channels)
-                        .await?;
+                    Box::pin(hook.authorize(HookEvent::Publish, self.client, &channels)).await?;
                 }
                 let results = hub
                     .publish(
@@ -192,7 +193,14 @@ impl<'a> Session<'a> {
             Op::Auth { token } => self.authenticate(&token),
             Op::Admin { op } => {
                 let text = std::str::from_utf8(frame).unwrap_or_default();
-                super::admin::execute(self.state, &self.actor, self.client, op, text).await
+                Box::pin(super::admin::execute(
+                    self.state,
+                    &self.actor,
+                    self.client,
+                    op,
+                    text,
+                ))
+                .await
             }
         }
     }
