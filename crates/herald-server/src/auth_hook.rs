@@ -71,10 +71,7 @@ impl AuthHookConfig {
             )))
         };
         if !self.url.is_empty() {
-            let ok = self
-                .url
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            let ok = crate::config::is_http_url(&self.url);
             if !ok {
                 return bad(
                     "url",

@@ -217,10 +217,7 @@ impl WebhookConfig {
     fn validate(&self, i: usize) -> Result<(), ConfigError> {
         let bad =
             |field: &str, why: String| Err(ConfigError(format!("webhooks[{i}].{field}: {why}")));
-        let url_ok = self
-            .url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+        let url_ok = is_http_url(&self.url);
         if !url_ok {
             return bad(
                 "url",
@@ -388,10 +385,7 @@ impl PushStreamConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.mount().validate("pushstream")?;
         if !self.auth_url.is_empty() {
-            let ok = self
-                .auth_url
-                .parse::<http::Uri>()
-                .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            let ok = is_http_url(&self.auth_url);
             if !ok {
                 return Err(ConfigError(
                     "dialects.pushstream.auth_url: must be an http:// URL (or empty)".into(),
@@ -724,6 +718,13 @@ const KNOWN_KEYS: &[&str] = &[
     "webhooks",
     "auth_hook",
 ];
+
+/// Whether `url` is an `http://` URL with a host (outgoing calls: hooks and webhooks; Herald
+/// has no TLS client).
+pub fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some())
+}
 
 /// A configuration problem, naming the key.
 #[derive(Debug, thiserror::Error)]
