@@ -115,6 +115,15 @@ impl BanRecord {
         self.target.to_string()
     }
 
+    /// What a refused or closed connection is told: `banned` or `banned: <reason>`.
+    pub fn message(&self) -> String {
+        if self.reason.is_empty() {
+            "banned".into()
+        } else {
+            format!("banned: {}", self.reason)
+        }
+    }
+
     /// The listing form: the record with its `id`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();

@@ -910,11 +910,7 @@ impl Hub {
         let record = ban.clone();
         run_blocking(move || store.put_ban(&record)).await?;
         self.bans.insert(ban.clone());
-        let message = if ban.reason.is_empty() {
-            "banned".to_string()
-        } else {
-            format!("banned: {}", ban.reason)
-        };
+        let message = ban.message();
         let close = Disconnect::new(DisconnectReason::Banned, close_code::BANNED, message);
         let mut closed = Vec::new();
         for other in self.registry.all_clients() {

@@ -67,7 +67,7 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
         client.outbox.close(Disconnect::new(
             DisconnectReason::Banned,
             close_code::BANNED,
-            super::ban_message(&ban),
+            ban.message(),
         ));
     }
     if let Some(greeting) = dialect.greeting(state, &client) {

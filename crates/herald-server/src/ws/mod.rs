@@ -79,7 +79,7 @@ pub async fn upgrade(
     .await;
     match identity.and_then(|identity| check_user_ban(&state, identity)) {
         Ok(identity) => upgrade_admitted(native::Native, state, remote, req, identity),
-        Err(e) => refuse(e.code, e.message),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 
@@ -134,13 +134,6 @@ pub(crate) struct Admission {
     pub identity: Identity,
 }
 
-fn refuse(code: ErrorCode, message: impl Into<String>) -> Response {
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::FORBIDDEN);
-    let mut resp = ApiError::new(code, message).into_response();
-    *resp.status_mut() = status;
-    resp
-}
-
 /// Checks the handshake's credential (dialects that take one) and the user's bans.
 fn admit<D: Dialect>(
     dialect: &D,
@@ -165,7 +158,7 @@ fn check_user_ban(state: &AppState, identity: Identity) -> Result<Identity, Hera
         && let Some(ban) = state.hub.banned_user(user)
     {
         tracing::info!(user = %user, "banned user refused");
-        return Err(HeraldError::new(ErrorCode::Banned, ban_message(&ban)));
+        return Err(HeraldError::new(ErrorCode::Banned, ban.message()));
     }
     Ok(identity)
 }
@@ -182,14 +175,6 @@ pub(crate) fn ban_covering(
         .filter(|_| !admin)
         .and_then(|r| state.hub.banned(r.ip()));
     by_ip.or_else(|| client.user().and_then(|u| state.hub.banned_user(u)))
-}
-
-pub(crate) fn ban_message(ban: &herald_core::bans::BanRecord) -> String {
-    if ban.reason.is_empty() {
-        "banned".into()
-    } else {
-        format!("banned: {}", ban.reason)
-    }
 }
 
 /// Applies a verified identity to a connection: admin rights (native admins hear connects
@@ -279,7 +264,7 @@ fn upgrade_to<D: Dialect>(
     }
     let identity = match admit(&dialect, &state, &req) {
         Ok(identity) => identity,
-        Err(e) => return refuse(e.code, e.message),
+        Err(e) => return ApiError(e).into_response(),
     };
     upgrade_admitted(dialect, state, remote, req, identity)
 }
@@ -296,7 +281,7 @@ fn upgrade_admitted<D: Dialect>(
     // The admin key passes address bans, so an operator cannot lock themselves out.
     if let Some(ban) = state.hub.banned(remote.ip()).filter(|_| !identity.admin) {
         tracing::info!(%remote, "banned address refused");
-        return refuse(ErrorCode::Banned, ban_message(&ban));
+        return ApiError::new(ErrorCode::Banned, ban.message()).into_response();
     }
     let headers = req.headers();
     if dialect.same_origin_only() && !same_origin(headers) {

@@ -244,10 +244,7 @@ impl<'a> Session<'a> {
         if let Some(user) = &identity.user {
             // Refused; the connection stays as it was (anonymous), like a refused handshake.
             if let Some(ban) = self.state.hub.banned_user(user) {
-                return Err(HeraldError::new(
-                    ErrorCode::Banned,
-                    super::ban_message(&ban),
-                ));
+                return Err(HeraldError::new(ErrorCode::Banned, ban.message()));
             }
             // A user named for the first time counts against its connection limit (the
             // admin key is exempt, as at the handshake).
@@ -268,12 +265,9 @@ impl<'a> Session<'a> {
                 self.client.outbox.close(Disconnect::new(
                     DisconnectReason::Banned,
                     close_code::BANNED,
-                    super::ban_message(&ban),
+                    ban.message(),
                 ));
-                return Err(HeraldError::new(
-                    ErrorCode::Banned,
-                    super::ban_message(&ban),
-                ));
+                return Err(HeraldError::new(ErrorCode::Banned, ban.message()));
             }
         }
         super::apply_identity(self.state, self.client, &identity)?;
