@@ -138,6 +138,9 @@ impl BanRecord {
 #[derive(Default)]
 pub struct BanList {
     inner: RwLock<Bans>,
+    /// Bumped by every insert: a handshake that checked the bans at generation `g` needs to
+    /// look again once listed only if the generation moved since.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -186,6 +189,8 @@ impl BanList {
     pub fn insert(&self, mut ban: BanRecord) {
         ban.target = ban.target.canonical();
         let mut bans = self.inner.write();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match &ban.target {
             BanTarget::Ip(ip) => {
                 bans.ips.insert(*ip, ban);
@@ -198,6 +203,10 @@ impl BanList {
                 bans.ranges.push(ban);
             }
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn remove(&self, target: &BanTarget) -> Option<BanRecord> {

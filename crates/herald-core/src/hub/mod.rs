@@ -1006,6 +1006,11 @@ impl Hub {
         self.bans.check_ip(ip, now_ms())
     }
 
+    /// Changes whenever a ban is put in force (see [`BanList::generation`]).
+    pub fn ban_generation(&self) -> u64 {
+        self.bans.generation()
+    }
+
     /// The ban that refuses connections of `user` now, if any.
     pub fn banned_user(&self, user: &str) -> Option<BanRecord> {
         self.bans.check_user(user, now_ms())

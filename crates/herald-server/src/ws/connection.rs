@@ -59,11 +59,16 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
         info,
         extras,
         identity,
+        bans_seen,
     } = admission;
     let client = state.hub.connect_as(dialect.format(), info, extras);
-    // A ban put in force between the handshake's check and now would have missed this
-    // connection in its sweep: look again, now that the client is listed.
-    if let Some(ban) = super::ban_covering(state, &client, identity.admin) {
+    // A ban put in force since the handshake's check may have missed this connection in its
+    // sweep: look again, now that the client is listed (only then: usually nothing changed).
+    let moved = state.hub.ban_generation() != bans_seen;
+    if let Some(ban) = moved
+        .then(|| super::ban_covering(state, &client, identity.admin))
+        .flatten()
+    {
         client.outbox.close(Disconnect::new(
             DisconnectReason::Banned,
             close_code::BANNED,

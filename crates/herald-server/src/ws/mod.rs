@@ -77,7 +77,7 @@ pub async fn upgrade(
         native::Native.name(),
     )
     .await;
-    match identity.and_then(|identity| check_user_ban(&state, identity)) {
+    match identity {
         Ok(identity) => upgrade_admitted(native::Native, state, remote, req, identity),
         Err(e) => ApiError(e).into_response(),
     }
@@ -132,9 +132,12 @@ pub(crate) struct Admission {
     pub info: ClientInfo,
     pub extras: ConnectExtras,
     pub identity: Identity,
+    /// [`Hub::ban_generation`](herald_core::Hub::ban_generation) before the handshake's ban
+    /// checks.
+    pub bans_seen: u64,
 }
 
-/// Checks the handshake's credential (dialects that take one) and the user's bans.
+/// Checks the handshake's credential (dialects that take one).
 fn admit<D: Dialect>(
     dialect: &D,
     state: &AppState,
@@ -146,21 +149,9 @@ fn admit<D: Dialect>(
     let Some(credential) = auth::handshake_credential(req.headers(), req.uri().query()) else {
         return Ok(Identity::default());
     };
-    let identity = auth::verify(state, &credential).inspect_err(|e| {
+    auth::verify(state, &credential).inspect_err(|e| {
         tracing::info!(error = %e.message, "connection refused: bad credential");
-    })?;
-    check_user_ban(state, identity)
-}
-
-/// Refuses an identity whose user is banned.
-fn check_user_ban(state: &AppState, identity: Identity) -> Result<Identity, HeraldError> {
-    if let Some(user) = &identity.user
-        && let Some(ban) = state.hub.banned_user(user)
-    {
-        tracing::info!(user = %user, "banned user refused");
-        return Err(HeraldError::new(ErrorCode::Banned, ban.message()));
-    }
-    Ok(identity)
+    })
 }
 
 /// The ban that covers `client` now, if any: its address (unless `admin`), or its user.
@@ -278,9 +269,18 @@ fn upgrade_admitted<D: Dialect>(
     mut req: Request,
     identity: Identity,
 ) -> Response {
-    // The admin key passes address bans, so an operator cannot lock themselves out.
-    if let Some(ban) = state.hub.banned(remote.ip()).filter(|_| !identity.admin) {
-        tracing::info!(%remote, "banned address refused");
+    // Read before the checks: a ban added after this is caught once the client is listed.
+    let bans_seen = state.hub.ban_generation();
+    // Admin credentials pass address bans, so an operator cannot lock themselves out.
+    let ip_ban = state.hub.banned(remote.ip()).filter(|_| !identity.admin);
+    let user_ban = || {
+        identity
+            .user
+            .as_ref()
+            .and_then(|u| state.hub.banned_user(u))
+    };
+    if let Some(ban) = ip_ban.or_else(user_ban) {
+        tracing::info!(%remote, user = ?identity.user, "banned connection refused");
         return ApiError::new(ErrorCode::Banned, ban.message()).into_response();
     }
     let headers = req.headers();
@@ -336,6 +336,7 @@ fn upgrade_admitted<D: Dialect>(
         info,
         extras,
         identity,
+        bans_seen,
     });
     let Some(slot) = ConnectionSlot::take(&state) else {
         let kind = crate::limits::Refused::MaxConnections;
