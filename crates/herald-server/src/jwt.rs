@@ -102,7 +102,16 @@ impl JwtVerifier {
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = cfg.leeway_secs;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present in the token, not only right when
+        // present: a token minted for another service that shares the key has neither.
+        let mut required = vec!["exp", "sub"];
+        if !cfg.issuer.is_empty() {
+            required.push("iss");
+        }
+        if !cfg.audience.is_empty() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.validate_nbf = true;
         if cfg.issuer.is_empty() {
             validation.iss = None;

@@ -191,6 +191,78 @@ async fn expired_wrongly_signed_and_wrongly_scoped_tokens_are_refused() {
     );
 }
 
+/// A configured issuer or audience must be in the token, not only right when present: a token
+/// minted for another service that shares the key carries neither (issue 9, item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_issuer_and_audience_are_required_claims() {
+    let srv = TestServer::start_with(|c| {
+        c.jwt.hmac_secret = Secret(SECRET.into());
+        c.jwt.issuer = "https://auth.example".into();
+        c.jwt.audience = "herald".into();
+    })
+    .await;
+    let scoped = |iss: Option<&str>, aud: Option<serde_json::Value>| {
+        let mut c = claims("svc", 60);
+        c.iss = iss.map(Into::into);
+        c.aud = aud;
+        hs256(&c)
+    };
+    connect_as(
+        &srv,
+        &scoped(Some("https://auth.example"), Some(json!("herald"))),
+    )
+    .await;
+    connect_as(
+        &srv,
+        &scoped(Some("https://auth.example"), Some(json!(["x", "herald"]))),
+    )
+    .await;
+    for (what, token) in [
+        ("no iss", scoped(None, Some(json!("herald")))),
+        ("no aud", scoped(Some("https://auth.example"), None)),
+        ("neither", scoped(None, None)),
+        ("wrong iss", scoped(Some("other"), Some(json!("herald")))),
+        (
+            "wrong aud",
+            scoped(Some("https://auth.example"), Some(json!("x"))),
+        ),
+    ] {
+        assert_eq!(
+            refused(&srv, &token).await,
+            ("HTTP/1.1 401 Unauthorized".into(), "unauthorized".into()),
+            "{what}"
+        );
+    }
+    // The same rule for subscription tokens (private channels).
+    srv.admin()
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"vip","public":false})),
+        )
+        .await
+        .unwrap();
+    let mut member = connect_as(
+        &srv,
+        &scoped(Some("https://auth.example"), Some(json!("herald"))),
+    )
+    .await;
+    let mut sub = claims("svc", 60);
+    sub.channel = Some("vip".into());
+    let bare = hs256(&sub);
+    let reply = member
+        .request(json!({"op":"subscribe","channel":"vip","token":bare}))
+        .await
+        .unwrap();
+    assert_eq!(reply["error"]["code"], "unauthorized", "{reply}");
+    sub.iss = Some("https://auth.example".into());
+    sub.aud = Some(json!("herald"));
+    member
+        .request_ok(json!({"op":"subscribe","channel":"vip","token":hs256(&sub)}))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_channels_need_a_subscription_token_for_this_user_and_channel() {
     let srv = jwt_server().await;
