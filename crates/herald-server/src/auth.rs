@@ -24,19 +24,20 @@ pub struct Identity {
     pub channels: Vec<ChannelName>,
 }
 
+/// The credential of an `Authorization: Bearer <credential>` header. The scheme is
+/// case-insensitive and may be followed by any run of spaces or tabs (RFC 7235); `None` for
+/// another scheme, an empty credential or a header that is not visible ASCII.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.trim_start().split_once([' ', '\t'])?;
+    let credential = credential.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+}
+
 /// The credential a handshake carries: `Authorization: Bearer <credential>`, else the
 /// `token` query parameter (for browsers, which cannot set headers on a WebSocket).
 pub fn handshake_credential(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    let from_header = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
-    from_header.or_else(|| {
+    bearer(headers).map(str::to_string).or_else(|| {
         form_urlencoded::parse(query?.as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
@@ -104,5 +105,33 @@ pub fn verify_subscription(
             "the subscription token belongs to another user than this connection's",
         )),
         Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in [
+            "Bearer k1",
+            "bearer k1",
+            "BEARER k1",
+            "bEaReR   k1 ",
+            "Bearer\tk1",
+        ] {
+            assert_eq!(bearer(&headers(value)), Some("k1"), "{value:?}");
+        }
+        for value in ["Basic k1", "Bearer", "Bearer   ", "Bearerk1", "Token k1"] {
+            assert_eq!(bearer(&headers(value)), None, "{value:?}");
+        }
+        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }

@@ -295,6 +295,14 @@ pub struct WsPushConfig {
     pub listen: String,
     /// A listener of its own for the HTTP API, e.g. "0.0.0.0:5223".
     pub http_listen: String,
+    /// Who may use `/channel/create`: "anyone" (as the original) or "admin" (the admin key in
+    /// `Authorization: Bearer`).
+    pub create: String,
+    /// Anonymous creations per second from one address (0 = no limit).
+    pub create_rate_per_ip: u32,
+    pub create_burst_per_ip: u32,
+    /// Anonymous creation is refused once the server holds this many persistent channels.
+    pub create_max_channels: usize,
 }
 
 impl Default for WsPushConfig {
@@ -304,6 +312,10 @@ impl Default for WsPushConfig {
             prefix: "/wspush".into(),
             listen: String::new(),
             http_listen: String::new(),
+            create: "anyone".into(),
+            create_rate_per_ip: 1,
+            create_burst_per_ip: 10,
+            create_max_channels: 10_000,
         }
     }
 }
@@ -333,6 +345,11 @@ impl WsPushConfig {
             mount.listen = self.http_listen.clone();
         }
         mount.validate("wspush")?;
+        if self.create != "anyone" && self.create != "admin" {
+            return Err(ConfigError(
+                "dialects.wspush.create: must be \"anyone\" or \"admin\"".into(),
+            ));
+        }
         if !self.http_listen.is_empty() && self.http_listen.parse::<SocketAddr>().is_err() {
             return Err(ConfigError(
                 "dialects.wspush.http_listen: not an address like 0.0.0.0:5223".into(),

@@ -1,6 +1,6 @@
 //! Abuse limits enforced at the edge, before the hub: connections per IP and per user, the
-//! connection-attempt rate per IP, the `Origin` allowlist for browser handshakes, and the
-//! message rate of each connection (docs/configuration.md `[limits]`, docs/errors.md).
+//! connection-attempt rate per IP, the `Origin` allowlist for browser handshakes, the
+//! message rate of each connection, and the rate of anonymous channel creation per IP (docs/configuration.md `[limits]`, docs/errors.md).
 //!
 //! The global `limits.max_connections` slot stays in [`crate::ws`], and the per-request limits
 //! (channels per connection and request, payload size) stay in the hub; this module owns the
@@ -286,6 +286,9 @@ pub struct Limits {
     user_counts: Counts<Arc<str>>,
     connect: Option<Gcra>,
     buckets: Buckets,
+    /// Anonymous channel creation (`[dialects.wspush] create_rate_per_ip`).
+    create: Option<Gcra>,
+    create_buckets: Buckets,
     messages: Option<Gcra>,
     /// Consecutive drops that close a connection.
     flood_drops: u32,
@@ -306,6 +309,11 @@ impl Limits {
             user_counts: Counts(Sharded::new()),
             connect: Gcra::new(l.connect_rate_per_ip, l.connect_burst_per_ip),
             buckets: Buckets::new(),
+            create: Gcra::new(
+                config.dialects.wspush.create_rate_per_ip,
+                config.dialects.wspush.create_burst_per_ip,
+            ),
+            create_buckets: Buckets::new(),
             messages: Gcra::new(l.messages_per_second, l.message_burst),
             flood_drops: l.message_burst.max(1).saturating_mul(FLOOD_FACTOR),
             origins: config
@@ -321,6 +329,18 @@ impl Limits {
 
     fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Admits one anonymous channel creation from `ip`, or says in how many seconds one would
+    /// be admitted.
+    pub fn admit_channel_create(&self, ip: IpAddr) -> Result<(), u64> {
+        match &self.create {
+            Some(gcra) => self
+                .create_buckets
+                .admit(gcra, ip_key(ip), self.now_ns())
+                .map_err(|wait_ns| wait_ns.div_ceil(NANOS).max(1)),
+            None => Ok(()),
+        }
     }
 
     /// Addresses with open connections now, and connection-rate buckets held (for tests and
@@ -346,6 +366,12 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             l.messages_per_second,
             "limits.message_burst",
             l.message_burst,
+        ),
+        (
+            "dialects.wspush.create_rate_per_ip",
+            config.dialects.wspush.create_rate_per_ip,
+            "dialects.wspush.create_burst_per_ip",
+            config.dialects.wspush.create_burst_per_ip,
         ),
     ] {
         if rate > 1_000_000 {

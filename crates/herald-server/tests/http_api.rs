@@ -39,6 +39,85 @@ async fn requests_without_a_valid_credential_are_refused() {
     assert_eq!(status, 401);
 }
 
+/// A channel token cannot tell which channels exist: another channel, an existing or a
+/// missing one, is refused the same way on every route (issue 9, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_token_cannot_probe_which_channels_exist() {
+    let srv = TestServer::start_with(|c| c.channels.auto_create = false).await;
+    let admin = srv.admin();
+    let created = admin
+        .request_ok("POST", "/api/v1/channels", Some(&json!({"name":"mine"})))
+        .await
+        .unwrap();
+    admin
+        .request_ok("POST", "/api/v1/channels", Some(&json!({"name":"theirs"})))
+        .await
+        .unwrap();
+    let tok = Api::new(&srv.http(), created["token"].as_str());
+    let mut answers = Vec::new();
+    for channel in ["theirs", "missing"] {
+        let path = format!("/api/v1/channels/{channel}");
+        let publish = json!({"channel": channel, "data": 1});
+        for (method, path, body) in [
+            ("GET", path.as_str(), None),
+            ("DELETE", path.as_str(), None),
+            ("POST", "/api/v1/publish", Some(&publish)),
+        ] {
+            let (status, body) = tok.request(method, path, body).await.unwrap();
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .replace(channel, "X");
+            answers.push((method, status, body["error"]["code"].clone(), message));
+        }
+    }
+    let (theirs, missing) = answers.split_at(3);
+    assert_eq!(theirs, missing, "the same refusal for both");
+    assert!(theirs.iter().all(|a| a.1 == 403), "{theirs:?}");
+    // The admin key still learns that a channel does not exist.
+    let (status, body) = admin
+        .request("GET", "/api/v1/channels/missing", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("channel_not_found"))
+    );
+}
+
+/// The Bearer scheme is case-insensitive (RFC 7235), on the API and at the handshake
+/// (issue 9, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let srv = TestServer::start().await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let header = format!("{scheme} {ADMIN_KEY}");
+        let (status, _, body) = srv
+            .anonymous()
+            .request_raw(
+                "GET",
+                "/api/v1/stats",
+                &[("authorization", &header)],
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{scheme}: {body:?}");
+        let client = herald_client::Client::connect_with_headers(
+            &srv.ws_url(),
+            &[("authorization", &header)],
+        )
+        .await
+        .unwrap();
+        let info = srv
+            .admin()
+            .request_ok("GET", &format!("/api/v1/clients/{}", client.id()), None)
+            .await
+            .unwrap();
+        assert_eq!(info["admin"], true, "{scheme}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_openapi_and_unknown_routes() {
     let srv = TestServer::start().await;

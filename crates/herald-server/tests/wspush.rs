@@ -111,6 +111,17 @@ async fn the_original_api_flow() {
         b.text().await,
         r#"{"messageType":"ERROR","code":403,"message":"Forbidden","data":{"errorDetails":"The given UUID does not belong to this WebSocket connection"}}"#
     );
+    // A uuid that belongs to no connection is told apart from another connection's.
+    b.send_json(client_action(
+        "SUBSCRIBE",
+        Some("00000000-0000-4000-8000-000000000000"),
+        "news",
+    ))
+    .await;
+    assert_eq!(
+        b.text().await,
+        r#"{"messageType":"ERROR","code":403,"message":"Forbidden","data":{"errorDetails":"The given UUID does not belong to any WebSocket connection"}}"#
+    );
     b.send_json(client_action("SUBSCRIBE", None, "nope")).await;
     assert_eq!(b.json().await["code"], 404);
     b.send_text("{not json").await;
@@ -131,7 +142,7 @@ async fn the_original_api_flow() {
         (status, body.as_str()),
         (
             200,
-            r#"{"messageType":"SERVER_ACK","code":200,"message":"Sent","data":null}"#
+            r#"{"messageType":"SERVER_ACK","code":200,"message":"Sent","data":{"channel":"news","channelToken":null}}"#
         )
     );
     let expected = |id: &str| {
@@ -211,7 +222,7 @@ async fn the_original_api_flow() {
         call(&base, "/channel/delete", &del).await,
         (
             200,
-            r#"{"messageType":"SERVER_ACK","code":200,"message":"Deleted","data":null}"#.into()
+            r#"{"messageType":"SERVER_ACK","code":200,"message":"Deleted","data":{"channel":"news","channelToken":null}}"#.into()
         )
     );
     assert_eq!(call(&base, "/channel/delete", &del).await.0, 404);
@@ -254,4 +265,134 @@ async fn own_listeners_for_websocket_and_http() {
     )
     .await;
     assert_eq!(peer.json().await["data"]["pushMessage"]["message"], "m");
+}
+
+fn created_token(body: &str) -> Option<String> {
+    serde_json::from_str::<Value>(body).ok()?["data"]["channelToken"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Creating never hands out the token of a channel in use, respects namespace policy, is
+/// bounded per address and in total, and can be closed to all but the admin key (issue 9,
+/// item 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_never_takes_over_a_channel_and_is_bounded() {
+    let srv = TestServer::start_with(|c| {
+        c.dialects.wspush.enabled = true;
+        c.dialects.wspush.create_burst_per_ip = 4;
+        c.dialects.wspush.create_max_channels = 5;
+        let ns = |subscribe: &str, publish: &str| herald_server::config::NamespaceConfig {
+            subscribe: Some(subscribe.into()),
+            publish: Some(publish.into()),
+            ..Default::default()
+        };
+        c.namespaces.insert("ops".into(), ns("public", "admin"));
+        c.namespaces.insert("open".into(), ns("public", "clients"));
+    })
+    .await;
+    let base = format!("{}/wspush", srv.http());
+    let create = |name: &str| action("CREATE_CHANNEL", json!({ "channel": name }));
+
+    // An ephemeral channel that a native client is using.
+    let mut user = srv.client().await;
+    user.request_ok(json!({"op":"subscribe","channel":"live"}))
+        .await
+        .unwrap();
+    let (status, body) = call(&base, "/channel/create", &create("live")).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(created_token(&body), None);
+    // It stayed ephemeral: no token exists that could publish to or delete it.
+    let info = srv
+        .admin()
+        .request_ok("GET", "/api/v1/channels/live", None)
+        .await
+        .unwrap();
+    assert_eq!(info["persistent"], false);
+
+    // A namespace that only admins publish to: no anonymous token for it.
+    let (status, body) = call(&base, "/channel/create", &create("ops:deploys")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("needs the admin key"), "{body}");
+    let (status, _, body) = Api::new(&base, Some(ADMIN_KEY))
+        .request_raw("POST", "/channel/create", &[], create("ops:deploys").into())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    // An open namespace, like channels outside any namespace: anyone may create.
+    assert_eq!(
+        call(&base, "/channel/create", &create("open:a")).await.0,
+        200
+    );
+
+    // Per address: a burst of 4 attempts ("live" and open:a were two), then 429.
+    assert_eq!(call(&base, "/channel/create", &create("c1")).await.0, 200);
+    assert_eq!(call(&base, "/channel/create", &create("c2")).await.0, 200);
+    let (status, body) = call(&base, "/channel/create", &create("c3")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("Too Many Requests"), "{body}");
+    // The admin key is not rate-limited.
+    let (status, _, _) = Api::new(&base, Some(ADMIN_KEY))
+        .request_raw("POST", "/channel/create", &[], create("c3").into())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_creation_stops_at_a_number_of_channels() {
+    let srv = TestServer::start_with(|c| {
+        c.dialects.wspush.enabled = true;
+        c.dialects.wspush.create_rate_per_ip = 0;
+        c.dialects.wspush.create_max_channels = 3;
+    })
+    .await;
+    let base = format!("{}/wspush", srv.http());
+    let create = |name: &str| action("CREATE_CHANNEL", json!({ "channel": name }));
+    for name in ["a", "b", "c"] {
+        assert_eq!(call(&base, "/channel/create", &create(name)).await.0, 200);
+    }
+    let (status, body) = call(&base, "/channel/create", &create("d")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            403,
+            r#"{"messageType":"ERROR","code":403,"message":"Forbidden","data":{"errorDetails":"The server holds too many channels; creating more needs the admin key"}}"#
+        )
+    );
+    let (status, _, _) = Api::new(&base, Some(ADMIN_KEY))
+        .request_raw("POST", "/channel/create", &[], create("d").into())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_can_require_the_admin_key() {
+    let srv = TestServer::start_with(|c| {
+        c.dialects.wspush.enabled = true;
+        c.dialects.wspush.create = "admin".into();
+        c.dialects.wspush.create_max_channels = 0;
+    })
+    .await;
+    let base = format!("{}/wspush", srv.http());
+    let body = action("CREATE_CHANNEL", json!({"channel":"news"}));
+    let (status, text) = call(&base, "/channel/create", &body).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            401,
+            r#"{"messageType":"ERROR","code":401,"message":"Unauthorized","data":{"errorDetails":"Creating channels needs the admin key (Authorization: Bearer)"}}"#
+        )
+    );
+    let (status, _, bytes) = Api::new(&base, None)
+        .request_raw(
+            "POST",
+            "/channel/create",
+            &[("authorization", &format!("bearer {ADMIN_KEY}"))],
+            body.into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{bytes:?}");
 }

@@ -615,10 +615,14 @@ impl Hub {
             };
             match self.registry.lookup(name) {
                 Some(ch) => ch.view(check)?,
-                None if self.config.auto_create_channels => {
-                    check(&ChannelView::absent(self.config.defaults_for(name)))?
+                None => {
+                    // The credential first, so a channel token cannot tell a channel that
+                    // does not exist from another channel's.
+                    check(&ChannelView::absent(self.config.defaults_for(name)))?;
+                    if !self.config.auto_create_channels {
+                        return Err(not_found(name));
+                    }
                 }
-                None => return Err(not_found(name)),
             }
         }
         let from = match actor {
@@ -694,11 +698,34 @@ impl Hub {
         name: ChannelName,
         options: ChannelOptions,
     ) -> Result<CreatedChannel, HeraldError> {
+        self.create(actor, name, options, Existing::MayBeEphemeral)
+            .await
+    }
+
+    /// Creates a persistent channel only if no channel of that name exists, ephemeral ones
+    /// included: for creators that are handed the new channel's token without being admins
+    /// (WS-PushServer's `/channel/create`), so they never take over a channel in use.
+    pub async fn create_unused_channel(
+        &self,
+        actor: &Actor,
+        name: ChannelName,
+        options: ChannelOptions,
+    ) -> Result<CreatedChannel, HeraldError> {
+        self.create(actor, name, options, Existing::Refused).await
+    }
+
+    async fn create(
+        &self,
+        actor: &Actor,
+        name: ChannelName,
+        options: ChannelOptions,
+        existing: Existing,
+    ) -> Result<CreatedChannel, HeraldError> {
         actor.require_admin("creating channels")?;
         // Serialise creates and deletes so the store and the registry always agree.
         let _guard = self.channel_changes.lock().await;
-        if let Some(existing) = self.registry.lookup(&name)
-            && existing.summary().persistent
+        if let Some(channel) = self.registry.lookup(&name)
+            && (existing == Existing::Refused || channel.summary().persistent)
         {
             return Err(HeraldError::new(
                 ErrorCode::ChannelExists,
@@ -762,8 +789,7 @@ impl Hub {
         name: &ChannelName,
     ) -> Result<u64, HeraldError> {
         let _guard = self.channel_changes.lock().await;
-        let channel = self.registry.lookup(name).ok_or_else(|| not_found(name))?;
-        channel.view(|view| actor.check_manage(name, view))?;
+        let channel = self.managed_channel(actor, name)?;
         if channel.summary().persistent {
             let store = self.store.clone();
             let key = name.to_string();
@@ -796,9 +822,27 @@ impl Hub {
         actor: &Actor,
         name: &ChannelName,
     ) -> Result<ChannelSummary, HeraldError> {
-        let channel = self.registry.lookup(name).ok_or_else(|| not_found(name))?;
-        channel.view(|view| actor.check_manage(name, view))?;
-        Ok(channel.summary())
+        Ok(self.managed_channel(actor, name)?.summary())
+    }
+
+    /// The channel `name` if `actor` may manage it. The credential is checked first: a
+    /// channel token gets the same refusal for a channel that does not exist as for another
+    /// channel's, so it cannot probe which channels exist.
+    fn managed_channel(
+        &self,
+        actor: &Actor,
+        name: &ChannelName,
+    ) -> Result<Arc<registry::Channel>, HeraldError> {
+        match self.registry.lookup(name) {
+            Some(channel) => {
+                channel.view(|view| actor.check_manage(name, view))?;
+                Ok(channel)
+            }
+            None => {
+                actor.check_manage(name, &ChannelView::absent(self.config.defaults_for(name)))?;
+                Err(not_found(name))
+            }
+        }
     }
 
     /// Every channel, sorted by name (admin only).
@@ -1139,6 +1183,14 @@ impl Hub {
         }
         Ok(())
     }
+}
+
+/// Whether creating a persistent channel may turn a live ephemeral one of the same name into
+/// it (admins), or must find no channel at all.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    MayBeEphemeral,
+    Refused,
 }
 
 /// Which options a subscription creates a missing channel with.

@@ -24,20 +24,14 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            unauthorized("missing Authorization: Bearer <admin key or channel token>")
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Err(unauthorized(
+                "missing Authorization: Bearer <admin key or channel token>",
+            ));
+        }
+        let token = crate::auth::bearer(&parts.headers).ok_or_else(|| {
+            unauthorized("the Authorization header must be \"Bearer <credential>\"")
         })?;
-        let value = header
-            .to_str()
-            .map_err(|_| unauthorized("malformed Authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                unauthorized("the Authorization header must be \"Bearer <credential>\"")
-            })?;
         if secret::secrets_equal(token, &state.admin_key) {
             return Ok(Caller(Actor::Admin));
         }

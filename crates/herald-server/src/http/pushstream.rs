@@ -40,12 +40,7 @@ fn stats(channel: &ChannelName, published: u64, subscribers: u64) -> Response {
 }
 
 fn caller(state: &AppState, remote: SocketAddr, headers: &HeaderMap) -> Option<Actor> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match bearer {
+    match crate::auth::bearer(headers) {
         Some(t) if secret::secrets_equal(t, &state.admin_key) => Some(Actor::Admin),
         Some(t) if t.starts_with(secret::CHANNEL_TOKEN_PREFIX) => {
             Some(Actor::ChannelToken(t.to_string()))

@@ -7,11 +7,13 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::hub::PublishRequest;
-use herald_core::{Actor, ChannelName, ChannelOptions, ClientId, ErrorCode, secret};
+use herald_core::{Actor, ChannelName, ClientId, ErrorCode, SubscribePolicy, secret};
 use herald_protocol::wspush;
 use serde::Deserialize;
 
@@ -95,18 +97,71 @@ struct ChannelOnly {
 
 type Answer = Result<Response, Fail>;
 
-pub async fn create(State(state): St, body: Bytes) -> Answer {
+/// `/channel/create`. Anyone may create, as in the original, unless `create = "admin"`; an
+/// anonymous creator is held to a per-address rate and a cap on persistent channels, and may
+/// not create in a configured namespace whose policy a channel token would widen. Nobody is
+/// handed the token of a channel that exists, ephemeral ones in use included (409).
+pub async fn create(
+    State(state): St,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let cfg = &state.config.dialects.wspush;
+    let admin =
+        crate::auth::bearer(&headers).is_some_and(|k| secret::secrets_equal(k, &state.admin_key));
+    if !admin && cfg.create == "admin" {
+        return Err(error(
+            401,
+            "Unauthorized",
+            "Creating channels needs the admin key (Authorization: Bearer)",
+        ));
+    }
     let req: ChannelOnly = parse(&body, "CREATE_CHANNEL")?;
     let name = ChannelName::parse(&req.channel).map_err(|_| invalid())?;
-    // Its namespace's options for what WS-PushServer does not set.
-    let options = ChannelOptions {
-        public: true,
-        client_publish: false,
-        max_subscribers: None,
-        admin_only_subscribe: false,
-        ..state.hub.config().defaults_for(&name).clone()
-    };
-    match state.hub.create_channel(&Actor::Admin, name, options).await {
+    let hub = state.hub.config();
+    let options = hub.defaults_for(&name).clone();
+    if !admin {
+        if let Some(ns) = name
+            .namespace()
+            .filter(|ns| hub.namespaces.contains_key(*ns))
+            && !(options.client_publish && options.subscribe() == SubscribePolicy::Public)
+        {
+            return Err(error(
+                403,
+                "Forbidden",
+                &format!(
+                    "Creating channels in namespace \"{ns}\" needs the admin key (its policy is not open to anyone)"
+                ),
+            ));
+        }
+        if let Err(retry_secs) = state.limits.admit_channel_create(remote.ip()) {
+            return Err(error(
+                429,
+                "Too Many Requests",
+                &format!("Too many channels created from this address; retry in {retry_secs} s"),
+            ));
+        }
+        let persistent = state
+            .hub
+            .registry()
+            .all_channels()
+            .iter()
+            .filter(|c| c.view(|v| v.persistent))
+            .count();
+        if persistent >= cfg.create_max_channels {
+            return Err(error(
+                403,
+                "Forbidden",
+                "The server holds too many channels; creating more needs the admin key",
+            ));
+        }
+    }
+    match state
+        .hub
+        .create_unused_channel(&Actor::Admin, name, options)
+        .await
+    {
         Ok(created) => {
             let data = format!(
                 "{{\"channel\":{},\"channelToken\":{}}}",
@@ -173,12 +228,14 @@ pub async fn ping(State(state): St, body: Bytes) -> Answer {
     }
     let req: ChannelToken = serde_json::from_value(value).map_err(|_| invalid())?;
     authorize(&state, &req.channel, req.channel_token.as_deref(), 401)?;
-    ok(
-        "OK",
-        &format!(
-            "{{\"channel\":{},\"channelToken\":null}}",
-            json_str(&req.channel)
-        ),
+    ok("OK", &channel_ack(&req.channel))
+}
+
+/// The `data` of the original's acks for a channel (its `ack.schema.json` requires both keys).
+fn channel_ack(channel: &str) -> String {
+    format!(
+        "{{\"channel\":{},\"channelToken\":null}}",
+        json_str(channel)
     )
 }
 
@@ -213,7 +270,7 @@ pub async fn push(State(state): St, body: Bytes) -> Answer {
         .publish(&Actor::ChannelToken(token), publish)
         .await
     {
-        Ok(_) => ok("Sent", "null"),
+        Ok(_) => ok("Sent", &channel_ack(&req.channel)),
         Err(e) => Err(error(e.code.http_status(), "Bad Request", &e.message)),
     }
 }
@@ -226,7 +283,7 @@ pub async fn delete(State(state): St, body: Bytes) -> Answer {
         .delete_channel(&Actor::ChannelToken(token), &name)
         .await
     {
-        Ok(_) => ok("Deleted", "null"),
+        Ok(_) => ok("Deleted", &channel_ack(&req.channel)),
         Err(e) => Err(error(
             e.code.http_status(),
             "Internal Server Error",
@@ -236,11 +293,7 @@ pub async fn delete(State(state): St, body: Bytes) -> Answer {
 }
 
 pub async fn sysadmin(State(state): St, headers: HeaderMap) -> Answer {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|k| secret::secrets_equal(k.trim(), &state.admin_key)) {
+    if !crate::auth::bearer(&headers).is_some_and(|k| secret::secrets_equal(k, &state.admin_key)) {
         return Err(error(
             401,
             "Unauthorized",

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::{Actor, ChannelName, ClientHandle, ErrorCode, HeraldError, WireFormat};
+use herald_core::{Actor, ChannelName, ClientHandle, ClientId, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::wspush::{self, ClientAction, Refused, WSPUSH_WS};
 
 use super::dialect::{Dialect, DialectSession};
@@ -68,11 +68,19 @@ impl DialectSession for Session<'_> {
             Err(Refused::BadJson) => return Some(error_frame(400, "Bad JSON", raw)),
             Err(Refused::Invalid) => return Some(error_frame(400, "Invalid message", raw)),
         };
-        if uuid.is_some_and(|u| !u.eq_ignore_ascii_case(&self.client.id.to_string())) {
+        if let Some(uuid) = uuid.and_then(|u| ClientId::parse(&u).ok())
+            && uuid != self.client.id
+        {
+            // As the original: another connection's uuid, or nobody's.
+            let whose = if self.state.hub.registry().client(uuid).is_some() {
+                "this"
+            } else {
+                "any"
+            };
             return Some(error_frame(
                 403,
                 "Forbidden",
-                "The given UUID does not belong to this WebSocket connection",
+                &format!("The given UUID does not belong to {whose} WebSocket connection"),
             ));
         }
         let not_found = || {
