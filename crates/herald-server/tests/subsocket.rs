@@ -449,6 +449,18 @@ async fn static_folder_serves_test_pages_from_the_same_origin() {
     let pages = tempfile::tempdir().unwrap();
     std::fs::write(pages.path().join("index.html"), "<h1>SubSocket test</h1>").unwrap();
     std::fs::write(pages.path().join("admin-client.html"), "admin").unwrap();
+    // Symbolic links: one to a file outside the folder, one to a folder outside it, and one
+    // that stays inside (issue 9, item 4).
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.txt"),
+        pages.path().join("leak.txt"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(outside.path(), pages.path().join("out")).unwrap();
+    std::os::unix::fs::symlink("admin-client.html", pages.path().join("alias.html")).unwrap();
+    std::fs::create_dir(pages.path().join("sub")).unwrap();
     let dir = pages.path().to_string_lossy().to_string();
     let srv = TestServer::start_with(move |c| {
         c.dialects.subsocket.enabled = true;
@@ -478,4 +490,12 @@ async fn static_folder_serves_test_pages_from_the_same_origin() {
     assert_eq!(get("/subsocket/static/../Cargo.toml").await.0, 404);
     assert_eq!(get("/subsocket/static/%2e%2e/x").await.0, 404);
     assert_eq!(get("/subsocket/static/missing.html").await.0, 404);
+    assert_eq!(get("/subsocket/static/leak.txt").await.0, 404);
+    assert_eq!(get("/subsocket/static/out/secret.txt").await.0, 404);
+    assert_eq!(get("/subsocket/static/alias.html").await.2, "admin");
+    assert_eq!(
+        get("/subsocket/static/sub").await.0,
+        404,
+        "a folder is not a file"
+    );
 }

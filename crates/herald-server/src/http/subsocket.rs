@@ -236,7 +236,7 @@ pub async fn clients_kick(State(state): St, headers: HeaderMap, RawQuery(q): Raw
 
 /// `GET /static/<path>`: files from `dialects.subsocket.static_dir` (the original served its
 /// test pages this way, from the same origin as `/socket`). `/static` redirects to `/static/`,
-/// which serves `index.html`. Paths are confined to the folder.
+/// which serves `index.html`. Paths are confined to the folder, symbolic links included.
 pub async fn static_file(
     State(state): St,
     uri: axum::http::Uri,
@@ -269,7 +269,9 @@ pub async fn static_file(
     if !safe {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let file = std::path::Path::new(dir).join(relative);
+    let Some(file) = confined(std::path::Path::new(dir), relative).await else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     match tokio::fs::read(&file).await {
         Ok(bytes) => {
             let kind = match file.extension().and_then(|e| e.to_str()) {
@@ -285,4 +287,13 @@ pub async fn static_file(
         }
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// `relative` inside `dir` if, with every symbolic link resolved, it is a regular file that
+/// is still inside `dir`: a link pointing out of the folder is not followed.
+async fn confined(dir: &std::path::Path, relative: &str) -> Option<std::path::PathBuf> {
+    let root = tokio::fs::canonicalize(dir).await.ok()?;
+    let file = tokio::fs::canonicalize(root.join(relative)).await.ok()?;
+    let meta = tokio::fs::metadata(&file).await.ok()?;
+    (file.starts_with(&root) && meta.is_file()).then_some(file)
 }
