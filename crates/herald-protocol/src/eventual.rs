@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::ws;
+use crate::{json, ws};
 
 pub const DIALECT: &str = "eventual";
 
@@ -42,15 +42,8 @@ impl From<HeraldError> for BadRequest {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    channels: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    event: Option<&'a RawValue>,
-}
+/// The members of a request the dialect reads.
+const ENVELOPE: [&str; 3] = ["type", "channels", "event"];
 
 fn bad(message: impl Into<String>) -> HeraldError {
     HeraldError::bad_request(message)
@@ -71,28 +64,36 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
         }
         .into());
     }
-    let env: Envelope = serde_json::from_str(text)
-        .map_err(|e| HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
-    let kind: &str = serde_json::from_str(env.kind.ok_or_else(|| missing("type"))?.get())
-        .map_err(|_| bad("\"type\" must be a string"))?;
+    let m = json::members(text, &ENVELOPE).map_err(|e| match e {
+        json::ObjectError::NotObject => bad("a request must be a JSON object"),
+        json::ObjectError::Syntax(e) => {
+            HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
+        }
+    })?;
+    if let Some(field) = m.repeated {
+        return Err(bad(json::repeated_message(field)).into());
+    }
+    let [kind, channels, event] = m.values;
+    let kind = json::string(kind.ok_or_else(|| missing("type"))?)
+        .ok_or_else(|| bad("\"type\" must be a string"))?;
     let channels = || -> Result<Vec<ChannelName>, HeraldError> {
-        let raw = env.channels.ok_or_else(|| missing("channels"))?;
+        let raw = channels.ok_or_else(|| missing("channels"))?;
         // The README allows a bare string as well as an array.
-        let names: Vec<&str> = match serde_json::from_str::<&str>(raw.get()) {
-            Ok(one) => vec![one],
-            Err(_) => serde_json::from_str(raw.get())
-                .map_err(|_| bad("\"channels\" must be a string or an array of strings"))?,
+        let names = match json::string(raw) {
+            Some(one) => vec![one],
+            None => json::strings(raw)
+                .ok_or_else(|| bad("\"channels\" must be a string or an array of strings"))?,
         };
         if names.is_empty() {
             return Err(bad("\"channels\" is empty"));
         }
-        names.into_iter().map(ChannelName::parse).collect()
+        names.iter().map(|n| ChannelName::parse(n)).collect()
     };
-    Ok(match kind {
+    Ok(match &*kind {
         "subscribe" => Request::Subscribe(channels()?),
         "unsubscribe" => Request::Unsubscribe(channels()?),
         "publish" => {
-            let event = env.event.ok_or_else(|| missing("event"))?;
+            let event = event.ok_or_else(|| missing("event"))?;
             validate_event(event)?;
             Request::Publish {
                 channels: channels()?,
@@ -106,8 +107,10 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
 /// CloudEvents 1.0 JSON format: required context attributes, the types of the optional ones,
 /// extension attribute names and values.
 pub fn validate_event(raw: &RawValue) -> Result<(), HeraldError> {
-    let event: Map<String, Value> = serde_json::from_str(raw.get())
-        .map_err(|_| bad("\"event\" must be a JSON object (a CloudEvent)"))?;
+    let event: Map<String, Value> = json::unique_object(raw.get()).map_err(|e| match e {
+        json::UniqueError::Repeated(key) => bad(format!("event: {}", json::repeated_message(&key))),
+        json::UniqueError::Object(_) => bad("\"event\" must be a JSON object (a CloudEvent)"),
+    })?;
     for attr in ["specversion", "id", "source", "type"] {
         match event.get(attr) {
             None => return Err(missing(&format!("event.{attr}"))),
@@ -162,20 +165,20 @@ fn is_cloudevent(data: &[u8]) -> bool {
     #[derive(Deserialize)]
     struct Required<'a> {
         #[serde(borrow)]
-        specversion: &'a str,
+        specversion: json::Str<'a>,
         #[serde(borrow)]
-        id: &'a str,
+        id: json::Str<'a>,
         #[serde(borrow)]
-        source: &'a str,
+        source: json::Str<'a>,
         #[serde(borrow, rename = "type")]
-        kind: &'a str,
+        kind: json::Str<'a>,
     }
     data.first() == Some(&b'{')
         && serde_json::from_slice::<Required>(data).is_ok_and(|r| {
-            !r.specversion.is_empty()
-                && !r.id.is_empty()
-                && !r.source.is_empty()
-                && !r.kind.is_empty()
+            !r.specversion.0.is_empty()
+                && !r.id.0.is_empty()
+                && !r.source.0.is_empty()
+                && !r.kind.0.is_empty()
         })
 }
 

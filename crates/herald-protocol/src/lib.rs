@@ -3,10 +3,12 @@
 //!
 //! - [`ws`]: RFC 6455 server-side framing (handshake key, frame encoder, incremental decoder
 //!   with size limits).
+//! - [`json`]: JSON reading shared by every codec (escaped strings, repeated members).
 //! - [`native`]: Herald's native JSON protocol (requests, replies, deliveries) and its
 //!   [`herald_core::WireFormat`] over WebSocket.
 
 pub mod eventual;
+pub mod json;
 pub mod native;
 pub mod pushstream;
 pub mod simplysocket;

@@ -4,14 +4,14 @@
 //! until the fan-out encodes it into each wire format). Replies and deliveries are written
 //! straight into a WebSocket frame buffer.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use bytes::Bytes;
 use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message, WireFormat};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::ws;
+use crate::{json, ws};
 
 /// Protocol name in listings and the welcome frame.
 pub const DIALECT: &str = "native";
@@ -85,28 +85,24 @@ pub const ADMIN_OPS: &[&str] = &[
 
 /// The envelope every request shares; each field is kept raw until the op says what it means,
 /// so a wrong type gets an error naming the field. Unknown fields are ignored (clients may be
-/// newer than the server).
-#[derive(Deserialize)]
+/// newer than the server); a field given twice is refused (crate::json).
 pub struct Fields<'a> {
-    #[serde(borrow, default)]
     op: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     channels: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     to: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     token: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     client: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     user: Option<&'a RawValue>,
+    /// A field that appeared more than once.
+    repeated: Option<&'static str>,
 }
+
+const FIELDS: [&str; 9] = [
+    "op", "id", "channel", "channels", "data", "to", "token", "client", "user",
+];
 
 /// A request that could not be parsed: the error, and the request's id if it had a usable one.
 #[derive(Debug)]
@@ -117,7 +113,7 @@ pub struct BadRequest<'a> {
 
 /// Parses one text frame.
 pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
-    let env = Fields::parse(text).map_err(|error| BadRequest { id: None, error })?;
+    let env = Fields::read(text).map_err(|error| BadRequest { id: None, error })?;
     let id = match env.id {
         Some(raw) if is_valid_id(raw) => Some(raw),
         Some(_) => {
@@ -128,6 +124,12 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         }
         None => None,
     };
+    if let Some(field) = env.repeated {
+        return Err(BadRequest {
+            id: id.filter(|_| field != "id"),
+            error: HeraldError::bad_request(json::repeated_message(field)),
+        });
+    }
     parse_op(&env)
         .map(|op| Request { id, op })
         .map_err(|error| BadRequest { id, error })
@@ -135,19 +137,38 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
 
 impl<'a> Fields<'a> {
     /// Parses a JSON object's fields (also used for HTTP API bodies, so both name channels,
-    /// data and recipients the same way and fail with the same errors).
+    /// data and recipients the same way and fail with the same errors). A field given twice
+    /// is refused.
     pub fn parse(text: &'a str) -> Result<Fields<'a>, HeraldError> {
-        // serde would also accept an array of field values; only objects are requests.
-        if !text.trim_start().starts_with('{')
-            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-        {
-            return Err(HeraldError::bad_request("the body must be a JSON object"));
+        let fields = Self::read(text)?;
+        match fields.repeated {
+            Some(field) => Err(HeraldError::bad_request(json::repeated_message(field))),
+            None => Ok(fields),
         }
-        serde_json::from_str(text).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
+    }
+
+    /// The fields, with a repeated one noted rather than refused.
+    fn read(text: &'a str) -> Result<Fields<'a>, HeraldError> {
+        let m = json::members(text, &FIELDS).map_err(|e| match e {
+            json::ObjectError::NotObject => {
                 HeraldError::bad_request("the body must be a JSON object")
             }
-            _ => HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
+            json::ObjectError::Syntax(e) => {
+                HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
+            }
+        })?;
+        let [op, id, channel, channels, data, to, token, client, user] = m.values;
+        Ok(Fields {
+            op,
+            id,
+            channel,
+            channels,
+            data,
+            to,
+            token,
+            client,
+            user,
+            repeated: m.repeated,
         })
     }
 
@@ -175,9 +196,9 @@ fn is_valid_id(raw: &RawValue) -> bool {
 
 fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
     let op_raw = env.op.ok_or_else(|| missing("op"))?;
-    let op: &str = serde_json::from_str(op_raw.get())
-        .map_err(|_| HeraldError::bad_request("\"op\" must be a string"))?;
-    Ok(match op {
+    let op =
+        json::string(op_raw).ok_or_else(|| HeraldError::bad_request("\"op\" must be a string"))?;
+    Ok(match &*op {
         "subscribe" => Op::Subscribe {
             channels: channel_list(env)?,
             token: env
@@ -198,10 +219,10 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
         "send" => Op::Send {
             to: match (env.to, env.user) {
                 (Some(raw), None) => {
-                    let s: &str = serde_json::from_str(raw.get()).map_err(|_| {
+                    let s = json::string(raw).ok_or_else(|| {
                         HeraldError::bad_request("\"to\" must be a client id string")
                     })?;
-                    Recipient::Client(ClientId::parse(s)?)
+                    Recipient::Client(ClientId::parse(&s)?)
                 }
                 (None, Some(raw)) => Recipient::User(string_field("user", raw)?),
                 (Some(_), Some(_)) => {
@@ -234,14 +255,15 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
 }
 
 fn string_field(name: &str, raw: &RawValue) -> Result<String, HeraldError> {
-    serde_json::from_str::<String>(raw.get())
-        .map_err(|_| HeraldError::bad_request(format!("\"{name}\" must be a string")))
+    json::string(raw)
+        .map(Cow::into_owned)
+        .ok_or_else(|| HeraldError::bad_request(format!("\"{name}\" must be a string")))
 }
 
 fn client_field(raw: &RawValue) -> Result<ClientId, HeraldError> {
-    let s: &str = serde_json::from_str(raw.get())
-        .map_err(|_| HeraldError::bad_request("\"client\" must be a client id string"))?;
-    ClientId::parse(s)
+    let s = json::string(raw)
+        .ok_or_else(|| HeraldError::bad_request("\"client\" must be a client id string"))?;
+    ClientId::parse(&s)
 }
 
 fn missing(field: &str) -> HeraldError {
@@ -253,12 +275,12 @@ fn missing(field: &str) -> HeraldError {
 
 /// `channels` (array of strings) or `channel` (one string); exactly one must be present.
 fn channel_list(env: &Fields) -> Result<Vec<ChannelName>, HeraldError> {
-    let names: Vec<&str> = match (env.channels, env.channel) {
-        (Some(raw), None) => serde_json::from_str(raw.get())
-            .map_err(|_| HeraldError::bad_request("\"channels\" must be an array of strings"))?,
+    let names = match (env.channels, env.channel) {
+        (Some(raw), None) => json::strings(raw)
+            .ok_or_else(|| HeraldError::bad_request("\"channels\" must be an array of strings"))?,
         (None, Some(raw)) => vec![
-            serde_json::from_str(raw.get())
-                .map_err(|_| HeraldError::bad_request("\"channel\" must be a string"))?,
+            json::string(raw)
+                .ok_or_else(|| HeraldError::bad_request("\"channel\" must be a string"))?,
         ],
         (Some(_), Some(_)) => {
             return Err(HeraldError::bad_request(
@@ -270,13 +292,13 @@ fn channel_list(env: &Fields) -> Result<Vec<ChannelName>, HeraldError> {
     if names.is_empty() {
         return Err(HeraldError::bad_request("\"channels\" is empty"));
     }
-    names.into_iter().map(ChannelName::parse).collect()
+    names.iter().map(|n| ChannelName::parse(n)).collect()
 }
 
 fn client_list(raw: &RawValue) -> Result<Vec<ClientId>, HeraldError> {
-    let ids: Vec<&str> = serde_json::from_str(raw.get())
-        .map_err(|_| HeraldError::bad_request("\"to\" must be an array of client ids"))?;
-    ids.into_iter().map(ClientId::parse).collect()
+    let ids = json::strings(raw)
+        .ok_or_else(|| HeraldError::bad_request("\"to\" must be an array of client ids"))?;
+    ids.iter().map(|id| ClientId::parse(id)).collect()
 }
 
 // ---- encoding ---------------------------------------------------------------------------------
@@ -499,6 +521,65 @@ mod tests {
         }
         let err = parse_request(r#"{"op":"ping","id":{"a":1}}"#).unwrap_err();
         assert_eq!(err.error.code, ErrorCode::BadRequest);
+    }
+
+    /// Any valid JSON string works, escapes included, in values and keys (issue 9, item 5).
+    #[test]
+    fn escaped_strings_are_ordinary_strings() {
+        let r = parse_request(r#"{"op":"subscribe","channel":"chat\/room","id":1}"#).unwrap();
+        assert!(
+            matches!(r.op, Op::Subscribe { ref channels, .. } if channels[0].as_str() == "chat/room")
+        );
+        let r = parse_request(r#"{"op":"subscribe","channels":["\u0061","b\/c"]}"#).unwrap();
+        assert!(
+            matches!(r.op, Op::Subscribe { ref channels, .. } if channels.iter().map(|c| c.as_str()).collect::<Vec<_>>() == ["a", "b/c"])
+        );
+        assert!(matches!(
+            parse_request(r#"{"op":"p\u0069ng"}"#).unwrap().op,
+            Op::Ping
+        ));
+        assert!(matches!(
+            parse_request(r#"{"\u006fp":"ping"}"#).unwrap().op,
+            Op::Ping
+        ));
+        let id = ClientId::random();
+        let text = format!(
+            r#"{{"op":"publish","channel":"a","data":"x","to":["{}"]}}"#,
+            id.to_string().replace('-', "\\u002d")
+        );
+        match parse_request(&text).unwrap().op {
+            Op::Publish { to, .. } => assert_eq!(to.unwrap(), vec![id]),
+            other => panic!("{other:?}"),
+        }
+        let r = parse_request(r#"{"op":"auth","token":"k\"1"}"#).unwrap();
+        assert!(matches!(r.op, Op::Auth { ref token } if token == "k\"1"));
+        // A string with an escape that is still not a valid name is refused for its name.
+        let err = parse_request(r#"{"op":"subscribe","channel":"a\u0020b"}"#).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::InvalidChannel);
+    }
+
+    /// A field given twice is refused, naming it; the request's id is kept unless it is the
+    /// repeated field (issue 9, item 6).
+    #[test]
+    fn repeated_fields_are_refused_by_name() {
+        let err = parse_request(r#"{"op":"ping","id":1,"id":2}"#).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::BadRequest);
+        assert_eq!(err.error.message, "field \"id\" appears more than once");
+        assert!(err.id.is_none());
+        let err =
+            parse_request(r#"{"op":"publish","channel":"a","channel":"b","data":1,"id":"r"}"#)
+                .unwrap_err();
+        assert_eq!(
+            err.error.message,
+            "field \"channel\" appears more than once"
+        );
+        assert_eq!(err.id.map(|r| r.get()), Some(r#""r""#));
+        let err = parse_request(r#"{"op":"ping","\u006fp":"ping","id":3}"#).unwrap_err();
+        assert_eq!(err.error.message, "field \"op\" appears more than once");
+        // Unknown fields are ignored, repeated or not; so is the inside of `data`.
+        parse_request(r#"{"op":"ping","x":1,"x":2}"#).unwrap();
+        parse_request(r#"{"op":"publish","channel":"a","data":{"k":1,"k":2}}"#).unwrap();
+        assert!(Fields::parse(r#"{"channel":"a","data":1,"data":2}"#).is_err());
     }
 
     #[test]

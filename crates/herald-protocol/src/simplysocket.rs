@@ -15,7 +15,7 @@ use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message, WireFo
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::ws;
+use crate::{json, ws};
 
 pub const DIALECT: &str = "simplysocket";
 /// The room every client joins on connect.
@@ -59,13 +59,6 @@ struct Inbound<'a> {
     is_target_client: Option<bool>,
 }
 
-#[derive(Deserialize)]
-struct RoomBody {
-    roomname: String,
-    #[serde(default)]
-    playerlimit: Option<u32>,
-}
-
 fn bad(message: impl Into<String>) -> HeraldError {
     HeraldError::bad_request(message)
 }
@@ -74,33 +67,24 @@ pub fn parse(text: &str) -> Result<Action<'_>, HeraldError> {
     if !text.trim_start().starts_with('{') {
         return Err(bad("a message must be a JSON object"));
     }
-    let msg: Inbound = serde_json::from_str(text)
-        .map_err(|e| HeraldError::new(ErrorCode::InvalidJson, format!("invalid message: {e}")))?;
+    let msg: Inbound = serde_json::from_str(text).map_err(|e| match json::repeated_in(&e) {
+        Some(field) => bad(json::repeated_message(&field)),
+        None => HeraldError::new(ErrorCode::InvalidJson, format!("invalid message: {e}")),
+    })?;
     let action = msg
         .action
         .filter(|a| !a.is_empty())
         .ok_or_else(|| HeraldError::new(ErrorCode::MissingField, "missing \"action\""))?;
-    let room_body = || -> Result<RoomBody, HeraldError> {
-        let raw = msg.message_body.ok_or_else(|| {
-            HeraldError::new(ErrorCode::MissingField, "missing \"message_body.roomname\"")
-        })?;
-        serde_json::from_str(raw.get()).map_err(|_| {
-            bad("message_body must be {\"roomname\": string, \"playerlimit\": positive integer?}")
-        })
-    };
     Ok(match action.as_str() {
         "join-room" => {
-            let body = room_body()?;
-            if body.playerlimit == Some(0) {
-                return Err(bad("playerlimit must be at least 1"));
-            }
+            let (room, limit) = room_body(msg.message_body, true)?;
             Action::JoinRoom {
-                room: ChannelName::parse(&body.roomname)?,
-                player_limit: body.playerlimit,
+                room,
+                player_limit: limit,
             }
         }
         "leave-room" => Action::LeaveRoom {
-            room: ChannelName::parse(&room_body()?.roomname)?,
+            room: room_body(msg.message_body, false)?.0,
         },
         _ => Action::Deliver {
             body: msg.message_body,
@@ -112,6 +96,42 @@ pub fn parse(text: &str) -> Result<Action<'_>, HeraldError> {
             action,
         },
     })
+}
+
+/// `message_body` of `join-room` (`roomname`, optional `playerlimit`) or `leave-room`
+/// (`roomname`), each error naming what is missing or wrong.
+fn room_body(
+    body: Option<&RawValue>,
+    with_limit: bool,
+) -> Result<(ChannelName, Option<u32>), HeraldError> {
+    let missing = || HeraldError::new(ErrorCode::MissingField, "missing \"message_body.roomname\"");
+    let m = json::members(
+        body.ok_or_else(missing)?.get(),
+        &["roomname", "playerlimit"],
+    )
+    .map_err(|_| bad("message_body must be a JSON object with \"roomname\""))?;
+    if let Some(field) = m.repeated {
+        return Err(bad(format!(
+            "message_body: {}",
+            json::repeated_message(field)
+        )));
+    }
+    let [roomname, playerlimit] = m.values;
+    let room = json::string(roomname.ok_or_else(missing)?)
+        .ok_or_else(|| bad("message_body.roomname must be a string"))?;
+    let limit = match playerlimit.filter(|_| with_limit) {
+        None => None,
+        Some(raw) => match serde_json::from_str::<u32>(raw.get()) {
+            Ok(n) if n > 0 => Some(n),
+            _ if raw.get() == "null" => None,
+            _ => {
+                return Err(bad(
+                    "message_body.playerlimit must be a whole number of at least 1",
+                ));
+            }
+        },
+    };
+    Ok((ChannelName::parse(&room)?, limit))
 }
 
 /// One outbound object in the library's field order.
@@ -283,5 +303,38 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Each refusal says what is wrong with the message (issue 9, items 5, 6 and 14).
+    #[test]
+    fn room_errors_name_what_is_missing_or_wrong() {
+        let message = |text: &str| parse(text).unwrap_err().message;
+        for text in [
+            r#"{"action":"leave-room"}"#,
+            r#"{"action":"leave-room","message_body":{}}"#,
+            r#"{"action":"leave-room","message_body":{"room":"r1"}}"#,
+            r#"{"action":"join-room","message_body":{"playerlimit":2}}"#,
+        ] {
+            assert_eq!(message(text), "missing \"message_body.roomname\"", "{text}");
+        }
+        assert!(!message(r#"{"action":"leave-room","message_body":{}}"#).contains("playerlimit"));
+        assert_eq!(
+            message(r#"{"action":"leave-room","message_body":{"roomname":7}}"#),
+            "message_body.roomname must be a string"
+        );
+        assert_eq!(
+            message(r#"{"action":"join-room","message_body":{"roomname":"a","playerlimit":"x"}}"#),
+            "message_body.playerlimit must be a whole number of at least 1"
+        );
+        assert_eq!(
+            message(r#"{"action":"join-room","action":"leave-room"}"#),
+            "field \"action\" appears more than once"
+        );
+        // Escapes are ordinary JSON.
+        let a =
+            parse(r#"{"action":"leave-room","message_body":{"room\u006eame":"r\/1"}}"#).unwrap();
+        assert!(matches!(a, Action::LeaveRoom { room } if room.as_str() == "r/1"));
+        let a = parse(r#"{"action":"leave-room","message_body":{"roomname":"r\u0031"}}"#).unwrap();
+        assert!(matches!(a, Action::LeaveRoom { room } if room.as_str() == "r1"));
     }
 }

@@ -116,8 +116,11 @@ pub fn parse_client(text: &str) -> Result<ClientAction, Refused> {
     struct ChannelData {
         channel: String,
     }
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| Refused::BadJson)?;
-    let msg: Inbound = serde_json::from_value(value).map_err(|_| Refused::Invalid)?;
+    // Read straight into the struct: serde refuses a repeated field, as every codec does.
+    let msg: Inbound = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Refused::Invalid,
+        _ => Refused::BadJson,
+    })?;
     if msg.message_type != "CLIENT_ACTION" {
         return Ok(ClientAction::Ignored);
     }

@@ -85,6 +85,94 @@ async fn a_channel_token_cannot_probe_which_channels_exist() {
     );
 }
 
+/// Escaped JSON strings work everywhere a string does, and a repeated field is refused the
+/// same way over WebSocket, in the HTTP API and in admin ops (issue 9, items 5 and 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_escapes_work_and_repeated_fields_are_refused_everywhere() {
+    let srv = TestServer::start().await;
+    let mut c = srv.client().await;
+    c.send_text(r#"{"op":"subscribe","channel":"chat\/room","id":1}"#)
+        .await
+        .unwrap();
+    let reply = c.next_op("reply", WAIT).await.unwrap();
+    assert_eq!(
+        reply["result"]["channels"],
+        json!(["chat/room"]),
+        "{reply}"
+    );
+    c.send_text(r#"{"\u006fp":"p\u0069ng","id":2}"#)
+        .await
+        .unwrap();
+    let reply = c.next_op("reply", WAIT).await.unwrap();
+    assert_eq!(reply["id"], 2);
+    assert!(reply.get("error").is_none(), "{reply}");
+    // The HTTP API reads the same escapes.
+    let body = r#"{"channel":"chat\/room","data":{"x":"\u00e9"}}"#;
+    let (status, _, answer) = srv
+        .admin()
+        .request_raw("POST", "/api/v1/publish", &[], body.into())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer:?}");
+    let message = c.next_op("message", WAIT).await.unwrap();
+    assert_eq!(message["channel"], "chat/room");
+    assert_eq!(message["data"], json!({"x":"é"}));
+
+    // Repeated fields: refused with the field's name, the id kept when it is not the one.
+    c.send_text(r#"{"op":"ping","id":1,"id":2}"#).await.unwrap();
+    let reply = c.next_op("reply", WAIT).await.unwrap();
+    assert_eq!(reply["id"], json!(null));
+    assert_eq!(reply["error"]["code"], "bad_request");
+    assert_eq!(
+        reply["error"]["message"],
+        "field \"id\" appears more than once"
+    );
+    c.send_text(r#"{"op":"publish","channel":"a","data":1,"channel":"b","id":7}"#)
+        .await
+        .unwrap();
+    let reply = c.next_op("reply", WAIT).await.unwrap();
+    assert_eq!(reply["id"], 7);
+    assert_eq!(
+        reply["error"]["message"],
+        "field \"channel\" appears more than once"
+    );
+    for (path, body) in [
+        ("/api/v1/publish", r#"{"channel":"a","data":1,"data":2}"#),
+        ("/api/v1/channels", r#"{"name":"x","name":"y"}"#),
+        ("/api/v1/bans", r#"{"ip":"10.0.0.1","ip":"10.0.0.2"}"#),
+    ] {
+        let (status, _, answer) = srv
+            .admin()
+            .request_raw("POST", path, &[], body.into())
+            .await
+            .unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(status, 400, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request", "{path}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("appears more than once"),
+            "{path}: {answer}"
+        );
+    }
+    // An admin op's own fields.
+    let mut admin = herald_client::Client::connect(&format!("{}?token={ADMIN_KEY}", srv.ws_url()))
+        .await
+        .unwrap();
+    admin
+        .send_text(r#"{"op":"ban","ip":"10.0.0.1","ip":"10.0.0.2","id":9}"#)
+        .await
+        .unwrap();
+    let reply = admin.next_op("reply", WAIT).await.unwrap();
+    assert_eq!(reply["id"], 9);
+    assert_eq!(
+        reply["error"]["message"],
+        "field \"ip\" appears more than once"
+    );
+}
+
 /// The Bearer scheme is case-insensitive (RFC 7235), on the API and at the handshake
 /// (issue 9, item 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

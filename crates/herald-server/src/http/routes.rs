@@ -49,6 +49,10 @@ fn body_text(body: &Result<Bytes, BytesRejection>) -> ApiResult<&str> {
 
 fn parse_json<'a, T: Deserialize<'a>>(text: &'a str) -> ApiResult<T> {
     serde_json::from_str(text).map_err(|e| {
+        if let Some(field) = herald_protocol::json::repeated_in(&e) {
+            let message = herald_protocol::json::repeated_message(&field);
+            return ApiError::new(ErrorCode::BadRequest, message);
+        }
         let code = match e.classify() {
             serde_json::error::Category::Data => ErrorCode::BadRequest,
             _ => ErrorCode::InvalidJson,

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use herald_core::{Actor, ChannelName, ClientHandle, ClientId, EventMask, HeraldError};
+use herald_protocol::json as json_text;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -119,8 +120,14 @@ pub async fn execute(
 /// Parses the op's fields from the frame, without its `op` and `id`. Unknown fields are
 /// refused, as the HTTP API refuses them.
 fn fields<T: DeserializeOwned>(text: &str) -> Result<T, HeraldError> {
-    let mut map: serde_json::Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| HeraldError::bad_request(format!("invalid request: {e}")))?;
+    let mut map = json_text::unique_object(text).map_err(|e| match e {
+        json_text::UniqueError::Repeated(key) => {
+            HeraldError::bad_request(json_text::repeated_message(&key))
+        }
+        json_text::UniqueError::Object(e) => {
+            HeraldError::bad_request(format!("invalid request: {e}"))
+        }
+    })?;
     map.remove("op");
     map.remove("id");
     serde_json::from_value(Value::Object(map)).map_err(|e| {
