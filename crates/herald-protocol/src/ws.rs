@@ -82,6 +82,14 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     frame(OP_CLOSE, &payload)
 }
 
+/// Whether a close frame may carry `code` (RFC 6455 section 7.4 and the IANA registry):
+/// 1000-1003 and 1007-1014 are defined, 3000-4999 are for libraries and applications. 1004 is
+/// reserved, 1005, 1006 and 1015 stand for "no code", "no close frame" and "TLS failure" and
+/// must never be sent, and everything else below 3000 is unassigned.
+pub fn close_code_may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// A ping with no payload: the same bytes for every connection.
 pub fn ping_frame() -> Bytes {
     Bytes::from_static(&[0x80 | OP_PING, 0])
@@ -252,6 +260,9 @@ fn control(opcode: u8, payload: Bytes) -> Result<Incoming, ProtocolViolation> {
                 return Err(violation("close frame with a 1-byte payload"));
             } else {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
+                if !close_code_may_be_sent(code) {
+                    return Err(violation("invalid close code"));
+                }
                 let reason = std::str::from_utf8(&payload[2..]).map_err(|_| ProtocolViolation {
                     close_code: 1007,
                     reason: "invalid UTF-8 in close reason",
@@ -475,6 +486,34 @@ mod tests {
             let mut buf = BytesMut::from(&wire[..]);
             let err = Decoder::new(100).decode(&mut buf).unwrap_err();
             assert_eq!(err.close_code, code, "{wire:?}");
+        }
+    }
+
+    /// A close code that must never be sent, is reserved or out of range fails the connection
+    /// with 1002; valid ones are handed on (issue 9, item 7).
+    #[test]
+    fn close_codes_are_validated() {
+        let close = |code: u16| {
+            let mut buf = BytesMut::from(&client_frame(true, OP_CLOSE, &code.to_be_bytes())[..]);
+            Decoder::new(100).decode(&mut buf)
+        };
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                close(code).unwrap_err(),
+                violation("invalid close code"),
+                "{code}"
+            );
+        }
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1011, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            assert_eq!(
+                close(code).unwrap(),
+                Some(Incoming::Close(Some(code), String::new())),
+                "{code}"
+            );
         }
     }
 

@@ -95,11 +95,7 @@ async fn json_escapes_work_and_repeated_fields_are_refused_everywhere() {
         .await
         .unwrap();
     let reply = c.next_op("reply", WAIT).await.unwrap();
-    assert_eq!(
-        reply["result"]["channels"],
-        json!(["chat/room"]),
-        "{reply}"
-    );
+    assert_eq!(reply["result"]["channels"], json!(["chat/room"]), "{reply}");
     c.send_text(r#"{"\u006fp":"p\u0069ng","id":2}"#)
         .await
         .unwrap();

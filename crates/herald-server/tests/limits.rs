@@ -321,6 +321,63 @@ async fn message_rate_drops_with_rate_limited_while_other_clients_carry_on() {
     assert_eq!(s["rate_limited_disconnects"], 0);
 }
 
+/// A flood much larger than one read, from a client with a small receive window and
+/// deliveries still on their way to it: the server stops reading with input unread, and a
+/// plain close would reset the connection, discarding what the kernel had not sent yet: the
+/// last deliveries, the replies and the 4102 frame. They all arrive (issue 9, item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_receives_its_replies_and_the_4102_frame() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.messages_per_second = 1;
+        c.limits.message_burst = 2;
+    })
+    .await;
+    let mut flood = common::RawPeer::connect_with(srv.addr(), Some(4096)).await;
+    assert_eq!(flood.json().await["op"], "welcome");
+    flood
+        .send_json(json!({"op":"subscribe","channel":"backlog"}))
+        .await;
+    common::wait_for_subscribers(&srv, "backlog", 1).await;
+    let api = srv.admin();
+    for _ in 0..4 {
+        api.publish(&["backlog"], json!("b".repeat(40_000)))
+            .await
+            .unwrap();
+    }
+    let frames: Vec<u8> = (0..1500)
+        .flat_map(|i| {
+            let text = json!({"op": "ping", "id": i}).to_string();
+            let mut f = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+            f.extend_from_slice(text.as_bytes());
+            f
+        })
+        .collect();
+    let _ = flood.tcp.write_all(&frames).await;
+    // The burst's replies, then one rate_limited reply per dropped message until the flood
+    // limit (10 x burst in a row), then the close frame.
+    let (mut replies, mut deliveries) = (0, 0);
+    let code = loop {
+        match flood.frame().await {
+            Some((1, text)) => {
+                let frame: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                match frame["op"].as_str() {
+                    Some("reply") => replies += 1,
+                    Some("message") => deliveries += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            Some((8, payload)) => break Some(u16::from_be_bytes([payload[0], payload[1]])),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    assert_eq!(code, Some(herald_core::client::close_code::RATE_LIMITED));
+    // The burst of 2 (the subscribe took one), then 19 refused: the 20th drop in a row
+    // closes instead of answering.
+    assert!(replies >= 20, "{replies} replies");
+    assert_eq!(deliveries, 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_past_the_rate_closes_with_4102_while_other_clients_carry_on() {
     let srv = TestServer::start_with(|c| {

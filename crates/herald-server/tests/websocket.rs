@@ -269,6 +269,113 @@ async fn client_close_is_echoed_and_cleans_up() {
     assert_eq!(srv.server.state.hub.registry().channel_count(), 0);
 }
 
+/// RFC 6455 section 7.4: codes that must never be sent, reserved and out-of-range codes fail
+/// the connection with 1002; valid ones are echoed, and a close without a code gets 1000
+/// (issue 9, item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_codes_are_validated() {
+    let srv = TestServer::start().await;
+    let cases: [(&[u8], u16); 9] = [
+        (&1005u16.to_be_bytes(), 1002),
+        (&1006u16.to_be_bytes(), 1002),
+        (&1015u16.to_be_bytes(), 1002),
+        (&1016u16.to_be_bytes(), 1002),
+        (&2999u16.to_be_bytes(), 1002),
+        (&5000u16.to_be_bytes(), 1002),
+        (&3000u16.to_be_bytes(), 3000),
+        (&4999u16.to_be_bytes(), 4999),
+        (&[], 1000),
+    ];
+    for (payload, expected) in cases {
+        let mut raw = RawPeer::connect(srv.addr()).await;
+        raw.json().await;
+        raw.send(8, payload, true).await;
+        assert_eq!(raw.close_code().await, Some(expected), "{payload:?}");
+    }
+}
+
+/// A slow consumer that reads again receives the documented 4100 close frame after the
+/// frames that were already on their way, whole (issue 9, item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_receives_its_4100_close_frame() {
+    let srv = TestServer::start_with(|c| c.websocket.outbox_max_bytes = 128 * 1024).await;
+    let mut slow = RawPeer::connect_with(srv.addr(), Some(4096)).await;
+    slow.json().await;
+    slow.send_json(json!({"op":"subscribe","channel":"big","id":1}))
+        .await;
+    assert_eq!(slow.json().await["id"], 1);
+    let api = srv.admin();
+    // Frames larger than the socket takes at once: the cut comes while one is half written.
+    let payload = "z".repeat(60_000);
+    let mut cut = false;
+    for _ in 0..500 {
+        api.publish(&["big"], json!(payload)).await.unwrap();
+        if api.stats().await.unwrap()["slow_consumers"] == 1 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the peer that does not read is cut off");
+    // Now it reads: every frame parses, and the last is the close frame.
+    let mut messages = 0;
+    let code = loop {
+        match slow.frame().await {
+            Some((1, text)) => {
+                let m: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                assert_eq!(m["op"], "message");
+                messages += 1;
+            }
+            Some((8, payload)) => break Some(u16::from_be_bytes([payload[0], payload[1]])),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    assert_eq!(code, Some(4100), "after {messages} messages");
+}
+
+/// Whether the kernel holds a TCP socket from `local` to `remote` (Linux: /proc/net/tcp).
+fn kernel_has_socket(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        port(fields[1]) == local.port() && port(fields[2]) == remote.port()
+    })
+}
+
+/// A slow consumer that takes nothing more is cut off within the close grace, and the kernel
+/// lets go of its socket and the data queued for it at once (a reset), instead of retrying
+/// for minutes (issue 9, item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_slow_consumer_releases_its_socket_promptly() {
+    let srv = TestServer::start_with(|c| c.websocket.outbox_max_bytes = 128 * 1024).await;
+    let mut stalled = RawPeer::connect_with(srv.addr(), Some(4096)).await;
+    stalled.json().await;
+    stalled
+        .send_json(json!({"op":"subscribe","channel":"big","id":1}))
+        .await;
+    assert_eq!(stalled.json().await["id"], 1);
+    let peer = stalled.tcp.local_addr().unwrap();
+    assert!(kernel_has_socket(srv.addr(), peer));
+    let api = srv.admin();
+    let payload = "z".repeat(60_000);
+    for _ in 0..500 {
+        api.publish(&["big"], json!(payload)).await.unwrap();
+        if api.stats().await.unwrap()["slow_consumers"] == 1 {
+            break;
+        }
+    }
+    // It never reads again: gone from the kernel's table within the grace and a margin.
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    while kernel_has_socket(srv.addr(), peer) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server's socket to the stalled peer is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_ping_gets_pong() {
     let srv = TestServer::start().await;

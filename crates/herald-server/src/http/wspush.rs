@@ -228,8 +228,13 @@ fn authorize(
 struct PingBody<'a> {
     channel: String,
     /// Required, may be null: `None` when absent, the raw `null` or string when present.
-    #[serde(borrow, rename = "channelToken")]
+    #[serde(borrow, default, rename = "channelToken", deserialize_with = "present")]
     channel_token: Option<&'a RawValue>,
+}
+
+/// A member that is present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 pub async fn ping(State(state): St, body: Bytes) -> Answer {

@@ -8,19 +8,32 @@
 //!
 //! The task is generic over its [`Transport`]: a plain `TcpStream`, or a TLS connection over
 //! one ([`super::transport::TlsTransport`]).
+//!
+//! Closing, whoever starts it, is bounded by [`CLOSE_GRACE`]: the rest of a batch a close
+//! interrupted (so the framing stays whole) and the close frame are written, the write side is
+//! shut, and after the client is gone from the hub the task keeps reading, and discarding,
+//! until the client's own close frame arrives, so the client reads everything sent before the
+//! socket closes (closing with unread input would reset the connection and lose it). A peer
+//! that takes nothing in that time is cut off with a reset, which frees what the kernel holds
+//! for it at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use herald_core::client::{DisconnectReason, close_code, now_ms};
 use herald_core::{ClientHandle, Disconnect};
 use herald_protocol::ws::{self, Decoder, Incoming};
+use tokio::time::Instant;
 
 use super::Admission;
 use super::dialect::{Dialect, DialectSession};
 use super::transport::Transport;
 use crate::server::AppState;
 
+/// How long a close may take: writing the last bytes and the close frame, then waiting for
+/// the client's close frame.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most bytes moved from the outbox per write.
 const WRITE_BATCH: usize = 64 * 1024;
 /// Read-buffer growth step.
@@ -47,10 +60,13 @@ pub async fn run<D: Dialect, T: Transport>(
         read_buf,
         decoder: Decoder::new(ws_cfg.max_message_bytes),
         rate: Default::default(),
+        linger_until: None,
     };
     let reason = conn.serve().await;
     conn.session.on_close().await;
     state.hub.disconnect(&client, reason);
+    // Boxed: this once-per-connection state would otherwise size every idle connection's task.
+    Box::pin(conn.linger()).await;
 }
 
 /// Registers the client, re-checks bans, queues the greeting and applies the credential.
@@ -96,10 +112,20 @@ struct Connection<'a, S, T> {
     read_buf: BytesMut,
     decoder: Decoder,
     rate: crate::limits::MessageRate,
+    /// Set once our close frame is out: until when to wait for the client's.
+    linger_until: Option<Instant>,
 }
 
 /// Control flow out of a step: keep serving, or the connection ended for this reason.
 type Step = Result<(), DisconnectReason>;
+
+/// Why a write stopped before its end.
+enum Stopped {
+    /// A close was requested while the socket was full; this many bytes were written.
+    Closing(Disconnect, usize),
+    /// The connection is gone.
+    Gone,
+}
 
 impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     async fn serve(&mut self) -> DisconnectReason {
@@ -132,10 +158,17 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             let mut batch = Vec::new();
             let drained = self.client.outbox.drain(&mut batch, WRITE_BATCH);
             if !batch.is_empty() {
-                self.write_all(&batch).await?;
+                match self.write_all(&batch).await {
+                    Ok(()) => {}
+                    Err(Stopped::Closing(disconnect, written)) => {
+                        self.close(&disconnect, &batch[written..]).await;
+                        return Err(disconnect.reason);
+                    }
+                    Err(Stopped::Gone) => return Err(DisconnectReason::ClosedByClient),
+                }
             }
             if let Some(disconnect) = drained.closing {
-                self.close(&disconnect).await;
+                self.close(&disconnect, &[]).await;
                 return Err(disconnect.reason);
             }
             if drained.frames == 0 || !self.client.outbox.has_pending() {
@@ -144,8 +177,8 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
         }
     }
 
-    /// Writes `buf`, giving up if the connection is asked to close while the socket is full.
-    async fn write_all(&mut self, buf: &[u8]) -> Step {
+    /// Writes `buf`, stopping if the connection is asked to close while the socket is full.
+    async fn write_all(&mut self, buf: &[u8]) -> Result<(), Stopped> {
         let mut written = 0;
         // (TLS: until the records holding `buf` are on the socket too.)
         while written < buf.len() || self.stream.needs_flush() {
@@ -154,28 +187,75 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     tokio::select! {
                         ready = self.stream.writable() => {
-                            ready.map_err(|_| DisconnectReason::ClosedByClient)?;
+                            ready.map_err(|_| Stopped::Gone)?;
                         }
                         _ = self.client.outbox.ready() => {
                             if let Some(d) = self.client.outbox.closing() {
-                                return Err(d.reason);
+                                return Err(Stopped::Closing(d, written));
                             }
                         }
                     }
                 }
-                Err(_) => return Err(DisconnectReason::ClosedByClient),
+                Err(_) => return Err(Stopped::Gone),
             }
         }
         Ok(())
     }
 
-    /// Sends a close frame (best effort) and half-closes the socket.
-    async fn close(&mut self, disconnect: &Disconnect) {
+    /// Writes `unsent` (the rest of a batch the close interrupted, so the client can still
+    /// parse its frames) and the close frame, and shuts the write side down, within
+    /// [`CLOSE_GRACE`]. Then [`Connection::linger`] waits for the client's close frame. A
+    /// client that does not take it in time is cut off at once (a reset, which releases the
+    /// socket's kernel buffers instead of keeping them while the kernel retries).
+    async fn close(&mut self, disconnect: &Disconnect, unsent: &[u8]) {
+        let deadline = Instant::now() + CLOSE_GRACE;
         let frame = ws::close_frame(disconnect.code, &disconnect.message);
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(1),
-            self.stream.finish(&frame),
-        )
+        let last = if unsent.is_empty() {
+            frame
+        } else {
+            Bytes::from([unsent, &frame[..]].concat())
+        };
+        match tokio::time::timeout_at(deadline, self.stream.finish(&last)).await {
+            Ok(Ok(())) => self.linger_until = Some(deadline),
+            _ => self.stream.abort(),
+        }
+    }
+
+    /// After our close frame: reads and discards until the client's close frame, the end of
+    /// the stream or the deadline, then lets the socket go.
+    async fn linger(&mut self) {
+        let Some(deadline) = self.linger_until.take() else {
+            return;
+        };
+        let _ = tokio::time::timeout_at(deadline, async {
+            let mut decoding = true;
+            loop {
+                while decoding {
+                    match self.decoder.decode(&mut self.read_buf) {
+                        Ok(Some(Incoming::Close(..))) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        // Past a violation, frames cannot be told apart: wait for the end.
+                        Err(_) => decoding = false,
+                    }
+                }
+                if !decoding {
+                    self.read_buf.clear();
+                }
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+                    self.read_buf.reserve(READ_CHUNK);
+                }
+                match self.stream.try_read_buf(&mut self.read_buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        })
         .await;
     }
 
@@ -219,7 +299,7 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
                         violation.close_code,
                         violation.reason,
                     );
-                    self.close(&d).await;
+                    self.close(&d, &[]).await;
                     return Err(d.reason);
                 }
             }
@@ -284,12 +364,16 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             Incoming::Ping(payload) => Some(ws::frame(ws::OP_PONG, &payload)),
             Incoming::Pong => None,
             Incoming::Close(code, _) => {
-                let echo = match code {
-                    Some(c) if (1000..5000).contains(&c) => c,
-                    _ => close_code::NORMAL,
-                };
-                self.close(&Disconnect::new(DisconnectReason::ClosedByClient, echo, ""))
-                    .await;
+                // The decoder let only codes that may be sent through: echo it, or 1000 for a
+                // close without a code (1005 is never sent).
+                let echo = code.unwrap_or(close_code::NORMAL);
+                self.close(
+                    &Disconnect::new(DisconnectReason::ClosedByClient, echo, ""),
+                    &[],
+                )
+                .await;
+                // The client's close is in: nothing to wait for.
+                self.linger_until = None;
                 return Err(DisconnectReason::ClosedByClient);
             }
         };

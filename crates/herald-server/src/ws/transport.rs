@@ -29,6 +29,9 @@ pub trait Transport: Send + Sync {
     fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
     /// Writes `last` (the close frame) completely and shuts the write side down.
     fn finish(&mut self, last: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes dropping the socket reset the connection (`SO_LINGER` 0): for a peer that takes
+    /// nothing, so the kernel frees what it holds at once instead of retrying for minutes.
+    fn abort(&mut self);
 }
 
 impl Transport for TcpStream {
@@ -60,6 +63,10 @@ impl Transport for TcpStream {
     async fn finish(&mut self, last: &[u8]) -> io::Result<()> {
         self.write_all(last).await?;
         self.shutdown().await
+    }
+
+    fn abort(&mut self) {
+        let _ = self.set_zero_linger();
     }
 }
 
@@ -185,6 +192,10 @@ impl Transport for TlsTransport {
         self.tls.send_close_notify();
         self.flush_tls_blocking().await?;
         self.tcp.shutdown().await
+    }
+
+    fn abort(&mut self) {
+        let _ = self.tcp.set_zero_linger();
     }
 }
 
