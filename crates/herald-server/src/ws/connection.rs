@@ -12,10 +12,10 @@
 //! Closing, whoever starts it, is bounded by [`CLOSE_GRACE`]: the rest of a batch a close
 //! interrupted (so the framing stays whole) and the close frame are written, the write side is
 //! shut, and after the client is gone from the hub the task keeps reading, and discarding,
-//! until the client's own close frame arrives, so the client reads everything sent before the
-//! socket closes (closing with unread input would reset the connection and lose it). A peer
-//! that takes nothing in that time is cut off with a reset, which frees what the kernel holds
-//! for it at once.
+//! until the client's own close frame (or its end of the stream) arrives, so the client reads
+//! everything sent before the socket closes (closing with unread input would reset the
+//! connection and lose it). A peer that does neither in that time is cut off with a reset,
+//! which frees what the kernel holds for it at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,12 +222,13 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     }
 
     /// After our close frame: reads and discards until the client's close frame, the end of
-    /// the stream or the deadline, then lets the socket go.
+    /// the stream or the deadline, then lets the socket go; at the deadline with a reset, as
+    /// the peer may not be reading at all and the kernel would keep what is queued for it.
     async fn linger(&mut self) {
         let Some(deadline) = self.linger_until.take() else {
             return;
         };
-        let _ = tokio::time::timeout_at(deadline, async {
+        let answered = tokio::time::timeout_at(deadline, async {
             let mut decoding = true;
             loop {
                 while decoding {
@@ -257,6 +258,9 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             }
         })
         .await;
+        if answered.is_err() {
+            self.stream.abort();
+        }
     }
 
     async fn read(&mut self) -> Step {
