@@ -78,6 +78,7 @@ impl CreateChannelBody {
 
 /// How to disconnect a client or user.
 #[derive(Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KickBody {
     /// Shown to the client in the close frame (at most 120 bytes).

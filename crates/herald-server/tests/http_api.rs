@@ -226,6 +226,27 @@ async fn health_openapi_and_unknown_routes() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
+    // A real validator: every response described, path parameters in their template, tags
+    // declared (issue 9, item 9).
+    assert_eq!(doc["openapi"], "3.1.0");
+    let spec: roas::v3_1::spec::Spec =
+        serde_json::from_value(doc.clone()).expect("the document parses as OpenAPI 3.1");
+    use roas::validation::Validate;
+    if let Err(errors) = spec.validate(roas::validation::Options::new(), None) {
+        panic!("the OpenAPI document is invalid: {errors}");
+    }
+    // The kick options are query parameters.
+    let kick = &doc["paths"]["/api/v1/clients/{id}"]["delete"]["parameters"];
+    let places: Vec<(&str, &str)> = kick
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["in"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        places,
+        [("id", "path"), ("reason", "query"), ("reconnect", "query")]
+    );
     let (status, body) = srv
         .admin()
         .request("GET", "/api/v1/nope", None)

@@ -29,6 +29,14 @@ use crate::server::AppState;
         routes::kick_user, routes::send_to_user, routes::create_ban, routes::list_bans,
         routes::delete_ban, routes::stats, routes::healthz
     ),
+    tags(
+        (name = "publish", description = "Publish to channels"),
+        (name = "channels", description = "Persistent channels and their tokens"),
+        (name = "clients", description = "Connected clients: inspect, subscribe, message, kick"),
+        (name = "users", description = "All connections of a user"),
+        (name = "bans", description = "Bans by address, range or user"),
+        (name = "server", description = "Health and counters"),
+    ),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -99,7 +99,7 @@ pub struct PublishResponse {
 
 /// Publish to one or more channels.
 #[utoipa::path(post, path = "/api/v1/publish", request_body = PublishBody,
-    responses((status = 200, body = PublishResponse), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "Where the publication went: each channel with its offset, epoch and how many subscribers received it", body = PublishResponse), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "publish")]
 pub async fn publish(
     State(state): St,
@@ -127,7 +127,7 @@ pub struct ChannelList {
 
 /// List channels with their subscriber counts (admin).
 #[utoipa::path(get, path = "/api/v1/channels",
-    responses((status = 200, body = ChannelList), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "Every channel, sorted by name", body = ChannelList), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "channels")]
 pub async fn list_channels(
     State(state): St,
@@ -140,7 +140,7 @@ pub async fn list_channels(
 
 /// Create a channel; the answer carries its token (shown once).
 #[utoipa::path(post, path = "/api/v1/channels", request_body = CreateChannelBody,
-    responses((status = 201, body = CreatedChannel), (status = "4XX", body = ErrorBody)),
+    responses((status = 201, description = "The new persistent channel and its token (shown only this once)", body = CreatedChannel), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "channels")]
 pub async fn create_channel(
     State(state): St,
@@ -157,7 +157,7 @@ pub async fn create_channel(
 /// One channel (admin or the channel's token).
 #[utoipa::path(get, path = "/api/v1/channels/{name}",
     params(("name" = String, Path, description = "channel name")),
-    responses((status = 200, body = ChannelSummary), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The channel", body = ChannelSummary), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "channels")]
 pub async fn get_channel(
     State(state): St,
@@ -177,7 +177,7 @@ pub struct DeletedChannel {
 /// Delete a channel; its subscribers are told.
 #[utoipa::path(delete, path = "/api/v1/channels/{name}",
     params(("name" = String, Path, description = "channel name")),
-    responses((status = 200, body = DeletedChannel), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The channel is gone; its subscribers were told", body = DeletedChannel), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "channels")]
 pub async fn delete_channel(
     State(state): St,
@@ -201,7 +201,7 @@ pub struct ClientList {
 
 /// List connected clients (admin).
 #[utoipa::path(get, path = "/api/v1/clients",
-    responses((status = 200, body = ClientList), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "Every connected client", body = ClientList), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn list_clients(State(state): St, Caller(actor): Caller) -> ApiResult<Json<ClientList>> {
     Ok(Json(ClientList {
@@ -212,7 +212,7 @@ pub async fn list_clients(State(state): St, Caller(actor): Caller) -> ApiResult<
 /// One client with its subscriptions (admin).
 #[utoipa::path(get, path = "/api/v1/clients/{id}",
     params(("id" = String, Path, description = "client id")),
-    responses((status = 200, body = ClientSummary), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The client, with its channels", body = ClientSummary), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn get_client(
     State(state): St,
@@ -256,7 +256,7 @@ fn client_and_channels(
 /// Subscribe a client to channels (admin; works on private channels too).
 #[utoipa::path(post, path = "/api/v1/clients/{id}/subscribe", request_body = ChannelsBody,
     params(("id" = String, Path, description = "client id")),
-    responses((status = 200, body = SubscriptionChange), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The requested channels, and those that changed", body = SubscriptionChange), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn subscribe_client(
     State(state): St,
@@ -272,7 +272,7 @@ pub async fn subscribe_client(
 /// Unsubscribe a client; it receives `{"op":"unsubscribed","reason":"admin"}` (admin).
 #[utoipa::path(post, path = "/api/v1/clients/{id}/unsubscribe", request_body = ChannelsBody,
     params(("id" = String, Path, description = "client id")),
-    responses((status = 200, body = SubscriptionChange), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The requested channels, and those that changed", body = SubscriptionChange), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn unsubscribe_client(
     State(state): St,
@@ -301,7 +301,7 @@ pub struct Sent {
 /// Send a direct message to a client.
 #[utoipa::path(post, path = "/api/v1/clients/{id}/send", request_body = SendBody,
     params(("id" = String, Path, description = "client id")),
-    responses((status = 200, body = Sent), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The message is queued for the client", body = Sent), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn send_to_client(
     State(state): St,
@@ -325,7 +325,7 @@ pub struct Disconnected {
 /// Disconnect a client with a reason (admin).
 #[utoipa::path(delete, path = "/api/v1/clients/{id}",
     params(("id" = String, Path, description = "client id"), KickBody),
-    responses((status = 200, body = Disconnected), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The client is being disconnected", body = Disconnected), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "clients")]
 pub async fn kick_client(
     State(state): St,
@@ -355,7 +355,7 @@ pub struct UserConnections {
 /// The connections of a user (admin).
 #[utoipa::path(get, path = "/api/v1/users/{user}",
     params(("user" = String, Path, description = "user id")),
-    responses((status = 200, body = UserConnections), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The user's connections", body = UserConnections), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "users")]
 pub async fn get_user(
     State(state): St,
@@ -382,7 +382,7 @@ pub struct UserDisconnected {
 /// Disconnect every connection of a user (admin).
 #[utoipa::path(delete, path = "/api/v1/users/{user}",
     params(("user" = String, Path, description = "user id"), KickBody),
-    responses((status = 200, body = UserDisconnected), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "How many of the user's connections are being disconnected", body = UserDisconnected), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "users")]
 pub async fn kick_user(
     State(state): St,
@@ -405,7 +405,7 @@ pub struct SentToUser {
 /// Send a direct message to every connection of a user (admin).
 #[utoipa::path(post, path = "/api/v1/users/{user}/send", request_body = SendBody,
     params(("user" = String, Path, description = "user id")),
-    responses((status = 200, body = SentToUser), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "How many of the user's connections the message was queued for", body = SentToUser), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "users")]
 pub async fn send_to_user(
     State(state): St,
@@ -436,7 +436,7 @@ pub struct BanCreated {
 
 /// Ban a client (its user, else its address), a user, an address or a range (admin).
 #[utoipa::path(post, path = "/api/v1/bans", request_body = BanBody,
-    responses((status = 201, body = BanCreated), (status = "4XX", body = ErrorBody)),
+    responses((status = 201, description = "The ban, and how many connections it closed", body = BanCreated), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "bans")]
 pub async fn create_ban(
     State(state): St,
@@ -462,7 +462,7 @@ pub struct BanList {
 
 /// The bans in force, oldest first (admin).
 #[utoipa::path(get, path = "/api/v1/bans",
-    responses((status = 200, body = BanList), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "Bans in force", body = BanList), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "bans")]
 pub async fn list_bans(State(state): St, Caller(actor): Caller) -> ApiResult<Json<BanList>> {
     let bans = state
@@ -483,7 +483,7 @@ pub struct Unbanned {
 /// Lift a ban by id, e.g. `ip:10.0.0.1`, `cidr:10.0.0.0/8`, `user:alice` (admin).
 #[utoipa::path(delete, path = "/api/v1/bans/{id}",
     params(("id" = String, Path, description = "ban id")),
-    responses((status = 200, body = Unbanned), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "The ban that was lifted", body = Unbanned), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "bans")]
 pub async fn delete_ban(
     State(state): St,
@@ -500,7 +500,7 @@ pub async fn delete_ban(
 
 /// Server counters (admin).
 #[utoipa::path(get, path = "/api/v1/stats",
-    responses((status = 200, body = StatsSnapshot), (status = "4XX", body = ErrorBody)),
+    responses((status = 200, description = "Counters of this server", body = StatsSnapshot), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "server")]
 pub async fn stats(State(state): St, Caller(actor): Caller) -> ApiResult<Json<StatsSnapshot>> {
     actor.require_admin("reading stats")?;
@@ -513,7 +513,7 @@ pub struct Health {
 }
 
 /// Liveness: 200 while the server accepts requests (no credential needed).
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)), tag = "server")]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The server is up", body = Health)), tag = "server")]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
