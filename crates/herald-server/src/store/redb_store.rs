@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use herald_core::bans::BanRecord;
 use herald_core::store::{ChannelRecord, Store, StoreError};
@@ -24,7 +24,9 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in `dir`, creating the directory if needed.
+    /// Opens (or creates) the store in `dir`, creating the directory if needed. The whole file
+    /// is checked first, so a store damaged outside Herald (a disk fault, a bad copy, an edit)
+    /// is refused with one error that names the file and what to do, never read half-way.
     pub fn open(dir: &Path) -> Result<RedbStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError(format!(
@@ -33,13 +35,45 @@ impl RedbStore {
             ))
         })?;
         let path = dir.join("herald.redb");
-        let db = Database::create(&path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
-        let txn = db.begin_write().map_err(err)?;
-        txn.open_table(CHANNELS).map_err(err)?;
-        txn.open_table(BANS).map_err(err)?;
-        txn.commit().map_err(err)?;
-        Ok(RedbStore { db })
+        // The engine promises errors, not panics, for damage it finds while checking; a panic
+        // is still caught here, in case a check misses something.
+        let opened = std::panic::catch_unwind(|| -> Result<RedbStore, redb::Error> {
+            let db = Builder::new()
+                .set_check_integrity_on_open(true)
+                .create(&path)?;
+            let txn = db.begin_write()?;
+            txn.open_table(CHANNELS)?;
+            txn.open_table(BANS)?;
+            txn.commit()?;
+            Ok(RedbStore { db })
+        });
+        let fail = match opened {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(e)) => e,
+            Err(_) => redb::Error::Corrupted("the database engine failed reading it".into()),
+        };
+        Err(StoreError(open_error(&path, fail)))
+    }
+}
+
+/// The message for a store that cannot be opened: what happened and what to do.
+fn open_error(path: &Path, e: redb::Error) -> String {
+    let file = path.display();
+    match e {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => format!(
+            "the store {file} is in use by another process: stop it, or give this server a data_dir of its own"
+        ),
+        redb::Error::Io(io)
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            format!("cannot open the store {file}: {io}")
+        }
+        other => format!(
+            "the store {file} is damaged and cannot be used ({other}). Restore it from a backup, or move it aside (rename it) to start with an empty store: the persistent channels, their tokens and the bans it held are then lost"
+        ),
     }
 }
 
