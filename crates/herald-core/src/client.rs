@@ -38,6 +38,9 @@ pub enum DisconnectReason {
     Banned,
     /// It kept sending far past `limits.messages_per_second`.
     RateLimited,
+    /// The channel it was made for was deleted, and its protocol cannot subscribe again
+    /// (push-stream: [`WireFormat::closes_without_channels`](crate::WireFormat)).
+    ChannelDeleted,
 }
 
 impl DisconnectReason {
@@ -51,6 +54,7 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::Banned => "banned",
             DisconnectReason::RateLimited => "rate_limited",
+            DisconnectReason::ChannelDeleted => "channel_deleted",
         }
     }
 }

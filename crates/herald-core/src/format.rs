@@ -41,6 +41,12 @@ pub trait WireFormat: Send + Sync + 'static {
     /// The server removed a subscription (channel deleted, admin action); `None` when the
     /// protocol has no such notice.
     fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Option<Bytes>;
+    /// Whether a connection is closed once a deleted channel was its last subscription, after
+    /// the [`WireFormat::unsubscribed`] notice: for protocols whose connections name their
+    /// channels once, at connect (push-stream closes them so the client reconnects).
+    fn closes_without_channels(&self) -> bool {
+        false
+    }
     /// A message an admin sent to every connected client. Defaults to a direct message.
     fn broadcast(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
         self.direct(from, data)

@@ -86,6 +86,12 @@ impl WireFormat for PushStreamWs {
         (reason == "channel_deleted").then(|| frame(-2, channel.as_str(), "Channel deleted."))
     }
 
+    /// The module closes a subscriber whose last channel was deleted, after the `-2` frame:
+    /// `pushstream.js` then reconnects (and learns whether the channel exists again).
+    fn closes_without_channels(&self) -> bool {
+        true
+    }
+
     fn keepalive(&self) -> Bytes {
         ws::ping_frame()
     }

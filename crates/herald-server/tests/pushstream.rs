@@ -110,14 +110,41 @@ async fn subscribe_by_url_publish_over_http_and_delete() {
         s2.text().await,
         r#"{"id":-2,"channel":"news","text":"Channel deleted."}"#
     );
+    // "news" was s2's only channel: as the module does, the connection is closed after the
+    // -2 frame, so pushstream.js reconnects instead of silently receiving nothing (issue 9,
+    // item 12). s1 still has "sports" and stays.
+    assert_eq!(s2.close_code().await, Some(1000));
+    assert_eq!(
+        s1.text().await,
+        r#"{"id":-2,"channel":"news","text":"Channel deleted."}"#
+    );
+    let (status, _, _) = pub_raw(&srv, "POST", "?id=sports", "still here").await;
+    assert_eq!(status, 200);
+    let delivery: serde_json::Value = serde_json::from_str(&s1.text().await).unwrap();
+    assert_eq!(
+        (&delivery["channel"], &delivery["text"]),
+        (&"sports".into(), &"still here".into())
+    );
     assert_eq!(pub_raw(&srv, "DELETE", "?id=news", "").await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_channels_are_refused_before_the_upgrade_and_own_listener_works() {
     let srv = server_with(|_| {}).await;
-    let status = RawPeer::handshake_status(srv.addr(), "/pushstream/subscribe", "").await;
-    assert!(status.contains("400"), "{status}");
+    for path in ["/pushstream/subscribe", "/pushstream/subscribe/"] {
+        let status = RawPeer::handshake_status(srv.addr(), path, "").await;
+        assert!(status.contains("400"), "{path}: {status}");
+        let (status, headers, _) = srv
+            .anonymous()
+            .request_raw("GET", path, &[], Default::default())
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{path}");
+        assert_eq!(
+            headers["x-nginx-pushstream-explain"], "No channel id provided.",
+            "{path}"
+        );
+    }
     let own = srv
         .server
         .dialect_addrs

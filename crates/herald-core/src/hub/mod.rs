@@ -808,9 +808,18 @@ impl Hub {
             if !resubscribed {
                 subs.channels.remove(name);
             }
+            let channelless = subs.channels.is_empty();
             drop(subs);
             if let Some(notice) = notice(client) {
                 self.registry.push_or_close(client, notice);
+            }
+            if channelless && client.format.closes_without_channels() {
+                // After the notice: closes other than a slow consumer's flush first.
+                client.outbox.close(Disconnect::new(
+                    DisconnectReason::ChannelDeleted,
+                    close_code::NORMAL,
+                    "Channel deleted.",
+                ));
             }
         }
         Ok(subscribers.len() as u64)

@@ -94,6 +94,7 @@ fn pushstream_routes() -> Router<Arc<AppState>> {
     use axum::routing::any;
     Router::new()
         .route("/subscribe", get(crate::ws::upgrade_pushstream))
+        .route("/subscribe/", get(crate::ws::upgrade_pushstream))
         .route("/subscribe/{*channels}", get(crate::ws::upgrade_pushstream))
         .route("/pub", any(pushstream::publisher))
 }
