@@ -31,6 +31,10 @@ pub struct Publish {
     /// Shared by the publishes of one multi-channel publication whose clients must get it at
     /// most once (dialects whose frames do not name the channel): who already got it here.
     pub once: Option<Arc<Mutex<HashSet<ClientId>>>>,
+    /// Options to create the channel with if it does not exist, so the publication is kept
+    /// (set when the channel's defaults keep history); `None`: an absent channel records
+    /// nothing.
+    pub create: Option<crate::channel::ChannelOptions>,
 }
 
 /// What a publication became.

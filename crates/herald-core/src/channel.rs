@@ -157,6 +157,40 @@ pub struct ChannelOptions {
     /// `limits.max_payload_bytes` (which a channel cannot raise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_payload_bytes: Option<u32>,
+    /// Publications kept for recovery and the history op (0: none). Left out when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub history_size: u32,
+    /// How long each kept publication lives, in seconds. Left out at the default (300).
+    #[serde(
+        default = "default_history_ttl",
+        skip_serializing_if = "is_default_history_ttl"
+    )]
+    pub history_ttl_secs: u32,
+    /// Subscribers may ask who is subscribed. Left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub presence: bool,
+    /// Subscribers are told when others join and leave. Left out when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub join_leave: bool,
+}
+
+/// Most publications a channel may keep (`history_size`).
+pub const MAX_HISTORY_SIZE: u32 = 10_000;
+/// Longest time a publication may be kept (`history_ttl_secs`): a week.
+pub const MAX_HISTORY_TTL_SECS: u32 = 7 * 24 * 3600;
+/// The default `history_ttl_secs`.
+pub const DEFAULT_HISTORY_TTL_SECS: u32 = 300;
+
+fn default_history_ttl() -> u32 {
+    DEFAULT_HISTORY_TTL_SECS
+}
+
+fn is_default_history_ttl(n: &u32) -> bool {
+    *n == DEFAULT_HISTORY_TTL_SECS
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn yes() -> bool {
@@ -183,6 +217,19 @@ impl ChannelOptions {
         }
     }
 
+    /// Checks the history options' ranges; the message names the option.
+    pub fn validate_history(&self) -> Result<(), String> {
+        if self.history_size > MAX_HISTORY_SIZE {
+            return Err(format!("history_size must be at most {MAX_HISTORY_SIZE}"));
+        }
+        if self.history_ttl_secs == 0 || self.history_ttl_secs > MAX_HISTORY_TTL_SECS {
+            return Err(format!(
+                "history_ttl_secs must be between 1 and {MAX_HISTORY_TTL_SECS}"
+            ));
+        }
+        Ok(())
+    }
+
     /// Sets `public` and `admin_only_subscribe` for `policy`.
     pub fn set_subscribe(&mut self, policy: SubscribePolicy) {
         self.public = policy == SubscribePolicy::Public;
@@ -199,6 +246,10 @@ impl Default for ChannelOptions {
             admin_only_subscribe: false,
             echo: true,
             max_payload_bytes: None,
+            history_size: 0,
+            history_ttl_secs: DEFAULT_HISTORY_TTL_SECS,
+            presence: false,
+            join_leave: false,
         }
     }
 }

@@ -41,6 +41,8 @@ pub enum ErrorCode {
     ChannelExists,
     /// The channel has reached its `max_subscribers`.
     ChannelFull,
+    /// The channel does not track presence (its `presence` option is off).
+    PresenceDisabled,
     /// The route does not exist.
     NotFound,
     /// The HTTP method is not allowed on this route.
@@ -62,7 +64,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::UnknownOp,
@@ -79,6 +81,7 @@ impl ErrorCode {
         ErrorCode::ClientNotFound,
         ErrorCode::ChannelExists,
         ErrorCode::ChannelFull,
+        ErrorCode::PresenceDisabled,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Banned,
@@ -108,6 +111,7 @@ impl ErrorCode {
             ErrorCode::ClientNotFound => "client_not_found",
             ErrorCode::ChannelExists => "channel_exists",
             ErrorCode::ChannelFull => "channel_full",
+            ErrorCode::PresenceDisabled => "presence_disabled",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Banned => "banned",
@@ -134,7 +138,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::ChannelNotFound | ErrorCode::ClientNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::ChannelExists | ErrorCode::ChannelFull => 409,
+            ErrorCode::ChannelExists | ErrorCode::ChannelFull | ErrorCode::PresenceDisabled => 409,
             ErrorCode::MessageTooLarge | ErrorCode::PayloadTooLarge => 413,
             ErrorCode::StoreUnavailable | ErrorCode::AuthUnavailable | ErrorCode::ShuttingDown => {
                 503

@@ -47,6 +47,17 @@ pub trait WireFormat: Send + Sync + 'static {
     fn closes_without_channels(&self) -> bool {
         false
     }
+    /// For channels with `join_leave`: `client` (with its `user`) joined or left `channel`.
+    /// `None` (the default): the protocol has no such notice.
+    fn presence_change(
+        &self,
+        _channel: &ChannelName,
+        _client: ClientId,
+        _user: Option<&str>,
+        _joined: bool,
+    ) -> Option<Bytes> {
+        None
+    }
     /// A message an admin sent to every connected client. Defaults to a direct message.
     fn broadcast(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
         self.direct(from, data)

@@ -19,6 +19,15 @@ impl ClientId {
         s.parse()
     }
 
+    /// The id's 16 bytes (for compact storage).
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        ClientId(uuid::Uuid::from_bytes(bytes))
+    }
+
     /// A stable 64-bit hash input for shard selection.
     pub fn shard_key(&self) -> u64 {
         let b = self.0.as_u64_pair();

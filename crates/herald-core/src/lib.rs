@@ -15,6 +15,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod format;
+pub mod history;
 pub mod hub;
 pub mod ids;
 pub mod outbox;

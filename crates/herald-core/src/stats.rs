@@ -37,6 +37,13 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Connections closed (4102) for flooding past the message rate.
     pub rate_limited_disconnects: AtomicU64,
+    /// Kept publications dropped to stay within `[history] max_bytes`.
+    pub history_evicted: AtomicU64,
+    /// History changes the store writer could not take (its queue was full): not kept on disk.
+    pub history_write_dropped: AtomicU64,
+    /// Recoveries that replayed every missed publication, and those that could not.
+    pub recovered: AtomicU64,
+    pub recover_failed: AtomicU64,
 }
 
 impl Stats {
@@ -87,5 +94,17 @@ pub struct StatsSnapshot {
     pub rate_limited: u64,
     /// Connections closed with 4102 for flooding past the message rate.
     pub rate_limited_disconnects: u64,
+    /// Publications kept in channel history now, and the bytes they count (`[history]
+    /// max_bytes`).
+    pub history_messages: u64,
+    pub history_bytes: u64,
+    /// Kept publications dropped to stay within `[history] max_bytes`.
+    pub history_evicted: u64,
+    /// History changes not written to disk because the store writer fell behind.
+    pub history_write_dropped: u64,
+    /// Recoveries that replayed every missed publication (`recovered: true`), and those that
+    /// could not (`recovered: false`).
+    pub recovered: u64,
+    pub recover_failed: u64,
     pub uptime_seconds: u64,
 }

@@ -1,5 +1,6 @@
 //! The durable store: state that users create and that must survive a restart (channels
-//! created through the API, with their options and hashed tokens; bans).
+//! created through the API, with their options and hashed tokens; bans; channel history and
+//! positions, when `[history] durable`).
 //!
 //! Implementations: [`MemoryStore`] here (tests, `--data-dir` less runs), redb in
 //! herald-server. Calls are synchronous and may block on disk; the hub runs them on the
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::bans::BanRecord;
 use crate::channel::ChannelOptions;
+use crate::history::{Entry, HistoryOp};
 
 /// A channel as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +39,24 @@ pub trait Store: Send + Sync + 'static {
     fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError>;
     /// Removes the ban with this id (`ip:...`, `cidr:...`, `user:...`).
     fn delete_ban(&self, id: &str) -> Result<bool, StoreError>;
+    /// Every channel's kept position and publications (none for a store that keeps no
+    /// history).
+    fn load_history(&self) -> Result<Vec<StoredHistory>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Applies history changes in order, as one write.
+    fn write_history(&self, _ops: &[HistoryOp]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A channel's history as stored: its position and kept publications, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHistory {
+    pub channel: String,
+    pub epoch: String,
+    pub offset: u64,
+    pub entries: Vec<Entry>,
 }
 
 /// Keeps everything in memory: nothing survives the process.

@@ -31,6 +31,23 @@ pub enum Op<'a> {
         token: Option<String>,
         /// Admins: subscribe this other client.
         client: Option<ClientId>,
+        /// Channels to recover, each from the position the client last saw.
+        recover: Vec<(ChannelName, Position)>,
+    },
+    /// A channel's kept publications.
+    History {
+        channel: ChannelName,
+        since: Option<Position>,
+        limit: Option<usize>,
+        reverse: bool,
+    },
+    /// Who is subscribed to a channel.
+    Presence {
+        channel: ChannelName,
+    },
+    /// How many are subscribed to a channel.
+    PresenceStats {
+        channel: ChannelName,
     },
     Unsubscribe {
         channels: Vec<ChannelName>,
@@ -57,6 +74,13 @@ pub enum Op<'a> {
     },
 }
 
+/// A position in a channel's stream, as a client last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
 /// Who a direct message is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipient {
@@ -76,6 +100,7 @@ pub const ADMIN_OPS: &[&str] = &[
     "channel",
     "channel_create",
     "channel_delete",
+    "history_delete",
     "kick",
     "ban",
     "unban",
@@ -96,12 +121,17 @@ pub struct Fields<'a> {
     token: Option<&'a RawValue>,
     client: Option<&'a RawValue>,
     user: Option<&'a RawValue>,
+    recover: Option<&'a RawValue>,
+    since: Option<&'a RawValue>,
+    limit: Option<&'a RawValue>,
+    reverse: Option<&'a RawValue>,
     /// A field that appeared more than once.
     repeated: Option<&'static str>,
 }
 
-const FIELDS: [&str; 9] = [
-    "op", "id", "channel", "channels", "data", "to", "token", "client", "user",
+const FIELDS: [&str; 13] = [
+    "op", "id", "channel", "channels", "data", "to", "token", "client", "user", "recover", "since",
+    "limit", "reverse",
 ];
 
 /// A request that could not be parsed: the error, and the request's id if it had a usable one.
@@ -157,7 +187,21 @@ impl<'a> Fields<'a> {
                 HeraldError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
             }
         })?;
-        let [op, id, channel, channels, data, to, token, client, user] = m.values;
+        let [
+            op,
+            id,
+            channel,
+            channels,
+            data,
+            to,
+            token,
+            client,
+            user,
+            recover,
+            since,
+            limit,
+            reverse,
+        ] = m.values;
         Ok(Fields {
             op,
             id,
@@ -168,6 +212,10 @@ impl<'a> Fields<'a> {
             token,
             client,
             user,
+            recover,
+            since,
+            limit,
+            reverse,
             repeated: m.repeated,
         })
     }
@@ -199,13 +247,47 @@ fn parse_op<'a>(env: &Fields<'a>) -> Result<Op<'a>, HeraldError> {
     let op =
         json::string(op_raw).ok_or_else(|| HeraldError::bad_request("\"op\" must be a string"))?;
     Ok(match &*op {
-        "subscribe" => Op::Subscribe {
-            channels: channel_list(env)?,
-            token: env
-                .token
-                .map(|raw| string_field("token", raw))
+        "subscribe" => {
+            let channels = channel_list(env)?;
+            let recover = match env.recover {
+                Some(raw) => recover_field(raw, &channels)?,
+                None => Vec::new(),
+            };
+            Op::Subscribe {
+                channels,
+                token: env
+                    .token
+                    .map(|raw| string_field("token", raw))
+                    .transpose()?,
+                client: env.client.map(client_field).transpose()?,
+                recover,
+            }
+        }
+        "history" => Op::History {
+            channel: one_channel(env)?,
+            since: env.since.map(|raw| position(raw, "since")).transpose()?,
+            limit: env
+                .limit
+                .map(|raw| {
+                    serde_json::from_str::<usize>(raw.get()).map_err(|_| {
+                        HeraldError::bad_request("\"limit\" must be a positive whole number")
+                    })
+                })
                 .transpose()?,
-            client: env.client.map(client_field).transpose()?,
+            reverse: env
+                .reverse
+                .map(|raw| {
+                    serde_json::from_str::<bool>(raw.get())
+                        .map_err(|_| HeraldError::bad_request("\"reverse\" must be true or false"))
+                })
+                .transpose()?
+                .unwrap_or(false),
+        },
+        "presence" => Op::Presence {
+            channel: one_channel(env)?,
+        },
+        "presence_stats" => Op::PresenceStats {
+            channel: one_channel(env)?,
         },
         "unsubscribe" => Op::Unsubscribe {
             channels: channel_list(env)?,
@@ -293,6 +375,67 @@ fn channel_list(env: &Fields) -> Result<Vec<ChannelName>, HeraldError> {
         return Err(HeraldError::bad_request("\"channels\" is empty"));
     }
     names.iter().map(|n| ChannelName::parse(n)).collect()
+}
+
+/// The one channel an op is about (`channel`).
+fn one_channel(env: &Fields) -> Result<ChannelName, HeraldError> {
+    let raw = env.channel.ok_or_else(|| missing("channel"))?;
+    let name = json::string(raw)
+        .ok_or_else(|| HeraldError::bad_request("\"channel\" must be a string"))?;
+    ChannelName::parse(&name)
+}
+
+/// `{"epoch":"…","offset":N}`.
+fn position(raw: &RawValue, field: &str) -> Result<Position, HeraldError> {
+    let bad = || {
+        HeraldError::bad_request(format!(
+            "\"{field}\" must be {{\"epoch\": string, \"offset\": whole number}}"
+        ))
+    };
+    let m = json::members(raw.get(), &["epoch", "offset"]).map_err(|_| bad())?;
+    if let Some(repeated) = m.repeated {
+        return Err(HeraldError::bad_request(format!(
+            "{field}: {}",
+            json::repeated_message(repeated)
+        )));
+    }
+    let [epoch, offset] = m.values;
+    Ok(Position {
+        epoch: json::string(epoch.ok_or_else(bad)?)
+            .ok_or_else(bad)?
+            .into_owned(),
+        offset: serde_json::from_str(offset.ok_or_else(bad)?.get()).map_err(|_| bad())?,
+    })
+}
+
+/// `recover`: an object from channel names (among those subscribed) to positions.
+fn recover_field(
+    raw: &RawValue,
+    channels: &[ChannelName],
+) -> Result<Vec<(ChannelName, Position)>, HeraldError> {
+    let map = json::unique_object(raw.get()).map_err(|e| match e {
+        json::UniqueError::Repeated(key) => {
+            HeraldError::bad_request(format!("recover: {}", json::repeated_message(&key)))
+        }
+        json::UniqueError::Object(_) => HeraldError::bad_request(
+            "\"recover\" must be an object: {\"<channel>\": {\"epoch\": …, \"offset\": …}}",
+        ),
+    })?;
+    let mut out = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        let channel = ChannelName::parse(&name)?;
+        if !channels.contains(&channel) {
+            return Err(HeraldError::bad_request(format!(
+                "recover names {:?}, which this request does not subscribe to",
+                herald_core::ids::truncate(&name, 64)
+            )));
+        }
+        let text = value.to_string();
+        let raw = RawValue::from_string(text)
+            .map_err(|_| HeraldError::bad_request("\"recover\" holds invalid JSON"))?;
+        out.push((channel, position(&raw, "recover")?));
+    }
+    Ok(out)
 }
 
 fn client_list(raw: &RawValue) -> Result<Vec<ClientId>, HeraldError> {
@@ -414,6 +557,27 @@ impl WireFormat for NativeWs {
         ))
     }
 
+    fn presence_change(
+        &self,
+        channel: &ChannelName,
+        client: ClientId,
+        user: Option<&str>,
+        joined: bool,
+    ) -> Option<Bytes> {
+        let op = if joined { "join" } else { "leave" };
+        Some(text_frame(96 + channel.as_str().len(), |b| {
+            let _ = write!(
+                b,
+                "{{\"op\":\"{op}\",\"channel\":\"{channel}\",\"client\":\"{client}\",\"user\":"
+            );
+            match user {
+                Some(u) => write_json_str(b, u),
+                None => b.extend_from_slice(b"null"),
+            }
+            b.push(b'}');
+        }))
+    }
+
     fn event(&self, event: &herald_core::Event) -> Option<Bytes> {
         Some(text_frame(128, |b| {
             let _ = write!(
@@ -452,7 +616,7 @@ mod tests {
         let r = parse_request(r#"{"op":"subscribe","channels":["a","b"],"id":1}"#).unwrap();
         assert_eq!(r.id.unwrap().get(), "1");
         assert!(
-            matches!(r.op, Op::Subscribe { ref channels, token: None, client: None } if channels.len() == 2)
+            matches!(r.op, Op::Subscribe { ref channels, token: None, client: None, ref recover } if recover.is_empty() && channels.len() == 2)
         );
         let r = parse_request(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap();
         assert!(matches!(r.op, Op::Unsubscribe { ref channels, .. } if channels.len() == 1));

@@ -31,6 +31,14 @@ pub struct CreateChannelBody {
     pub echo: Option<bool>,
     /// Largest publication to this channel, in bytes; 0 = the global limit.
     pub max_payload_bytes: Option<u32>,
+    /// Publications kept for recovery and history (0: none; at most 10000).
+    pub history_size: Option<u32>,
+    /// Seconds each kept publication lives (default 300, at most a week).
+    pub history_ttl_secs: Option<u32>,
+    /// Subscribers may ask who is subscribed.
+    pub presence: Option<bool>,
+    /// Subscribers are told when others join and leave.
+    pub join_leave: Option<bool>,
 }
 
 impl CreateChannelBody {
@@ -52,8 +60,15 @@ impl CreateChannelBody {
             max_subscribers: zero_is_none(self.max_subscribers, defaults.max_subscribers),
             echo: self.echo.unwrap_or(defaults.echo),
             max_payload_bytes: zero_is_none(self.max_payload_bytes, defaults.max_payload_bytes),
+            history_size: self.history_size.unwrap_or(defaults.history_size),
+            history_ttl_secs: self.history_ttl_secs.unwrap_or(defaults.history_ttl_secs),
+            presence: self.presence.unwrap_or(defaults.presence),
+            join_leave: self.join_leave.unwrap_or(defaults.join_leave),
             ..defaults.clone()
         };
+        options
+            .validate_history()
+            .map_err(HeraldError::bad_request)?;
         let from_public = self.public.map(|public| {
             if public {
                 SubscribePolicy::Public

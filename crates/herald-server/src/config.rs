@@ -40,6 +40,27 @@ pub struct Config {
     pub jwt: JwtConfig,
     /// The app backend asked at connect (and optionally at subscribe/publish), docs/auth-hook.md.
     pub auth_hook: crate::auth_hook::AuthHookConfig,
+    pub history: HistoryConfig,
+}
+
+/// `[history]`: what all channels' history may use, and whether it outlives a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Bytes all kept publications may use together (data + about 96 bytes each); the
+    /// oldest go first.
+    pub max_bytes: usize,
+    /// Keep history, and every channel's epoch and offset, in the data directory.
+    pub durable: bool,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_bytes: herald_core::hub::DEFAULT_HISTORY_MAX_BYTES,
+            durable: true,
+        }
+    }
 }
 
 /// JSON Web Tokens for connections and private-channel subscriptions (docs/auth.md). Any
@@ -527,6 +548,14 @@ pub struct ChannelsConfig {
     pub max_payload_bytes: u32,
     /// Clients may send direct messages (`op: send`) to other clients.
     pub client_direct_messages: bool,
+    /// Publications each channel keeps for recovery and the history op (0: none).
+    pub history_size: u32,
+    /// Seconds each kept publication lives.
+    pub history_ttl_secs: u32,
+    /// Subscribers may ask who is subscribed.
+    pub presence: bool,
+    /// Subscribers are told when others join and leave.
+    pub join_leave: bool,
 }
 
 /// Most `[namespaces.<ns>]` tables.
@@ -556,6 +585,16 @@ pub struct NamespaceConfig {
     /// Largest publication, in bytes (at most `limits.max_payload_bytes`); 0 = that limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_payload_bytes: Option<u32>,
+    /// Publications each channel keeps (0: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<u32>,
+    /// Seconds each kept publication lives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_ttl_secs: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_leave: Option<bool>,
 }
 
 impl NamespaceConfig {
@@ -612,6 +651,18 @@ impl NamespaceConfig {
         if let Some(n) = self.max_payload_bytes {
             options.max_payload_bytes = (n > 0).then_some(n);
         }
+        if let Some(n) = self.history_size {
+            options.history_size = n;
+        }
+        if let Some(n) = self.history_ttl_secs {
+            options.history_ttl_secs = n;
+        }
+        if let Some(b) = self.presence {
+            options.presence = b;
+        }
+        if let Some(b) = self.join_leave {
+            options.join_leave = b;
+        }
         options
     }
 }
@@ -662,6 +713,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             jwt: JwtConfig::default(),
             auth_hook: Default::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -689,6 +741,10 @@ impl Default for ChannelsConfig {
             echo: true,
             max_payload_bytes: 0,
             client_direct_messages: false,
+            history_size: 0,
+            history_ttl_secs: herald_core::channel::DEFAULT_HISTORY_TTL_SECS,
+            presence: false,
+            join_leave: false,
         }
     }
 }
@@ -728,6 +784,7 @@ const KNOWN_KEYS: &[&str] = &[
     "websocket",
     "channels",
     "namespaces",
+    "history",
     "limits",
     "events",
     "tls",
@@ -890,6 +947,21 @@ impl Config {
         for (ns, namespace) in &self.namespaces {
             namespace.validate(ns, max_payload)?;
         }
+        let defaults = self.channel_defaults();
+        defaults
+            .validate_history()
+            .map_err(|why| ConfigError(format!("channels.{why}")))?;
+        for (ns, namespace) in &self.namespaces {
+            namespace
+                .options(&defaults)
+                .validate_history()
+                .map_err(|why| ConfigError(format!("namespaces.{ns}.{why}")))?;
+        }
+        if self.history.max_bytes < 1024 {
+            return Err(ConfigError(
+                "history.max_bytes: must be at least 1024".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -903,6 +975,10 @@ impl Config {
             admin_only_subscribe: false,
             echo: c.echo,
             max_payload_bytes: (c.max_payload_bytes > 0).then_some(c.max_payload_bytes),
+            history_size: c.history_size,
+            history_ttl_secs: c.history_ttl_secs,
+            presence: c.presence,
+            join_leave: c.join_leave,
         }
     }
 
@@ -924,6 +1000,7 @@ impl Config {
             channel_defaults,
             namespaces,
             client_direct_messages: self.channels.client_direct_messages,
+            history_max_bytes: self.history.max_bytes,
         }
     }
 }

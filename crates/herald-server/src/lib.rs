@@ -13,12 +13,14 @@
 //! - [`tls`]: loading `[tls]`'s certificate and key into a rustls configuration.
 //! - [`webhooks`]: lifecycle events POSTed to the configured endpoints as CloudEvents.
 //! - [`limits`]: per-IP, per-user, connection-rate, origin and message-rate limits.
+//! - [`history_store`]: writing channel history to the store in batches, and its sweep.
 
 pub mod admin;
 pub mod admin_key;
 pub mod auth;
 pub mod auth_hook;
 pub mod config;
+pub mod history_store;
 pub mod http;
 pub mod jwt;
 pub mod limits;

@@ -57,6 +57,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     webhooks: Webhooks,
+    history_writer: Option<crate::history_store::Writer>,
 }
 
 /// Opens the store, restores channels, binds `config.listen` (and `tls.listen`) and starts
@@ -71,10 +72,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let hub = Hub::new(config.hub_config(), Arc::new(MemoryBroker), store);
+    let hub = Hub::new(config.hub_config(), Arc::new(MemoryBroker), store.clone());
     let restored = hub
         .restore()
         .map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
+    let history_writer = if config.history.durable {
+        hub.restore_history()
+            .map_err(|e| anyhow::anyhow!("restoring history: {e}"))?;
+        Some(crate::history_store::start_writer(&hub, store))
+    } else {
+        None
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -120,6 +128,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
+        tokio::spawn(crate::history_store::sweeper(
+            state.clone(),
+            shutdown_rx.clone(),
+        )),
     ];
     if let (Some(listener), Some(acceptor)) = (tls_listener, tls_acceptor) {
         tasks.push(tokio::spawn(accept_loop(
@@ -172,6 +184,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         shutdown,
         tasks,
         webhooks,
+        history_writer,
     })
 }
 
@@ -213,6 +226,9 @@ impl RunningServer {
         self.webhooks
             .stop(crate::webhooks::SHUTDOWN_FLUSH.min(grace))
             .await;
+        if let Some(writer) = self.history_writer {
+            writer.finish(grace.max(Duration::from_secs(5))).await;
+        }
     }
 }
 

@@ -166,7 +166,7 @@ impl Hub {
     /// The channel `name` if `actor` may manage it. The credential is checked first: a
     /// channel token gets the same refusal for a channel that does not exist as for another
     /// channel's, so it cannot probe which channels exist.
-    fn managed_channel(
+    pub(super) fn managed_channel(
         &self,
         actor: &Actor,
         name: &ChannelName,

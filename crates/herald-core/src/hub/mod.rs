@@ -4,8 +4,10 @@
 //! errors and behaviour are identical everywhere.
 
 mod channels;
+mod history;
 mod moderation;
 mod policy;
+mod presence;
 mod publish;
 mod registry;
 mod subscribe;
@@ -19,10 +21,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use channels::CreatedChannel;
+pub use history::{HistoryPage, HistoryQuery, Publication};
 pub use moderation::{BanRequest, BanSubject, Banned, ClientSummary, MAX_REASON_LEN, parse_ban_id};
 pub use policy::Actor;
+pub use presence::{PresenceEntry, PresenceList, PresenceStats};
 pub use publish::{ChannelPublished, PublishRequest};
 pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
+pub use subscribe::Subscribed;
 
 use crate::bans::{BanList, BanRecord, BanTarget};
 use crate::broker::{Broker, Publish, Published};
@@ -63,6 +68,8 @@ pub struct HubConfig {
     pub namespaces: HashMap<String, ChannelOptions>,
     /// Clients may send direct messages to other clients (admins always may).
     pub client_direct_messages: bool,
+    /// The byte budget of all channels' history (`[history] max_bytes`).
+    pub history_max_bytes: usize,
 }
 
 impl Default for HubConfig {
@@ -77,9 +84,13 @@ impl Default for HubConfig {
             channel_defaults: ChannelOptions::default(),
             namespaces: HashMap::new(),
             client_direct_messages: false,
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
         }
     }
 }
+
+/// The default `[history] max_bytes`: 64 MiB.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 << 20;
 
 impl HubConfig {
     /// The options a channel called `name` starts from: its namespace's, or the defaults
@@ -107,7 +118,11 @@ impl Hub {
     pub fn new(config: HubConfig, broker: Arc<dyn Broker>, store: Arc<dyn Store>) -> Self {
         let stats = Arc::new(Stats::default());
         Hub {
-            registry: Registry::new(config.outbox_max_bytes, stats.clone()),
+            registry: Registry::new(
+                config.outbox_max_bytes,
+                stats.clone(),
+                config.history_max_bytes,
+            ),
             broker,
             store,
             config,
@@ -357,6 +372,15 @@ impl Hub {
             refused_origin: s.refused_origin.load(Relaxed),
             rate_limited: s.rate_limited.load(Relaxed),
             rate_limited_disconnects: s.rate_limited_disconnects.load(Relaxed),
+            history_messages: channels
+                .iter()
+                .map(|c| c.read_history(|h, _, _| h.len() as u64))
+                .sum(),
+            history_bytes: self.registry.history_budget().used() as u64,
+            history_evicted: s.history_evicted.load(Relaxed),
+            history_write_dropped: s.history_write_dropped.load(Relaxed),
+            recovered: s.recovered.load(Relaxed),
+            recover_failed: s.recover_failed.load(Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

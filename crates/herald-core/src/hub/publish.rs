@@ -76,12 +76,17 @@ impl Hub {
         let once = req.once_per_client.then(Default::default);
         let mut results = Vec::with_capacity(req.channels.len());
         for name in req.channels {
+            // A channel whose options keep history is created by its first publication, so
+            // a subscriber that comes (back) later can recover it.
+            let defaults = self.config.defaults_for(&name);
+            let create = (defaults.history_size > 0).then(|| defaults.clone());
             let publish = Publish {
                 channel: name.clone(),
                 from,
                 data: req.data.clone(),
                 to: req.to.clone(),
                 once: once.clone(),
+                create,
             };
             let Published {
                 offset,

@@ -21,6 +21,7 @@ use crate::client::{ClientHandle, Disconnect, now_ms};
 use crate::error::{ErrorCode, HeraldError};
 use crate::events::{EventBus, EventType};
 use crate::format::{EncodeCache, Message};
+use crate::history::{Budget, Entry, History, HistoryOp, HistorySink, Recovered, Replay};
 use crate::ids::ClientId;
 use crate::outbox::Push;
 use crate::secret;
@@ -70,6 +71,8 @@ struct ChannelState {
     epoch: Arc<str>,
     subscribers: HashMap<ClientId, Arc<ClientHandle>>,
     created_at_ms: u64,
+    /// Kept publications (`history_size` > 0), under the same lock as `offset`.
+    history: History,
 }
 
 /// A snapshot of a channel for listings.
@@ -119,6 +122,11 @@ fn new_epoch() -> Arc<str> {
 }
 
 impl ChannelState {
+    /// An ephemeral channel with nobody subscribed and nothing kept: it may go.
+    fn is_vacant(&self) -> bool {
+        self.subscribers.is_empty() && !self.persistent && self.history.is_empty()
+    }
+
     fn view(&self) -> ChannelView<'_> {
         ChannelView {
             options: &self.options,
@@ -142,6 +150,7 @@ impl Channel {
                 epoch: new_epoch(),
                 subscribers: HashMap::new(),
                 created_at_ms: now_ms(),
+                history: History::default(),
             }),
         }
     }
@@ -166,6 +175,17 @@ impl Channel {
         }
     }
 
+    /// Runs `f` on the channel's history, epoch and latest offset (under its lock).
+    pub fn read_history<R>(&self, f: impl FnOnce(&History, &str, u64) -> R) -> R {
+        let st = self.state.lock();
+        f(&st.history, &st.epoch, st.offset)
+    }
+
+    /// The subscribers now (a snapshot).
+    pub fn subscribers(&self) -> Vec<Arc<ClientHandle>> {
+        self.state.lock().subscribers.values().cloned().collect()
+    }
+
     pub fn has_subscriber(&self, id: ClientId) -> bool {
         self.state.lock().subscribers.contains_key(&id)
     }
@@ -185,10 +205,14 @@ pub struct Registry {
     outbox_limit: usize,
     stats: Arc<Stats>,
     events: EventBus,
+    /// The byte budget of all channels' history.
+    budget: Budget,
+    /// Where history changes go to be kept (set once at startup when history is durable).
+    sink: std::sync::OnceLock<Arc<dyn HistorySink>>,
 }
 
 impl Registry {
-    pub fn new(outbox_limit: usize, stats: Arc<Stats>) -> Self {
+    pub fn new(outbox_limit: usize, stats: Arc<Stats>, history_max_bytes: usize) -> Self {
         Registry {
             clients: Sharded::new(),
             admins: RwLock::new(HashMap::new()),
@@ -197,6 +221,23 @@ impl Registry {
             outbox_limit,
             stats,
             events: EventBus::default(),
+            budget: Budget::new(history_max_bytes),
+            sink: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn history_budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Sends history changes to `sink` from now on (once; later calls are ignored).
+    pub fn set_history_sink(&self, sink: Arc<dyn HistorySink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn record(&self, op: impl FnOnce() -> HistoryOp) {
+        if let Some(sink) = self.sink.get() {
+            sink.record(op());
         }
     }
 
@@ -373,6 +414,110 @@ impl Registry {
         Some((st.token_hash.clone().unwrap_or_default(), st.created_at_ms))
     }
 
+    /// Drops every kept publication of `name` (the channel and its position stay).
+    pub fn clear_history(&self, name: &ChannelName) -> usize {
+        let Some(channel) = self.lookup(name) else {
+            return 0;
+        };
+        let cleared = {
+            let mut st = channel.state.lock();
+            let n = st.history.len();
+            st.history.clear(&self.budget);
+            self.record(|| HistoryOp::Trim {
+                channel: name.clone(),
+                keep_from: st.offset + 1,
+            });
+            n
+        };
+        self.remove_if_vacant(name);
+        cleared
+    }
+
+    /// Expires kept publications past their time, then, while all history together is over
+    /// its byte budget, drops the oldest publications of all channels first. Ephemeral
+    /// channels left with nothing kept and nobody subscribed go.
+    pub fn history_sweep(&self, now: std::time::Instant) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut emptied = Vec::new();
+        let mut heap = BinaryHeap::new();
+        let over = self.budget.over();
+        for channel in self.all_channels() {
+            let mut st = channel.state.lock();
+            if st.history.is_empty() {
+                continue;
+            }
+            if st.history.expire(now, &self.budget) {
+                self.trimmed(&channel.name, &st, &mut emptied);
+            }
+            if over && let Some(t) = st.history.oldest_time_ms() {
+                heap.push(Reverse((t, channel.name.clone())));
+            }
+        }
+        while self.budget.over() {
+            let Some(Reverse((_, name))) = heap.pop() else {
+                break;
+            };
+            let Some(channel) = self.lookup(&name) else {
+                continue;
+            };
+            let mut st = channel.state.lock();
+            if st.history.pop_oldest(&self.budget) {
+                Stats::add(&self.stats.history_evicted, 1);
+                self.trimmed(&name, &st, &mut emptied);
+            }
+            if let Some(t) = st.history.oldest_time_ms() {
+                heap.push(Reverse((t, name)));
+            }
+        }
+        for name in emptied {
+            self.remove_if_vacant(&name);
+        }
+    }
+
+    /// Tells the store what is left of a channel's history after entries were dropped.
+    fn trimmed(&self, name: &ChannelName, st: &ChannelState, emptied: &mut Vec<ChannelName>) {
+        let keep_from = st.history.first_offset().unwrap_or(st.offset + 1);
+        if st.history.is_empty() && st.subscribers.is_empty() && !st.persistent {
+            self.record(|| HistoryOp::Forget {
+                channel: name.clone(),
+            });
+            emptied.push(name.clone());
+        } else {
+            self.record(|| HistoryOp::Trim {
+                channel: name.clone(),
+                keep_from,
+            });
+        }
+    }
+
+    /// Puts a channel's position and kept publications back after a restart: into the
+    /// channel if it exists (persistent), else into a new ephemeral one with `options` when
+    /// anything is left to keep. Entries come oldest first, each with its expiry.
+    pub fn restore_history(
+        &self,
+        name: &ChannelName,
+        options: &ChannelOptions,
+        epoch: &str,
+        offset: u64,
+        entries: Vec<(Entry, std::time::Instant)>,
+    ) {
+        let channel = match self.lookup(name) {
+            Some(c) => c,
+            None if entries.is_empty() => return,
+            None => self.get_or_create(name, options),
+        };
+        let mut st = channel.state.lock();
+        st.epoch = Arc::from(epoch);
+        st.offset = st.offset.max(offset);
+        st.history.clear(&self.budget);
+        let size = st.options.history_size as usize;
+        let skip = entries.len().saturating_sub(size);
+        for (entry, expires) in entries.into_iter().skip(skip) {
+            st.history.restore(Arc::new(entry), expires, &self.budget);
+        }
+    }
+
     /// Removes a channel and returns its former subscribers (whose subscription sets the
     /// caller must update and notify).
     pub fn remove_channel(&self, name: &ChannelName) -> Option<Vec<Arc<ClientHandle>>> {
@@ -380,6 +525,10 @@ impl Registry {
         let channel = shard.remove(name)?;
         let mut st = channel.state.lock();
         st.removed = true;
+        st.history.clear(&self.budget);
+        self.record(|| HistoryOp::Forget {
+            channel: name.clone(),
+        });
         let former: Vec<_> = st.subscribers.drain().map(|(_, c)| c).collect();
         for (i, c) in former.iter().enumerate() {
             self.emit_left(name, c, "channel_deleted", i + 1 == former.len());
@@ -412,13 +561,17 @@ impl Registry {
     /// exist and `create` is set. `check` runs under the channel's lock (permissions and
     /// limits need the channel's current options). The caller holds the client's
     /// subscriptions lock.
+    ///
+    /// `replay` is pushed to the new subscriber under the same lock, so it comes before any
+    /// newer publication; a recovery's outcome is returned with the result.
     pub(crate) fn add_subscriber(
         &self,
         name: &ChannelName,
         client: &Arc<ClientHandle>,
         create: Option<&ChannelOptions>,
+        replay: Replay<'_>,
         check: impl Fn(&ChannelView) -> Result<(), HeraldError>,
-    ) -> Result<Added, HeraldError> {
+    ) -> Result<(Added, Option<Recovered>), HeraldError> {
         loop {
             let channel = match self.lookup(name) {
                 Some(c) => c,
@@ -443,10 +596,16 @@ impl Registry {
                 continue;
             }
             if st.subscribers.contains_key(&client.id) {
-                return Ok(Added::Already);
+                // Already receiving everything: nothing to replay.
+                let recovered = matches!(replay, Replay::After { .. }).then(|| Recovered {
+                    recovered: false,
+                    epoch: st.epoch.to_string(),
+                    offset: st.offset,
+                });
+                return Ok((Added::Already, recovered));
             }
             if let Err(e) = check(&st.view()) {
-                let empty = st.subscribers.is_empty() && !st.persistent;
+                let empty = st.is_vacant();
                 drop(st);
                 if empty {
                     self.remove_if_vacant(name);
@@ -464,8 +623,116 @@ impl Registry {
                     f.insert("channel".into(), name.as_str().into());
                 });
             }
-            return Ok(Added::New);
+            if st.options.join_leave {
+                self.announce(name, &st, client, true);
+            }
+            let recovered = self.replay(name, &st, client, replay);
+            return Ok((Added::New, recovered));
         }
+    }
+
+    /// Tells the other subscribers of `name` that `who` joined or left (`join_leave`), each
+    /// notice encoded once per wire format. Under the channel's lock, so notices and
+    /// publications keep their order.
+    fn announce(&self, name: &ChannelName, st: &ChannelState, who: &ClientHandle, joined: bool) {
+        let user = who.user().map(|u| u.to_string());
+        let mut frames: Vec<(&'static str, Option<bytes::Bytes>)> = Vec::new();
+        for client in st.subscribers.values() {
+            if client.id == who.id {
+                continue;
+            }
+            let name_of = client.format.name();
+            let frame = match frames.iter().find(|(n, _)| *n == name_of) {
+                Some((_, f)) => f.clone(),
+                None => {
+                    let f = client
+                        .format
+                        .presence_change(name, who.id, user.as_deref(), joined);
+                    frames.push((name_of, f.clone()));
+                    f
+                }
+            };
+            if let Some(frame) = frame {
+                self.push_or_close(client, frame);
+            }
+        }
+    }
+
+    /// Pushes `replay` to a new subscriber (under the channel's lock). A recovery is all or
+    /// nothing: every missed publication, or none when one is no longer held, the epoch
+    /// changed, or they would not fit in the client's outbox (it would be cut off as a slow
+    /// consumer). A backtrack sends the newest that fit.
+    fn replay(
+        &self,
+        name: &ChannelName,
+        st: &ChannelState,
+        client: &Arc<ClientHandle>,
+        replay: Replay<'_>,
+    ) -> Option<Recovered> {
+        let room = self
+            .outbox_limit
+            .saturating_sub(client.outbox.pending_bytes());
+        let frames = |entries: &[Arc<Entry>]| -> Vec<bytes::Bytes> {
+            entries
+                .iter()
+                .map(|e| {
+                    let msg = Message {
+                        channel: name.clone(),
+                        offset: e.offset,
+                        epoch: st.epoch.clone(),
+                        from: e.from,
+                        data: e.data.clone(),
+                    };
+                    client
+                        .format
+                        .for_recipient(&client.format.message(&msg), client)
+                })
+                .collect()
+        };
+        let (frames, outcome) = match replay {
+            Replay::Nothing => return None,
+            Replay::Last(n) => {
+                let mut frames = frames(&st.history.last(n));
+                let mut total: usize = frames.iter().map(|f| f.len()).sum();
+                while total > room && !frames.is_empty() {
+                    total -= frames.remove(0).len();
+                }
+                (frames, None)
+            }
+            Replay::After { epoch, offset } => {
+                let missed = (epoch == &*st.epoch)
+                    .then(|| st.history.after(offset, st.offset))
+                    .flatten();
+                let frames = missed
+                    .map(|m| frames(&m))
+                    .filter(|frames| frames.iter().map(|f| f.len()).sum::<usize>() <= room);
+                Stats::add(
+                    if frames.is_some() {
+                        &self.stats.recovered
+                    } else {
+                        &self.stats.recover_failed
+                    },
+                    1,
+                );
+                let recovered = Recovered {
+                    recovered: frames.is_some(),
+                    epoch: st.epoch.to_string(),
+                    offset: st.offset,
+                };
+                (frames.unwrap_or_default(), Some(recovered))
+            }
+        };
+        let mut sent = 0;
+        for frame in frames {
+            if self.push_or_close(client, frame) {
+                sent += 1;
+            }
+        }
+        Stats::add(&self.stats.deliveries, sent);
+        client
+            .messages_out
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+        outcome
     }
 
     /// Removes `client` from `name`; returns whether it was subscribed. `reason` goes into
@@ -484,11 +751,11 @@ impl Registry {
             let removed = st.subscribers.remove(&client);
             if let Some(c) = &removed {
                 self.emit_left(name, c, reason, st.subscribers.is_empty());
+                if st.options.join_leave {
+                    self.announce(name, &st, c, false);
+                }
             }
-            (
-                removed.is_some(),
-                st.subscribers.is_empty() && !st.persistent,
-            )
+            (removed.is_some(), st.is_vacant())
         };
         if vacant {
             self.remove_if_vacant(name);
@@ -503,7 +770,7 @@ impl Registry {
             return;
         };
         let mut st = channel.state.lock();
-        if st.subscribers.is_empty() && !st.persistent {
+        if st.is_vacant() {
             st.removed = true;
             drop(st);
             shard.remove(name);
@@ -512,31 +779,22 @@ impl Registry {
 
     // ---- fan-out ------------------------------------------------------------------------
 
-    /// Single-node publish: assigns the next offset and delivers, in one critical section per
-    /// channel so every subscriber sees offsets in order. A channel that does not exist has
-    /// nobody to deliver to and records nothing (offset 0).
+    /// Single-node publish: assigns the next offset, records it in the channel's history and
+    /// delivers, in one critical section per channel so every subscriber sees offsets in order
+    /// and a recovery never interleaves with a newer publication. A channel that does not
+    /// exist has nobody to deliver to and records nothing (offset 0), unless the publication
+    /// says to create it (its options keep history: the usual case of a client that blinked
+    /// and will come back for what it missed).
     pub fn publish_sequenced(&self, publish: &Publish) -> Published {
-        let Some(channel) = self.lookup(&publish.channel) else {
-            // Nobody subscribed: nothing is recorded, but the firehose still hears of it.
-            let msg = Message {
-                channel: publish.channel.clone(),
-                offset: 0,
-                epoch: Arc::from(""),
-                from: publish.from,
-                data: publish.data.clone(),
+        let channel = loop {
+            let channel = match (self.lookup(&publish.channel), &publish.create) {
+                (Some(c), _) => c,
+                (None, Some(options)) => self.get_or_create(&publish.channel, options),
+                (None, None) => return self.publish_nowhere(publish),
             };
-            let delivered = self.fan_out(
-                &HashMap::new(),
-                &msg,
-                publish.to.as_deref(),
-                publish.once.as_deref(),
-                None,
-            );
-            return Published {
-                offset: 0,
-                epoch: String::new(),
-                delivered,
-            };
+            if !channel.state.lock().removed {
+                break channel;
+            }
         };
         let mut st = channel.state.lock();
         st.offset += 1;
@@ -547,6 +805,7 @@ impl Registry {
             from: publish.from,
             data: publish.data.clone(),
         };
+        self.keep(&mut st, &msg);
         let skip = msg.from.filter(|_| !st.options.echo);
         let delivered = self.fan_out(
             &st.subscribers,
@@ -560,6 +819,70 @@ impl Registry {
             epoch: msg.epoch.to_string(),
             delivered,
         }
+    }
+
+    /// A publication to a channel that does not exist: nobody to deliver to, nothing
+    /// recorded, but the firehose still hears of it.
+    fn publish_nowhere(&self, publish: &Publish) -> Published {
+        let msg = Message {
+            channel: publish.channel.clone(),
+            offset: 0,
+            epoch: Arc::from(""),
+            from: publish.from,
+            data: publish.data.clone(),
+        };
+        let delivered = self.fan_out(
+            &HashMap::new(),
+            &msg,
+            publish.to.as_deref(),
+            publish.once.as_deref(),
+            None,
+        );
+        Published {
+            offset: 0,
+            epoch: String::new(),
+            delivered,
+        }
+    }
+
+    /// The channel `name`, created ephemeral with `options` if it does not exist.
+    fn get_or_create(&self, name: &ChannelName, options: &ChannelOptions) -> Arc<Channel> {
+        self.channels
+            .shard(name.shard_key())
+            .write()
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(Channel::new(name.clone(), options.clone(), false)))
+            .clone()
+    }
+
+    /// Records a just-sequenced publication: in the channel's history if it keeps one, and
+    /// its position for the store (persistent channels keep their epoch and offset).
+    fn keep(&self, st: &mut ChannelState, msg: &Message) {
+        let size = st.options.history_size as usize;
+        if size == 0 {
+            if st.persistent {
+                self.record(|| HistoryOp::Position {
+                    channel: msg.channel.clone(),
+                    epoch: st.epoch.clone(),
+                    offset: st.offset,
+                });
+            }
+            return;
+        }
+        let entry = Arc::new(Entry {
+            offset: msg.offset,
+            from: msg.from,
+            data: bytes::Bytes::copy_from_slice(&msg.data),
+            time_ms: now_ms(),
+        });
+        let ttl = std::time::Duration::from_secs(u64::from(st.options.history_ttl_secs));
+        st.history.push(entry.clone(), ttl, size, &self.budget);
+        self.record(|| HistoryOp::Append {
+            channel: msg.channel.clone(),
+            epoch: st.epoch.clone(),
+            entry,
+            keep_from: st.history.first_offset().unwrap_or(msg.offset),
+        });
     }
 
     /// Delivers a message whose position was assigned elsewhere (a clustered broker).

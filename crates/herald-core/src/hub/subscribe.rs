@@ -2,6 +2,7 @@
 //! rooms that dialects create, the firehose, and unsubscribing for every reason.
 
 use super::*;
+use crate::history::{Recovered, Replay};
 
 /// Which options a subscription creates a missing channel with.
 enum Create<'a> {
@@ -9,6 +10,15 @@ enum Create<'a> {
     Namespace,
     /// These, whatever `auto_create_channels` says (dialect rooms).
     With(&'a ChannelOptions),
+}
+
+/// What a subscribe request did.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    /// The channels newly subscribed.
+    pub added: Vec<ChannelName>,
+    /// Each channel a replay was asked for that recovers: the outcome.
+    pub recovered: Vec<(ChannelName, Recovered)>,
 }
 
 impl Hub {
@@ -23,7 +33,22 @@ impl Hub {
         channels: &[ChannelName],
         token: Option<&str>,
     ) -> Result<Vec<ChannelName>, HeraldError> {
-        self.subscribe_creating(actor, client, channels, token, Create::Namespace)
+        self.subscribe_replaying(actor, client, channels, token, |_| Replay::Nothing)
+            .map(|s| s.added)
+    }
+
+    /// [`Hub::subscribe`], with what each new subscriber gets from its channel's history
+    /// first (`replay(channel)`): a recovery after a reconnect, or a backtrack. The replayed
+    /// publications are queued before any newer one of the channel, each exactly once.
+    pub fn subscribe_replaying<'r>(
+        &self,
+        actor: &Actor,
+        client: &Arc<ClientHandle>,
+        channels: &[ChannelName],
+        token: Option<&str>,
+        replay: impl Fn(&ChannelName) -> Replay<'r>,
+    ) -> Result<Subscribed, HeraldError> {
+        self.subscribe_creating(actor, client, channels, token, Create::Namespace, replay)
     }
 
     /// Joins `client` to `room`, creating it (ephemeral) with `options` if it does not exist,
@@ -36,24 +61,26 @@ impl Hub {
         room: &ChannelName,
         options: &ChannelOptions,
     ) -> Result<bool, HeraldError> {
-        let added = self.subscribe_creating(
+        let done = self.subscribe_creating(
             actor,
             client,
             std::slice::from_ref(room),
             None,
             Create::With(options),
+            |_| Replay::Nothing,
         )?;
-        Ok(!added.is_empty())
+        Ok(!done.added.is_empty())
     }
 
-    fn subscribe_creating(
+    fn subscribe_creating<'r>(
         &self,
         actor: &Actor,
         client: &Arc<ClientHandle>,
         channels: &[ChannelName],
         token: Option<&str>,
         create: Create<'_>,
-    ) -> Result<Vec<ChannelName>, HeraldError> {
+        replay: impl Fn(&ChannelName) -> Replay<'r>,
+    ) -> Result<Subscribed, HeraldError> {
         self.check_list_len(
             "channels",
             channels.len(),
@@ -82,7 +109,7 @@ impl Hub {
         for name in channels {
             self.precheck_subscribe(actor, name, token, self.creating(&create, name))?;
         }
-        let mut added = Vec::new();
+        let mut done = Subscribed::default();
         for name in channels {
             let check = |view: &ChannelView| {
                 actor.check_subscribe(name, view, token)?;
@@ -97,12 +124,18 @@ impl Hub {
                 Ok(())
             };
             let create = self.creating(&create, name);
-            if self.registry.add_subscriber(name, client, create, check)? == Added::New {
+            let (added, recovered) =
+                self.registry
+                    .add_subscriber(name, client, create, replay(name), check)?;
+            if added == Added::New {
                 subs.channels.insert(name.clone());
-                added.push(name.clone());
+                done.added.push(name.clone());
+            }
+            if let Some(recovered) = recovered {
+                done.recovered.push((name.clone(), recovered));
             }
         }
-        Ok(added)
+        Ok(done)
     }
 
     /// The options `name` would be created with if it does not exist (`None`: not created).

@@ -24,7 +24,8 @@ use crate::server::AppState;
     info(title = "Herald HTTP API", description = "Publish and manage channels and clients. Errors are {\"error\":{\"code\",\"message\"}} with the codes of docs/errors.md."),
     paths(
         routes::publish, routes::list_channels, routes::create_channel, routes::get_channel,
-        routes::delete_channel, routes::list_clients, routes::get_client, routes::subscribe_client,
+        routes::delete_channel, routes::get_history, routes::delete_history,
+        routes::get_presence, routes::get_presence_stats, routes::list_clients, routes::get_client, routes::subscribe_client,
         routes::unsubscribe_client, routes::send_to_client, routes::kick_client, routes::get_user,
         routes::kick_user, routes::send_to_user, routes::create_ban, routes::list_bans,
         routes::delete_ban, routes::stats, routes::healthz
@@ -160,6 +161,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/channels/{name}",
             get(routes::get_channel).delete(routes::delete_channel),
+        )
+        .route(
+            "/channels/{name}/history",
+            get(routes::get_history).delete(routes::delete_history),
+        )
+        .route("/channels/{name}/presence", get(routes::get_presence))
+        .route(
+            "/channels/{name}/presence_stats",
+            get(routes::get_presence_stats),
         )
         .route("/clients", get(routes::list_clients))
         .route(

@@ -9,7 +9,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use herald_core::hub::{
-    ChannelPublished, ChannelSummary, ClientSummary, CreatedChannel, PublishRequest,
+    ChannelPublished, ChannelSummary, ClientSummary, CreatedChannel, HistoryPage, HistoryQuery,
+    PresenceList, PresenceStats, PublishRequest,
 };
 use herald_core::stats::StatsSnapshot;
 use herald_core::{Actor, ChannelName, ClientHandle, ClientId, ErrorCode};
@@ -190,6 +191,108 @@ pub async fn delete_channel(
         deleted: name.to_string(),
         unsubscribed,
     }))
+}
+
+// ---- history and presence -----------------------------------------------------------------
+
+/// Query of `GET /api/v1/channels/{name}/history`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Publications after this offset (exclusive); needs `epoch`.
+    since_offset: Option<u64>,
+    /// The epoch `since_offset` belongs to.
+    epoch: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+    /// Newest first.
+    reverse: Option<bool>,
+}
+
+/// A channel's kept publications (admin or the channel's token).
+#[utoipa::path(get, path = "/api/v1/channels/{name}/history",
+    params(("name" = String, Path, description = "channel name"), HistoryParams),
+    responses((status = 200, description = "The channel's position and the publications read, oldest first unless reverse", body = HistoryPage), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
+    security(("bearer" = [])), tag = "channels")]
+pub async fn get_history(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(name): Path<String>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<HistoryPage>> {
+    let name = channel_param(&name)?;
+    let Query(p) = params.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let since = match (p.epoch, p.since_offset) {
+        (Some(epoch), Some(offset)) => Some((epoch, offset)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "give both since_offset and epoch, or neither",
+            ));
+        }
+    };
+    let query = HistoryQuery {
+        since,
+        limit: p.limit,
+        reverse: p.reverse.unwrap_or(false),
+    };
+    Ok(Json(state.hub.history(&actor, &name, &query)?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClearedHistory {
+    pub channel: String,
+    /// Publications dropped.
+    pub cleared: u64,
+}
+
+/// Drop a channel's kept publications (admin or the channel's token); its offset and epoch
+/// stay.
+#[utoipa::path(delete, path = "/api/v1/channels/{name}/history",
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, description = "The history is empty", body = ClearedHistory), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
+    security(("bearer" = [])), tag = "channels")]
+pub async fn delete_history(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ClearedHistory>> {
+    let name = channel_param(&name)?;
+    let cleared = state.hub.clear_history(&actor, &name)?;
+    Ok(Json(ClearedHistory {
+        channel: name.to_string(),
+        cleared,
+    }))
+}
+
+/// Who is subscribed to a channel with `presence` (admin or the channel's token).
+#[utoipa::path(get, path = "/api/v1/channels/{name}/presence",
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, description = "The subscribers, with their users", body = PresenceList), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
+    security(("bearer" = [])), tag = "channels")]
+pub async fn get_presence(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PresenceList>> {
+    Ok(Json(state.hub.presence(&actor, &channel_param(&name)?)?))
+}
+
+/// How many clients and distinct users are subscribed (admin or the channel's token).
+#[utoipa::path(get, path = "/api/v1/channels/{name}/presence_stats",
+    params(("name" = String, Path, description = "channel name")),
+    responses((status = 200, description = "Counts of subscribers and distinct users", body = PresenceStats), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
+    security(("bearer" = [])), tag = "channels")]
+pub async fn get_presence_stats(
+    State(state): St,
+    Caller(actor): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PresenceStats>> {
+    Ok(Json(
+        state.hub.presence_stats(&actor, &channel_param(&name)?)?,
+    ))
 }
 
 // ---- clients ------------------------------------------------------------------------------

@@ -7,13 +7,23 @@ use std::path::Path;
 
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_core::ClientId;
 use herald_core::bans::BanRecord;
-use herald_core::store::{ChannelRecord, Store, StoreError};
+use herald_core::history::{Entry, HistoryOp};
+use herald_core::store::{ChannelRecord, Store, StoreError, StoredHistory};
 
 const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
 /// Bans by id (`ip:...`, `cidr:...`, `user:...`; bans written before ids existed are keyed
 /// by the bare address), JSON values.
 const BANS: TableDefinition<&str, &[u8]> = TableDefinition::new("bans");
+/// Kept publications by (channel, offset): `time_ms` (8 bytes, big-endian), a byte 1 and the
+/// publisher's 16-byte id or a byte 0, then the JSON data.
+const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
+/// Each channel's epoch and latest offset, JSON `{"epoch","offset"}`.
+const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
 
 pub struct RedbStore {
     db: Database,
@@ -44,6 +54,8 @@ impl RedbStore {
             let txn = db.begin_write()?;
             txn.open_table(CHANNELS)?;
             txn.open_table(BANS)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(POSITIONS)?;
             txn.commit()?;
             Ok(RedbStore { db })
         });
@@ -123,7 +135,151 @@ impl RedbStore {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredPosition {
+    epoch: String,
+    offset: u64,
+}
+
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    let mut v = Vec::with_capacity(25 + e.data.len());
+    v.extend_from_slice(&e.time_ms.to_be_bytes());
+    match e.from {
+        Some(id) => {
+            v.push(1);
+            v.extend_from_slice(id.as_bytes());
+        }
+        None => v.push(0),
+    }
+    v.extend_from_slice(&e.data);
+    v
+}
+
+fn decode_entry(offset: u64, v: &[u8]) -> Option<Entry> {
+    let time_ms = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let (from, data) = match v.get(8)? {
+        0 => (None, v.get(9..)?),
+        1 => (
+            Some(ClientId::from_bytes(v.get(9..25)?.try_into().ok()?)),
+            v.get(25..)?,
+        ),
+        _ => return None,
+    };
+    // The data was valid JSON when written; check again rather than trust the disk.
+    serde_json::from_slice::<serde::de::IgnoredAny>(data).ok()?;
+    Some(Entry {
+        offset,
+        from,
+        data: bytes::Bytes::copy_from_slice(data),
+        time_ms,
+    })
+}
+
+impl RedbStore {
+    fn history_batch(&self, ops: &[HistoryOp]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut history = txn.open_table(HISTORY)?;
+            let mut positions = txn.open_table(POSITIONS)?;
+            // The last position of each channel in the batch (None: forgotten).
+            let mut last: HashMap<&str, Option<(Arc<str>, u64)>> = HashMap::new();
+            for op in ops {
+                match op {
+                    HistoryOp::Append {
+                        channel,
+                        epoch,
+                        entry,
+                        keep_from,
+                    } => {
+                        let name = channel.as_str();
+                        history.insert((name, entry.offset), encode_entry(entry).as_slice())?;
+                        history.retain_in((name, 0u64)..(name, *keep_from), |_, _| false)?;
+                        last.insert(name, Some((epoch.clone(), entry.offset)));
+                    }
+                    HistoryOp::Position {
+                        channel,
+                        epoch,
+                        offset,
+                    } => {
+                        last.insert(channel.as_str(), Some((epoch.clone(), *offset)));
+                    }
+                    HistoryOp::Trim { channel, keep_from } => {
+                        let name = channel.as_str();
+                        history.retain_in((name, 0u64)..(name, *keep_from), |_, _| false)?;
+                    }
+                    HistoryOp::Forget { channel } => {
+                        let name = channel.as_str();
+                        history.retain_in((name, 0u64)..=(name, u64::MAX), |_, _| false)?;
+                        last.insert(name, None);
+                    }
+                }
+            }
+            for (name, position) in last {
+                match position {
+                    Some((epoch, offset)) => {
+                        let json = serde_json::to_vec(&StoredPosition {
+                            epoch: epoch.to_string(),
+                            offset,
+                        })
+                        .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                        positions.insert(name, json.as_slice())?;
+                    }
+                    None => {
+                        positions.remove(name)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn history_all(&self) -> Result<Vec<StoredHistory>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let positions = txn.open_table(POSITIONS)?;
+        let history = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for row in positions.iter()? {
+            let (name, value) = row?;
+            let Ok(position) = serde_json::from_slice::<StoredPosition>(value.value()) else {
+                tracing::error!(
+                    channel = name.value(),
+                    "unreadable channel position skipped"
+                );
+                continue;
+            };
+            let name = name.value().to_string();
+            let mut entries = Vec::new();
+            for row in history.range((name.as_str(), 0u64)..=(name.as_str(), u64::MAX))? {
+                let (key, value) = row?;
+                let offset = key.value().1;
+                match decode_entry(offset, value.value()) {
+                    Some(e) => entries.push(e),
+                    None => {
+                        tracing::error!(channel = %name, offset, "unreadable kept publication skipped")
+                    }
+                }
+            }
+            out.push(StoredHistory {
+                channel: name,
+                epoch: position.epoch,
+                offset: position.offset,
+                entries,
+            });
+        }
+        Ok(out)
+    }
+}
+
 impl Store for RedbStore {
+    fn load_history(&self) -> Result<Vec<StoredHistory>, StoreError> {
+        self.history_all().map_err(err)
+    }
+
+    fn write_history(&self, ops: &[HistoryOp]) -> Result<(), StoreError> {
+        self.history_batch(ops).map_err(err)
+    }
+
     fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
         self.load(CHANNELS)
     }

@@ -62,6 +62,12 @@ pub async fn execute(
             let unsubscribed = hub.delete_channel(actor, &name).await?;
             Ok(json!({ "deleted": name, "unsubscribed": unsubscribed }))
         }
+        "history_delete" => {
+            let req: ChannelBody = fields(text)?;
+            let name = ChannelName::parse(&req.channel)?;
+            let cleared = hub.clear_history(actor, &name)?;
+            Ok(json!({ "channel": name, "cleared": cleared }))
+        }
         "kick" => {
             let req: KickTarget = fields(text)?;
             let how = KickBody {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use herald_core::client::{Disconnect, DisconnectReason, close_code};
-use herald_core::hub::PublishRequest;
+use herald_core::history::Replay;
+use herald_core::hub::{HistoryQuery, PublishRequest};
 use herald_core::stats::Stats;
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::native::{self, NATIVE_WS, Op, Recipient};
@@ -130,25 +131,61 @@ impl<'a> Session<'a> {
                 channels,
                 token,
                 client,
+                recover,
             } => {
                 let target = self.target(client)?;
-                let changed = match token.as_deref() {
+                // Who vouches for the subscription: a JWT subscription token or the app
+                // backend (on their authority, private channels too), else the client itself.
+                let (actor, token) = match token.as_deref() {
                     Some(jwt) if crate::jwt::looks_like_jwt(jwt) => {
-                        self.subscribe_with_jwt(&target, &channels, jwt)?
+                        self.check_subscription_token(&target, &channels, jwt)?;
+                        (Actor::Issuer, None)
                     }
-                    // Allowed by the app backend: on its authority, private channels too.
                     _ if self.state.auth_hook.asks(HookEvent::Subscribe, self.client) => {
                         let hook = &self.state.auth_hook;
                         // Boxed, like every rare slow path here: the connection task's future
                         // is allocated per connection and sized for its largest await.
                         Box::pin(hook.authorize(HookEvent::Subscribe, self.client, &channels))
                             .await?;
-                        hub.subscribe(&Actor::Issuer, &target, &channels, None)?
+                        (Actor::Issuer, None)
                     }
-                    token => hub.subscribe(&self.actor, &target, &channels, token)?,
+                    token => (self.actor.clone(), token),
                 };
-                Ok(json!({ "channels": channels, "changed": changed }))
+                let replay = |name: &herald_core::ChannelName| {
+                    recover
+                        .iter()
+                        .find(|(c, _)| c == name)
+                        .map_or(Replay::Nothing, |(_, p)| Replay::After {
+                            epoch: &p.epoch,
+                            offset: p.offset,
+                        })
+                };
+                let done = hub.subscribe_replaying(&actor, &target, &channels, token, replay)?;
+                if recover.is_empty() {
+                    return Ok(json!({ "channels": channels, "changed": done.added }));
+                }
+                let recovered: serde_json::Map<String, serde_json::Value> = done
+                    .recovered
+                    .into_iter()
+                    .map(|(c, r)| (c.to_string(), json!(r)))
+                    .collect();
+                Ok(json!({ "channels": channels, "changed": done.added, "recovered": recovered }))
             }
+            Op::History {
+                channel,
+                since,
+                limit,
+                reverse,
+            } => {
+                let query = HistoryQuery {
+                    since: since.map(|p| (p.epoch, p.offset)),
+                    limit,
+                    reverse,
+                };
+                Ok(json!(hub.history(&self.actor, &channel, &query)?))
+            }
+            Op::Presence { channel } => Ok(json!(hub.presence(&self.actor, &channel)?)),
+            Op::PresenceStats { channel } => Ok(json!(hub.presence_stats(&self.actor, &channel)?)),
             Op::Unsubscribe { channels, client } => {
                 let changed = match client {
                     None => hub.unsubscribe(self.client, &channels)?,
@@ -205,25 +242,22 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A subscription with a JWT subscription token: it names one channel and this
-    /// connection's user, and admits it on the token issuer's authority (private channels
-    /// included); limits such as `max_subscribers` still apply.
-    fn subscribe_with_jwt(
+    /// A JWT subscription token names one channel and this connection's user, and admits it
+    /// on the token issuer's authority (private channels included); limits such as
+    /// `max_subscribers` still apply.
+    fn check_subscription_token(
         &self,
         target: &Arc<ClientHandle>,
         channels: &[herald_core::ChannelName],
         token: &str,
-    ) -> Result<Vec<herald_core::ChannelName>, HeraldError> {
+    ) -> Result<(), HeraldError> {
         let [channel] = channels else {
             return Err(HeraldError::bad_request(
                 "a subscription token covers one channel: subscribe to it alone",
             ));
         };
         let user = target.user().map(|u| u.as_ref());
-        crate::auth::verify_subscription(self.state, token, channel, user)?;
-        self.state
-            .hub
-            .subscribe(&Actor::Issuer, target, channels, None)
+        crate::auth::verify_subscription(self.state, token, channel, user)
     }
 
     /// The client an op acts on: itself, or (admins) the one named by `client`.

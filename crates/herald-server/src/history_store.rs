@@ -1,0 +1,138 @@
+//! Durable history (`[history] durable`): the hub hands every history change to
+//! [`HistoryWriter`] without waiting (a bounded queue), and one task writes them to the store
+//! in batches, one transaction per batch, off the publish path. Also the sweep task that
+//! expires kept publications and keeps all history within `[history] max_bytes`.
+//!
+//! When the store falls so far behind that the queue is full, changes are dropped (counted in
+//! `history_write_dropped`, logged at most once a second): the fan-out never waits on disk.
+//! What is in memory is unaffected; only what a restart would bring back is.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use herald_core::history::{HistoryOp, HistorySink};
+use herald_core::stats::Stats;
+use herald_core::{Hub, Store};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// History changes waiting for the writer, at most.
+pub const QUEUE: usize = 65_536;
+/// Changes written in one transaction, at most.
+const BATCH: usize = 4096;
+/// How often the sweep runs when nothing else wakes it.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The hub's [`HistorySink`]: a non-blocking hand-off to the writer task.
+pub struct HistoryWriter {
+    tx: mpsc::Sender<HistoryOp>,
+    stats: Arc<Stats>,
+    /// Drops not yet logged, and when the last warning went out (seconds since start).
+    unlogged: AtomicU64,
+    last_log: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl HistorySink for HistoryWriter {
+    fn record(&self, op: HistoryOp) {
+        if self.tx.try_send(op).is_err() {
+            Stats::add(&self.stats.history_write_dropped, 1);
+            let dropped = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = self.started.elapsed().as_secs();
+            let last = self.last_log.load(Ordering::Relaxed);
+            if now > last
+                && self
+                    .last_log
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.unlogged.store(0, Ordering::Relaxed);
+                tracing::warn!(
+                    dropped,
+                    "history writer behind: changes not kept on disk (history_write_dropped)"
+                );
+            }
+        }
+    }
+}
+
+/// The writer task, and how to make it finish.
+pub struct Writer {
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Writer {
+    /// Writes what is still queued, then ends (at shutdown; bounded by `wait`).
+    pub async fn finish(self, wait: Duration) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(wait, self.task).await;
+    }
+}
+
+/// Starts the writer: the hub's history changes go to `store` from now on.
+pub fn start_writer(hub: &Hub, store: Arc<dyn Store>) -> Writer {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    hub.registry().set_history_sink(Arc::new(HistoryWriter {
+        tx,
+        stats: hub.shared_stats(),
+        unlogged: AtomicU64::new(0),
+        last_log: AtomicU64::new(0),
+        started: std::time::Instant::now(),
+    }));
+    let (stop, stop_rx) = watch::channel(false);
+    Writer {
+        task: tokio::spawn(write_loop(rx, stop_rx, store)),
+        stop,
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<HistoryOp>,
+    mut stop: watch::Receiver<bool>,
+    store: Arc<dyn Store>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n == 0,
+            _ = stop.changed() => true,
+        };
+        if stopping {
+            // What is queued still goes out.
+            while let Ok(op) = rx.try_recv() {
+                batch.push(op);
+            }
+        }
+        if !batch.is_empty() {
+            write(&store, std::mem::take(&mut batch)).await;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn write(store: &Arc<dyn Store>, ops: Vec<HistoryOp>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.write_history(&ops)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "writing history failed"),
+        Err(e) => tracing::error!(error = %e, "history writer task failed"),
+    }
+}
+
+/// Runs the hub's history sweep every second, and at once when the byte budget is exceeded,
+/// until `shutdown`.
+pub async fn sweeper(state: Arc<crate::server::AppState>, mut shutdown: watch::Receiver<bool>) {
+    let hub = &state.hub;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = hub.registry().history_budget().pressure() => {}
+        }
+        hub.history_sweep();
+    }
+}
