@@ -1,7 +1,8 @@
 //! The gogin / NGINX push-stream dialect (third seed, WIRE.md §3): subscribers name their
 //! channels in the URL (`/subscribe/<ch1>/<ch2>` or `?channels=a/b`, each optionally with a
 //! `.b<N>` backtrack suffix) and receive one JSON frame per message,
-//! `{"id":<offset>,"channel":"<channel>","text":"<text>"}`; `id` -2 with the text
+//! `{"id":<offset>,"channel":"<channel>","text":"<text>"}` (the last N kept publications of a
+//! channel first, for a `.b<N>` suffix); `id` -2 with the text
 //! `Channel deleted.` tells them a channel was deleted. Unlike the original, `text` is always
 //! correctly JSON-escaped.
 
@@ -17,18 +18,22 @@ pub const DIALECT: &str = "pushstream";
 /// Most channels one subscriber may name in its URL.
 pub const MAX_URL_CHANNELS: usize = 100;
 
-/// Channel names from a `/`-separated list, dropping `.b<N>` backtrack suffixes (history is
-/// not kept by this dialect) and empty segments.
-pub fn channels_from_path(list: &str) -> Result<Vec<ChannelName>, HeraldError> {
-    let mut out = Vec::new();
+/// Channel names from a `/`-separated list, each with its `.b<N>` backtrack (0 when none:
+/// deliver the last N kept publications first), dropping empty segments and repeats.
+pub fn channels_from_path(list: &str) -> Result<Vec<(ChannelName, usize)>, HeraldError> {
+    let mut out: Vec<(ChannelName, usize)> = Vec::new();
     for segment in list.split('/').filter(|s| !s.is_empty()) {
-        let name = match segment.rsplit_once(".b") {
-            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
-            _ => segment,
+        let (name, backtrack) = match segment.rsplit_once(".b") {
+            Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                // Larger than any history: as many as are kept.
+                (base, n.parse().unwrap_or(usize::MAX))
+            }
+            _ => (segment, 0),
         };
         let channel = ChannelName::parse(name)?;
-        if !out.contains(&channel) {
-            out.push(channel);
+        match out.iter_mut().find(|(c, _)| *c == channel) {
+            Some((_, b)) => *b = (*b).max(backtrack),
+            None => out.push((channel, backtrack)),
         }
         if out.len() > MAX_URL_CHANNELS {
             return Err(HeraldError::new(
@@ -107,11 +112,11 @@ mod tests {
             channels_from_path(s)
                 .unwrap()
                 .iter()
-                .map(|c| c.to_string())
+                .map(|(c, b)| format!("{c}:{b}"))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(names("1"), ["1"]);
-        assert_eq!(names("/a/b.b5//c.bx/a"), ["a", "b", "c.bx"]);
+        assert_eq!(names("1"), ["1:0"]);
+        assert_eq!(names("/a/b.b5//c.bx/a.b2"), ["a:2", "b:5", "c.bx:0"]);
         assert!(channels_from_path("a b").is_err());
     }
 

@@ -3,7 +3,8 @@
 //!
 //! SimplySocket was a library whose wire content its application defined; this dialect is the
 //! default room handler WIRE.md suggests: `join-room` / `leave-room` with
-//! `message_body.roomname` (and `playerlimit`), and every other action delivered to the
+//! `message_body.roomname` (and `playerlimit`), `room-presence` (who is in a room), and every
+//! other action delivered to the
 //! `target` room, or only to the client `target` names when `IsTargetClient` is true, with
 //! `sender` filled in by the server. Outbound objects keep the library's exact field order:
 //! `{"action","message_body","IsTargetClient","target","sender"}`.
@@ -30,6 +31,10 @@ pub enum Action<'a> {
         player_limit: Option<u32>,
     },
     LeaveRoom {
+        room: ChannelName,
+    },
+    /// `room-presence`: who is in the room (rooms with the `presence` option).
+    Presence {
         room: ChannelName,
     },
     /// Any other action: to a room, or to one client.
@@ -84,6 +89,9 @@ pub fn parse(text: &str) -> Result<Action<'_>, HeraldError> {
             }
         }
         "leave-room" => Action::LeaveRoom {
+            room: room_body(msg.message_body, false)?.0,
+        },
+        "room-presence" => Action::Presence {
             room: room_body(msg.message_body, false)?.0,
         },
         _ => Action::Deliver {

@@ -240,3 +240,37 @@ async fn auth_hook_admits_refuses_times_out_and_survives_a_dead_backend() {
     .await;
     assert!(line.contains("503"), "{line}");
 }
+
+/// A `.b<N>` suffix delivers the channel's last N kept publications first, and `/pub`
+/// reports how many are kept (channels with `history_size`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backtrack_delivers_kept_messages_first() {
+    let srv = server_with(|c| c.channels.history_size = 10).await;
+    for i in 1..=5 {
+        let (status, _, body) = pub_raw(&srv, "POST", "?id=feed", &format!("old {i}")).await;
+        assert_eq!(status, 200);
+        if i == 5 {
+            assert!(body.contains("\"stored_messages\": \"5\""), "{body}");
+        }
+    }
+    let mut s = RawPeer::connect_to(srv.addr(), "/pushstream/subscribe/feed.b2", "").await;
+    assert_eq!(
+        s.text().await,
+        r#"{"id":4,"channel":"feed","text":"old 4"}"#
+    );
+    assert_eq!(
+        s.text().await,
+        r#"{"id":5,"channel":"feed","text":"old 5"}"#
+    );
+    let (status, _, _) = pub_raw(&srv, "POST", "?id=feed", "new").await;
+    assert_eq!(status, 200);
+    assert_eq!(s.text().await, r#"{"id":6,"channel":"feed","text":"new"}"#);
+    // Without a suffix: live only.
+    let mut live = RawPeer::connect_to(srv.addr(), "/pushstream/subscribe/feed", "").await;
+    wait_for_subscribers(&srv, "feed", 2).await;
+    pub_raw(&srv, "POST", "?id=feed", "next").await;
+    assert_eq!(
+        live.text().await,
+        r#"{"id":7,"channel":"feed","text":"next"}"#
+    );
+}

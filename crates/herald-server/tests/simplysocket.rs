@@ -157,3 +157,58 @@ async fn publications_from_elsewhere_arrive_as_push_message_actions() {
         r#"{"action":"push-message","message_body":{"headline":"x"},"IsTargetClient":false,"target":"news","sender":"Gawd"}"#
     );
 }
+
+/// Rooms with `presence` (from `[namespaces.<ns>]` or `[channels]`) answer `room-presence`
+/// with who is in them; rooms without it answer an error action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_with_presence_answer_who_is_in_them() {
+    let srv = TestServer::start_with(|c| {
+        c.dialects.simplysocket.enabled = true;
+        c.namespaces.insert(
+            "game".into(),
+            herald_server::config::NamespaceConfig {
+                presence: Some(true),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let (mut a, a_id) = join(&srv).await;
+    let (mut b, b_id) = join(&srv).await;
+    for peer in [&mut a, &mut b] {
+        peer.send_json(json!({"action":"join-room","message_body":{"roomname":"game:1"}}))
+            .await;
+    }
+    // a hears both joins, b its own.
+    for _ in 0..2 {
+        assert_eq!(next(&mut a).await["action"], "client-joined-room");
+    }
+    assert_eq!(next(&mut b).await["action"], "client-joined-room");
+    a.send_json(json!({"action":"room-presence","message_body":{"roomname":"game:1"}}))
+        .await;
+    let answer = next(&mut a).await;
+    assert_eq!(answer["action"], "room-presence");
+    assert_eq!(answer["IsTargetClient"], true);
+    assert_eq!(answer["target"], a_id.as_str());
+    let mut ids: Vec<&str> = answer["message_body"]["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut expected = vec![a_id.as_str(), b_id.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // A room without presence.
+    a.send_json(json!({"action":"join-room","message_body":{"roomname":"plain"}}))
+        .await;
+    assert_eq!(next(&mut a).await["action"], "client-joined-room");
+    a.send_json(json!({"action":"room-presence","message_body":{"roomname":"plain"}}))
+        .await;
+    let refused = next(&mut a).await;
+    assert!(
+        refused.to_string().contains("presence_disabled"),
+        "{refused}"
+    );
+}

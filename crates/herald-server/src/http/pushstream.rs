@@ -27,9 +27,14 @@ fn explain(status: StatusCode, why: &str) -> Response {
 }
 
 /// The original's stats body (numbers as JSON strings, CRLF-terminated).
-fn stats(channel: &ChannelName, published: u64, subscribers: u64) -> Response {
+fn stats(state: &AppState, channel: &ChannelName, published: u64, subscribers: u64) -> Response {
+    let stored = state
+        .hub
+        .registry()
+        .lookup(channel)
+        .map_or(0, |c| c.read_history(|h, _, _| h.len()));
     let body = format!(
-        "{{\"channel\": \"{channel}\", \"published_messages\": \"{published}\", \"stored_messages\": \"0\", \"subscribers\": \"{subscribers}\"}}\r\n"
+        "{{\"channel\": \"{channel}\", \"published_messages\": \"{published}\", \"stored_messages\": \"{stored}\", \"subscribers\": \"{subscribers}\"}}\r\n"
     );
     (
         StatusCode::OK,
@@ -99,7 +104,7 @@ pub async fn publisher(
                 Ok(_) => {
                     let (published, subscribers) =
                         current(&channel).map_or((0, 0), |s| (s.offset, s.subscribers));
-                    stats(&channel, published, subscribers)
+                    stats(&state, &channel, published, subscribers)
                 }
                 Err(e) => explain(
                     StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
@@ -108,7 +113,7 @@ pub async fn publisher(
             }
         }
         Method::GET => match hub.channel(&actor, &channel) {
-            Ok(s) => stats(&channel, s.offset, s.subscribers),
+            Ok(s) => stats(&state, &channel, s.offset, s.subscribers),
             Err(e) if e.code == ErrorCode::ChannelNotFound => {
                 explain(StatusCode::NOT_FOUND, "Channel not found.")
             }

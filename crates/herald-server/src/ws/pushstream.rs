@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use herald_core::client::{DisconnectReason, close_code};
+use herald_core::history::Replay;
 use herald_core::hub::PublishRequest;
 use herald_core::{
     Actor, ChannelName, ClientHandle, Disconnect, ErrorCode, HeraldError, WireFormat,
@@ -24,9 +25,10 @@ use crate::config::PushStreamConfig;
 use crate::http::ApiError;
 use crate::server::AppState;
 
-/// One subscriber's connection: the channels it was admitted to.
+/// One subscriber's connection: the channels it was admitted to, each with the number of
+/// kept publications to deliver first (`.b<N>`).
 pub struct PushStream {
-    channels: Vec<ChannelName>,
+    channels: Vec<(ChannelName, usize)>,
     /// Admitted by the auth hook: subscribed on the server's authority, private channels too.
     by_hook: bool,
 }
@@ -61,8 +63,16 @@ pub async fn upgrade_pushstream(
             Err(e) => return refuse(StatusCode::BAD_REQUEST, e.code, &e.message),
         }
     } else {
+        // The backend names the channels; a backtrack in the URL still applies to them.
+        let asked = url_channels(&req).unwrap_or_default();
         match ask_backend(&state, config, req.headers()).await {
-            Ok(c) => c,
+            Ok(c) => c
+                .into_iter()
+                .map(|c| {
+                    let b = asked.iter().find(|(a, _)| *a == c).map_or(0, |(_, b)| *b);
+                    (c, b)
+                })
+                .collect(),
             Err(resp) => return resp,
         }
     };
@@ -70,7 +80,7 @@ pub async fn upgrade_pushstream(
     super::upgrade_to(PushStream { channels, by_hook }, state, remote, req)
 }
 
-fn url_channels(req: &Request) -> Result<Vec<ChannelName>, HeraldError> {
+fn url_channels(req: &Request) -> Result<Vec<(ChannelName, usize)>, HeraldError> {
     let path = req.uri().path();
     let from_path = path
         .split_once("/subscribe")
@@ -86,9 +96,10 @@ fn url_channels(req: &Request) -> Result<Vec<ChannelName>, HeraldError> {
         })
         .unwrap_or_default();
     let mut channels = pushstream::channels_from_path(from_path)?;
-    for c in pushstream::channels_from_path(&from_query)? {
-        if !channels.contains(&c) {
-            channels.push(c);
+    for (c, b) in pushstream::channels_from_path(&from_query)? {
+        match channels.iter_mut().find(|(known, _)| *known == c) {
+            Some((_, backtrack)) => *backtrack = (*backtrack).max(b),
+            None => channels.push((c, b)),
         }
     }
     Ok(channels)
@@ -189,9 +200,15 @@ impl Dialect for PushStream {
         } else {
             actor.clone()
         };
+        let names: Vec<ChannelName> = self.channels.iter().map(|(c, _)| c.clone()).collect();
         if let Err(e) = state
             .hub
-            .subscribe(&subscriber, client, &self.channels, None)
+            .subscribe_replaying(&subscriber, client, &names, None, |name| {
+                match self.channels.iter().find(|(c, _)| c == name) {
+                    Some((_, n)) if *n > 0 => Replay::Last(*n),
+                    _ => Replay::Nothing,
+                }
+            })
         {
             // The original closed with the status and reason after the upgrade.
             let reason = format!("{}: {}", e.code, e.message);

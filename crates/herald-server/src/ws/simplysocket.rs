@@ -114,11 +114,13 @@ impl Session<'_> {
         let hub = &self.state.hub;
         match action {
             Action::JoinRoom { room, player_limit } => {
+                // The room's namespace (or `[channels]`) decides history and presence.
                 let options = ChannelOptions {
                     public: true,
                     client_publish: true,
                     max_subscribers: player_limit,
-                    ..Default::default()
+                    admin_only_subscribe: false,
+                    ..hub.config().defaults_for(&room).clone()
                 };
                 if hub.join_room(&self.actor, self.client, &room, &options)?
                     && room.as_str() != GLOBAL_ROOM
@@ -136,6 +138,21 @@ impl Session<'_> {
                 {
                     self.announce(&room, "client-left-room").await;
                 }
+            }
+            Action::Presence { room } => {
+                let list = hub.presence(&self.actor, &room)?;
+                let body = serde_json::json!({"roomname": room.as_str(), "clients": list.clients})
+                    .to_string();
+                let me = self.client.id.to_string();
+                let data = simplysocket::encode(
+                    "room-presence",
+                    Some(body.as_bytes()),
+                    true,
+                    &me,
+                    simplysocket::SERVER_SENDER,
+                );
+                let frame = SIMPLYSOCKET_WS.direct(None, &data);
+                hub.registry().push_or_close(self.client, frame);
             }
             Action::Deliver {
                 action,
