@@ -14,6 +14,7 @@
 //! [`publisher`] (HTTP publishing), [`server`] (CPU/RSS readings).
 
 mod publisher;
+mod recover;
 mod server;
 mod state;
 mod subscriber;
@@ -54,6 +55,9 @@ pub enum Scenario {
     Idle,
     /// N connections + subscriptions as fast as --concurrency handshakes allow.
     Connect,
+    /// N subscribers that drop every --drop-every seconds and come back with recovery while
+    /// a publisher sends at --rate for --duration seconds; reports losses and duplicates.
+    Recover,
 }
 
 impl Scenario {
@@ -62,6 +66,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Idle => "idle",
             Scenario::Connect => "connect",
+            Scenario::Recover => "recover",
         }
     }
 }
@@ -135,6 +140,12 @@ pub struct BenchArgs {
     /// Extra header on every WebSocket upgrade request, "Name: value" (repeatable).
     #[arg(long = "ws-header", value_name = "NAME: VALUE")]
     pub ws_headers: Vec<String>,
+    /// recover: seconds the publisher runs.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// recover: each subscriber drops its connection this often, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub drop_every: f64,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -273,6 +284,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
             Scenario::Fanout => fanout(&ctx, &mut tasks, &mut report, run_deadline).await,
             Scenario::Idle => idle(&ctx, &mut tasks, &mut report, run_deadline).await,
             Scenario::Connect => connect(&ctx, &mut tasks, &mut report, run_deadline).await,
+            Scenario::Recover => {
+                recover::recover(&ctx, &mut tasks, &mut report, run_deadline).await
+            }
         }
     };
     let watchdog_fired = tokio::time::timeout_at(run_deadline, fut).await.is_err();
@@ -322,13 +336,20 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
         ("--drain-timeout", args.drain_timeout),
         ("--max-drain", args.max_drain),
         ("--idle-wait", args.idle_wait),
+        ("--duration", args.duration),
+        ("--drop-every", args.drop_every),
     ] {
         if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
             bail!("{name} must be between 0 and 86400 seconds");
         }
     }
-    if args.scenario == Scenario::Fanout && args.admin_key.is_none() {
-        bail!("fanout publishes over the HTTP API: give --admin-key or set HERALD_ADMIN_KEY");
+    if matches!(args.scenario, Scenario::Fanout | Scenario::Recover) && args.admin_key.is_none() {
+        bail!(
+            "fanout and recover publish over the HTTP API: give --admin-key or set HERALD_ADMIN_KEY"
+        );
+    }
+    if args.scenario == Scenario::Recover && args.drop_every < 0.1 {
+        bail!("--drop-every must be at least 0.1 seconds");
     }
     Ok(())
 }
@@ -702,6 +723,25 @@ fn summary(r: &Report) -> String {
             lat("max"),
             g("server_cpu_pct"),
             g("server_cpu_us_per_delivery"),
+        ),
+        Some("recover") => format!(
+            "published {} | received {}/{}, lost {}, duplicates {} | drops {}, recovered {}, failed {} | recovery ms p50 {} p99 {}",
+            g("published_ok"),
+            g("received"),
+            g("expected"),
+            g("lost"),
+            g("duplicates"),
+            g("drops"),
+            g("recovered"),
+            g("recover_failed"),
+            r.0.get("recovery_us")
+                .and_then(|l| l.get("p50"))
+                .and_then(Value::as_f64)
+                .map_or("-".into(), |v| format!("{:.2}", v / 1000.0)),
+            r.0.get("recovery_us")
+                .and_then(|l| l.get("p99"))
+                .and_then(Value::as_f64)
+                .map_or("-".into(), |v| format!("{:.2}", v / 1000.0)),
         ),
         Some("idle") => format!(
             "server rss {} -> {} kB, {} bytes/connection",
