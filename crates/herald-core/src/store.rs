@@ -44,8 +44,10 @@ pub trait Store: Send + Sync + 'static {
     fn load_history(&self) -> Result<Vec<StoredHistory>, StoreError> {
         Ok(Vec::new())
     }
-    /// Applies history changes in order, as one write.
-    fn write_history(&self, _ops: &[HistoryOp]) -> Result<(), StoreError> {
+    /// Applies history changes in order, as one write. With `sync` false the write may stay
+    /// in the page cache until a later synced one (the writer syncs at least once a second);
+    /// with `sync` true it and every earlier one are on disk when this returns.
+    fn write_history(&self, _ops: &[HistoryOp], _sync: bool) -> Result<(), StoreError> {
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Durable history (`[history] durable`): the hub hands every history change to
 //! [`HistoryWriter`] without waiting (a bounded queue), and one task writes them to the store
-//! in batches, one transaction per batch, off the publish path. Also the sweep task that
+//! in batches, one transaction per batch, off the publish path, syncing them to disk at most a
+//! second later ([`SYNC_EVERY`]) and at shutdown. Also the sweep task that
 //! expires kept publications and keeps all history within `[history] max_bytes`.
 //!
 //! When the store falls so far behind that the queue is full, changes are dropped (counted in
@@ -16,6 +17,7 @@ use herald_core::stats::Stats;
 use herald_core::{Hub, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// History changes waiting for the writer, at most.
 pub const QUEUE: usize = 65_536;
@@ -23,6 +25,8 @@ pub const QUEUE: usize = 65_536;
 const BATCH: usize = 4096;
 /// How often the sweep runs when nothing else wakes it.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Longest time a history write stays unsynced (in the page cache only).
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// The hub's [`HistorySink`]: a non-blocking hand-off to the writer task.
 pub struct HistoryWriter {
@@ -94,10 +98,15 @@ async fn write_loop(
     store: Arc<dyn Store>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // Writes go to the page cache and are synced to disk at most SYNC_EVERY later: one fsync a
+    // second instead of one per batch (a crash loses at most that second).
+    let mut unsynced_since: Option<Instant> = None;
     loop {
+        let sync_at = unsynced_since.map(|t| t + SYNC_EVERY);
         let stopping = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n == 0,
             _ = stop.changed() => true,
+            _ = sleep_until_opt(sync_at) => false,
         };
         if stopping {
             // What is queued still goes out.
@@ -105,8 +114,14 @@ async fn write_loop(
                 batch.push(op);
             }
         }
-        if !batch.is_empty() {
-            write(&store, std::mem::take(&mut batch)).await;
+        let sync = stopping || sync_at.is_some_and(|t| Instant::now() >= t);
+        if !batch.is_empty() || (sync && unsynced_since.is_some()) {
+            write(&store, std::mem::take(&mut batch), sync).await;
+            unsynced_since = if sync {
+                None
+            } else {
+                unsynced_since.or(Some(Instant::now()))
+            };
         }
         if stopping {
             return;
@@ -114,9 +129,16 @@ async fn write_loop(
     }
 }
 
-async fn write(store: &Arc<dyn Store>, ops: Vec<HistoryOp>) {
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write(store: &Arc<dyn Store>, ops: Vec<HistoryOp>, sync: bool) {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.write_history(&ops)).await {
+    match tokio::task::spawn_blocking(move || store.write_history(&ops, sync)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "writing history failed"),
         Err(e) => tracing::error!(error = %e, "history writer task failed"),

@@ -176,8 +176,12 @@ fn decode_entry(offset: u64, v: &[u8]) -> Option<Entry> {
 }
 
 impl RedbStore {
-    fn history_batch(&self, ops: &[HistoryOp]) -> Result<(), redb::Error> {
-        let txn = self.db.begin_write()?;
+    fn history_batch(&self, ops: &[HistoryOp], sync: bool) -> Result<(), redb::Error> {
+        let mut txn = self.db.begin_write()?;
+        if !sync {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        }
         {
             let mut history = txn.open_table(HISTORY)?;
             let mut positions = txn.open_table(POSITIONS)?;
@@ -276,8 +280,8 @@ impl Store for RedbStore {
         self.history_all().map_err(err)
     }
 
-    fn write_history(&self, ops: &[HistoryOp]) -> Result<(), StoreError> {
-        self.history_batch(ops).map_err(err)
+    fn write_history(&self, ops: &[HistoryOp], sync: bool) -> Result<(), StoreError> {
+        self.history_batch(ops, sync).map_err(err)
     }
 
     fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
