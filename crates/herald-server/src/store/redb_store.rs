@@ -25,6 +25,10 @@ const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("histo
 /// Each channel's epoch and latest offset, JSON `{"epoch","offset"}`.
 const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions");
 
+/// redb's page cache (its default is 1 GiB). The store is read whole once, at start; after
+/// that it is written, and history appends touch few pages.
+const CACHE_BYTES: usize = 16 << 20;
+
 pub struct RedbStore {
     db: Database,
 }
@@ -50,6 +54,7 @@ impl RedbStore {
         let opened = std::panic::catch_unwind(|| -> Result<RedbStore, redb::Error> {
             let db = Builder::new()
                 .set_check_integrity_on_open(true)
+                .set_cache_size(CACHE_BYTES)
                 .create(&path)?;
             let txn = db.begin_write()?;
             txn.open_table(CHANNELS)?;
