@@ -535,3 +535,64 @@ async fn mixed_audience_is_encoded_once_per_format() {
             .all(|c| written(c) == "msg mixed-audience 1 1;")
     );
 }
+
+/// All channels' history stays within `history_max_bytes`: the sweep drops the oldest
+/// publications of all channels first, and removes ephemeral channels left with nothing.
+#[tokio::test]
+async fn the_history_budget_drops_the_oldest_publications_of_all_channels_first() {
+    let entry = 10 + crate::history::ENTRY_OVERHEAD;
+    let hub = hub_with(HubConfig {
+        history_max_bytes: 4 * entry,
+        channel_defaults: ChannelOptions {
+            history_size: 100,
+            ..ChannelOptions::default()
+        },
+        ..HubConfig::default()
+    });
+    let data = Bytes::from_static(b"\"12345678\"");
+    for (i, channel) in ["a", "b", "a", "c", "b", "c"].iter().enumerate() {
+        let req = PublishRequest {
+            channels: vec![ChannelName::parse(channel).unwrap()],
+            data: data.clone(),
+            to: None,
+            once_per_client: false,
+        };
+        hub.publish(&Actor::Admin, req).await.unwrap();
+        // Publication times must differ for "oldest" to mean something.
+        if i < 5 {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+    }
+    let kept = |name: &str| {
+        hub.registry()
+            .lookup(&ChannelName::parse(name).unwrap())
+            .map(|c| c.read_history(|h, _, _| h.iter().map(|e| e.offset).collect::<Vec<_>>()))
+    };
+    assert_eq!(hub.registry().history_budget().used(), 6 * entry);
+    hub.history_sweep();
+    assert_eq!(hub.registry().history_budget().used(), 4 * entry);
+    // The first two publications (a:1, b:1) went; a keeps 2, b keeps 2, c both.
+    assert_eq!(kept("a"), Some(vec![2]));
+    assert_eq!(kept("b"), Some(vec![2]));
+    assert_eq!(kept("c"), Some(vec![1, 2]));
+    assert_eq!(hub.stats_snapshot().history_evicted, 2);
+    // Expiring or evicting everything removes the channels (nobody is subscribed).
+    let hub_small = hub_with(HubConfig {
+        history_max_bytes: 1,
+        channel_defaults: ChannelOptions {
+            history_size: 100,
+            ..ChannelOptions::default()
+        },
+        ..HubConfig::default()
+    });
+    let req = PublishRequest {
+        channels: vec![ChannelName::parse("gone").unwrap()],
+        data,
+        to: None,
+        once_per_client: false,
+    };
+    hub_small.publish(&Actor::Admin, req).await.unwrap();
+    assert_eq!(hub_small.registry().channel_count(), 1);
+    hub_small.history_sweep();
+    assert_eq!(hub_small.registry().channel_count(), 0);
+}
