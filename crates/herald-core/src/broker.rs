@@ -56,6 +56,19 @@ pub trait Broker: Send + Sync + 'static {
         local: &'a Registry,
         publish: Publish,
     ) -> BoxFuture<'a, Result<Published, HeraldError>>;
+    /// Resolves once publications to `channels` from every node reach this one (a clustered
+    /// broker: once its backplane subscriptions are in place). A subscriber is answered only
+    /// then, so it misses nothing published after its reply.
+    fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Told, under the channel's lock, when a channel gains its first local subscriber or loses
+/// its last: a clustered broker follows only the channels this node needs. Must not block.
+pub trait Interest: Send + Sync {
+    fn occupied(&self, channel: &ChannelName);
+    fn vacated(&self, channel: &ChannelName);
 }
 
 /// Single-node broker: sequencing and fan-out in the local registry.

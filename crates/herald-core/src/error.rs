@@ -53,6 +53,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The durable store failed; the action was not done.
     StoreUnavailable,
+    /// The cluster's broker (Redis) did not answer in time; the action was not done. Retry.
+    BrokerUnavailable,
     /// The app backend's auth hook timed out, was unreachable or answered nonsense: the
     /// request was refused, not judged. Retry later.
     AuthUnavailable,
@@ -64,7 +66,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::UnknownOp,
@@ -87,6 +89,7 @@ impl ErrorCode {
         ErrorCode::Banned,
         ErrorCode::RateLimited,
         ErrorCode::StoreUnavailable,
+        ErrorCode::BrokerUnavailable,
         ErrorCode::AuthUnavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::Internal,
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::StoreUnavailable => "store_unavailable",
+            ErrorCode::BrokerUnavailable => "broker_unavailable",
             ErrorCode::AuthUnavailable => "auth_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
@@ -140,9 +144,10 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::ChannelExists | ErrorCode::ChannelFull | ErrorCode::PresenceDisabled => 409,
             ErrorCode::MessageTooLarge | ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::StoreUnavailable | ErrorCode::AuthUnavailable | ErrorCode::ShuttingDown => {
-                503
-            }
+            ErrorCode::StoreUnavailable
+            | ErrorCode::BrokerUnavailable
+            | ErrorCode::AuthUnavailable
+            | ErrorCode::ShuttingDown => 503,
             ErrorCode::Internal => 500,
         }
     }

@@ -41,6 +41,72 @@ pub struct Config {
     /// The app backend asked at connect (and optionally at subscribe/publish), docs/auth-hook.md.
     pub auth_hook: crate::auth_hook::AuthHookConfig,
     pub history: HistoryConfig,
+    /// This node's name in a cluster. Empty: the host name and the listen port.
+    pub node_name: String,
+    /// How nodes of a cluster reach each other (docs/scaling.md).
+    pub broker: BrokerConfig,
+}
+
+/// `[broker]`: `memory` (one node, the default) or `redis` (many nodes sharing one Redis).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (credentials in the URL).
+    pub url: Secret,
+    /// Prefix of every key and channel Herald uses in Redis, so several clusters can share one.
+    pub prefix: String,
+    /// How long a broker call may take before the request fails with `broker_unavailable`.
+    pub timeout_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: "memory".into(),
+            url: Secret(String::new()),
+            prefix: "herald".into(),
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("broker.{key}: {why}")));
+        match self.kind.as_str() {
+            "memory" => return Ok(()),
+            "redis" => {}
+            "nats" => {
+                return bad(
+                    "type",
+                    "\"nats\" is not available yet (docs/scaling.md); use \"memory\" or \"redis\"",
+                );
+            }
+            _ => return bad("type", "must be \"memory\" or \"redis\""),
+        }
+        let url = self.url.0.as_str();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return bad(
+                "url",
+                "a redis:// or rediss:// URL is required with type = \"redis\"",
+            );
+        }
+        if self.prefix.is_empty()
+            || self.prefix.len() > 64
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return bad("prefix", "1 to 64 letters, digits, '-', '_', '.' or ':'");
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return bad("timeout_ms", "must be between 1 and 60000");
+        }
+        Ok(())
+    }
 }
 
 /// `[history]`: what all channels' history may use, and whether it outlives a restart.
@@ -714,6 +780,8 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             auth_hook: Default::default(),
             history: HistoryConfig::default(),
+            node_name: String::new(),
+            broker: BrokerConfig::default(),
         }
     }
 }
@@ -785,6 +853,8 @@ const KNOWN_KEYS: &[&str] = &[
     "channels",
     "namespaces",
     "history",
+    "node_name",
+    "broker",
     "limits",
     "events",
     "tls",
@@ -884,6 +954,10 @@ impl Config {
         }
         self.jwt.validate()?;
         self.auth_hook.validate()?;
+        self.broker.validate()?;
+        if self.node_name.len() > 128 {
+            return bad("node_name", "at most 128 characters");
+        }
         self.dialects.subsocket.validate("subsocket")?;
         self.dialects.eventual.validate("eventual")?;
         self.dialects.simplysocket.validate("simplysocket")?;

@@ -72,7 +72,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let hub = Hub::new(config.hub_config(), Arc::new(MemoryBroker), store.clone());
+    let redis = match config.broker.kind.as_str() {
+        "redis" => Some(crate::redis_broker::RedisBroker::connect(&config.broker).await?),
+        _ => None,
+    };
+    let broker: Arc<dyn herald_core::Broker> = match &redis {
+        Some(r) => r.clone(),
+        None => Arc::new(MemoryBroker),
+    };
+    let hub = Hub::new(config.hub_config(), broker, store.clone());
+    if let Some(r) = &redis {
+        hub.registry().set_interest(r.interest());
+    }
     let restored = hub
         .restore()
         .map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
@@ -133,6 +144,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )),
     ];
+    if let Some(r) = redis {
+        tasks.push(tokio::spawn(crate::redis_broker::follow(
+            state.clone(),
+            r,
+            shutdown_rx.clone(),
+        )));
+    }
     if let (Some(listener), Some(acceptor)) = (tls_listener, tls_acceptor) {
         tasks.push(tokio::spawn(accept_loop(
             listener,

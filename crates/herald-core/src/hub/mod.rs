@@ -137,6 +137,15 @@ impl Hub {
         &self.config
     }
 
+    /// Resolves once this node receives every node's publications to `channels` (see
+    /// [`Broker::ready`]); a subscriber's reply waits for it.
+    pub async fn broker_ready(&self, channels: &[ChannelName]) -> Result<(), HeraldError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.broker.ready(channels).await
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::broker::{Publish, Published};
+use crate::broker::{Interest, Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
 use crate::client::{ClientHandle, Disconnect, now_ms};
 use crate::error::{ErrorCode, HeraldError};
@@ -209,6 +209,8 @@ pub struct Registry {
     budget: Budget,
     /// Where history changes go to be kept (set once at startup when history is durable).
     sink: std::sync::OnceLock<Arc<dyn HistorySink>>,
+    /// Who follows which channels have local subscribers (a clustered broker).
+    interest: std::sync::OnceLock<Arc<dyn Interest>>,
 }
 
 impl Registry {
@@ -223,7 +225,23 @@ impl Registry {
             events: EventBus::default(),
             budget: Budget::new(history_max_bytes),
             sink: std::sync::OnceLock::new(),
+            interest: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells `interest` from now on when channels gain their first or lose their last local
+    /// subscriber (once; later calls are ignored).
+    pub fn set_interest(&self, interest: Arc<dyn Interest>) {
+        let _ = self.interest.set(interest);
+    }
+
+    /// The channels that have local subscribers now.
+    pub fn occupied_channels(&self) -> Vec<ChannelName> {
+        self.all_channels()
+            .into_iter()
+            .filter(|c| !c.state.lock().subscribers.is_empty())
+            .map(|c| c.name.clone())
+            .collect()
     }
 
     pub fn history_budget(&self) -> &Budget {
@@ -554,6 +572,9 @@ impl Registry {
             self.emit(EventType::ChannelVacated, |f| {
                 f.insert("channel".into(), name.as_str().into());
             });
+            if let Some(interest) = self.interest.get() {
+                interest.vacated(name);
+            }
         }
     }
 
@@ -622,6 +643,9 @@ impl Registry {
                 self.emit(EventType::ChannelOccupied, |f| {
                     f.insert("channel".into(), name.as_str().into());
                 });
+                if let Some(interest) = self.interest.get() {
+                    interest.occupied(name);
+                }
             }
             if st.options.join_leave {
                 self.announce(name, &st, client, true);
@@ -891,7 +915,17 @@ impl Registry {
             return 0;
         };
         let mut st = channel.state.lock();
-        st.offset = st.offset.max(msg.offset);
+        if st.epoch != msg.epoch {
+            // The backplane's numbering is the channel's: adopt it (its first message here).
+            st.epoch = msg.epoch.clone();
+            st.offset = 0;
+            st.history.clear(&self.budget);
+        }
+        if msg.offset <= st.offset {
+            return 0; // Already delivered here.
+        }
+        st.offset = msg.offset;
+        self.keep(&mut st, msg);
         let skip = msg.from.filter(|_| !st.options.echo);
         self.fan_out(&st.subscribers, msg, to, None, skip)
     }

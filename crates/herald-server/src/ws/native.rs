@@ -161,6 +161,8 @@ impl<'a> Session<'a> {
                         })
                 };
                 let done = hub.subscribe_replaying(&actor, &target, &channels, token, replay)?;
+                // In a cluster: answer once every node's publications reach this one.
+                hub.broker_ready(&done.added).await?;
                 if recover.is_empty() {
                     return Ok(json!({ "channels": channels, "changed": done.added }));
                 }

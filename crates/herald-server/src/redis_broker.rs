@@ -1,0 +1,311 @@
+//! The Redis broker (`[broker] type = "redis"`): several Herald nodes share one Redis, and a
+//! publication on any node reaches subscribers on every node, each channel in one order.
+//!
+//! - **Sequencing.** One Lua script per publication assigns the channel's next offset (and its
+//!   epoch, the first time) in Redis and PUBLISHes the publication on the channel's Redis
+//!   channel, atomically: Redis delivers a channel's messages to every subscriber connection
+//!   in that order, so every node sees the offsets in order, whichever node published.
+//! - **Following.** Each node keeps one pub/sub connection ([`follow`]) subscribed to the
+//!   channels that have local subscribers only: the registry tells it when a channel gains its
+//!   first or loses its last local subscriber ([`Interest`]), through an ordered queue. A
+//!   subscribe request is answered once its channels are followed ([`Broker::ready`]).
+//! - **Delivery.** Each message is handed to the local registry's `deliver_at`, which fans it
+//!   out (and keeps it in the channel's local history).
+//!
+//! Keys: `<prefix>:ch:<channel>` (hash: `epoch`, `offset`; expires a day after the channel's
+//! last publication) and the Redis channel `<prefix>:pub:<channel>`. What is not here yet
+//! (docs/scaling.md): history kept in Redis, presence and admin operations across nodes,
+//! Sentinel and Cluster, NATS.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_core::broker::{BoxFuture, Broker, Interest, Publish, Published};
+use herald_core::hub::Registry;
+use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::BrokerConfig;
+use crate::server::AppState;
+
+/// Seconds a channel's position is kept in Redis after its last publication.
+const POSITION_TTL_SECS: u64 = 86_400;
+/// Longest wait between two attempts to reconnect the pub/sub connection.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+const PUBLISH_SCRIPT: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local nodes = redis.call('PUBLISH', KEYS[2], offset .. '\n' .. epoch .. '\n' .. ARGV[2])
+return {offset, epoch, nodes}
+"#;
+
+/// What follows the offset and epoch in a published message.
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<Vec<String>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+enum Command {
+    Follow(ChannelName),
+    Unfollow(ChannelName),
+    /// Answered once every command before it is done.
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct RedisBroker {
+    client: redis::Client,
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Taken by [`follow`] when it starts.
+    inbox: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> HeraldError {
+    HeraldError::new(
+        ErrorCode::BrokerUnavailable,
+        format!("the broker (Redis) is unavailable: {what}"),
+    )
+}
+
+/// `redis://user:password@host/` with the password hidden, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_string(),
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `[broker] url`; fails (naming the key) when Redis does not answer within
+    /// `timeout_ms`.
+    pub async fn connect(config: &BrokerConfig) -> anyhow::Result<Arc<RedisBroker>> {
+        let shown = redacted(&config.url.0);
+        let client = redis::Client::open(config.url.0.as_str())
+            .map_err(|e| anyhow::anyhow!("broker.url: {shown} is not a Redis URL: {e}"))?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let conn = tokio::time::timeout(
+            timeout,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("broker.url: no answer from Redis at {shown} within {timeout:?}")
+        })?
+        .map_err(|e| anyhow::anyhow!("broker.url: cannot reach Redis at {shown}: {e}"))?;
+        let (commands, inbox) = mpsc::unbounded_channel();
+        Ok(Arc::new(RedisBroker {
+            client,
+            conn,
+            script: redis::Script::new(PUBLISH_SCRIPT),
+            prefix: config.prefix.clone(),
+            timeout,
+            commands,
+            inbox: Mutex::new(Some(inbox)),
+        }))
+    }
+
+    /// What the registry tells of channels gaining or losing local subscribers.
+    pub fn interest(&self) -> Arc<dyn Interest> {
+        Arc::new(Interested(self.commands.clone()))
+    }
+
+    fn position_key(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{channel}", self.prefix)
+    }
+
+    fn topic(&self, channel: &ChannelName) -> String {
+        format!("{}:pub:{channel}", self.prefix)
+    }
+
+    async fn publish_now(&self, publish: Publish) -> Result<Published, HeraldError> {
+        let data = std::str::from_utf8(&publish.data)
+            .ok()
+            .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+            .ok_or_else(|| HeraldError::bad_request("data must be JSON"))?;
+        let envelope = serde_json::to_string(&Envelope {
+            from: publish.from.map(|c| c.to_string()),
+            to: publish
+                .to
+                .map(|to| to.iter().map(ToString::to_string).collect()),
+            data,
+        })
+        .map_err(|e| HeraldError::internal(e.to_string()))?;
+        let epoch = herald_core::secret::random_secret();
+        let mut conn = self.conn.clone();
+        let mut call = self.script.prepare_invoke();
+        call.key(self.position_key(&publish.channel))
+            .key(self.topic(&publish.channel))
+            .arg(&epoch[..8])
+            .arg(envelope)
+            .arg(POSITION_TTL_SECS);
+        let answer = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
+        let (offset, epoch, nodes): (u64, String, u64) = match answer {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(unavailable(e)),
+            Err(_) => return Err(unavailable(format!("no answer within {:?}", self.timeout))),
+        };
+        Ok(Published {
+            offset,
+            epoch,
+            delivered: nodes,
+        })
+    }
+}
+
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn publish<'a>(
+        &'a self,
+        _local: &'a Registry,
+        publish: Publish,
+    ) -> BoxFuture<'a, Result<Published, HeraldError>> {
+        Box::pin(self.publish_now(publish))
+    }
+
+    fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
+        Box::pin(async move {
+            let (done, answered) = oneshot::channel();
+            self.commands
+                .send(Command::Flush(done))
+                .map_err(|_| unavailable("the node is not following the broker"))?;
+            match tokio::time::timeout(self.timeout, answered).await {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(unavailable(format!(
+                    "subscribing on the backplane took longer than {:?}",
+                    self.timeout
+                ))),
+            }
+        })
+    }
+}
+
+struct Interested(mpsc::UnboundedSender<Command>);
+
+impl Interest for Interested {
+    fn occupied(&self, channel: &ChannelName) {
+        let _ = self.0.send(Command::Follow(channel.clone()));
+    }
+
+    fn vacated(&self, channel: &ChannelName) {
+        let _ = self.0.send(Command::Unfollow(channel.clone()));
+    }
+}
+
+/// The node's pub/sub connection: follows the channels with local subscribers and delivers
+/// what arrives, reconnecting with backoff (and following again) until `shutdown`.
+pub async fn follow(
+    state: Arc<AppState>,
+    broker: Arc<RedisBroker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(mut inbox) = broker.inbox.lock().ok().and_then(|mut i| i.take()) else {
+        return;
+    };
+    let registry = state.hub.registry();
+    let topic_prefix = format!("{}:pub:", broker.prefix);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = tokio::select! {
+            c = broker.client.get_async_pubsub() => c,
+            _ = shutdown.changed() => return,
+        };
+        let (mut sink, mut stream) = match connected {
+            Ok(pubsub) => pubsub.split(),
+            Err(e) => {
+                tracing::warn!(error = %e, "broker: cannot open the pub/sub connection; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let mut ok = true;
+        for channel in registry.occupied_channels() {
+            if sink.subscribe(broker.topic(&channel)).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        while ok {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                command = inbox.recv() => match command {
+                    None => return,
+                    Some(Command::Follow(c)) => ok = sink.subscribe(broker.topic(&c)).await.is_ok(),
+                    Some(Command::Unfollow(c)) => ok = sink.unsubscribe(broker.topic(&c)).await.is_ok(),
+                    Some(Command::Flush(done)) => {
+                        let _ = done.send(());
+                    }
+                },
+                message = stream.next() => match message {
+                    Some(m) => deliver(registry, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
+                    None => ok = false,
+                },
+            }
+        }
+        tracing::warn!("broker: lost the pub/sub connection; reconnecting");
+        backoff = Duration::from_millis(100);
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Hands one published message to the local fan-out; malformed ones are logged and dropped.
+fn deliver(registry: &Registry, topic_prefix: &str, topic: &str, payload: &[u8]) {
+    let parsed = (|| {
+        let channel = ChannelName::parse(topic.strip_prefix(topic_prefix)?).ok()?;
+        let text = std::str::from_utf8(payload).ok()?;
+        let (offset, rest) = text.split_once('\n')?;
+        let (epoch, envelope) = rest.split_once('\n')?;
+        let envelope: Envelope = serde_json::from_str(envelope).ok()?;
+        let from = match &envelope.from {
+            Some(id) => Some(ClientId::parse(id).ok()?),
+            None => None,
+        };
+        let to = match &envelope.to {
+            Some(ids) => Some(
+                ids.iter()
+                    .map(|id| ClientId::parse(id).ok())
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        let message = Message {
+            channel,
+            offset: offset.parse().ok()?,
+            epoch: Arc::from(epoch),
+            from,
+            data: Bytes::copy_from_slice(envelope.data.get().as_bytes()),
+        };
+        Some((message, to))
+    })();
+    match parsed {
+        Some((message, to)) => {
+            registry.deliver_at(&message, to.as_deref());
+        }
+        None => tracing::warn!(topic, "broker: malformed message dropped"),
+    }
+}

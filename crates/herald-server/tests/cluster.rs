@@ -1,0 +1,212 @@
+//! Several Herald nodes joined by a real Redis (`[broker] type = "redis"`): publications on any
+//! node reach subscribers on every node in one offset order, a subscriber is answered once its
+//! node follows the channel, and a broker that goes away gives `broker_unavailable` within the
+//! timeout. The tests start `redis-server` themselves (skipped, loudly, when it is not
+//! installed outside CI; `.ci/run` installs it).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{ADMIN_KEY, TestServer, WAIT};
+use herald_client::{Api, Client};
+use serde_json::json;
+
+/// A `redis-server` on a free port, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    /// `None` (after saying so) when `redis-server` is missing and this is not CI.
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED: redis-server cannot be started ({e}); install redis-server");
+                return None;
+            }
+            Err(e) => panic!("redis-server is required in CI: {e}"),
+        };
+        let redis = Redis { child, port };
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+async fn node(redis: &Redis) -> TestServer {
+    let url = redis.url();
+    TestServer::start_with(move |c| {
+        c.broker.kind = "redis".into();
+        c.broker.url = herald_server::config::Secret(url);
+        c.broker.timeout_ms = 1000;
+        c.channels.client_publish = true;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_on_any_node_reach_every_node_in_one_order() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe(&["c"]).await.unwrap();
+    on_b.subscribe(&["c"]).await.unwrap();
+    // Publishers on both nodes: the HTTP API of each, and a client on b.
+    let mut publisher = Client::connect(&format!("{}?token={ADMIN_KEY}", b.ws_url()))
+        .await
+        .unwrap();
+    let total = 60u64;
+    for i in 0..total {
+        match i % 3 {
+            0 => {
+                a.admin().publish(&["c"], json!(i)).await.unwrap();
+            }
+            1 => {
+                b.admin().publish(&["c"], json!(i)).await.unwrap();
+            }
+            _ => {
+                publisher
+                    .request_ok(json!({"op":"publish","channel":"c","data":i}))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    for (name, client) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let mut offsets = Vec::new();
+        let mut epochs = std::collections::HashSet::new();
+        for _ in 0..total {
+            let m = client.next_op("message", WAIT).await.unwrap();
+            offsets.push(m["offset"].as_u64().unwrap());
+            epochs.insert(m["epoch"].as_str().unwrap().to_string());
+        }
+        assert_eq!(offsets, (1..=total).collect::<Vec<_>>(), "node {name}");
+        assert_eq!(epochs.len(), 1, "one epoch on node {name}");
+    }
+    // The HTTP answer reports the offset Redis assigned.
+    let r = a.admin().publish(&["c"], json!("last")).await.unwrap();
+    assert_eq!(r["channels"][0]["offset"], total + 1);
+    assert_eq!(
+        on_b.next_op("message", WAIT).await.unwrap()["offset"],
+        total + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_only_channels_with_local_subscribers() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.client().await;
+    on_b.subscribe(&["x"]).await.unwrap();
+    a.admin().publish(&["x"], json!(1)).await.unwrap();
+    assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["data"], 1);
+    // Node a has nobody on "x": it has no channel for it.
+    assert!(
+        a.server
+            .state
+            .hub
+            .registry()
+            .lookup(&herald_core::ChannelName::parse("x").unwrap())
+            .is_none()
+    );
+    // Once b's subscriber leaves, b stops following: a later publication reaches no node.
+    on_b.unsubscribe(&["x"]).await.unwrap();
+    let mut delivered_to_nodes = 1;
+    for _ in 0..50 {
+        let r = a.admin().publish(&["x"], json!(2)).await.unwrap();
+        delivered_to_nodes = r["channels"][0]["delivered"].as_u64().unwrap();
+        if delivered_to_nodes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered_to_nodes, 0, "no node follows x any more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_goes_away_gives_broker_unavailable() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node(&redis).await;
+    let mut c = a.client().await;
+    c.subscribe(&["y"]).await.unwrap();
+    drop(redis);
+    let api = Api::new(&a.http(), Some(ADMIN_KEY));
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .request(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"channel":"y","data":1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("broker_unavailable"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "within the timeout"
+    );
+    // Clients not touching the broker keep working.
+    c.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_cannot_be_reached_fails_the_start_naming_the_key() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.broker.kind = "redis".into();
+    config.broker.url =
+        herald_server::config::Secret(format!("redis://user:s3cret@127.0.0.1:{port}/"));
+    config.broker.timeout_ms = 500;
+    config.validate().unwrap();
+    let error = match herald_server::start(config).await {
+        Ok(_) => panic!("started without Redis"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("broker.url"), "{error}");
+    assert!(
+        !error.contains("s3cret"),
+        "the password is not shown: {error}"
+    );
+}
