@@ -51,6 +51,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Broker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// Several nodes share channels through it.
+    fn is_clustered(&self) -> bool {
+        false
+    }
     fn publish<'a>(
         &'a self,
         local: &'a Registry,
@@ -60,6 +64,16 @@ pub trait Broker: Send + Sync + 'static {
     /// broker: once its backplane subscriptions are in place). A subscriber is answered only
     /// then, so it misses nothing published after its reply.
     fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Before a recovery: completes the local history of `channels` (held by the registry,
+    /// so followed) from the backplane's, so a client recovers on any node. Single node:
+    /// nothing to do.
+    fn prepare<'a>(
+        &'a self,
+        _local: &'a Registry,
+        _channels: &'a [ChannelName],
+    ) -> BoxFuture<'a, Result<(), HeraldError>> {
         Box::pin(async { Ok(()) })
     }
 }

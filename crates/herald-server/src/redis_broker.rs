@@ -12,10 +12,15 @@
 //! - **Delivery.** Each message is handed to the local registry's `deliver_at`, which fans it
 //!   out (and keeps it in the channel's local history).
 //!
+//! - **History.** The same script keeps the channel's last `history_size` publications in a
+//!   Redis list. Before a recovery the node follows the channel and completes its local history
+//!   from that list ([`Broker::prepare`]), so a client recovers on any node.
+//!
 //! Keys: `<prefix>:ch:<channel>` (hash: `epoch`, `offset`; expires a day after the channel's
-//! last publication) and the Redis channel `<prefix>:pub:<channel>`. What is not here yet
-//! (docs/scaling.md): history kept in Redis, presence and admin operations across nodes,
-//! Sentinel and Cluster, NATS.
+//! last publication, or its history's time to live if longer), `<prefix>:hist:<channel>` (list
+//! of `offset\ntime_ms\nenvelope`) and the Redis channel `<prefix>:pub:<channel>`. What is not
+//! here yet (docs/scaling.md): presence and admin operations across nodes, Sentinel and
+//! Cluster, NATS.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::broker::{BoxFuture, Broker, Interest, Publish, Published};
+use herald_core::history::Entry;
 use herald_core::hub::Registry;
 use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message};
 use redis::aio::ConnectionManager;
@@ -38,14 +44,23 @@ const POSITION_TTL_SECS: u64 = 86_400;
 /// Longest wait between two attempts to reconnect the pub/sub connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// KEYS: position hash, pub/sub channel, history list. ARGV: a new epoch (used the first
+/// time), the envelope, the position's TTL, `history_size`, `history_ttl_secs`, `time_ms`.
 const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('DEL', KEYS[3])
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('RPUSH', KEYS[3], offset .. '\n' .. ARGV[6] .. '\n' .. ARGV[2])
+  redis.call('LTRIM', KEYS[3], -size, -1)
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
 local nodes = redis.call('PUBLISH', KEYS[2], offset .. '\n' .. epoch .. '\n' .. ARGV[2])
 return {offset, epoch, nodes}
 "#;
@@ -60,6 +75,9 @@ struct Envelope<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
 }
+
+/// A channel's position as Redis keeps it (`None` before its first publication).
+type Position = (Option<String>, Option<u64>);
 
 enum Command {
     Follow(ChannelName),
@@ -139,7 +157,45 @@ impl RedisBroker {
         format!("{}:pub:{channel}", self.prefix)
     }
 
-    async fn publish_now(&self, publish: Publish) -> Result<Published, HeraldError> {
+    fn history_key(&self, channel: &ChannelName) -> String {
+        format!("{}:hist:{channel}", self.prefix)
+    }
+
+    /// Completes the local history of `channels` from Redis (after they are followed).
+    async fn prepare_now(
+        &self,
+        local: &Registry,
+        channels: &[ChannelName],
+    ) -> Result<(), HeraldError> {
+        self.ready(channels).await?;
+        for channel in channels {
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET")
+                .arg(self.position_key(channel))
+                .arg("epoch")
+                .arg("offset")
+                .lrange(self.history_key(channel), 0, -1);
+            let answer = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
+            let ((epoch, offset), kept): (Position, Vec<Vec<u8>>) = match answer {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => {
+                    return Err(unavailable(format!("no answer within {:?}", self.timeout)));
+                }
+            };
+            let Some(epoch) = epoch else { continue };
+            let entries = kept.iter().filter_map(|raw| kept_entry(raw)).collect();
+            local.backfill(channel, &epoch, offset.unwrap_or(0), entries);
+        }
+        Ok(())
+    }
+
+    async fn publish_now(
+        &self,
+        local: &Registry,
+        publish: Publish,
+    ) -> Result<Published, HeraldError> {
         let data = std::str::from_utf8(&publish.data)
             .ok()
             .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
@@ -153,13 +209,25 @@ impl RedisBroker {
         })
         .map_err(|e| HeraldError::internal(e.to_string()))?;
         let epoch = herald_core::secret::random_secret();
+        // The channel's history options: its own where this node has it, else its namespace's.
+        let (size, ttl) = match local.lookup(&publish.channel) {
+            Some(c) => c.view(|v| (v.options.history_size, v.options.history_ttl_secs)),
+            None => publish
+                .create
+                .as_ref()
+                .map_or((0, 1), |o| (o.history_size, o.history_ttl_secs)),
+        };
         let mut conn = self.conn.clone();
         let mut call = self.script.prepare_invoke();
         call.key(self.position_key(&publish.channel))
             .key(self.topic(&publish.channel))
+            .key(self.history_key(&publish.channel))
             .arg(&epoch[..8])
             .arg(envelope)
-            .arg(POSITION_TTL_SECS);
+            .arg(POSITION_TTL_SECS.max(u64::from(ttl)))
+            .arg(size)
+            .arg(ttl)
+            .arg(herald_core::client::now_ms());
         let answer = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
         let (offset, epoch, nodes): (u64, String, u64) = match answer {
             Ok(Ok(v)) => v,
@@ -179,12 +247,24 @@ impl Broker for RedisBroker {
         "redis"
     }
 
+    fn is_clustered(&self) -> bool {
+        true
+    }
+
     fn publish<'a>(
         &'a self,
-        _local: &'a Registry,
+        local: &'a Registry,
         publish: Publish,
     ) -> BoxFuture<'a, Result<Published, HeraldError>> {
-        Box::pin(self.publish_now(publish))
+        Box::pin(self.publish_now(local, publish))
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        local: &'a Registry,
+        channels: &'a [ChannelName],
+    ) -> BoxFuture<'a, Result<(), HeraldError>> {
+        Box::pin(self.prepare_now(local, channels))
     }
 
     fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
@@ -271,6 +351,24 @@ pub async fn follow(
         backoff = Duration::from_millis(100);
         tokio::time::sleep(backoff).await;
     }
+}
+
+/// A kept publication as the script stores it: `offset\ntime_ms\nenvelope`.
+fn kept_entry(raw: &[u8]) -> Option<Entry> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (offset, rest) = text.split_once('\n')?;
+    let (time_ms, envelope) = rest.split_once('\n')?;
+    let envelope: Envelope = serde_json::from_str(envelope).ok()?;
+    let from = match &envelope.from {
+        Some(id) => Some(ClientId::parse(id).ok()?),
+        None => None,
+    };
+    Some(Entry {
+        offset: offset.parse().ok()?,
+        from,
+        data: Bytes::copy_from_slice(envelope.data.get().as_bytes()),
+        time_ms: time_ms.parse().ok()?,
+    })
 }
 
 /// Hands one published message to the local fan-out; malformed ones are logged and dropped.

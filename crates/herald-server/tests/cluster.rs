@@ -210,3 +210,60 @@ async fn a_redis_that_cannot_be_reached_fails_the_start_naming_the_key() {
         "the password is not shown: {error}"
     );
 }
+
+/// A client that drops from one node and comes back on another recovers every publication it
+/// missed, in order, from the history kept in Redis; also while publications go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_recovers_on_another_node() {
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let with_history = |url: String| {
+        move |c: &mut herald_server::Config| {
+            c.broker.kind = "redis".into();
+            c.broker.url = herald_server::config::Secret(url);
+            c.broker.timeout_ms = 1000;
+            c.channels.history_size = 100;
+        }
+    };
+    let a = TestServer::start_with(with_history(url.clone())).await;
+    let b = TestServer::start_with(with_history(url)).await;
+    let mut c = a.client().await;
+    c.subscribe(&["r"]).await.unwrap();
+    let first = a.admin().publish(&["r"], json!(1)).await.unwrap();
+    let epoch = first["channels"][0]["epoch"].as_str().unwrap().to_string();
+    assert_eq!(c.next_op("message", WAIT).await.unwrap()["offset"], 1);
+    drop(c);
+    // Published meanwhile through both nodes; b has nobody on "r".
+    for i in 2..=6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.admin().publish(&["r"], json!(i)).await.unwrap();
+    }
+    let mut c = b.client().await;
+    let reply = c
+        .request_ok(json!({"op":"subscribe","channel":"r",
+            "recover":{"r":{"epoch":epoch,"offset":1}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["r"],
+        json!({"recovered":true,"epoch":epoch,"offset":6}),
+        "{reply}"
+    );
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let m = c.next_op("message", WAIT).await.unwrap();
+        got.push((m["offset"].as_u64().unwrap(), m["data"].as_u64().unwrap()));
+    }
+    assert_eq!(got, [(2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]);
+    // And live from there, through either node.
+    a.admin().publish(&["r"], json!(7)).await.unwrap();
+    assert_eq!(c.next_op("message", WAIT).await.unwrap()["offset"], 7);
+    // Another epoch (or a position Redis no longer keeps): false, nothing replayed.
+    let mut d = a.client().await;
+    let reply = d
+        .request_ok(json!({"op":"subscribe","channel":"r",
+            "recover":{"r":{"epoch":"other","offset":1}}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"]["r"]["recovered"], false);
+}

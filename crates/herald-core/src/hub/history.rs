@@ -106,6 +106,33 @@ impl Hub {
         })
     }
 
+    /// Before a subscribe with recovery: holds `channels` and has the broker complete their
+    /// local history (a cluster: from the backplane, so a client recovers on any node). Call
+    /// [`Hub::end_recovery`] after the subscribe, whatever happened.
+    pub async fn prepare_recovery(&self, channels: &[ChannelName]) -> Result<(), HeraldError> {
+        if !self.broker.is_clustered() {
+            return Ok(()); // The local history is the whole history.
+        }
+        for name in channels {
+            let options = match self.registry.lookup(name) {
+                Some(c) => c.view(|v| v.options.clone()),
+                None => self.config.defaults_for(name).clone(),
+            };
+            self.registry.hold(name, &options);
+        }
+        self.broker.prepare(&self.registry, channels).await
+    }
+
+    /// Ends [`Hub::prepare_recovery`].
+    pub fn end_recovery(&self, channels: &[ChannelName]) {
+        if !self.broker.is_clustered() {
+            return;
+        }
+        for name in channels {
+            self.registry.release(name);
+        }
+    }
+
     /// Drops `name`'s kept publications (admin or the channel's token); its position stays.
     pub fn clear_history(&self, actor: &Actor, name: &ChannelName) -> Result<u64, HeraldError> {
         self.managed_channel(actor, name)?;

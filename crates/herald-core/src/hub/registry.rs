@@ -73,6 +73,9 @@ struct ChannelState {
     created_at_ms: u64,
     /// Kept publications (`history_size` > 0), under the same lock as `offset`.
     history: History,
+    /// Holds while a recovery prepares the channel (a clustered broker fills its history):
+    /// the channel stays, and is followed, even with nobody subscribed.
+    held: u32,
 }
 
 /// A snapshot of a channel for listings.
@@ -124,7 +127,13 @@ fn new_epoch() -> Arc<str> {
 impl ChannelState {
     /// An ephemeral channel with nobody subscribed and nothing kept: it may go.
     fn is_vacant(&self) -> bool {
-        self.subscribers.is_empty() && !self.persistent && self.history.is_empty()
+        self.subscribers.is_empty() && !self.persistent && self.history.is_empty() && self.held == 0
+    }
+
+    /// Publications to it from every node must reach this one: it has local subscribers, or a
+    /// recovery holds it.
+    fn followed(&self) -> bool {
+        !self.subscribers.is_empty() || self.held > 0
     }
 
     fn view(&self) -> ChannelView<'_> {
@@ -151,6 +160,7 @@ impl Channel {
                 subscribers: HashMap::new(),
                 created_at_ms: now_ms(),
                 history: History::default(),
+                held: 0,
             }),
         }
     }
@@ -432,6 +442,81 @@ impl Registry {
         Some((st.token_hash.clone().unwrap_or_default(), st.created_at_ms))
     }
 
+    /// Holds `name` (created ephemeral with `options` if need be) while a recovery prepares
+    /// it: it stays, and is followed, until [`Registry::release`].
+    pub fn hold(&self, name: &ChannelName, options: &ChannelOptions) {
+        loop {
+            let channel = self.get_or_create(name, options);
+            let mut st = channel.state.lock();
+            if st.removed {
+                continue;
+            }
+            let was_followed = st.followed();
+            st.held += 1;
+            if !was_followed && let Some(interest) = self.interest.get() {
+                interest.occupied(name);
+            }
+            return;
+        }
+    }
+
+    /// Ends a [`Registry::hold`].
+    pub fn release(&self, name: &ChannelName) {
+        let Some(channel) = self.lookup(name) else {
+            return;
+        };
+        {
+            let mut st = channel.state.lock();
+            st.held = st.held.saturating_sub(1);
+            if !st.followed()
+                && let Some(interest) = self.interest.get()
+            {
+                interest.vacated(name);
+            }
+        }
+        self.remove_if_vacant(name);
+    }
+
+    /// Completes a channel's local history from the backplane's: `epoch` and `offset` are the
+    /// channel's position there and `entries` what it keeps (oldest first). Entries the node
+    /// already has stay; older ones go in front; the offset moves to the backplane's.
+    pub fn backfill(&self, name: &ChannelName, epoch: &str, offset: u64, entries: Vec<Entry>) {
+        let Some(channel) = self.lookup(name) else {
+            return;
+        };
+        let mut st = channel.state.lock();
+        if &*st.epoch != epoch {
+            st.epoch = Arc::from(epoch);
+            st.offset = 0;
+            st.history.clear(&self.budget);
+        }
+        let ttl = std::time::Duration::from_secs(u64::from(st.options.history_ttl_secs));
+        let size = st.options.history_size as usize;
+        let mut all: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        all.extend(st.history.iter().cloned());
+        all.sort_by_key(|e| e.offset);
+        all.dedup_by_key(|e| e.offset);
+        st.history.clear(&self.budget);
+        if size > 0 {
+            let now_wall = now_ms();
+            let now = std::time::Instant::now();
+            for e in all
+                .into_iter()
+                .rev()
+                .take(size)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                let age = std::time::Duration::from_millis(now_wall.saturating_sub(e.time_ms));
+                if let Some(left) = ttl.checked_sub(age) {
+                    st.history.restore(e, now + left, &self.budget);
+                }
+            }
+        }
+        st.offset = st.offset.max(offset);
+    }
+
     /// Drops every kept publication of `name` (the channel and its position stay).
     pub fn clear_history(&self, name: &ChannelName) -> usize {
         let Some(channel) = self.lookup(name) else {
@@ -543,6 +628,11 @@ impl Registry {
         let channel = shard.remove(name)?;
         let mut st = channel.state.lock();
         st.removed = true;
+        if st.followed()
+            && let Some(interest) = self.interest.get()
+        {
+            interest.vacated(name);
+        }
         st.history.clear(&self.budget);
         self.record(|| HistoryOp::Forget {
             channel: name.clone(),
@@ -572,9 +662,6 @@ impl Registry {
             self.emit(EventType::ChannelVacated, |f| {
                 f.insert("channel".into(), name.as_str().into());
             });
-            if let Some(interest) = self.interest.get() {
-                interest.vacated(name);
-            }
         }
     }
 
@@ -633,7 +720,11 @@ impl Registry {
                 }
                 return Err(e);
             }
+            let was_followed = st.followed();
             st.subscribers.insert(client.id, client.clone());
+            if !was_followed && let Some(interest) = self.interest.get() {
+                interest.occupied(name);
+            }
             // Under the channel's lock: occupied/vacated alternate, once per transition.
             self.emit(EventType::ClientSubscribed, |f| {
                 client_fields(f, client);
@@ -643,9 +734,6 @@ impl Registry {
                 self.emit(EventType::ChannelOccupied, |f| {
                     f.insert("channel".into(), name.as_str().into());
                 });
-                if let Some(interest) = self.interest.get() {
-                    interest.occupied(name);
-                }
             }
             if st.options.join_leave {
                 self.announce(name, &st, client, true);
@@ -772,7 +860,14 @@ impl Registry {
         };
         let (was, vacant) = {
             let mut st = channel.state.lock();
+            let was_followed = st.followed();
             let removed = st.subscribers.remove(&client);
+            if was_followed
+                && !st.followed()
+                && let Some(interest) = self.interest.get()
+            {
+                interest.vacated(name);
+            }
             if let Some(c) = &removed {
                 self.emit_left(name, c, reason, st.subscribers.is_empty());
                 if st.options.join_leave {

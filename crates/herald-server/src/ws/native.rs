@@ -160,7 +160,18 @@ impl<'a> Session<'a> {
                             offset: p.offset,
                         })
                 };
-                let done = hub.subscribe_replaying(&actor, &target, &channels, token, replay)?;
+                // Complete the channels' history first (in a cluster, from the backplane),
+                // holding them so nothing is lost between that and the subscription.
+                let recovering: Vec<_> = recover.iter().map(|(c, _)| c.clone()).collect();
+                if !recovering.is_empty()
+                    && let Err(e) = hub.prepare_recovery(&recovering).await
+                {
+                    hub.end_recovery(&recovering);
+                    return Err(e);
+                }
+                let done = hub.subscribe_replaying(&actor, &target, &channels, token, replay);
+                hub.end_recovery(&recovering);
+                let done = done?;
                 // In a cluster: answer once every node's publications reach this one.
                 hub.broker_ready(&done.added).await?;
                 if recover.is_empty() {
