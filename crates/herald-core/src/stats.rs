@@ -53,8 +53,11 @@ impl Stats {
 }
 
 /// A point-in-time view, as served by `GET /api/v1/stats`.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StatsSnapshot {
+    /// Nodes whose figures are summed here (1: this node alone).
+    #[serde(default)]
+    pub nodes: u64,
     /// Open connections now.
     pub connections: u64,
     pub connections_total: u64,

@@ -59,6 +59,8 @@ pub struct BrokerConfig {
     pub prefix: String,
     /// How long a broker call may take before the request fails with `broker_unavailable`.
     pub timeout_ms: u64,
+    /// A node that stopped reporting is forgotten (nodes list, cluster stats) after this long.
+    pub presence_ttl_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +70,7 @@ impl Default for BrokerConfig {
             url: Secret(String::new()),
             prefix: "herald".into(),
             timeout_ms: 5000,
+            presence_ttl_secs: 30,
         }
     }
 }
@@ -104,6 +107,9 @@ impl BrokerConfig {
         }
         if !(1..=60_000).contains(&self.timeout_ms) {
             return bad("timeout_ms", "must be between 1 and 60000");
+        }
+        if !(3..=3600).contains(&self.presence_ttl_secs) {
+            return bad("presence_ttl_secs", "must be between 3 and 3600");
         }
         Ok(())
     }

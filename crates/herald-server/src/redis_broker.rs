@@ -407,3 +407,141 @@ fn deliver(registry: &Registry, topic_prefix: &str, topic: &str, payload: &[u8])
         None => tracing::warn!(topic, "broker: malformed message dropped"),
     }
 }
+
+/// One node of the cluster, as `GET /api/v1/nodes` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    pub name: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub uptime_seconds: u64,
+}
+
+/// What a node reports in `<prefix>:nodes`.
+#[derive(Serialize, Deserialize)]
+struct Report {
+    at_ms: u64,
+    stats: herald_core::stats::StatsSnapshot,
+}
+
+impl RedisBroker {
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// Every node's last report within `ttl`, this node's own figures first as given; reports
+    /// older than `ttl` (a node that died) are deleted.
+    pub async fn cluster(
+        &self,
+        me: &str,
+        mine: herald_core::stats::StatsSnapshot,
+        ttl: Duration,
+    ) -> Result<Vec<(String, herald_core::stats::StatsSnapshot)>, HeraldError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("HGETALL")
+                .arg(self.nodes_key())
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+        .map_err(unavailable)?;
+        let now = herald_core::client::now_ms();
+        let mut out = vec![(me.to_string(), mine)];
+        for (name, json) in all {
+            if name == me {
+                continue;
+            }
+            match serde_json::from_str::<Report>(&json) {
+                Ok(r) if now.saturating_sub(r.at_ms) <= ttl.as_millis() as u64 => {
+                    out.push((name, r.stats))
+                }
+                _ => {
+                    let _: Result<(), _> = redis::cmd("HDEL")
+                        .arg(self.nodes_key())
+                        .arg(&name)
+                        .query_async(&mut conn)
+                        .await;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reports this node's figures to the cluster every third of `presence_ttl_secs`, and takes
+/// them back at shutdown, so other nodes list it while it lives and forget it within the time
+/// to live after it dies.
+pub async fn heartbeat(
+    state: Arc<AppState>,
+    broker: Arc<RedisBroker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(state.config.broker.presence_ttl_secs) / 3;
+    let key = broker.nodes_key();
+    loop {
+        let report = Report {
+            at_ms: herald_core::client::now_ms(),
+            stats: state.hub.stats_snapshot(),
+        };
+        if let Ok(json) = serde_json::to_string(&report) {
+            let mut conn = broker.conn.clone();
+            let sent = tokio::time::timeout(
+                broker.timeout,
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(&state.node_name)
+                    .arg(json)
+                    .query_async::<()>(&mut conn),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::warn!("broker: could not report this node to the cluster");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let mut conn = broker.conn.clone();
+                let _ = tokio::time::timeout(
+                    broker.timeout,
+                    redis::cmd("HDEL").arg(&key).arg(&state.node_name).query_async::<()>(&mut conn),
+                )
+                .await;
+                return;
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Sums the nodes' counters (uptime: this node's).
+pub fn sum(
+    nodes: &[(String, herald_core::stats::StatsSnapshot)],
+) -> herald_core::stats::StatsSnapshot {
+    let mut total = serde_json::Map::new();
+    for (_, stats) in nodes {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(stats) else {
+            continue;
+        };
+        for (k, v) in fields {
+            let add = v.as_u64().unwrap_or(0);
+            let entry = total.entry(k.clone()).or_insert(serde_json::json!(0u64));
+            let sum = if k == "uptime_seconds" {
+                entry.as_u64().unwrap_or(0).max(add)
+            } else {
+                entry.as_u64().unwrap_or(0) + add
+            };
+            *entry = serde_json::json!(sum);
+        }
+    }
+    if let Some((_, mine)) = nodes.first() {
+        total.insert(
+            "uptime_seconds".into(),
+            serde_json::json!(mine.uptime_seconds),
+        );
+    }
+    total.insert("nodes".into(), serde_json::json!(nodes.len() as u64));
+    serde_json::from_value(serde_json::Value::Object(total))
+        .unwrap_or_else(|_| nodes.first().map(|n| n.1.clone()).expect("this node"))
+}

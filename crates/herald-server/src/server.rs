@@ -40,6 +40,10 @@ pub struct AppState {
     pub limits: Arc<crate::limits::Limits>,
     /// The app backend's auth hook (`[auth_hook]`) and its HTTP client.
     pub auth_hook: crate::auth_hook::AuthHook,
+    /// This node's name (`node_name`, else the host name and the bound port).
+    pub node_name: String,
+    /// The Redis broker joining this node to a cluster, if any.
+    pub cluster: Option<Arc<crate::redis_broker::RedisBroker>>,
 }
 
 /// A started server.
@@ -119,6 +123,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
     let limits = Arc::new(crate::limits::Limits::new(&config));
     let auth_hook = crate::auth_hook::AuthHook::new(&config.auth_hook);
+    let node_name = match config.node_name.as_str() {
+        "" => format!("{}:{}", crate::webhooks::hostname(), local_addr.port()),
+        name => name.to_string(),
+    };
     let state = Arc::new(AppState {
         hub,
         config,
@@ -127,6 +135,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         ws_connections: Default::default(),
         limits,
         auth_hook,
+        node_name,
+        cluster: redis.clone(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = crate::http::router(state.clone());
@@ -146,6 +156,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     ];
     if let Some(r) = redis {
         tasks.push(tokio::spawn(crate::redis_broker::follow(
+            state.clone(),
+            r.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::redis_broker::heartbeat(
             state.clone(),
             r,
             shutdown_rx.clone(),

@@ -382,8 +382,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// This machine's name for the default CloudEvents `source`.
-fn hostname() -> String {
+/// This machine's name (the default CloudEvents `source`, and part of the default node name).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()

@@ -267,3 +267,77 @@ async fn a_client_recovers_on_another_node() {
         .unwrap();
     assert_eq!(reply["result"]["recovered"]["r"]["recovered"], false);
 }
+
+/// Every node lists the cluster and sums its counters; a node that stops reporting (killed)
+/// is forgotten within `presence_ttl_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_listed_summed_and_forgotten_when_they_stop_reporting() {
+    let Some(redis) = Redis::start() else { return };
+    let named = |url: String, name: &'static str| {
+        move |c: &mut herald_server::Config| {
+            c.broker.kind = "redis".into();
+            c.broker.url = herald_server::config::Secret(url);
+            c.broker.presence_ttl_secs = 3;
+            c.node_name = name.into();
+        }
+    };
+    let a = TestServer::start_with(named(redis.url(), "node-a")).await;
+    let b = TestServer::start_with(named(redis.url(), "node-b")).await;
+    let _c1 = a.client().await;
+    let _c2 = b.client().await;
+    let _c3 = b.client().await;
+    // A node that reported once and then died (its report is never refreshed).
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let now = herald_core::client::now_ms();
+    let ghost = serde_json::json!({"at_ms": now, "stats": a.admin().stats().await.unwrap()});
+    let _: () = redis::cmd("HSET")
+        .arg("herald:nodes")
+        .arg("ghost")
+        .arg(ghost.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        let mut n: Vec<String> = body["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    // Reports are written at start: both real nodes appear at once.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let body = a
+            .admin()
+            .request_ok("GET", "/api/v1/nodes", None)
+            .await
+            .unwrap();
+        listed = names(&body);
+        if listed.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed, ["ghost", "node-a", "node-b"]);
+    // Stats sum the cluster: the connections of a and b (and the ghost's copy of a's).
+    let stats = b.admin().stats().await.unwrap();
+    assert_eq!(stats["nodes"], 3);
+    assert!(stats["connections"].as_u64().unwrap() >= 3, "{stats}");
+    // The ghost stops reporting: gone after the time to live (3 s).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let body = b
+        .admin()
+        .request_ok("GET", "/api/v1/nodes", None)
+        .await
+        .unwrap();
+    assert_eq!(names(&body), ["node-a", "node-b"]);
+    let stats = b.admin().stats().await.unwrap();
+    assert_eq!(
+        (stats["nodes"].as_u64(), stats["connections"].as_u64()),
+        (Some(2), Some(3))
+    );
+}

@@ -357,6 +357,7 @@ impl Hub {
         let s = &self.stats;
         let channels = self.registry.all_channels();
         StatsSnapshot {
+            nodes: 1,
             connections: self.registry.client_count() as u64,
             connections_total: s.connections_total.load(Relaxed),
             disconnections_total: s.disconnections_total.load(Relaxed),

@@ -28,7 +28,7 @@ use crate::server::AppState;
         routes::get_presence, routes::get_presence_stats, routes::list_clients, routes::get_client, routes::subscribe_client,
         routes::unsubscribe_client, routes::send_to_client, routes::kick_client, routes::get_user,
         routes::kick_user, routes::send_to_user, routes::create_ban, routes::list_bans,
-        routes::delete_ban, routes::stats, routes::healthz
+        routes::delete_ban, routes::stats, routes::nodes, routes::healthz
     ),
     tags(
         (name = "publish", description = "Publish to channels"),
@@ -190,6 +190,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/bans", get(routes::list_bans).post(routes::create_ban))
         .route("/bans/{id}", delete(routes::delete_ban))
         .route("/stats", get(routes::stats))
+        .route("/nodes", get(routes::nodes))
         .route("/openapi.json", get(openapi_json));
     let subsocket = &state.config.dialects.subsocket;
     let mut router = Router::new();

@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::admin::{BanBody, CreateChannelBody, KickBody};
+use crate::redis_broker::NodeInfo;
 use crate::server::AppState;
 
 type St = State<Arc<AppState>>;
@@ -601,13 +602,66 @@ pub async fn delete_ban(
 
 // ---- stats, health, fallbacks -------------------------------------------------------------
 
-/// Server counters (admin).
+/// Server counters (admin); in a cluster, summed over its nodes (`nodes` says how many).
 #[utoipa::path(get, path = "/api/v1/stats",
     responses((status = 200, description = "Counters of this server", body = StatsSnapshot), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
     security(("bearer" = [])), tag = "server")]
 pub async fn stats(State(state): St, Caller(actor): Caller) -> ApiResult<Json<StatsSnapshot>> {
     actor.require_admin("reading stats")?;
-    Ok(Json(state.hub.stats_snapshot()))
+    let mine = state.hub.stats_snapshot();
+    match &state.cluster {
+        None => Ok(Json(mine)),
+        Some(cluster) => {
+            // Without the broker, this node's own figures rather than nothing.
+            match cluster
+                .cluster(&state.node_name, mine.clone(), presence_ttl(&state))
+                .await
+            {
+                Ok(nodes) => Ok(Json(crate::redis_broker::sum(&nodes))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "stats: this node's only");
+                    Ok(Json(mine))
+                }
+            }
+        }
+    }
+}
+
+fn presence_ttl(state: &AppState) -> std::time::Duration {
+    std::time::Duration::from_secs(state.config.broker.presence_ttl_secs)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// The nodes of the cluster (this one alone without a cluster broker), each with its figures.
+#[utoipa::path(get, path = "/api/v1/nodes",
+    responses((status = 200, description = "Every live node, this one first", body = NodeList), (status = "4XX", description = "Refused: the error code and message (docs/errors.md)", body = ErrorBody)),
+    security(("bearer" = [])), tag = "server")]
+pub async fn nodes(State(state): St, Caller(actor): Caller) -> ApiResult<Json<NodeList>> {
+    actor.require_admin("listing nodes")?;
+    let mine = state.hub.stats_snapshot();
+    let all = match &state.cluster {
+        None => vec![(state.node_name.clone(), mine)],
+        Some(cluster) => {
+            cluster
+                .cluster(&state.node_name, mine, presence_ttl(&state))
+                .await?
+        }
+    };
+    Ok(Json(NodeList {
+        nodes: all
+            .into_iter()
+            .map(|(name, s)| NodeInfo {
+                name,
+                connections: s.connections,
+                subscriptions: s.subscriptions,
+                uptime_seconds: s.uptime_seconds,
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
