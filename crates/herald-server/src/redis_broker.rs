@@ -309,6 +309,7 @@ pub async fn follow(
     let registry = state.hub.registry();
     let topic_prefix = format!("{}:pub:", broker.prefix);
     let mut backoff = Duration::from_millis(100);
+    let mut reconnecting = false;
     loop {
         let connected = tokio::select! {
             c = broker.client.get_async_pubsub() => c,
@@ -323,6 +324,14 @@ pub async fn follow(
                 continue;
             }
         };
+        if reconnecting {
+            // Publications made while the connection was down never reached this node: its
+            // subscribers are told, so they resubscribe with recovery instead of silently
+            // missing them.
+            tell_subscribers_to_recover(&state);
+        }
+        reconnecting = true;
+        backoff = Duration::from_millis(100);
         let mut ok = true;
         for channel in registry.occupied_channels() {
             if sink.subscribe(broker.topic(&channel)).await.is_err() {
@@ -348,8 +357,23 @@ pub async fn follow(
             }
         }
         tracing::warn!("broker: lost the pub/sub connection; reconnecting");
-        backoff = Duration::from_millis(100);
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// After the backplane came back: every local subscriber of a followed channel is
+/// unsubscribed with the reason `broker_reconnected` (native clients resubscribe with
+/// `recover`; dialects without such a notice see nothing, as when a channel is left).
+fn tell_subscribers_to_recover(state: &AppState) {
+    let hub = &state.hub;
+    for name in hub.registry().occupied_channels() {
+        let Some(channel) = hub.registry().lookup(&name) else {
+            continue;
+        };
+        for client in channel.subscribers() {
+            let _ =
+                hub.force_unsubscribe(&client, std::slice::from_ref(&name), "broker_reconnected");
+        }
     }
 }
 

@@ -35,12 +35,23 @@ impl Redis {
             .local_addr()
             .unwrap()
             .port();
-        let spawned = Command::new("redis-server")
+        Self::start_on(port, None)
+    }
+
+    /// On `port`; with `dir`, an append-only file there, synced at every write (so what Redis
+    /// acknowledged survives a kill).
+    fn start_on(port: u16, dir: Option<&std::path::Path>) -> Option<Redis> {
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+            .args(["--save", ""]);
+        match dir {
+            Some(dir) => command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(dir),
+            None => command.args(["--appendonly", "no"]),
+        };
+        let spawned = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         let child = match spawned {
             Ok(c) => c,
             Err(e) if std::env::var_os("CI").is_none() => {
@@ -340,4 +351,94 @@ async fn nodes_are_listed_summed_and_forgotten_when_they_stop_reporting() {
         (stats["nodes"].as_u64(), stats["connections"].as_u64()),
         (Some(2), Some(3))
     );
+}
+
+/// Redis killed under traffic: publishers get `broker_unavailable` meanwhile; when it is back
+/// the nodes reconnect, their subscribers are told (`broker_reconnected`), and one that
+/// resubscribes with recovery has no gap (Redis kept its append-only file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_subscribers_are_told_and_recover_without_a_gap() {
+    let data = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(redis) = Redis::start_on(port, Some(data.path())) else {
+        return;
+    };
+    let url = redis.url();
+    let a = TestServer::start_with(move |c| {
+        c.broker.kind = "redis".into();
+        c.broker.url = herald_server::config::Secret(url);
+        c.broker.timeout_ms = 500;
+        c.channels.history_size = 100;
+    })
+    .await;
+    let mut c = a.client().await;
+    c.subscribe(&["f"]).await.unwrap();
+    let first = a.admin().publish(&["f"], json!(1)).await.unwrap();
+    let epoch = first["channels"][0]["epoch"].as_str().unwrap().to_string();
+    assert_eq!(c.next_op("message", WAIT).await.unwrap()["offset"], 1);
+
+    drop(redis); // killed
+    let (status, body) = a
+        .admin()
+        .request(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"channel":"f","data":2})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("broker_unavailable"))
+    );
+
+    let _redis = Redis::start_on(port, Some(data.path())).unwrap();
+    // Publishing works again once the node's connection is back.
+    let mut published = false;
+    for _ in 0..100 {
+        if let Ok((200, _)) = a
+            .admin()
+            .request(
+                "POST",
+                "/api/v1/publish",
+                Some(&json!({"channel":"f","data":2})),
+            )
+            .await
+        {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "publishing works again");
+    a.admin().publish(&["f"], json!(3)).await.unwrap();
+    // The subscriber is told it may have missed something...
+    let notice = c
+        .next_op("unsubscribed", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        notice,
+        json!({"op":"unsubscribed","channel":"f","reason":"broker_reconnected"})
+    );
+    // ...and recovers from its last offset, without a gap.
+    let reply = c
+        .request_ok(json!({"op":"subscribe","channel":"f",
+            "recover":{"f":{"epoch":epoch,"offset":1}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["f"]["recovered"], true,
+        "{reply}"
+    );
+    let mut offsets = Vec::new();
+    while offsets.len() < 2 {
+        let m = c.next_op("message", WAIT).await.unwrap();
+        offsets.push(m["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, [2, 3]);
 }
