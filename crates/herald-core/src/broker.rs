@@ -66,6 +66,14 @@ pub trait Broker: Send + Sync + 'static {
     fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Who is subscribed to `channel` on every node; `None`: this node's registry knows
+    /// (single node).
+    fn presence<'a>(
+        &'a self,
+        _channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Option<Vec<Present>>, HeraldError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Before a recovery: completes the local history of `channels` (held by the registry,
     /// so followed) from the backplane's, so a client recovers on any node. Single node:
     /// nothing to do.
@@ -83,7 +91,22 @@ pub trait Broker: Send + Sync + 'static {
 pub trait Interest: Send + Sync {
     fn occupied(&self, channel: &ChannelName);
     fn vacated(&self, channel: &ChannelName);
+    /// A local client subscribed to a channel with presence or join/leave notices (`notify`:
+    /// the other nodes' subscribers are to be told).
+    fn joined(
+        &self,
+        _channel: &ChannelName,
+        _client: ClientId,
+        _user: Option<&str>,
+        _notify: bool,
+    ) {
+    }
+    /// A local client left such a channel.
+    fn left(&self, _channel: &ChannelName, _client: ClientId, _user: Option<&str>, _notify: bool) {}
 }
+
+/// One subscriber as the cluster's presence knows it.
+pub type Present = (ClientId, Option<String>);
 
 /// Single-node broker: sequencing and fan-out in the local registry.
 #[derive(Default)]

@@ -95,6 +95,32 @@ pub struct RedisBroker {
     commands: mpsc::UnboundedSender<Command>,
     /// Taken by [`follow`] when it starts.
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    presence_tx: mpsc::UnboundedSender<PresenceChange>,
+    /// Taken by [`presence_writer`] when it starts.
+    presence_rx: Mutex<Option<mpsc::UnboundedReceiver<PresenceChange>>>,
+    /// This node's name (known once the listener is bound).
+    node: std::sync::OnceLock<String>,
+    presence_ttl: Duration,
+}
+
+/// A local subscriber of a channel with presence came or went.
+struct PresenceChange {
+    channel: ChannelName,
+    client: ClientId,
+    user: Option<String>,
+    joined: bool,
+    /// Tell the other nodes' subscribers (`join_leave`).
+    notify: bool,
+}
+
+/// What a presence entry and a join/leave notice carry.
+#[derive(Serialize, Deserialize)]
+struct PresenceRecord {
+    client: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    node: String,
 }
 
 fn unavailable(what: impl std::fmt::Display) -> HeraldError {
@@ -133,6 +159,7 @@ impl RedisBroker {
         })?
         .map_err(|e| anyhow::anyhow!("broker.url: cannot reach Redis at {shown}: {e}"))?;
         let (commands, inbox) = mpsc::unbounded_channel();
+        let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(RedisBroker {
             client,
             conn,
@@ -141,12 +168,91 @@ impl RedisBroker {
             timeout,
             commands,
             inbox: Mutex::new(Some(inbox)),
+            presence_tx,
+            presence_rx: Mutex::new(Some(presence_rx)),
+            node: std::sync::OnceLock::new(),
+            presence_ttl: Duration::from_secs(config.presence_ttl_secs),
         }))
     }
 
     /// What the registry tells of channels gaining or losing local subscribers.
     pub fn interest(&self) -> Arc<dyn Interest> {
-        Arc::new(Interested(self.commands.clone()))
+        Arc::new(Interested {
+            follow: self.commands.clone(),
+            presence: self.presence_tx.clone(),
+        })
+    }
+
+    /// Names this node (once the listener is bound).
+    pub fn set_node(&self, name: &str) {
+        let _ = self.node.set(name.to_string());
+    }
+
+    fn presence_key(&self, channel: &ChannelName) -> String {
+        format!("{}:presence:{channel}", self.prefix)
+    }
+
+    /// The names of the nodes that reported within the presence time to live, this one too.
+    async fn live_nodes(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, HeraldError> {
+        let all: Vec<(String, String)> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("HGETALL")
+                .arg(self.nodes_key())
+                .query_async(conn),
+        )
+        .await
+        .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+        .map_err(unavailable)?;
+        let now = herald_core::client::now_ms();
+        let mut live: Vec<String> = all
+            .into_iter()
+            .filter(|(_, json)| {
+                serde_json::from_str::<Report>(json).is_ok_and(|r| {
+                    now.saturating_sub(r.at_ms) <= self.presence_ttl.as_millis() as u64
+                })
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if let Some(me) = self.node.get() {
+            live.push(me.clone());
+        }
+        Ok(live)
+    }
+
+    async fn presence_now(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<Vec<herald_core::broker::Present>>, HeraldError> {
+        let mut conn = self.conn.clone();
+        let live = self.live_nodes(&mut conn).await?;
+        let key = self.presence_key(channel);
+        let entries: Vec<(String, String)> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("HGETALL").arg(&key).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
+        .map_err(unavailable)?;
+        let mut present = Vec::new();
+        for (field, json) in entries {
+            let record = serde_json::from_str::<PresenceRecord>(&json).ok();
+            match record.filter(|r| live.contains(&r.node)) {
+                Some(r) => {
+                    if let Ok(id) = ClientId::parse(&r.client) {
+                        present.push((id, r.user));
+                    }
+                }
+                None => {
+                    // A node that died (or a bad entry): forget it, so no ghost remains.
+                    let _: Result<(), _> = redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(field)
+                        .query_async(&mut conn)
+                        .await;
+                }
+            }
+        }
+        Ok(Some(present))
     }
 
     fn position_key(&self, channel: &ChannelName) -> String {
@@ -267,6 +373,13 @@ impl Broker for RedisBroker {
         Box::pin(self.prepare_now(local, channels))
     }
 
+    fn presence<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BoxFuture<'a, Result<Option<Vec<herald_core::broker::Present>>, HeraldError>> {
+        Box::pin(self.presence_now(channel))
+    }
+
     fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
         Box::pin(async move {
             let (done, answered) = oneshot::channel();
@@ -284,15 +397,88 @@ impl Broker for RedisBroker {
     }
 }
 
-struct Interested(mpsc::UnboundedSender<Command>);
+struct Interested {
+    follow: mpsc::UnboundedSender<Command>,
+    presence: mpsc::UnboundedSender<PresenceChange>,
+}
 
 impl Interest for Interested {
     fn occupied(&self, channel: &ChannelName) {
-        let _ = self.0.send(Command::Follow(channel.clone()));
+        let _ = self.follow.send(Command::Follow(channel.clone()));
     }
 
     fn vacated(&self, channel: &ChannelName) {
-        let _ = self.0.send(Command::Unfollow(channel.clone()));
+        let _ = self.follow.send(Command::Unfollow(channel.clone()));
+    }
+
+    fn joined(&self, channel: &ChannelName, client: ClientId, user: Option<&str>, notify: bool) {
+        let _ = self.presence.send(PresenceChange {
+            channel: channel.clone(),
+            client,
+            user: user.map(str::to_string),
+            joined: true,
+            notify,
+        });
+    }
+
+    fn left(&self, channel: &ChannelName, client: ClientId, user: Option<&str>, notify: bool) {
+        let _ = self.presence.send(PresenceChange {
+            channel: channel.clone(),
+            client,
+            user: user.map(str::to_string),
+            joined: false,
+            notify,
+        });
+    }
+}
+
+/// Writes this node's presence changes to Redis in order (batched), and publishes join/leave
+/// notices for the other nodes, until `shutdown`.
+pub async fn presence_writer(broker: Arc<RedisBroker>, mut shutdown: watch::Receiver<bool>) {
+    let Some(mut rx) = broker.presence_rx.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    let node = broker.node.get().cloned().unwrap_or_default();
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            n = rx.recv_many(&mut batch, 1024) => if n == 0 { return },
+        }
+        let mut pipe = redis::pipe();
+        for change in batch.drain(..) {
+            let key = broker.presence_key(&change.channel);
+            let record = PresenceRecord {
+                client: change.client.to_string(),
+                user: change.user,
+                node: node.clone(),
+            };
+            let Ok(json) = serde_json::to_string(&record) else {
+                continue;
+            };
+            if change.joined {
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(&record.client)
+                    .arg(&json)
+                    .ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(POSITION_TTL_SECS).ignore();
+            } else {
+                pipe.cmd("HDEL").arg(&key).arg(&record.client).ignore();
+            }
+            if change.notify {
+                let kind = if change.joined { "join" } else { "leave" };
+                pipe.cmd("PUBLISH")
+                    .arg(broker.topic(&change.channel))
+                    .arg(format!("{kind}\n{json}"))
+                    .ignore();
+            }
+        }
+        let mut conn = broker.conn.clone();
+        match tokio::time::timeout(broker.timeout, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            _ => tracing::warn!("broker: presence changes not written (Redis unavailable)"),
+        }
     }
 }
 
@@ -308,6 +494,7 @@ pub async fn follow(
     };
     let registry = state.hub.registry();
     let topic_prefix = format!("{}:pub:", broker.prefix);
+    let me = state.node_name.clone();
     let mut backoff = Duration::from_millis(100);
     let mut reconnecting = false;
     loop {
@@ -351,7 +538,7 @@ pub async fn follow(
                     }
                 },
                 message = stream.next() => match message {
-                    Some(m) => deliver(registry, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
+                    Some(m) => deliver(registry, &me, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
                     None => ok = false,
                 },
             }
@@ -396,7 +583,23 @@ fn kept_entry(raw: &[u8]) -> Option<Entry> {
 }
 
 /// Hands one published message to the local fan-out; malformed ones are logged and dropped.
-fn deliver(registry: &Registry, topic_prefix: &str, topic: &str, payload: &[u8]) {
+fn deliver(registry: &Registry, me: &str, topic_prefix: &str, topic: &str, payload: &[u8]) {
+    // A join or leave notice of another node's subscriber.
+    if let Some(channel) = topic
+        .strip_prefix(topic_prefix)
+        .and_then(|c| ChannelName::parse(c).ok())
+        && let Ok(text) = std::str::from_utf8(payload)
+        && let Some((kind @ ("join" | "leave"), json)) = text.split_once('\n')
+    {
+        // This node's own notices were given when they happened.
+        if let Ok(r) = serde_json::from_str::<PresenceRecord>(json)
+            && r.node != me
+            && let Ok(client) = ClientId::parse(&r.client)
+        {
+            registry.announce_remote(&channel, client, r.user.as_deref(), kind == "join");
+        }
+        return;
+    }
     let parsed = (|| {
         let channel = ChannelName::parse(topic.strip_prefix(topic_prefix)?).ok()?;
         let text = std::str::from_utf8(payload).ok()?;

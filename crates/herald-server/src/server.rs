@@ -155,6 +155,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )),
     ];
     if let Some(r) = redis {
+        r.set_node(&state.node_name);
+        tasks.push(tokio::spawn(crate::redis_broker::presence_writer(
+            r.clone(),
+            shutdown_rx.clone(),
+        )));
         tasks.push(tokio::spawn(crate::redis_broker::follow(
             state.clone(),
             r.clone(),

@@ -442,3 +442,93 @@ async fn after_a_redis_restart_subscribers_are_told_and_recover_without_a_gap() 
     }
     assert_eq!(offsets, [2, 3]);
 }
+
+/// Presence lists subscribers of every node, join/leave notices cross nodes, and the entries
+/// of a node that stops reporting (killed) are gone within `presence_ttl_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_join_leave_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let setup = |url: String, name: &'static str| {
+        move |c: &mut herald_server::Config| {
+            c.broker.kind = "redis".into();
+            c.broker.url = herald_server::config::Secret(url);
+            c.broker.presence_ttl_secs = 3;
+            c.node_name = name.into();
+            c.channels.presence = true;
+            c.channels.join_leave = true;
+        }
+    };
+    let a = TestServer::start_with(setup(redis.url(), "node-a")).await;
+    let b = TestServer::start_with(setup(redis.url(), "node-b")).await;
+    let mut on_a = a.client().await;
+    on_a.subscribe(&["p"]).await.unwrap();
+    let mut on_b = b.client().await;
+    on_b.subscribe(&["p"]).await.unwrap();
+    // a hears b's join, through Redis.
+    let join = on_a.next_op("join", WAIT).await.unwrap();
+    assert_eq!(join["client"], on_b.id());
+    // Both nodes list both subscribers.
+    let ids = |body: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = body["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["client"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut expected = vec![on_a.id().to_string(), on_b.id().to_string()];
+    expected.sort();
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        let body = on_b
+            .call(json!({"op":"presence","channel":"p"}))
+            .await
+            .unwrap();
+        listed = ids(&body);
+        if listed == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed, expected);
+    let stats = a
+        .admin()
+        .request_ok("GET", "/api/v1/channels/p/presence_stats", None)
+        .await
+        .unwrap();
+    assert_eq!(stats["clients"], 2);
+    // b's subscriber leaves: a hears it.
+    on_b.unsubscribe(&["p"]).await.unwrap();
+    let leave = on_a.next_op("leave", WAIT).await.unwrap();
+    assert_eq!(leave["client"], on_b.id());
+    // A node that dies leaves no ghost: a presence entry written by a node that never reports.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ghost = herald_core::ClientId::random().to_string();
+    let entry = json!({"client": ghost, "user": null, "node": "node-dead"}).to_string();
+    let _: () = redis::cmd("HSET")
+        .arg("herald:presence:p")
+        .arg(&ghost)
+        .arg(entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let body = on_a
+        .call(json!({"op":"presence","channel":"p"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&body),
+        [on_a.id().to_string()],
+        "the dead node's entry is not shown"
+    );
+    let left: bool = redis::cmd("HEXISTS")
+        .arg("herald:presence:p")
+        .arg(&ghost)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!left, "and it is removed");
+}

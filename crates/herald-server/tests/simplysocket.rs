@@ -175,14 +175,13 @@ async fn rooms_with_presence_answer_who_is_in_them() {
     .await;
     let (mut a, a_id) = join(&srv).await;
     let (mut b, b_id) = join(&srv).await;
-    for peer in [&mut a, &mut b] {
-        peer.send_json(json!({"action":"join-room","message_body":{"roomname":"game:1"}}))
-            .await;
-    }
-    // a hears both joins, b its own.
-    for _ in 0..2 {
-        assert_eq!(next(&mut a).await["action"], "client-joined-room");
-    }
+    // One after the other: a hears both joins, b its own.
+    a.send_json(json!({"action":"join-room","message_body":{"roomname":"game:1"}}))
+        .await;
+    assert_eq!(next(&mut a).await["action"], "client-joined-room");
+    b.send_json(json!({"action":"join-room","message_body":{"roomname":"game:1"}}))
+        .await;
+    assert_eq!(next(&mut a).await["action"], "client-joined-room");
     assert_eq!(next(&mut b).await["action"], "client-joined-room");
     a.send_json(json!({"action":"room-presence","message_body":{"roomname":"game:1"}}))
         .await;

@@ -1,5 +1,5 @@
-//! Presence: who is subscribed to a channel (clients and their users), for channels with the
-//! `presence` option; join and leave notices are sent by the registry as subscribers come and
+//! Presence: who is subscribed to a channel (clients and their users, on every node of a
+//! cluster: [`Broker::presence`](crate::Broker)), for channels with the `presence` option; join and leave notices are sent by the registry as subscribers come and
 //! go (`join_leave`).
 
 use super::*;
@@ -28,40 +28,45 @@ pub struct PresenceStats {
 }
 
 impl Hub {
-    /// The subscribers of `name`, for its subscribers, admins and its token.
-    pub fn presence(&self, actor: &Actor, name: &ChannelName) -> Result<PresenceList, HeraldError> {
+    /// The subscribers of `name` (on every node of a cluster), for its subscribers, admins
+    /// and its token.
+    pub async fn presence(
+        &self,
+        actor: &Actor,
+        name: &ChannelName,
+    ) -> Result<PresenceList, HeraldError> {
         let mut clients: Vec<_> = self
-            .present(actor, name)?
-            .iter()
-            .map(|c| PresenceEntry {
-                client: c.id,
-                user: c.user().map(|u| u.to_string()),
-            })
+            .present(actor, name)
+            .await?
+            .into_iter()
+            .map(|(client, user)| PresenceEntry { client, user })
             .collect();
         clients.sort_by_key(|c| c.client);
         Ok(PresenceList { clients })
     }
 
     /// How many clients and distinct users are subscribed to `name`.
-    pub fn presence_stats(
+    pub async fn presence_stats(
         &self,
         actor: &Actor,
         name: &ChannelName,
     ) -> Result<PresenceStats, HeraldError> {
-        let present = self.present(actor, name)?;
-        let users: std::collections::HashSet<_> =
-            present.iter().filter_map(|c| c.user().cloned()).collect();
+        let present = self.present(actor, name).await?;
+        let users: std::collections::HashSet<_> = present
+            .iter()
+            .filter_map(|(_, user)| user.clone())
+            .collect();
         Ok(PresenceStats {
             clients: present.len() as u64,
             users: users.len() as u64,
         })
     }
 
-    fn present(
+    async fn present(
         &self,
         actor: &Actor,
         name: &ChannelName,
-    ) -> Result<Vec<Arc<ClientHandle>>, HeraldError> {
+    ) -> Result<Vec<crate::broker::Present>, HeraldError> {
         let allowed = |channel: Option<&Arc<Channel>>| -> Result<(), HeraldError> {
             let view_check = |view: &ChannelView| match actor {
                 Actor::ChannelToken(_) => actor.check_manage(name, view),
@@ -90,6 +95,14 @@ impl Hub {
                 format!("channel {name:?} does not track presence (its presence option is off)"),
             ));
         }
-        Ok(channel.map(|c| c.subscribers()).unwrap_or_default())
+        if let Some(everywhere) = self.broker.presence(name).await? {
+            return Ok(everywhere);
+        }
+        Ok(channel
+            .map(|c| c.subscribers())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| (c.id, c.user().map(|u| u.to_string())))
+            .collect())
     }
 }

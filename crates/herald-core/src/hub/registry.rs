@@ -638,6 +638,13 @@ impl Registry {
             channel: name.clone(),
         });
         let former: Vec<_> = st.subscribers.drain().map(|(_, c)| c).collect();
+        if st.options.presence
+            && let Some(interest) = self.interest.get()
+        {
+            for c in &former {
+                interest.left(name, c.id, None, false);
+            }
+        }
         for (i, c) in former.iter().enumerate() {
             self.emit_left(name, c, "channel_deleted", i + 1 == former.len());
         }
@@ -738,6 +745,12 @@ impl Registry {
             if st.options.join_leave {
                 self.announce(name, &st, client, true);
             }
+            if (st.options.presence || st.options.join_leave)
+                && let Some(interest) = self.interest.get()
+            {
+                let user = client.user().map(|u| u.to_string());
+                interest.joined(name, client.id, user.as_deref(), st.options.join_leave);
+            }
             let recovered = self.replay(name, &st, client, replay);
             return Ok((Added::New, recovered));
         }
@@ -748,18 +761,27 @@ impl Registry {
     /// publications keep their order.
     fn announce(&self, name: &ChannelName, st: &ChannelState, who: &ClientHandle, joined: bool) {
         let user = who.user().map(|u| u.to_string());
+        self.announce_id(name, st, who.id, user.as_deref(), joined);
+    }
+
+    fn announce_id(
+        &self,
+        name: &ChannelName,
+        st: &ChannelState,
+        who: ClientId,
+        user: Option<&str>,
+        joined: bool,
+    ) {
         let mut frames: Vec<(&'static str, Option<bytes::Bytes>)> = Vec::new();
         for client in st.subscribers.values() {
-            if client.id == who.id {
+            if client.id == who {
                 continue;
             }
             let name_of = client.format.name();
             let frame = match frames.iter().find(|(n, _)| *n == name_of) {
                 Some((_, f)) => f.clone(),
                 None => {
-                    let f = client
-                        .format
-                        .presence_change(name, who.id, user.as_deref(), joined);
+                    let f = client.format.presence_change(name, who, user, joined);
                     frames.push((name_of, f.clone()));
                     f
                 }
@@ -767,6 +789,24 @@ impl Registry {
             if let Some(frame) = frame {
                 self.push_or_close(client, frame);
             }
+        }
+    }
+
+    /// A subscriber of another node joined or left `name`: tells the local subscribers if the
+    /// channel has `join_leave`.
+    pub fn announce_remote(
+        &self,
+        name: &ChannelName,
+        who: ClientId,
+        user: Option<&str>,
+        joined: bool,
+    ) {
+        let Some(channel) = self.lookup(name) else {
+            return;
+        };
+        let st = channel.state.lock();
+        if st.options.join_leave {
+            self.announce_id(name, &st, who, user, joined);
         }
     }
 
@@ -872,6 +912,12 @@ impl Registry {
                 self.emit_left(name, c, reason, st.subscribers.is_empty());
                 if st.options.join_leave {
                     self.announce(name, &st, c, false);
+                }
+                if (st.options.presence || st.options.join_leave)
+                    && let Some(interest) = self.interest.get()
+                {
+                    let user = c.user().map(|u| u.to_string());
+                    interest.left(name, c.id, user.as_deref(), st.options.join_leave);
                 }
             }
             (removed.is_some(), st.is_vacant())

@@ -278,7 +278,9 @@ pub async fn get_presence(
     Caller(actor): Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<PresenceList>> {
-    Ok(Json(state.hub.presence(&actor, &channel_param(&name)?)?))
+    Ok(Json(
+        state.hub.presence(&actor, &channel_param(&name)?).await?,
+    ))
 }
 
 /// How many clients and distinct users are subscribed (admin or the channel's token).
@@ -292,7 +294,10 @@ pub async fn get_presence_stats(
     Path(name): Path<String>,
 ) -> ApiResult<Json<PresenceStats>> {
     Ok(Json(
-        state.hub.presence_stats(&actor, &channel_param(&name)?)?,
+        state
+            .hub
+            .presence_stats(&actor, &channel_param(&name)?)
+            .await?,
     ))
 }
 

@@ -197,8 +197,10 @@ impl<'a> Session<'a> {
                 };
                 Ok(json!(hub.history(&self.actor, &channel, &query)?))
             }
-            Op::Presence { channel } => Ok(json!(hub.presence(&self.actor, &channel)?)),
-            Op::PresenceStats { channel } => Ok(json!(hub.presence_stats(&self.actor, &channel)?)),
+            Op::Presence { channel } => Ok(json!(hub.presence(&self.actor, &channel).await?)),
+            Op::PresenceStats { channel } => {
+                Ok(json!(hub.presence_stats(&self.actor, &channel).await?))
+            }
             Op::Unsubscribe { channels, client } => {
                 let changed = match client {
                     None => hub.unsubscribe(self.client, &channels)?,

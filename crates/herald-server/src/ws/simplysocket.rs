@@ -140,7 +140,7 @@ impl Session<'_> {
                 }
             }
             Action::Presence { room } => {
-                let list = hub.presence(&self.actor, &room)?;
+                let list = hub.presence(&self.actor, &room).await?;
                 let body = serde_json::json!({"roomname": room.as_str(), "clients": list.clients})
                     .to_string();
                 let me = self.client.id.to_string();
