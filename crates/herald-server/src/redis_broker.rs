@@ -101,6 +101,48 @@ pub struct RedisBroker {
     /// This node's name (known once the listener is bound).
     node: std::sync::OnceLock<String>,
     presence_ttl: Duration,
+    /// Admin operations sent to the other nodes, waiting for their answers: by request id,
+    /// the answers' total and how many nodes answered.
+    pending: Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<u64>>>,
+    next_request: std::sync::atomic::AtomicU64,
+}
+
+/// An admin operation that names a client or a user, carried out by whichever node has them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    Kick {
+        client: String,
+        code: u16,
+        reason: String,
+    },
+    KickUser {
+        user: String,
+        code: u16,
+        reason: String,
+    },
+    Send {
+        client: String,
+        data: Box<RawValue>,
+    },
+    SendUser {
+        user: String,
+        data: Box<RawValue>,
+    },
+}
+
+/// A control request on the wire: the operation (`{"<op>":{...}}`), its id and who asks.
+#[derive(Serialize, Deserialize)]
+struct ControlRequest {
+    id: u64,
+    from: String,
+    control: Control,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ControlAnswer {
+    id: u64,
+    count: u64,
 }
 
 /// A local subscriber of a channel with presence came or went.
@@ -172,6 +214,8 @@ impl RedisBroker {
             presence_rx: Mutex::new(Some(presence_rx)),
             node: std::sync::OnceLock::new(),
             presence_ttl: Duration::from_secs(config.presence_ttl_secs),
+            pending: Mutex::new(std::collections::HashMap::new()),
+            next_request: std::sync::atomic::AtomicU64::new(1),
         }))
     }
 
@@ -186,6 +230,75 @@ impl RedisBroker {
     /// Names this node (once the listener is bound).
     pub fn set_node(&self, name: &str) {
         let _ = self.node.set(name.to_string());
+    }
+
+    fn control_topic(&self) -> String {
+        format!("{}:ctl", self.prefix)
+    }
+
+    fn answer_topic(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// Has every other live node carry out `control` and returns the sum of what they did
+    /// (connections kicked, messages queued). Waits for every live node's answer, at most
+    /// `timeout_ms`; a node that does not answer in time counts nothing.
+    pub async fn on_other_nodes(&self, control: Control) -> Result<u64, HeraldError> {
+        let me = self.node.get().cloned().unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let others = self
+            .live_nodes(&mut conn)
+            .await?
+            .into_iter()
+            .filter(|n| *n != me)
+            .count();
+        if others == 0 {
+            return Ok(0);
+        }
+        let id = self
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(id, tx);
+        }
+        let request = ControlRequest {
+            id,
+            from: me,
+            control,
+        };
+        let json =
+            serde_json::to_string(&request).map_err(|e| HeraldError::internal(e.to_string()))?;
+        let sent = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PUBLISH")
+                .arg(self.control_topic())
+                .arg(json)
+                .query_async::<u64>(&mut conn),
+        )
+        .await;
+        let mut total = 0;
+        if matches!(sent, Ok(Ok(_))) {
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            let mut answered = 0;
+            while answered < others {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(count)) => {
+                        total += count;
+                        answered += 1;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&id);
+        }
+        match sent {
+            Ok(Ok(_)) => Ok(total),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(format!("no answer within {:?}", self.timeout))),
+        }
     }
 
     fn presence_key(&self, channel: &ChannelName) -> String {
@@ -495,6 +608,8 @@ pub async fn follow(
     let registry = state.hub.registry();
     let topic_prefix = format!("{}:pub:", broker.prefix);
     let me = state.node_name.clone();
+    let control_topic = broker.control_topic();
+    let answer_topic = broker.answer_topic(&me);
     let mut backoff = Duration::from_millis(100);
     let mut reconnecting = false;
     loop {
@@ -519,7 +634,8 @@ pub async fn follow(
         }
         reconnecting = true;
         backoff = Duration::from_millis(100);
-        let mut ok = true;
+        let mut ok = sink.subscribe(broker.control_topic()).await.is_ok()
+            && sink.subscribe(broker.answer_topic(&me)).await.is_ok();
         for channel in registry.occupied_channels() {
             if sink.subscribe(broker.topic(&channel)).await.is_err() {
                 ok = false;
@@ -538,6 +654,12 @@ pub async fn follow(
                     }
                 },
                 message = stream.next() => match message {
+                    Some(m) if m.get_channel_name() == control_topic => {
+                        carry_out(&state, &broker, m.get_payload_bytes());
+                    }
+                    Some(m) if m.get_channel_name() == answer_topic => {
+                        take_answer(&broker, m.get_payload_bytes());
+                    }
                     Some(m) => deliver(registry, &me, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
                     None => ok = false,
                 },
@@ -545,6 +667,86 @@ pub async fn follow(
         }
         tracing::warn!("broker: lost the pub/sub connection; reconnecting");
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Carries out another node's control request here and answers it (also with 0: the asking
+/// node waits for every live node).
+fn carry_out(state: &Arc<AppState>, broker: &Arc<RedisBroker>, payload: &[u8]) {
+    let Ok(request) = serde_json::from_slice::<ControlRequest>(payload) else {
+        tracing::warn!("broker: malformed control request dropped");
+        return;
+    };
+    if Some(&request.from) == broker.node.get() {
+        return; // Our own: done locally before asking.
+    }
+    let hub = &state.hub;
+    let admin = herald_core::Actor::Admin;
+    let count = match &request.control {
+        Control::Kick {
+            client,
+            code,
+            reason,
+        } => ClientId::parse(client)
+            .ok()
+            .and_then(|id| {
+                let d = herald_core::Disconnect::new(
+                    herald_core::DisconnectReason::Kicked,
+                    *code,
+                    reason.clone(),
+                );
+                hub.kick(&admin, id, d).ok()
+            })
+            .map_or(0, |()| 1),
+        Control::KickUser { user, code, reason } => {
+            let d = herald_core::Disconnect::new(
+                herald_core::DisconnectReason::Kicked,
+                *code,
+                reason.clone(),
+            );
+            hub.kick_user(&admin, user, d).unwrap_or(0)
+        }
+        Control::Send { client, data } => ClientId::parse(client)
+            .ok()
+            .and_then(|id| {
+                hub.send_direct(&admin, id, data.to_string().as_bytes())
+                    .ok()
+            })
+            .map_or(0, |()| 1),
+        Control::SendUser { user, data } => hub
+            .send_to_user(&admin, user, data.to_string().as_bytes())
+            .unwrap_or(0),
+    };
+    let answer = ControlAnswer {
+        id: request.id,
+        count,
+    };
+    let topic = broker.answer_topic(&request.from);
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        let Ok(json) = serde_json::to_string(&answer) else {
+            return;
+        };
+        let mut conn = broker.conn.clone();
+        let _ = tokio::time::timeout(
+            broker.timeout,
+            redis::cmd("PUBLISH")
+                .arg(&topic)
+                .arg(json)
+                .query_async::<u64>(&mut conn),
+        )
+        .await;
+    });
+}
+
+fn take_answer(broker: &RedisBroker, payload: &[u8]) {
+    let Ok(answer) = serde_json::from_slice::<ControlAnswer>(payload) else {
+        return;
+    };
+    if let Ok(pending) = broker.pending.lock()
+        && let Some(tx) = pending.get(&answer.id)
+    {
+        let _ = tx.send(answer.count);
     }
 }
 

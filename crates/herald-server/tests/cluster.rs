@@ -532,3 +532,105 @@ async fn presence_and_join_leave_across_nodes() {
         .unwrap();
     assert!(!left, "and it is removed");
 }
+
+/// Admin operations that name a client or a user work from any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_and_users_are_messaged_and_kicked_from_any_node() {
+    let Some(redis) = Redis::start() else { return };
+    const SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
+    let setup = |url: String, name: &'static str| {
+        move |c: &mut herald_server::Config| {
+            c.broker.kind = "redis".into();
+            c.broker.url = herald_server::config::Secret(url);
+            c.node_name = name.into();
+            c.jwt.hmac_secret = herald_server::config::Secret(SECRET.into());
+        }
+    };
+    let a = TestServer::start_with(setup(redis.url(), "node-a")).await;
+    let b = TestServer::start_with(setup(redis.url(), "node-b")).await;
+    // Both nodes must know each other as live before asking.
+    for _ in 0..100 {
+        let body = a
+            .admin()
+            .request_ok("GET", "/api/v1/nodes", None)
+            .await
+            .unwrap();
+        if body["nodes"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut x = b.client().await;
+    let api = a.admin();
+    // A direct message to a client of node b, sent through node a.
+    api.request_ok(
+        "POST",
+        &format!("/api/v1/clients/{}/send", x.id()),
+        Some(&json!({"data":{"hi":1}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        x.next_op("direct", WAIT).await.unwrap()["data"],
+        json!({"hi":1})
+    );
+    // A client no node has: 404.
+    let nobody = herald_core::ClientId::random();
+    let (status, _) = api
+        .request(
+            "POST",
+            &format!("/api/v1/clients/{nobody}/send"),
+            Some(&json!({"data":1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    // Kicked through node a.
+    api.request_ok(
+        "DELETE",
+        &format!("/api/v1/clients/{}?reason=bye", x.id()),
+        None,
+    )
+    .await
+    .unwrap();
+    match x.next_event(WAIT).await.unwrap() {
+        herald_client::Event::Closed { code, reason } => {
+            assert_eq!((code, reason.as_str()), (4200, "bye"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A user with a connection on each node: messaged and kicked everywhere from one.
+    let token = herald_server::jwt::mint(
+        &herald_server::jwt::Claims {
+            sub: "ann".into(),
+            exp: herald_server::jwt::now_secs() + 60,
+            ..Default::default()
+        },
+        herald_server::jwt::JwtAlgorithm::HS256,
+        SECRET.as_bytes(),
+    )
+    .unwrap();
+    let mut on_a = Client::connect(&format!("{}?token={token}", a.ws_url()))
+        .await
+        .unwrap();
+    let mut on_b = Client::connect(&format!("{}?token={token}", b.ws_url()))
+        .await
+        .unwrap();
+    let sent = api
+        .request_ok(
+            "POST",
+            "/api/v1/users/ann/send",
+            Some(&json!({"data":"all"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent["connections"], 2);
+    assert_eq!(on_a.next_op("direct", WAIT).await.unwrap()["data"], "all");
+    assert_eq!(on_b.next_op("direct", WAIT).await.unwrap()["data"], "all");
+    let kicked = b
+        .admin()
+        .request_ok("DELETE", "/api/v1/users/ann", None)
+        .await
+        .unwrap();
+    assert_eq!(kicked["disconnected"], 2);
+}

@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::admin::{BanBody, CreateChannelBody, KickBody};
-use crate::redis_broker::NodeInfo;
+use crate::redis_broker::{Control, NodeInfo};
 use crate::server::AppState;
 
 type St = State<Arc<AppState>>;
@@ -421,7 +421,20 @@ pub async fn send_to_client(
     let id = client_param(&id)?;
     let fields = Fields::parse(body_text(&body)?)?;
     let data = raw_bytes(&body, fields.data()?);
-    state.hub.send_direct(&actor, id, &data)?;
+    match state.hub.send_direct(&actor, id, &data) {
+        // In a cluster, the client may be on another node.
+        Err(e) if e.code == ErrorCode::ClientNotFound && actor.is_admin() => {
+            let control = Control::Send {
+                client: id.to_string(),
+                data: serde_json::from_str(fields.data()?.get())
+                    .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?,
+            };
+            if elsewhere(&state, control).await? == 0 {
+                return Err(e.into());
+            }
+        }
+        other => other?,
+    }
     Ok(Json(Sent { sent: true }))
 }
 
@@ -446,7 +459,20 @@ pub async fn kick_client(
     let id = client_param(&id)?;
     let disconnect = q.disconnect()?;
     let code = disconnect.code;
-    state.hub.kick(&actor, id, disconnect)?;
+    match state.hub.kick(&actor, id, disconnect.clone()) {
+        // In a cluster, the client may be on another node.
+        Err(e) if e.code == ErrorCode::ClientNotFound && actor.is_admin() => {
+            let control = Control::Kick {
+                client: id.to_string(),
+                code,
+                reason: disconnect.message,
+            };
+            if elsewhere(&state, control).await? == 0 {
+                return Err(e.into());
+            }
+        }
+        other => other?,
+    }
     Ok(Json(Disconnected {
         disconnected: id.to_string(),
         code,
@@ -500,7 +526,14 @@ pub async fn kick_user(
     query: Result<Query<KickBody>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<UserDisconnected>> {
     let Query(q) = query.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
-    let disconnected = state.hub.kick_user(&actor, &user, q.disconnect()?)?;
+    let disconnect = q.disconnect()?;
+    let mut disconnected = state.hub.kick_user(&actor, &user, disconnect.clone())?;
+    let control = Control::KickUser {
+        user: user.clone(),
+        code: disconnect.code,
+        reason: disconnect.message,
+    };
+    disconnected += elsewhere(&state, control).await?;
     Ok(Json(UserDisconnected { user, disconnected }))
 }
 
@@ -524,7 +557,13 @@ pub async fn send_to_user(
 ) -> ApiResult<Json<SentToUser>> {
     let fields = Fields::parse(body_text(&body)?)?;
     let data = raw_bytes(&body, fields.data()?);
-    let connections = state.hub.send_to_user(&actor, &user, &data)?;
+    let mut connections = state.hub.send_to_user(&actor, &user, &data)?;
+    let control = Control::SendUser {
+        user: user.clone(),
+        data: serde_json::from_str(fields.data()?.get())
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?,
+    };
+    connections += elsewhere(&state, control).await?;
     Ok(Json(SentToUser {
         sent: connections > 0,
         connections,
@@ -629,6 +668,15 @@ pub async fn stats(State(state): St, Caller(actor): Caller) -> ApiResult<Json<St
                 }
             }
         }
+    }
+}
+
+/// In a cluster: has the other nodes carry out `control` and returns what they did (0
+/// alone).
+async fn elsewhere(state: &AppState, control: Control) -> ApiResult<u64> {
+    match &state.cluster {
+        Some(cluster) => Ok(cluster.on_other_nodes(control).await?),
+        None => Ok(0),
     }
 }
 
