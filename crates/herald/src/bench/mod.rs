@@ -137,6 +137,10 @@ pub struct BenchArgs {
     /// idle: seconds to wait after the last subscription before reading the server's RSS.
     #[arg(long, default_value_t = 3.0)]
     pub idle_wait: f64,
+    /// Another node of a cluster (repeatable): subscribers are spread round robin over --url
+    /// and these; publishing goes through --api (the node of --url by default).
+    #[arg(long = "node-url", value_name = "URL")]
+    pub node_urls: Vec<String>,
     /// Extra header on every WebSocket upgrade request, "Name: value" (repeatable).
     #[arg(long = "ws-header", value_name = "NAME: VALUE")]
     pub ws_headers: Vec<String>,
@@ -233,7 +237,13 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .admin_key
         .as_deref()
         .map(|key| Api::new(&api_base, Some(key)));
-    let builder = ws_builder(&args)?;
+    let builder = ws_builder(&args, &args.url)?;
+    let mut others = Vec::new();
+    for url in &args.node_urls {
+        let addr = herald_client::ws::resolve_ws_url(url).await?;
+        others.push((addr, ws_builder(&args, url)?));
+    }
+    report.set("node_urls", args.node_urls.clone());
     let track_duplicates = args.scenario == Scenario::Fanout
         && (args.connections as u64).saturating_mul(args.messages.div_ceil(64) * 8)
             <= DUPLICATE_BITSET_BUDGET;
@@ -253,6 +263,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         subscribe_frame: json!({"op": "subscribe", "channels": [args.channel], "id": 1})
             .to_string(),
         concurrency: args.concurrency,
+        others,
     });
     let probe = ServerProbe {
         pid: args.server_pid,
@@ -384,12 +395,11 @@ fn api_base_from_ws(url: &str) -> anyhow::Result<String> {
     Ok(format!("{scheme}://{authority}"))
 }
 
-/// The upgrade request builder: URL plus `--ws-header`s.
-fn ws_builder(args: &BenchArgs) -> anyhow::Result<ClientBuilder<'static>> {
-    let uri: Uri = args
-        .url
+/// The upgrade request builder: `url` plus `--ws-header`s.
+fn ws_builder(args: &BenchArgs, url: &str) -> anyhow::Result<ClientBuilder<'static>> {
+    let uri: Uri = url
         .parse()
-        .with_context(|| format!("invalid --url {:?}", args.url))?;
+        .with_context(|| format!("invalid URL {url:?}"))?;
     if uri.scheme_str() != Some("ws") {
         bail!("--url must be a ws:// URL");
     }

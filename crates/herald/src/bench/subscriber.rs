@@ -36,6 +36,19 @@ pub struct Target {
     pub subscribe_frame: String,
     /// Concurrent handshakes allowed.
     pub concurrency: usize,
+    /// More nodes of a cluster (`--node-url`): connection `i` goes to node `i % (1 + len)`,
+    /// 0 being `addr`.
+    pub others: Vec<(SocketAddr, ClientBuilder<'static>)>,
+}
+
+impl Target {
+    /// The address and upgrade request of connection `idx`.
+    fn node(&self, idx: usize) -> (SocketAddr, &ClientBuilder<'static>) {
+        match idx % (1 + self.others.len()) {
+            0 => (self.addr, &self.builder),
+            i => (self.others[i - 1].0, &self.others[i - 1].1),
+        }
+    }
 }
 
 /// Spawns `n` subscriber tasks into `tasks`; at most `target.concurrency` of them are between
@@ -89,9 +102,10 @@ async fn run(
 ) -> String {
     let t0 = shared.now_ns();
     let src = (!target.src.is_empty()).then(|| target.src[idx % target.src.len()]);
+    let (addr, builder) = target.node(idx);
     let stream = match timeout(
         TCP_CONNECT_TIMEOUT,
-        herald_client::os::tcp_connect(target.addr, src),
+        herald_client::os::tcp_connect(addr, src),
     )
     .await
     {
@@ -100,7 +114,7 @@ async fn run(
         Err(_) => return "connect: timed out".into(),
     };
     let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
-    let mut ws = match timeout_at(deadline, handshake(shared, target, stream)).await {
+    let mut ws = match timeout_at(deadline, handshake(shared, target, builder, stream)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return e,
         Err(_) => return "timed out before subscribed".into(),
@@ -115,10 +129,10 @@ async fn run(
 async fn handshake(
     shared: &Shared,
     target: &Target,
+    builder: &ClientBuilder<'static>,
     stream: TcpStream,
 ) -> Result<WebSocketStream<TolerantStream>, String> {
-    let (mut ws, _) = target
-        .builder
+    let (mut ws, _) = builder
         .connect_on(TolerantStream::new(stream))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
