@@ -219,18 +219,17 @@ impl History {
         if offset >= latest {
             return Some(Vec::new());
         }
-        let first = self.first_offset()?;
-        if offset + 1 < first {
-            return None;
-        }
-        let skip = (offset + 1 - first) as usize;
-        Some(
-            self.entries
-                .iter()
-                .skip(skip)
-                .map(|(e, _)| e.clone())
-                .collect(),
-        )
+        let start = self.entries.partition_point(|(e, _)| e.offset <= offset);
+        let tail: Vec<Arc<Entry>> = self
+            .entries
+            .range(start..)
+            .map(|(e, _)| e.clone())
+            .collect();
+        // Every publication from offset + 1 to the latest, none missing.
+        let complete = tail.first().is_some_and(|e| e.offset == offset + 1)
+            && tail.last().is_some_and(|e| e.offset == latest)
+            && tail.windows(2).all(|w| w[1].offset == w[0].offset + 1);
+        complete.then_some(tail)
     }
 
     /// The last `n` entries, oldest first.
@@ -292,6 +291,14 @@ mod tests {
         assert_eq!(offsets(h.after(1, 5)), None, "2 is gone");
         assert_eq!(offsets(History::default().after(0, 0)), Some(vec![]));
         assert_eq!(offsets(History::default().after(0, 3)), None);
+        // Kept entries that do not reach the latest offset, or with a hole: not complete.
+        assert_eq!(offsets(h.after(2, 6)), None, "6 is not kept");
+        let mut holed = History::default();
+        for o in [1, 2, 4, 5] {
+            holed.push(entry(o, 1), Duration::from_secs(60), 10, &budget);
+        }
+        assert_eq!(offsets(holed.after(1, 5)), None, "3 is missing");
+        assert_eq!(offsets(holed.after(3, 5)), Some(vec![4, 5]));
         assert_eq!(
             h.last(2).iter().map(|e| e.offset).collect::<Vec<_>>(),
             [4, 5]

@@ -492,10 +492,21 @@ impl Registry {
         }
         let ttl = std::time::Duration::from_secs(u64::from(st.options.history_ttl_secs));
         let size = st.options.history_size as usize;
+        // The backplane's window is authoritative; of the local entries keep those it does not
+        // reach yet (arrived after it was read), then only the contiguous tail.
+        let backplane_first = entries.first().map(|e| e.offset);
         let mut all: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
-        all.extend(st.history.iter().cloned());
+        all.extend(
+            st.history
+                .iter()
+                .filter(|e| backplane_first.is_none_or(|f| e.offset >= f))
+                .cloned(),
+        );
         all.sort_by_key(|e| e.offset);
         all.dedup_by_key(|e| e.offset);
+        if let Some(gap) = all.windows(2).rposition(|w| w[1].offset != w[0].offset + 1) {
+            all.drain(..=gap);
+        }
         st.history.clear(&self.budget);
         if size > 0 {
             let now_wall = now_ms();
@@ -1064,6 +1075,11 @@ impl Registry {
         }
         if msg.offset <= st.offset {
             return 0; // Already delivered here.
+        }
+        if msg.offset != st.offset + 1 {
+            // Publications went by while this node did not follow the channel: what it kept
+            // is no longer a contiguous tail (a recovery completes it from the backplane).
+            st.history.clear(&self.budget);
         }
         st.offset = msg.offset;
         self.keep(&mut st, msg);
