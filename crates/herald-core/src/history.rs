@@ -38,9 +38,16 @@ pub struct Entry {
     pub data: Bytes,
     /// Wall-clock time of publication, for clients and for expiry across a restart.
     pub time_ms: u64,
+    /// A publication for some subscribers only (`to`): only they get it back from history.
+    pub to: Option<Vec<ClientId>>,
 }
 
 impl Entry {
+    /// Whether `client` may get it from history (it would have received it live).
+    pub fn for_client(&self, client: ClientId) -> bool {
+        self.to.as_ref().is_none_or(|to| to.contains(&client))
+    }
+
     /// The bytes it counts against the budget.
     pub fn cost(&self) -> usize {
         self.data.len() + ENTRY_OVERHEAD
@@ -258,6 +265,7 @@ mod tests {
             from: None,
             data: Bytes::from(vec![b'1'; bytes]),
             time_ms: offset,
+            to: None,
         })
     }
 

@@ -776,11 +776,20 @@ fn kept_entry(raw: &[u8]) -> Option<Entry> {
         Some(id) => Some(ClientId::parse(id).ok()?),
         None => None,
     };
+    let to = match &envelope.to {
+        Some(ids) => Some(
+            ids.iter()
+                .map(|id| ClientId::parse(id).ok())
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        None => None,
+    };
     Some(Entry {
         offset: offset.parse().ok()?,
         from,
         data: Bytes::copy_from_slice(envelope.data.get().as_bytes()),
         time_ms: time_ms.parse().ok()?,
+        to,
     })
 }
 

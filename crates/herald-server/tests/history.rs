@@ -549,3 +549,56 @@ async fn presence_is_cleaned_up_on_every_kind_of_disconnect() {
         watcher.id()
     );
 }
+
+/// A publication for some subscribers only (`to`) is kept, but only they get it back from
+/// history: a recovery, the history op, a backtrack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_for_some_subscribers_come_back_to_them_alone() {
+    let srv = server(100, 300).await;
+    let mut alice = srv.client().await;
+    let mut bob = srv.client().await;
+    alice.subscribe(&["t"]).await.unwrap();
+    bob.subscribe(&["t"]).await.unwrap();
+    let api = srv.admin();
+    let first = api.publish(&["t"], json!("all")).await.unwrap();
+    let epoch = first["channels"][0]["epoch"].as_str().unwrap().to_string();
+    api.request_ok(
+        "POST",
+        "/api/v1/publish",
+        Some(&json!({"channel":"t","data":"for alice","to":[alice.id()]})),
+    )
+    .await
+    .unwrap();
+    api.publish(&["t"], json!("all again")).await.unwrap();
+    let (alice_id, bob_id) = (alice.id().to_string(), bob.id().to_string());
+    // Both come back (new connections) and recover from offset 0... as new clients, whose
+    // ids differ: the targeted publication goes to neither of them.
+    drop((alice, bob));
+    let mut again = srv.client().await;
+    let reply = again
+        .request_ok(json!({"op":"subscribe","channel":"t",
+            "recover":{"t":{"epoch":epoch,"offset":0}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["t"]["recovered"], true,
+        "{reply}"
+    );
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(again.next_op("message", WAIT).await.unwrap()["data"].clone());
+    }
+    assert_eq!(got, [json!("all"), json!("all again")]);
+    // The history op: a client sees what it would have received; the admin key sees all.
+    let page = again
+        .call(json!({"op":"history","channel":"t"}))
+        .await
+        .unwrap();
+    assert_eq!(page["publications"].as_array().unwrap().len(), 2, "{page}");
+    let all = api
+        .request_ok("GET", "/api/v1/channels/t/history", None)
+        .await
+        .unwrap();
+    assert_eq!(all["publications"].as_array().unwrap().len(), 3);
+    assert_ne!(alice_id, bob_id);
+}

@@ -87,8 +87,14 @@ impl Hub {
             (epoch.to_string(), offset, entries)
         });
         let (epoch, offset, entries) = page;
+        // A client sees the publications it would have received (not those for others only).
+        let reader = match actor {
+            Actor::Client(c) if !c.is_admin() => Some(c.id),
+            _ => None,
+        };
         let publications = entries
             .iter()
+            .filter(|e| reader.is_none_or(|id| e.for_client(id)))
             .map(|e| Publication {
                 offset: e.offset,
                 from: e.from,
@@ -109,9 +115,25 @@ impl Hub {
     /// Before a subscribe with recovery: holds `channels` and has the broker complete their
     /// local history (a cluster: from the backplane, so a client recovers on any node). Call
     /// [`Hub::end_recovery`] after the subscribe, whatever happened.
-    pub async fn prepare_recovery(&self, channels: &[ChannelName]) -> Result<(), HeraldError> {
+    pub async fn prepare_recovery(
+        &self,
+        actor: &Actor,
+        channels: &[ChannelName],
+        token: Option<&str>,
+    ) -> Result<(), HeraldError> {
         if !self.broker.is_clustered() {
             return Ok(()); // The local history is the whole history.
+        }
+        // Only channels the subscribe may join or create: nothing is held (created, followed,
+        // copied from the backplane) for a request that will be refused.
+        self.check_list_len(
+            "channels",
+            channels.len(),
+            self.config.max_channels_per_request,
+        )?;
+        for name in channels {
+            let create = super::subscribe::Create::Namespace;
+            self.precheck_subscribe(actor, name, token, self.creating(&create, name))?;
         }
         for name in channels {
             let options = match self.registry.lookup(name) {

@@ -249,7 +249,7 @@ impl Registry {
     pub fn occupied_channels(&self) -> Vec<ChannelName> {
         self.all_channels()
             .into_iter()
-            .filter(|c| !c.state.lock().subscribers.is_empty())
+            .filter(|c| c.state.lock().followed())
             .map(|c| c.name.clone())
             .collect()
     }
@@ -467,7 +467,10 @@ impl Registry {
         };
         {
             let mut st = channel.state.lock();
-            st.held = st.held.saturating_sub(1);
+            if st.held == 0 {
+                return; // Not held (deleted and recreated meanwhile).
+            }
+            st.held -= 1;
             if !st.followed()
                 && let Some(interest) = self.interest.get()
             {
@@ -649,7 +652,7 @@ impl Registry {
             channel: name.clone(),
         });
         let former: Vec<_> = st.subscribers.drain().map(|(_, c)| c).collect();
-        if st.options.presence
+        if (st.options.presence || st.options.join_leave)
             && let Some(interest) = self.interest.get()
         {
             for c in &former {
@@ -838,6 +841,8 @@ impl Registry {
         let frames = |entries: &[Arc<Entry>]| -> Vec<bytes::Bytes> {
             entries
                 .iter()
+                // Publications for some subscribers only go back to them alone.
+                .filter(|e| e.for_client(client.id))
                 .map(|e| {
                     let msg = Message {
                         channel: name.clone(),
@@ -962,17 +967,24 @@ impl Registry {
     /// says to create it (its options keep history: the usual case of a client that blinked
     /// and will come back for what it missed).
     pub fn publish_sequenced(&self, publish: &Publish) -> Published {
-        let channel = loop {
+        loop {
             let channel = match (self.lookup(&publish.channel), &publish.create) {
                 (Some(c), _) => c,
                 (None, Some(options)) => self.get_or_create(&publish.channel, options),
                 (None, None) => return self.publish_nowhere(publish),
             };
-            if !channel.state.lock().removed {
-                break channel;
+            // Checked and used under one lock: a channel removed meanwhile is looked up again.
+            let mut st = channel.state.lock();
+            if st.removed {
+                continue;
             }
-        };
-        let mut st = channel.state.lock();
+            return self.sequence(&mut st, publish);
+        }
+    }
+
+    /// Assigns the next offset to `publish`, keeps it and fans it out (under the channel's
+    /// lock).
+    fn sequence(&self, st: &mut ChannelState, publish: &Publish) -> Published {
         st.offset += 1;
         let msg = Message {
             channel: publish.channel.clone(),
@@ -981,7 +993,7 @@ impl Registry {
             from: publish.from,
             data: publish.data.clone(),
         };
-        self.keep(&mut st, &msg);
+        self.keep(st, &msg, publish.to.as_deref());
         let skip = msg.from.filter(|_| !st.options.echo);
         let delivered = self.fan_out(
             &st.subscribers,
@@ -1033,7 +1045,7 @@ impl Registry {
 
     /// Records a just-sequenced publication: in the channel's history if it keeps one, and
     /// its position for the store (persistent channels keep their epoch and offset).
-    fn keep(&self, st: &mut ChannelState, msg: &Message) {
+    fn keep(&self, st: &mut ChannelState, msg: &Message, to: Option<&[ClientId]>) {
         let size = st.options.history_size as usize;
         if size == 0 {
             if st.persistent {
@@ -1050,6 +1062,7 @@ impl Registry {
             from: msg.from,
             data: bytes::Bytes::copy_from_slice(&msg.data),
             time_ms: now_ms(),
+            to: to.map(<[ClientId]>::to_vec),
         });
         let ttl = std::time::Duration::from_secs(u64::from(st.options.history_ttl_secs));
         st.history.push(entry.clone(), ttl, size, &self.budget);
@@ -1067,6 +1080,10 @@ impl Registry {
             return 0;
         };
         let mut st = channel.state.lock();
+        if st.removed {
+            // Nobody follows it here any more (a new channel of the name gets the next one).
+            return 0;
+        }
         if st.epoch != msg.epoch {
             // The backplane's numbering is the channel's: adopt it (its first message here).
             st.epoch = msg.epoch.clone();
@@ -1082,7 +1099,7 @@ impl Registry {
             st.history.clear(&self.budget);
         }
         st.offset = msg.offset;
-        self.keep(&mut st, msg);
+        self.keep(&mut st, msg, to);
         let skip = msg.from.filter(|_| !st.options.echo);
         self.fan_out(&st.subscribers, msg, to, None, skip)
     }

@@ -5,7 +5,7 @@ use super::*;
 use crate::history::{Recovered, Replay};
 
 /// Which options a subscription creates a missing channel with.
-enum Create<'a> {
+pub(super) enum Create<'a> {
     /// Its namespace's (or the defaults), if `auto_create_channels` is on.
     Namespace,
     /// These, whatever `auto_create_channels` says (dialect rooms).
@@ -139,7 +139,7 @@ impl Hub {
     }
 
     /// The options `name` would be created with if it does not exist (`None`: not created).
-    fn creating<'a>(
+    pub(super) fn creating<'a>(
         &'a self,
         create: &Create<'a>,
         name: &ChannelName,
@@ -153,7 +153,7 @@ impl Hub {
         }
     }
 
-    fn precheck_subscribe(
+    pub(super) fn precheck_subscribe(
         &self,
         actor: &Actor,
         name: &ChannelName,

@@ -146,8 +146,12 @@ struct StoredPosition {
     offset: u64,
 }
 
+/// `time_ms` (8 bytes), the publisher (a byte 1 and 16 bytes, or a byte 0), the recipients
+/// of a publication for some subscribers only (a 2-byte count, 0xFFFF for everyone, then 16
+/// bytes each), then the JSON data.
 fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut v = Vec::with_capacity(25 + e.data.len());
+    let to = e.to.as_deref().unwrap_or_default();
+    let mut v = Vec::with_capacity(27 + 16 * to.len() + e.data.len());
     v.extend_from_slice(&e.time_ms.to_be_bytes());
     match e.from {
         Some(id) => {
@@ -156,19 +160,40 @@ fn encode_entry(e: &Entry) -> Vec<u8> {
         }
         None => v.push(0),
     }
+    match &e.to {
+        Some(to) => {
+            v.extend_from_slice(&(to.len().min(0xFFFE) as u16).to_be_bytes());
+            for id in to.iter().take(0xFFFE) {
+                v.extend_from_slice(id.as_bytes());
+            }
+        }
+        None => v.extend_from_slice(&0xFFFFu16.to_be_bytes()),
+    }
     v.extend_from_slice(&e.data);
     v
 }
 
 fn decode_entry(offset: u64, v: &[u8]) -> Option<Entry> {
     let time_ms = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-    let (from, data) = match v.get(8)? {
+    let (from, rest) = match v.get(8)? {
         0 => (None, v.get(9..)?),
         1 => (
             Some(ClientId::from_bytes(v.get(9..25)?.try_into().ok()?)),
             v.get(25..)?,
         ),
         _ => return None,
+    };
+    let count = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+    let (to, data) = if count == 0xFFFF {
+        (None, rest.get(2..)?)
+    } else {
+        let n = usize::from(count);
+        let ids = rest.get(2..2 + 16 * n)?;
+        let to = ids
+            .chunks_exact(16)
+            .map(|c| c.try_into().ok().map(ClientId::from_bytes))
+            .collect::<Option<Vec<_>>>()?;
+        (Some(to), rest.get(2 + 16 * n..)?)
     };
     // The data was valid JSON when written; check again rather than trust the disk.
     serde_json::from_slice::<serde::de::IgnoredAny>(data).ok()?;
@@ -177,6 +202,7 @@ fn decode_entry(offset: u64, v: &[u8]) -> Option<Entry> {
         from,
         data: bytes::Bytes::copy_from_slice(data),
         time_ms,
+        to,
     })
 }
 

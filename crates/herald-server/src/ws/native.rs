@@ -164,7 +164,7 @@ impl<'a> Session<'a> {
                 // holding them so nothing is lost between that and the subscription.
                 let recovering: Vec<_> = recover.iter().map(|(c, _)| c.clone()).collect();
                 if !recovering.is_empty()
-                    && let Err(e) = hub.prepare_recovery(&recovering).await
+                    && let Err(e) = hub.prepare_recovery(&actor, &recovering, token).await
                 {
                     hub.end_recovery(&recovering);
                     return Err(e);
