@@ -203,6 +203,7 @@ impl Hub {
         let now = std::time::Instant::now();
         let wall = now_ms();
         let mut kept = 0;
+        let mut forget = Vec::new();
         for h in stored {
             let Ok(name) = ChannelName::parse(&h.channel) else {
                 continue;
@@ -223,8 +224,18 @@ impl Hub {
                 .filter(|_| options.history_size > 0)
                 .collect();
             kept += entries.len();
+            if entries.is_empty() && self.registry.lookup(&name).is_none() {
+                // Nothing left to keep and no channel to keep a position for: drop the rows.
+                forget.push(crate::history::HistoryOp::Forget { channel: name });
+                continue;
+            }
             self.registry
                 .restore_history(&name, &options, &h.epoch, h.offset, entries);
+        }
+        if !forget.is_empty()
+            && let Err(e) = self.store.write_history(&forget, true)
+        {
+            tracing::warn!(error = %e, "expired history not removed from the store");
         }
         Ok(kept)
     }

@@ -489,6 +489,9 @@ impl Registry {
         };
         let mut st = channel.state.lock();
         if &*st.epoch != epoch {
+            self.record(|| HistoryOp::Forget {
+                channel: name.clone(),
+            });
             st.epoch = Arc::from(epoch);
             st.offset = 0;
             st.history.clear(&self.budget);
@@ -1086,6 +1089,10 @@ impl Registry {
         }
         if st.epoch != msg.epoch {
             // The backplane's numbering is the channel's: adopt it (its first message here).
+            // What the store kept under the old epoch goes.
+            self.record(|| HistoryOp::Forget {
+                channel: msg.channel.clone(),
+            });
             st.epoch = msg.epoch.clone();
             st.offset = 0;
             st.history.clear(&self.budget);

@@ -188,7 +188,16 @@ impl Transport for TlsTransport {
 
     async fn finish(&mut self, last: &[u8]) -> io::Result<()> {
         self.flush_tls_blocking().await?;
-        self.tls.writer().write_all(last)?;
+        // rustls takes a bounded amount of plaintext at a time (`last` may be the rest of a
+        // 64 KiB batch and the close frame): write it out as it is taken.
+        let mut written = 0;
+        while written < last.len() {
+            let n = self.tls.writer().write(&last[written..])?;
+            if n == 0 {
+                self.flush_tls_blocking().await?;
+            }
+            written += n;
+        }
         self.tls.send_close_notify();
         self.flush_tls_blocking().await?;
         self.tcp.shutdown().await
