@@ -100,6 +100,8 @@ pub struct RedisBroker {
     presence_rx: Mutex<Option<mpsc::UnboundedReceiver<PresenceChange>>>,
     /// This node's name (known once the listener is bound).
     node: std::sync::OnceLock<String>,
+    /// The name and a random id of this start: what presence entries are tagged with.
+    instance: std::sync::OnceLock<String>,
     presence_ttl: Duration,
     /// Admin operations sent to the other nodes, waiting for their answers: by request id,
     /// the answers' total and how many nodes answered.
@@ -129,6 +131,20 @@ pub enum Control {
         user: String,
         data: Box<RawValue>,
     },
+}
+
+/// Removes a waiting control request when dropped.
+struct Forget<'a>(
+    &'a Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<u64>>>,
+    u64,
+);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.0.lock() {
+            pending.remove(&self.1);
+        }
+    }
 }
 
 /// A control request on the wire: the operation (`{"<op>":{...}}`), its id and who asks.
@@ -213,6 +229,7 @@ impl RedisBroker {
             presence_tx,
             presence_rx: Mutex::new(Some(presence_rx)),
             node: std::sync::OnceLock::new(),
+            instance: std::sync::OnceLock::new(),
             presence_ttl: Duration::from_secs(config.presence_ttl_secs),
             pending: Mutex::new(std::collections::HashMap::new()),
             next_request: std::sync::atomic::AtomicU64::new(1),
@@ -230,6 +247,8 @@ impl RedisBroker {
     /// Names this node (once the listener is bound).
     pub fn set_node(&self, name: &str) {
         let _ = self.node.set(name.to_string());
+        let boot = &herald_core::secret::random_secret()[..8];
+        let _ = self.instance.set(format!("{name}#{boot}"));
     }
 
     fn control_topic(&self) -> String {
@@ -250,7 +269,7 @@ impl RedisBroker {
             .live_nodes(&mut conn)
             .await?
             .into_iter()
-            .filter(|n| *n != me)
+            .filter(|(name, _)| *name != me)
             .count();
         if others == 0 {
             return Ok(0);
@@ -262,6 +281,8 @@ impl RedisBroker {
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(id, tx);
         }
+        // Removed however this ends, a request dropped half-way (its HTTP client left) too.
+        let _forget = Forget(&self.pending, id);
         let request = ControlRequest {
             id,
             from: me,
@@ -291,9 +312,6 @@ impl RedisBroker {
                 }
             }
         }
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(&id);
-        }
         match sent {
             Ok(Ok(_)) => Ok(total),
             Ok(Err(e)) => Err(unavailable(e)),
@@ -305,8 +323,12 @@ impl RedisBroker {
         format!("{}:presence:{channel}", self.prefix)
     }
 
-    /// The names of the nodes that reported within the presence time to live, this one too.
-    async fn live_nodes(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, HeraldError> {
+    /// The nodes that reported within the presence time to live, this one too: (name,
+    /// instance).
+    async fn live_nodes(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> Result<Vec<(String, String)>, HeraldError> {
         let all: Vec<(String, String)> = tokio::time::timeout(
             self.timeout,
             redis::cmd("HGETALL")
@@ -317,17 +339,16 @@ impl RedisBroker {
         .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
         .map_err(unavailable)?;
         let now = herald_core::client::now_ms();
-        let mut live: Vec<String> = all
+        let mut live: Vec<(String, String)> = all
             .into_iter()
-            .filter(|(_, json)| {
-                serde_json::from_str::<Report>(json).is_ok_and(|r| {
-                    now.saturating_sub(r.at_ms) <= self.presence_ttl.as_millis() as u64
-                })
+            .filter_map(|(name, json)| {
+                let r = serde_json::from_str::<Report>(&json).ok()?;
+                (now.saturating_sub(r.at_ms) <= self.presence_ttl.as_millis() as u64)
+                    .then_some((name, r.instance))
             })
-            .map(|(name, _)| name)
             .collect();
-        if let Some(me) = self.node.get() {
-            live.push(me.clone());
+        if let (Some(me), Some(instance)) = (self.node.get(), self.instance.get()) {
+            live.push((me.clone(), instance.clone()));
         }
         Ok(live)
     }
@@ -349,7 +370,7 @@ impl RedisBroker {
         let mut present = Vec::new();
         for (field, json) in entries {
             let record = serde_json::from_str::<PresenceRecord>(&json).ok();
-            match record.filter(|r| live.contains(&r.node)) {
+            match record.filter(|r| live.iter().any(|(_, instance)| *instance == r.node)) {
                 Some(r) => {
                     if let Ok(id) = ClientId::parse(&r.client) {
                         present.push((id, r.user));
@@ -551,7 +572,7 @@ pub async fn presence_writer(broker: Arc<RedisBroker>, mut shutdown: watch::Rece
     let Some(mut rx) = broker.presence_rx.lock().ok().and_then(|mut r| r.take()) else {
         return;
     };
-    let node = broker.node.get().cloned().unwrap_or_default();
+    let node = broker.instance.get().cloned().unwrap_or_default();
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -608,6 +629,7 @@ pub async fn follow(
     let registry = state.hub.registry();
     let topic_prefix = format!("{}:pub:", broker.prefix);
     let me = state.node_name.clone();
+    let instance = broker.instance.get().cloned().unwrap_or_default();
     let control_topic = broker.control_topic();
     let answer_topic = broker.answer_topic(&me);
     let mut backoff = Duration::from_millis(100);
@@ -660,7 +682,7 @@ pub async fn follow(
                     Some(m) if m.get_channel_name() == answer_topic => {
                         take_answer(&broker, m.get_payload_bytes());
                     }
-                    Some(m) => deliver(registry, &me, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
+                    Some(m) => deliver(registry, &instance, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
                     None => ok = false,
                 },
             }
@@ -794,6 +816,7 @@ fn kept_entry(raw: &[u8]) -> Option<Entry> {
 }
 
 /// Hands one published message to the local fan-out; malformed ones are logged and dropped.
+/// `me`: this node's instance (its own join/leave notices were given when they happened).
 fn deliver(registry: &Registry, me: &str, topic_prefix: &str, topic: &str, payload: &[u8]) {
     // A join or leave notice of another node's subscriber.
     if let Some(channel) = topic
@@ -859,6 +882,10 @@ pub struct NodeInfo {
 #[derive(Serialize, Deserialize)]
 struct Report {
     at_ms: u64,
+    /// The node's name and a random id of this start (`name#id`): presence entries of an
+    /// earlier start of a node with the same name are not taken for live ones.
+    #[serde(default)]
+    instance: String,
     stats: herald_core::stats::StatsSnapshot,
 }
 
@@ -921,6 +948,7 @@ pub async fn heartbeat(
     loop {
         let report = Report {
             at_ms: herald_core::client::now_ms(),
+            instance: broker.instance.get().cloned().unwrap_or_default(),
             stats: state.hub.stats_snapshot(),
         };
         if let Ok(json) = serde_json::to_string(&report) {
