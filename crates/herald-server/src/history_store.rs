@@ -146,9 +146,12 @@ async fn write(store: &Arc<dyn Store>, ops: Vec<HistoryOp>, sync: bool) {
 }
 
 /// Runs the hub's history sweep every second, and at once when the byte budget is exceeded,
-/// until `shutdown`.
-pub async fn sweeper(state: Arc<crate::server::AppState>, mut shutdown: watch::Receiver<bool>) {
-    let hub = &state.hub;
+/// until `shutdown`. `owner` is whatever keeps the hub alive (the server's state).
+pub async fn sweeper<S: AsRef<Hub> + Send + Sync + 'static>(
+    owner: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let hub = (*owner).as_ref();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,

@@ -79,6 +79,33 @@ struct Envelope<'a> {
 /// A channel's position as Redis keeps it (`None` before its first publication).
 type Position = (Option<String>, Option<u64>);
 
+/// A publication's publisher, recipients and data, read back from an envelope.
+type Parsed = (Option<ClientId>, Option<Vec<ClientId>>, Bytes);
+
+impl Envelope<'_> {
+    /// `None` for anything malformed (nothing read from Redis is trusted).
+    fn parse(text: &str) -> Option<Parsed> {
+        let envelope: Envelope = serde_json::from_str(text).ok()?;
+        let from = match &envelope.from {
+            Some(id) => Some(ClientId::parse(id).ok()?),
+            None => None,
+        };
+        let to = match &envelope.to {
+            Some(ids) => Some(
+                ids.iter()
+                    .map(|id| ClientId::parse(id).ok())
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            None => None,
+        };
+        Some((
+            from,
+            to,
+            Bytes::copy_from_slice(envelope.data.get().as_bytes()),
+        ))
+    }
+}
+
 enum Command {
     Follow(ChannelName),
     Unfollow(ChannelName),
@@ -793,23 +820,11 @@ fn kept_entry(raw: &[u8]) -> Option<Entry> {
     let text = std::str::from_utf8(raw).ok()?;
     let (offset, rest) = text.split_once('\n')?;
     let (time_ms, envelope) = rest.split_once('\n')?;
-    let envelope: Envelope = serde_json::from_str(envelope).ok()?;
-    let from = match &envelope.from {
-        Some(id) => Some(ClientId::parse(id).ok()?),
-        None => None,
-    };
-    let to = match &envelope.to {
-        Some(ids) => Some(
-            ids.iter()
-                .map(|id| ClientId::parse(id).ok())
-                .collect::<Option<Vec<_>>>()?,
-        ),
-        None => None,
-    };
+    let (from, to, data) = Envelope::parse(envelope)?;
     Some(Entry {
         offset: offset.parse().ok()?,
         from,
-        data: Bytes::copy_from_slice(envelope.data.get().as_bytes()),
+        data,
         time_ms: time_ms.parse().ok()?,
         to,
     })
@@ -839,25 +854,13 @@ fn deliver(registry: &Registry, me: &str, topic_prefix: &str, topic: &str, paylo
         let text = std::str::from_utf8(payload).ok()?;
         let (offset, rest) = text.split_once('\n')?;
         let (epoch, envelope) = rest.split_once('\n')?;
-        let envelope: Envelope = serde_json::from_str(envelope).ok()?;
-        let from = match &envelope.from {
-            Some(id) => Some(ClientId::parse(id).ok()?),
-            None => None,
-        };
-        let to = match &envelope.to {
-            Some(ids) => Some(
-                ids.iter()
-                    .map(|id| ClientId::parse(id).ok())
-                    .collect::<Option<Vec<_>>>()?,
-            ),
-            None => None,
-        };
+        let (from, to, data) = Envelope::parse(envelope)?;
         let message = Message {
             channel,
             offset: offset.parse().ok()?,
             epoch: Arc::from(epoch),
             from,
-            data: Bytes::copy_from_slice(envelope.data.get().as_bytes()),
+            data,
         };
         Some((message, to))
     })();

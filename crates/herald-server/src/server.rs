@@ -46,6 +46,12 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::redis_broker::RedisBroker>>,
 }
 
+impl AsRef<Hub> for AppState {
+    fn as_ref(&self) -> &Hub {
+        &self.hub
+    }
+}
+
 /// A started server.
 pub struct RunningServer {
     pub local_addr: SocketAddr,

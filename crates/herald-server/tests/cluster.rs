@@ -77,11 +77,22 @@ impl Redis {
     }
 }
 
-async fn node(redis: &Redis) -> TestServer {
+/// A node joined to `redis`, with `tweak` applied to its configuration.
+async fn node_with(
+    redis: &Redis,
+    tweak: impl FnOnce(&mut herald_server::Config) + Send + 'static,
+) -> TestServer {
     let url = redis.url();
     TestServer::start_with(move |c| {
         c.broker.kind = "redis".into();
         c.broker.url = herald_server::config::Secret(url);
+        tweak(c);
+    })
+    .await
+}
+
+async fn node(redis: &Redis) -> TestServer {
+    node_with(redis, |c| {
         c.broker.timeout_ms = 1000;
         c.channels.client_publish = true;
     })
@@ -227,17 +238,12 @@ async fn a_redis_that_cannot_be_reached_fails_the_start_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_recovers_on_another_node() {
     let Some(redis) = Redis::start() else { return };
-    let url = redis.url();
-    let with_history = |url: String| {
-        move |c: &mut herald_server::Config| {
-            c.broker.kind = "redis".into();
-            c.broker.url = herald_server::config::Secret(url);
-            c.broker.timeout_ms = 1000;
-            c.channels.history_size = 100;
-        }
+    let with_history = |c: &mut herald_server::Config| {
+        c.broker.timeout_ms = 1000;
+        c.channels.history_size = 100;
     };
-    let a = TestServer::start_with(with_history(url.clone())).await;
-    let b = TestServer::start_with(with_history(url)).await;
+    let a = node_with(&redis, with_history).await;
+    let b = node_with(&redis, with_history).await;
     let mut c = a.client().await;
     c.subscribe(&["r"]).await.unwrap();
     let first = a.admin().publish(&["r"], json!(1)).await.unwrap();
@@ -284,16 +290,14 @@ async fn a_client_recovers_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_are_listed_summed_and_forgotten_when_they_stop_reporting() {
     let Some(redis) = Redis::start() else { return };
-    let named = |url: String, name: &'static str| {
+    let named = |name: &'static str| {
         move |c: &mut herald_server::Config| {
-            c.broker.kind = "redis".into();
-            c.broker.url = herald_server::config::Secret(url);
             c.broker.presence_ttl_secs = 3;
             c.node_name = name.into();
         }
     };
-    let a = TestServer::start_with(named(redis.url(), "node-a")).await;
-    let b = TestServer::start_with(named(redis.url(), "node-b")).await;
+    let a = node_with(&redis, named("node-a")).await;
+    let b = node_with(&redis, named("node-b")).await;
     let _c1 = a.client().await;
     let _c2 = b.client().await;
     let _c3 = b.client().await;
@@ -367,10 +371,7 @@ async fn after_a_redis_restart_subscribers_are_told_and_recover_without_a_gap() 
     let Some(redis) = Redis::start_on(port, Some(data.path())) else {
         return;
     };
-    let url = redis.url();
-    let a = TestServer::start_with(move |c| {
-        c.broker.kind = "redis".into();
-        c.broker.url = herald_server::config::Secret(url);
+    let a = node_with(&redis, |c| {
         c.broker.timeout_ms = 500;
         c.channels.history_size = 100;
     })
@@ -448,18 +449,16 @@ async fn after_a_redis_restart_subscribers_are_told_and_recover_without_a_gap() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_join_leave_across_nodes() {
     let Some(redis) = Redis::start() else { return };
-    let setup = |url: String, name: &'static str| {
+    let setup = |name: &'static str| {
         move |c: &mut herald_server::Config| {
-            c.broker.kind = "redis".into();
-            c.broker.url = herald_server::config::Secret(url);
             c.broker.presence_ttl_secs = 3;
             c.node_name = name.into();
             c.channels.presence = true;
             c.channels.join_leave = true;
         }
     };
-    let a = TestServer::start_with(setup(redis.url(), "node-a")).await;
-    let b = TestServer::start_with(setup(redis.url(), "node-b")).await;
+    let a = node_with(&redis, setup("node-a")).await;
+    let b = node_with(&redis, setup("node-b")).await;
     let mut on_a = a.client().await;
     on_a.subscribe(&["p"]).await.unwrap();
     let mut on_b = b.client().await;
@@ -538,16 +537,14 @@ async fn presence_and_join_leave_across_nodes() {
 async fn clients_and_users_are_messaged_and_kicked_from_any_node() {
     let Some(redis) = Redis::start() else { return };
     const SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
-    let setup = |url: String, name: &'static str| {
+    let setup = |name: &'static str| {
         move |c: &mut herald_server::Config| {
-            c.broker.kind = "redis".into();
-            c.broker.url = herald_server::config::Secret(url);
             c.node_name = name.into();
             c.jwt.hmac_secret = herald_server::config::Secret(SECRET.into());
         }
     };
-    let a = TestServer::start_with(setup(redis.url(), "node-a")).await;
-    let b = TestServer::start_with(setup(redis.url(), "node-b")).await;
+    let a = node_with(&redis, setup("node-a")).await;
+    let b = node_with(&redis, setup("node-b")).await;
     // Both nodes must know each other as live before asking.
     for _ in 0..100 {
         let body = a

@@ -52,6 +52,8 @@ impl Hub {
         }
         let mut seen = std::collections::HashSet::new();
         req.channels.retain(|c| seen.insert(c.clone()));
+        // Channels absent now: if their options keep history, the publication creates them.
+        let mut absent = Vec::new();
         for name in &req.channels {
             let check = |view: &ChannelView| {
                 actor.check_publish(name, view)?;
@@ -66,6 +68,7 @@ impl Hub {
                     if !self.config.auto_create_channels {
                         return Err(not_found(name));
                     }
+                    absent.push(name.clone());
                 }
             }
         }
@@ -78,8 +81,11 @@ impl Hub {
         for name in req.channels {
             // A channel whose options keep history is created by its first publication, so
             // a subscriber that comes (back) later can recover it.
-            let defaults = self.config.defaults_for(&name);
-            let create = (defaults.history_size > 0).then(|| defaults.clone());
+            let create = absent
+                .contains(&name)
+                .then(|| self.config.defaults_for(&name))
+                .filter(|defaults| defaults.history_size > 0)
+                .cloned();
             let publish = Publish {
                 channel: name.clone(),
                 from,
