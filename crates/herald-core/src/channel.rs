@@ -97,6 +97,13 @@ impl Serialize for ChannelName {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for ChannelName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ChannelName::parse(&name).map_err(|e| serde::de::Error::custom(e.message))
+    }
+}
+
 /// Who may subscribe to a channel (`subscribe` in a namespace or an API request).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

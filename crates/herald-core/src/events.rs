@@ -93,6 +93,16 @@ impl EventMask {
         Ok(mask)
     }
 
+    /// The bits, for carrying a mask between nodes.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// A mask carried between nodes (unknown bits dropped).
+    pub fn from_bits(bits: u32) -> EventMask {
+        EventMask(bits & EventMask::ALL.0)
+    }
+
     pub fn contains(self, t: EventType) -> bool {
         self.0 & t.bit() != 0
     }
@@ -103,7 +113,7 @@ impl EventMask {
             .filter(move |t| self.contains(*t))
     }
 
-    fn union(self, other: EventMask) -> EventMask {
+    pub fn union(self, other: EventMask) -> EventMask {
         EventMask(self.0 | other.0)
     }
 }
@@ -225,6 +235,28 @@ impl EventBus {
                 sink.emit(&event);
             }
         }
+        self.to_listeners(&event, push);
+    }
+
+    /// Recomputes what is wanted after a sink's [`EventSink::wants`] changed (a cluster
+    /// relay learning what other nodes' admin connections listen to).
+    pub fn refresh(&self) {
+        let _change = self.changes.lock();
+        self.recompute();
+    }
+
+    /// What this node's admin connections listen to (sinks left out).
+    pub fn listeners_mask(&self) -> EventMask {
+        self.listeners
+            .read()
+            .values()
+            .fold(EventMask::NONE, |m, (_, mask)| m.union(*mask))
+    }
+
+    /// Hands an event to the admin connections that want its type, not to sinks: for events
+    /// that happened on another node of a cluster (that node's sinks had them).
+    pub(crate) fn to_listeners(&self, event: &Event, push: impl Fn(&ClientHandle, Bytes) -> bool) {
+        let kind = event.kind;
         // Listeners are almost always native connections: encode once per format.
         let mut encoded: Vec<(&'static str, Option<Bytes>)> = Vec::new();
         for (client, mask) in self.listeners.read().values() {
@@ -235,7 +267,7 @@ impl EventBus {
             let frame = match encoded.iter().find(|(n, _)| *n == name) {
                 Some((_, f)) => f.clone(),
                 None => {
-                    let f = client.format.event(&event);
+                    let f = client.format.event(event);
                     encoded.push((name, f.clone()));
                     f
                 }

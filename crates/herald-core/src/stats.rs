@@ -53,7 +53,7 @@ impl Stats {
 }
 
 /// A point-in-time view, as served by `GET /api/v1/stats`.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StatsSnapshot {
     /// Nodes whose figures are summed here (1: this node alone).
     #[serde(default)]

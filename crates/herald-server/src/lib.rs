@@ -14,7 +14,7 @@
 //! - [`webhooks`]: lifecycle events POSTed to the configured endpoints as CloudEvents.
 //! - [`limits`]: per-IP, per-user, connection-rate, origin and message-rate limits.
 //! - [`history_store`]: writing channel history to the store in batches, and its sweep.
-//! - [`redis_broker`]: the Redis broker that joins several nodes into one cluster.
+//! - [`cluster`]: several nodes as one: the Redis broker and the control plane between nodes.
 
 pub mod admin;
 pub mod admin_key;
@@ -25,7 +25,7 @@ pub mod history_store;
 pub mod http;
 pub mod jwt;
 pub mod limits;
-pub mod redis_broker;
+pub mod cluster;
 pub mod server;
 pub mod store;
 pub mod tls;

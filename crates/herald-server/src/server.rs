@@ -1,9 +1,7 @@
-//! Server assembly and lifecycle: store → hub → listeners (plain, and TLS when `[tls]` is
-//! set), the accept loops with their TLS handshakes, the keep-alive pinger, and graceful
-//! shutdown (stop accepting, close every connection with 1001, wait for them to go).
-//! Server assembly and lifecycle: store → hub → listener, the keep-alive pinger, the webhook
-//! workers, and graceful shutdown (stop accepting, close every connection with 1001, wait for
-//! them to go, flush webhooks briefly).
+//! Server assembly and lifecycle: listeners (plain, and TLS when `[tls]` is set) → broker and
+//! store → hub, the accept loops with their TLS handshakes, the keep-alive pinger, the
+//! webhook workers, the cluster's tasks, and graceful shutdown (stop accepting, close every
+//! connection with 1001, wait for them to go, flush webhooks briefly).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,8 +40,8 @@ pub struct AppState {
     pub auth_hook: crate::auth_hook::AuthHook,
     /// This node's name (`node_name`, else the host name and the bound port).
     pub node_name: String,
-    /// The Redis broker joining this node to a cluster, if any.
-    pub cluster: Option<Arc<crate::redis_broker::RedisBroker>>,
+    /// The control plane joining this node to a cluster, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AsRef<Hub> for AppState {
@@ -80,30 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let key = admin_key::load_or_generate(&config.admin_key, &config.data_dir)
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let redis = match config.broker.kind.as_str() {
-        "redis" => Some(crate::redis_broker::RedisBroker::connect(&config.broker).await?),
-        _ => None,
-    };
-    let broker: Arc<dyn herald_core::Broker> = match &redis {
-        Some(r) => r.clone(),
-        None => Arc::new(MemoryBroker),
-    };
-    let hub = Hub::new(config.hub_config(), broker, store.clone());
-    if let Some(r) = &redis {
-        hub.registry().set_interest(r.interest());
-    }
-    let restored = hub
-        .restore()
-        .map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
-    let history_writer = if config.history.durable {
-        hub.restore_history()
-            .map_err(|e| anyhow::anyhow!("restoring history: {e}"))?;
-        Some(crate::history_store::start_writer(&hub, store))
-    } else {
-        None
-    };
+    // Bound first: the node's default name is the host name and the bound port.
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -117,6 +92,50 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         None => None,
     };
     let tls_addr = tls_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let node_name = match config.node_name.as_str() {
+        "" => format!("{}:{}", crate::webhooks::hostname(), local_addr.port()),
+        name => name.to_string(),
+    };
+    let mut store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let redis = match config.broker.kind.as_str() {
+        "redis" => {
+            let r = crate::cluster::redis::RedisBroker::connect(&config.broker).await?;
+            r.set_node(&node_name);
+            // Bans and API channels are the cluster's.
+            store = Arc::new(r.shared_store(store, &node_name));
+            Some(r)
+        }
+        _ => None,
+    };
+    let broker: Arc<dyn herald_core::Broker> = match &redis {
+        Some(r) => r.clone(),
+        None => Arc::new(MemoryBroker),
+    };
+    let hub = Hub::new(config.hub_config(), broker, store.clone());
+    let cluster = redis.as_ref().map(|r| {
+        let relay = crate::cluster::relay::Relay::new();
+        hub.events().add_sink(relay.clone());
+        Arc::new(crate::cluster::Cluster::new(
+            r.clone(),
+            node_name.clone(),
+            Duration::from_millis(config.broker.timeout_ms),
+            relay,
+        ))
+    });
+    if let Some(r) = &redis {
+        hub.registry().set_interest(r.interest());
+    }
+    let restored = hub
+        .restore()
+        .map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
+    let history_writer = if config.history.durable {
+        hub.restore_history()
+            .map_err(|e| anyhow::anyhow!("restoring history: {e}"))?;
+        Some(crate::history_store::start_writer(&hub, store))
+    } else {
+        None
+    };
     let subsocket_listener = bind_dialect(&config.dialects.subsocket, "subsocket").await?;
     let eventual_listener = bind_dialect(&config.dialects.eventual, "eventual").await?;
     let simplysocket_listener = bind_dialect(&config.dialects.simplysocket, "simplysocket").await?;
@@ -129,10 +148,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
     let limits = Arc::new(crate::limits::Limits::new(&config));
     let auth_hook = crate::auth_hook::AuthHook::new(&config.auth_hook);
-    let node_name = match config.node_name.as_str() {
-        "" => format!("{}:{}", crate::webhooks::hostname(), local_addr.port()),
-        name => name.to_string(),
-    };
     let state = Arc::new(AppState {
         hub,
         config,
@@ -142,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         limits,
         auth_hook,
         node_name,
-        cluster: redis.clone(),
+        cluster: cluster.clone(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = crate::http::router(state.clone());
@@ -161,21 +176,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )),
     ];
     if let Some(r) = redis {
-        r.set_node(&state.node_name);
-        tasks.push(tokio::spawn(crate::redis_broker::presence_writer(
-            r.clone(),
-            shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(crate::redis_broker::follow(
-            state.clone(),
-            r.clone(),
-            shutdown_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(crate::redis_broker::heartbeat(
-            state.clone(),
-            r,
-            shutdown_rx.clone(),
-        )));
+        use crate::cluster::redis;
+        let down = || shutdown_rx.clone();
+        tasks.push(tokio::spawn(redis::presence_writer(r.clone(), down())));
+        tasks.push(tokio::spawn(redis::follow(state.clone(), r.clone(), down())));
+        tasks.push(tokio::spawn(redis::heartbeat(state.clone(), r, down())));
+    }
+    if let Some(cluster) = cluster {
+        let relay = crate::cluster::relay::send(cluster, shutdown_rx.clone());
+        tasks.push(tokio::spawn(relay));
     }
     if let (Some(listener), Some(acceptor)) = (tls_listener, tls_acceptor) {
         tasks.push(tokio::spawn(accept_loop(

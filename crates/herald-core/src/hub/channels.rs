@@ -124,6 +124,34 @@ impl Hub {
             let key = name.to_string();
             run_blocking(move || store.delete_channel(&key).map(|_| ())).await?;
         }
+        Ok(self.drop_channel(name))
+    }
+
+    /// Puts a channel created or changed on another node of a cluster in place here, without
+    /// storing it (the shared store has it): created, or its options replaced.
+    pub fn apply_channel(&self, record: ChannelRecord) {
+        let Ok(name) = ChannelName::parse(&record.name) else {
+            tracing::warn!("a shared channel with an invalid name was ignored");
+            return;
+        };
+        if self
+            .registry
+            .update_options(&name, record.options.clone())
+            .is_none()
+        {
+            let _ = self.registry.create_persistent(
+                &name,
+                record.options,
+                record.token_hash,
+                record.created_at_ms,
+            );
+        }
+    }
+
+    /// Removes a channel here without touching the store (deleted on another node of a
+    /// cluster, or by [`Hub::delete_channel`]): its subscribers get an `unsubscribed` notice.
+    /// Returns how many subscribers it had.
+    pub fn drop_channel(&self, name: &ChannelName) -> u64 {
         let subscribers = self.registry.remove_channel(name).unwrap_or_default();
         let notice = |c: &Arc<ClientHandle>| c.format.unsubscribed(name, "channel_deleted");
         for client in &subscribers {
@@ -151,7 +179,7 @@ impl Hub {
                 ));
             }
         }
-        Ok(subscribers.len() as u64)
+        subscribers.len() as u64
     }
 
     /// One channel, for `actor` (admin or the channel's token).

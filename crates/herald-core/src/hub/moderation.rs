@@ -156,6 +156,14 @@ impl Hub {
         let store = self.store.clone();
         let record = ban.clone();
         run_blocking(move || store.put_ban(&record)).await?;
+        let disconnected = self.apply_ban(ban.clone());
+        Ok(Banned { disconnected, ban })
+    }
+
+    /// Puts a ban in force on this node without storing it (the store already has it: made
+    /// here by [`Hub::ban`], or on another node of a cluster): closes every local connection
+    /// it covers with 4003 and emits `client.banned`. Returns how many it closed.
+    pub fn apply_ban(&self, ban: BanRecord) -> u64 {
         self.bans.insert(ban.clone());
         let message = ban.message();
         let close = Disconnect::new(DisconnectReason::Banned, close_code::BANNED, message);
@@ -181,10 +189,15 @@ impl Hub {
             let ids = closed.iter().map(|id| Value::from(id.to_string()));
             f.insert("clients".into(), Value::Array(ids.collect()));
         });
-        Ok(Banned {
-            disconnected: closed.len() as u64,
-            ban,
-        })
+        closed.len() as u64
+    }
+
+    /// Lifts a ban on this node without touching the store (lifted on another node of a
+    /// cluster). Unknown ids are ignored.
+    pub fn forget_ban(&self, id: &str) {
+        if let Ok(target) = parse_ban_id(id) {
+            self.bans.remove(&target);
+        }
     }
 
     /// Bans the address or user of client `id` (SubSocket's `ban <uuid> [seconds]`).

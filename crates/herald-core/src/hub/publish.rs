@@ -123,14 +123,25 @@ impl Hub {
             return Err(HeraldError::forbidden("direct messages need the admin key"));
         }
         self.check_payload(data)?;
-        let target = self
-            .registry
-            .client(to)
-            .ok_or_else(|| client_not_found(to))?;
         let from = match actor {
             Actor::Client(c) => Some(c.id),
             _ => None,
         };
+        self.deliver_direct(to, from, data)
+    }
+
+    /// Queues a direct message to a client of this node whose sending was already allowed
+    /// (here by [`Hub::send_direct`], or on the sender's node of a cluster).
+    pub fn deliver_direct(
+        &self,
+        to: ClientId,
+        from: Option<ClientId>,
+        data: &[u8],
+    ) -> Result<(), HeraldError> {
+        let target = self
+            .registry
+            .client(to)
+            .ok_or_else(|| client_not_found(to))?;
         if !self
             .registry
             .push_or_close(&target, target.format.direct(from, data))

@@ -284,6 +284,12 @@ impl Registry {
         });
     }
 
+    /// Hands an event of another node to this node's admin connections that listen to it.
+    pub fn relay_event(&self, event: &crate::events::Event) {
+        self.events
+            .to_listeners(event, |client, frame| self.push_or_close(client, frame));
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

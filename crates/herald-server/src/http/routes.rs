@@ -13,7 +13,7 @@ use herald_core::hub::{
     PresenceList, PresenceStats, PublishRequest,
 };
 use herald_core::stats::StatsSnapshot;
-use herald_core::{Actor, ChannelName, ClientHandle, ClientId, ErrorCode};
+use herald_core::{Actor, ChannelName, ClientId, ErrorCode};
 use herald_protocol::native::Fields;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::admin::{BanBody, CreateChannelBody, KickBody};
-use crate::redis_broker::{Control, NodeInfo};
+use crate::cluster::{Control, NodeInfo};
 use crate::server::AppState;
 
 type St = State<Arc<AppState>>;
@@ -327,9 +327,17 @@ pub async fn get_client(
     State(state): St,
     Caller(actor): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<ClientSummary>> {
-    let client = state.hub.client(&actor, client_param(&id)?)?;
-    Ok(Json(state.hub.client_summary(&client, true)))
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = client_param(&id)?;
+    match state.hub.client(&actor, id) {
+        Ok(client) => Ok(Json(serde_json::json!(state.hub.client_summary(&client, true)))),
+        Err(e) => {
+            let control = Control::Inspect {
+                client: id.to_string(),
+            };
+            Ok(Json(on_owner(&state, &actor, e, control).await?))
+        }
+    }
 }
 
 /// Body of the subscribe and unsubscribe routes.
@@ -350,16 +358,9 @@ pub struct SubscriptionChange {
     pub changed: Vec<ChannelName>,
 }
 
-/// The client a subscription route names, and the channels its body lists.
-fn client_and_channels(
-    state: &AppState,
-    actor: &Actor,
-    id: &str,
-    body: &Result<Bytes, BytesRejection>,
-) -> ApiResult<(Arc<ClientHandle>, Vec<ChannelName>)> {
-    let client = state.hub.client(actor, client_param(id)?)?;
-    let channels = Fields::parse(body_text(body)?)?.channels()?;
-    Ok((client, channels))
+/// The channels a subscription route's body lists.
+fn body_channels(body: &Result<Bytes, BytesRejection>) -> ApiResult<Vec<ChannelName>> {
+    Ok(Fields::parse(body_text(body)?)?.channels()?)
 }
 
 /// Subscribe a client to channels (admin; works on private channels too).
@@ -373,8 +374,21 @@ pub async fn subscribe_client(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SubscriptionChange>> {
-    let (client, channels) = client_and_channels(&state, &actor, &id, &body)?;
-    let changed = state.hub.subscribe(&actor, &client, &channels, None)?;
+    let id = client_param(&id)?;
+    let channels = body_channels(&body)?;
+    let changed = match state.hub.client(&actor, id) {
+        Ok(client) => {
+            state.hub.broker_ready(&channels).await?;
+            state.hub.subscribe(&actor, &client, &channels, None)?
+        }
+        Err(e) => {
+            let control = Control::Subscribe {
+                client: id.to_string(),
+                channels: channels.iter().map(ToString::to_string).collect(),
+            };
+            on_owner(&state, &actor, e, control).await?
+        }
+    };
     Ok(Json(SubscriptionChange { channels, changed }))
 }
 
@@ -389,8 +403,18 @@ pub async fn unsubscribe_client(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SubscriptionChange>> {
-    let (client, channels) = client_and_channels(&state, &actor, &id, &body)?;
-    let changed = state.hub.force_unsubscribe(&client, &channels, "admin")?;
+    let id = client_param(&id)?;
+    let channels = body_channels(&body)?;
+    let changed = match state.hub.client(&actor, id) {
+        Ok(client) => state.hub.force_unsubscribe(&client, &channels, "admin")?,
+        Err(e) => {
+            let control = Control::Unsubscribe {
+                client: id.to_string(),
+                channels: channels.iter().map(ToString::to_string).collect(),
+            };
+            on_owner(&state, &actor, e, control).await?
+        }
+    };
     Ok(Json(SubscriptionChange { channels, changed }))
 }
 
@@ -426,6 +450,7 @@ pub async fn send_to_client(
         Err(e) if e.code == ErrorCode::ClientNotFound && actor.is_admin() => {
             let control = Control::Send {
                 client: id.to_string(),
+                from: None,
                 data: serde_json::from_str(fields.data()?.get())
                     .map_err(|e| ApiError::new(ErrorCode::InvalidJson, e.to_string()))?,
             };
@@ -572,7 +597,7 @@ pub async fn send_to_user(
 
 // ---- bans ---------------------------------------------------------------------------------
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct BanCreated {
     /// The ban: `id`, one of `ip` / `cidr` / `user`, `reason`, `created_at_ms`,
     /// `expires_at_ms`.
@@ -592,14 +617,26 @@ pub async fn create_ban(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<BanCreated>)> {
     let req: BanBody = parse_json(body_text(&body)?)?;
-    let banned = state.hub.ban(&actor, req.request()?).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(BanCreated {
+    let request = req.request()?;
+    let created = match state.hub.ban(&actor, request.clone()).await {
+        Ok(banned) => BanCreated {
             ban: banned.ban.to_json(),
             disconnected: banned.disconnected,
-        }),
-    ))
+        },
+        // A client of another node: that node bans its user or address.
+        Err(e) => match request.target {
+            herald_core::hub::BanSubject::Client(id) => {
+                let control = Control::BanClient {
+                    client: id.to_string(),
+                    duration_secs: request.duration_secs,
+                    reason: request.reason,
+                };
+                on_owner(&state, &actor, e, control).await?
+            }
+            herald_core::hub::BanSubject::Target(_) => return Err(e.into()),
+        },
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -657,11 +694,8 @@ pub async fn stats(State(state): St, Caller(actor): Caller) -> ApiResult<Json<St
         None => Ok(Json(mine)),
         Some(cluster) => {
             // Without the broker, this node's own figures rather than nothing.
-            match cluster
-                .cluster(&state.node_name, mine.clone(), presence_ttl(&state))
-                .await
-            {
-                Ok(nodes) => Ok(Json(crate::redis_broker::sum(&nodes))),
+            match cluster.nodes(mine.clone()).await {
+                Ok(nodes) => Ok(Json(crate::cluster::sum(&nodes).unwrap_or(mine))),
                 Err(e) => {
                     tracing::warn!(error = %e, "stats: this node's only");
                     Ok(Json(mine))
@@ -680,8 +714,21 @@ async fn elsewhere(state: &AppState, control: Control) -> ApiResult<u64> {
     }
 }
 
-fn presence_ttl(state: &AppState) -> std::time::Duration {
-    std::time::Duration::from_secs(state.config.broker.presence_ttl_secs)
+/// An operation on a client this node does not have (`e`: why it failed here): in a cluster,
+/// for admins, the node that has the client carries it out and its answer is returned; else
+/// `e`.
+async fn on_owner<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    actor: &Actor,
+    e: herald_core::HeraldError,
+    control: Control,
+) -> ApiResult<T> {
+    if !actor.is_admin() {
+        return Err(e.into());
+    }
+    let answer = crate::cluster::on_owner(state.cluster.as_deref(), e, control).await?;
+    serde_json::from_value(answer)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("another node's answer: {e}")))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -698,11 +745,7 @@ pub async fn nodes(State(state): St, Caller(actor): Caller) -> ApiResult<Json<No
     let mine = state.hub.stats_snapshot();
     let all = match &state.cluster {
         None => vec![(state.node_name.clone(), mine)],
-        Some(cluster) => {
-            cluster
-                .cluster(&state.node_name, mine, presence_ttl(&state))
-                .await?
-        }
+        Some(cluster) => cluster.nodes(mine).await?,
     };
     Ok(Json(NodeList {
         nodes: all

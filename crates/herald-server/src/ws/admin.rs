@@ -34,14 +34,30 @@ pub async fn execute(
             let mask = EventMask::parse(req.types.iter().map(String::as_str))
                 .map_err(|bad| HeraldError::bad_request(format!("unknown event type {bad:?}")))?;
             hub.listen_events(actor, client, mask)?;
+            // The other nodes relay their events once they know someone here listens.
+            if let Some(cluster) = &state.cluster {
+                let mask = hub.events().listeners_mask().bits();
+                let notice = crate::cluster::Control::Listening { mask };
+                if let Err(e) = Box::pin(cluster.notify(notice)).await {
+                    tracing::warn!(error = %e.message, "cluster: other nodes' events not asked for");
+                }
+            }
             let types: Vec<_> = mask.types().map(|t| t.as_str()).collect();
             Ok(json!({ "types": types }))
         }
         "clients" => Ok(json!({ "clients": hub.clients(actor)? })),
         "client" => {
             let req: ClientBody = fields(text)?;
-            let target = hub.client(actor, ClientId::parse(&req.client)?)?;
-            Ok(serde_json::to_value(hub.client_summary(&target, true)).unwrap_or_default())
+            let id = ClientId::parse(&req.client)?;
+            match hub.client(actor, id) {
+                Ok(target) => Ok(json!(hub.client_summary(&target, true))),
+                Err(e) => {
+                    let control = crate::cluster::Control::Inspect {
+                        client: id.to_string(),
+                    };
+                    elsewhere(state, e, control).await
+                }
+            }
         }
         "channels" => Ok(json!({ "channels": hub.channels(actor)? })),
         "channel" => {
@@ -80,11 +96,35 @@ pub async fn execute(
                 (Some(id), None) => {
                     let id = ClientId::parse(&id)?;
                     let code = disconnect.code;
-                    hub.kick(actor, id, disconnect)?;
+                    if let Err(e) = hub.kick(actor, id, disconnect.clone()) {
+                        let control = crate::cluster::Control::Kick {
+                            client: id.to_string(),
+                            code,
+                            reason: disconnect.message,
+                        };
+                        if e.code != herald_core::ErrorCode::ClientNotFound
+                            || state.cluster.is_none()
+                            || !actor.is_admin()
+                        {
+                            return Err(e);
+                        }
+                        let cluster = state.cluster.as_ref().expect("checked");
+                        if Box::pin(cluster.on_other_nodes(control)).await? == 0 {
+                            return Err(e);
+                        }
+                    }
                     Ok(json!({ "disconnected": id.to_string(), "code": code }))
                 }
                 (None, Some(user)) => {
-                    let disconnected = hub.kick_user(actor, &user, disconnect)?;
+                    let mut disconnected = hub.kick_user(actor, &user, disconnect.clone())?;
+                    if let Some(cluster) = &state.cluster {
+                        let control = crate::cluster::Control::KickUser {
+                            user: user.clone(),
+                            code: disconnect.code,
+                            reason: disconnect.message,
+                        };
+                        disconnected += Box::pin(cluster.on_other_nodes(control)).await?;
+                    }
                     Ok(json!({ "user": user, "disconnected": disconnected }))
                 }
                 _ => Err(HeraldError::bad_request(
@@ -103,8 +143,24 @@ pub async fn execute(
         }
         "ban" => {
             let req: BanBody = fields(text)?;
-            let banned = hub.ban(actor, req.request()?).await?;
-            Ok(json!({ "ban": banned.ban.to_json(), "disconnected": banned.disconnected }))
+            let request = req.request()?;
+            match hub.ban(actor, request.clone()).await {
+                Ok(banned) => {
+                    Ok(json!({ "ban": banned.ban.to_json(), "disconnected": banned.disconnected }))
+                }
+                // A client of another node: that node bans its user or address.
+                Err(e) => match request.target {
+                    herald_core::hub::BanSubject::Client(id) if actor.is_admin() => {
+                        let control = crate::cluster::Control::BanClient {
+                            client: id.to_string(),
+                            duration_secs: request.duration_secs,
+                            reason: request.reason,
+                        };
+                        elsewhere(state, e, control).await
+                    }
+                    _ => Err(e),
+                },
+            }
         }
         "unban" => {
             let req: UnbanBody = fields(text)?;
@@ -188,4 +244,14 @@ struct KickTarget {
     user: Option<String>,
     reason: Option<String>,
     reconnect: Option<bool>,
+}
+
+/// An op on a client this node does not have (`e`): in a cluster, carried out by the node
+/// that has it.
+async fn elsewhere(
+    state: &AppState,
+    e: HeraldError,
+    control: crate::cluster::Control,
+) -> Result<serde_json::Value, HeraldError> {
+    Box::pin(crate::cluster::on_owner(state.cluster.as_deref(), e, control)).await
 }

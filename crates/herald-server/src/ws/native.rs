@@ -2,6 +2,7 @@
 //! operation and its reply. The HTTP API calls the same hub operations, so codes and rules
 //! match.
 
+use crate::cluster::Control;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -133,7 +134,18 @@ impl<'a> Session<'a> {
                 client,
                 recover,
             } => {
-                let target = self.target(client)?;
+                let target = match self.target(client) {
+                    Ok(target) => target,
+                    // An admin subscribing a client of another node.
+                    Err(e) => {
+                        let control = Control::Subscribe {
+                            client: client.map(|c| c.to_string()).unwrap_or_default(),
+                            channels: channels.iter().map(ToString::to_string).collect(),
+                        };
+                        let changed = self.elsewhere(e, control).await?;
+                        return Ok(json!({ "channels": channels, "changed": changed }));
+                    }
+                };
                 // Who vouches for the subscription: a JWT subscription token or the app
                 // backend (on their authority, private channels too), else the client itself.
                 let (actor, token) = match token.as_deref() {
@@ -203,11 +215,17 @@ impl<'a> Session<'a> {
             }
             Op::Unsubscribe { channels, client } => {
                 let changed = match client {
-                    None => hub.unsubscribe(self.client, &channels)?,
-                    Some(_) => {
-                        let target = self.target(client)?;
-                        hub.force_unsubscribe(&target, &channels, "admin")?
-                    }
+                    None => json!(hub.unsubscribe(self.client, &channels)?),
+                    Some(id) => match self.target(client) {
+                        Ok(target) => json!(hub.force_unsubscribe(&target, &channels, "admin")?),
+                        Err(e) => {
+                            let control = Control::Unsubscribe {
+                                client: id.to_string(),
+                                channels: channels.iter().map(ToString::to_string).collect(),
+                            };
+                            self.elsewhere(e, control).await?
+                        }
+                    },
                 };
                 Ok(json!({ "channels": channels, "changed": changed }))
             }
@@ -233,11 +251,26 @@ impl<'a> Session<'a> {
             }
             Op::Send { to, data } => match to {
                 Recipient::Client(id) => {
-                    hub.send_direct(&self.actor, id, data.get().as_bytes())?;
+                    if let Err(e) = hub.send_direct(&self.actor, id, data.get().as_bytes()) {
+                        // A client of another node: the message was allowed here.
+                        let control = Control::Send {
+                            client: id.to_string(),
+                            from: Some(self.client.id.to_string()),
+                            data: data.to_owned(),
+                        };
+                        self.elsewhere(e, control).await?;
+                    }
                     Ok(json!({ "sent": true }))
                 }
                 Recipient::User(user) => {
-                    let sent = hub.send_to_user(&self.actor, &user, data.get().as_bytes())?;
+                    let mut sent = hub.send_to_user(&self.actor, &user, data.get().as_bytes())?;
+                    if let Some(cluster) = &self.state.cluster {
+                        let control = Control::SendUser {
+                            user: user.clone(),
+                            data: data.to_owned(),
+                        };
+                        sent += Box::pin(cluster.on_other_nodes(control)).await?;
+                    }
                     Ok(json!({ "sent": sent > 0, "connections": sent }))
                 }
             },
@@ -273,6 +306,16 @@ impl<'a> Session<'a> {
         };
         let user = target.user().map(|u| u.as_ref());
         crate::auth::verify_subscription(self.state, token, channel, user)
+    }
+
+    /// An op on a client this node does not have (`e`): in a cluster, carried out by the
+    /// node that has it.
+    async fn elsewhere(
+        &self,
+        e: HeraldError,
+        control: Control,
+    ) -> Result<serde_json::Value, HeraldError> {
+        Box::pin(crate::cluster::on_owner(self.state.cluster.as_deref(), e, control)).await
     }
 
     /// The client an op acts on: itself, or (admins) the one named by `client`.

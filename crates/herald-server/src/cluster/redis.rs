@@ -18,9 +18,10 @@
 //!
 //! Keys: `<prefix>:ch:<channel>` (hash: `epoch`, `offset`; expires a day after the channel's
 //! last publication, or its history's time to live if longer), `<prefix>:hist:<channel>` (list
-//! of `offset\ntime_ms\nenvelope`) and the Redis channel `<prefix>:pub:<channel>`. What is not
-//! here yet (docs/scaling.md): presence and admin operations across nodes, Sentinel and
-//! Cluster, NATS.
+//! of `offset\ntime_ms\nenvelope`), `<prefix>:presence:<channel>` (hash: client → record),
+//! `<prefix>:nodes` (hash: node → report), and the Redis channels `<prefix>:pub:<channel>`,
+//! `<prefix>:ctl` (control messages to every node) and `<prefix>:node:<name>` (answers to one
+//! node). This module is also the cluster's [`ControlPlane`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,12 +31,14 @@ use futures_util::StreamExt;
 use herald_core::broker::{BoxFuture, Broker, Interest, Publish, Published};
 use herald_core::history::Entry;
 use herald_core::hub::Registry;
-use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message};
+use herald_core::{ChannelName, ClientId, HeraldError, Message};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::control::{self, ControlRequest};
+use super::{ControlPlane, Report, unavailable};
 use crate::config::BrokerConfig;
 use crate::server::AppState;
 
@@ -130,62 +133,6 @@ pub struct RedisBroker {
     /// The name and a random id of this start: what presence entries are tagged with.
     instance: std::sync::OnceLock<String>,
     presence_ttl: Duration,
-    /// Admin operations sent to the other nodes, waiting for their answers: by request id,
-    /// the answers' total and how many nodes answered.
-    pending: Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<u64>>>,
-    next_request: std::sync::atomic::AtomicU64,
-}
-
-/// An admin operation that names a client or a user, carried out by whichever node has them.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Control {
-    Kick {
-        client: String,
-        code: u16,
-        reason: String,
-    },
-    KickUser {
-        user: String,
-        code: u16,
-        reason: String,
-    },
-    Send {
-        client: String,
-        data: Box<RawValue>,
-    },
-    SendUser {
-        user: String,
-        data: Box<RawValue>,
-    },
-}
-
-/// Removes a waiting control request when dropped.
-struct Forget<'a>(
-    &'a Mutex<std::collections::HashMap<u64, mpsc::UnboundedSender<u64>>>,
-    u64,
-);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut pending) = self.0.lock() {
-            pending.remove(&self.1);
-        }
-    }
-}
-
-/// A control request on the wire: the operation (`{"<op>":{...}}`), its id and who asks.
-#[derive(Serialize, Deserialize)]
-struct ControlRequest {
-    id: u64,
-    from: String,
-    control: Control,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ControlAnswer {
-    id: u64,
-    count: u64,
 }
 
 /// A local subscriber of a channel with presence came or went.
@@ -206,13 +153,6 @@ struct PresenceRecord {
     user: Option<String>,
     #[serde(default)]
     node: String,
-}
-
-fn unavailable(what: impl std::fmt::Display) -> HeraldError {
-    HeraldError::new(
-        ErrorCode::BrokerUnavailable,
-        format!("the broker (Redis) is unavailable: {what}"),
-    )
 }
 
 /// `redis://user:password@host/` with the password hidden, for messages.
@@ -258,8 +198,6 @@ impl RedisBroker {
             node: std::sync::OnceLock::new(),
             instance: std::sync::OnceLock::new(),
             presence_ttl: Duration::from_secs(config.presence_ttl_secs),
-            pending: Mutex::new(std::collections::HashMap::new()),
-            next_request: std::sync::atomic::AtomicU64::new(1),
         }))
     }
 
@@ -286,98 +224,81 @@ impl RedisBroker {
         format!("{}:node:{node}", self.prefix)
     }
 
-    /// Has every other live node carry out `control` and returns the sum of what they did
-    /// (connections kicked, messages queued). Waits for every live node's answer, at most
-    /// `timeout_ms`; a node that does not answer in time counts nothing.
-    pub async fn on_other_nodes(&self, control: Control) -> Result<u64, HeraldError> {
-        let me = self.node.get().cloned().unwrap_or_default();
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    /// The redis client and settings the shared store uses.
+    pub fn shared_store(
+        &self,
+        local: Arc<dyn herald_core::Store>,
+        node: &str,
+    ) -> super::shared::SharedStore {
+        super::shared::SharedStore::new(local, self.client.clone(), self.timeout, &self.prefix, node)
+    }
+
+    async fn publish_to(&self, topic: String, json: String) -> Result<(), HeraldError> {
         let mut conn = self.conn.clone();
-        let others = self
-            .live_nodes(&mut conn)
-            .await?
-            .into_iter()
-            .filter(|(name, _)| *name != me)
-            .count();
-        if others == 0 {
-            return Ok(0);
-        }
-        let id = self
-            .next_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(id, tx);
-        }
-        // Removed however this ends, a request dropped half-way (its HTTP client left) too.
-        let _forget = Forget(&self.pending, id);
-        let request = ControlRequest {
-            id,
-            from: me,
-            control,
-        };
-        let json =
-            serde_json::to_string(&request).map_err(|e| HeraldError::internal(e.to_string()))?;
-        let sent = tokio::time::timeout(
+        match tokio::time::timeout(
             self.timeout,
-            redis::cmd("PUBLISH")
-                .arg(self.control_topic())
-                .arg(json)
-                .query_async::<u64>(&mut conn),
+            redis::cmd("PUBLISH").arg(topic).arg(json).query_async::<u64>(&mut conn),
         )
-        .await;
-        let mut total = 0;
-        if matches!(sent, Ok(Ok(_))) {
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            let mut answered = 0;
-            while answered < others {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(count)) => {
-                        total += count;
-                        answered += 1;
-                    }
-                    _ => break,
-                }
-            }
-        }
-        match sent {
-            Ok(Ok(_)) => Ok(total),
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unavailable(e)),
             Err(_) => Err(unavailable(format!("no answer within {:?}", self.timeout))),
         }
     }
 
-    fn presence_key(&self, channel: &ChannelName) -> String {
-        format!("{}:presence:{channel}", self.prefix)
-    }
-
-    /// The nodes that reported within the presence time to live, this one too: (name,
-    /// instance).
-    async fn live_nodes(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> Result<Vec<(String, String)>, HeraldError> {
+    /// Every node that reported within the presence time to live (this one once it has
+    /// reported); older reports (a node that died) are deleted.
+    async fn live_nodes(&self) -> Result<Vec<(String, Report)>, HeraldError> {
+        let mut conn = self.conn.clone();
         let all: Vec<(String, String)> = tokio::time::timeout(
             self.timeout,
             redis::cmd("HGETALL")
                 .arg(self.nodes_key())
-                .query_async(conn),
+                .query_async(&mut conn),
         )
         .await
         .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
         .map_err(unavailable)?;
         let now = herald_core::client::now_ms();
-        let mut live: Vec<(String, String)> = all
-            .into_iter()
-            .filter_map(|(name, json)| {
-                let r = serde_json::from_str::<Report>(&json).ok()?;
-                (now.saturating_sub(r.at_ms) <= self.presence_ttl.as_millis() as u64)
-                    .then_some((name, r.instance))
-            })
-            .collect();
-        if let (Some(me), Some(instance)) = (self.node.get(), self.instance.get()) {
-            live.push((me.clone(), instance.clone()));
+        let mut live = Vec::new();
+        for (name, json) in all {
+            match serde_json::from_str::<Report>(&json) {
+                Ok(r) if now.saturating_sub(r.at_ms) <= self.presence_ttl.as_millis() as u64 => {
+                    live.push((name, r));
+                }
+                _ => {
+                    let _: Result<(), _> = redis::cmd("HDEL")
+                        .arg(self.nodes_key())
+                        .arg(&name)
+                        .query_async(&mut conn)
+                        .await;
+                }
+            }
+        }
+        // This node before its first report.
+        if let (Some(me), Some(instance)) = (self.node.get(), self.instance.get())
+            && !live.iter().any(|(name, _)| name == me)
+        {
+            live.push((
+                me.clone(),
+                Report {
+                    at_ms: now,
+                    instance: instance.clone(),
+                    stats: herald_core::stats::StatsSnapshot::default(),
+                    listening: 0,
+                },
+            ));
         }
         Ok(live)
+    }
+
+    fn presence_key(&self, channel: &ChannelName) -> String {
+        format!("{}:presence:{channel}", self.prefix)
     }
 
     async fn presence_now(
@@ -385,7 +306,12 @@ impl RedisBroker {
         channel: &ChannelName,
     ) -> Result<Option<Vec<herald_core::broker::Present>>, HeraldError> {
         let mut conn = self.conn.clone();
-        let live = self.live_nodes(&mut conn).await?;
+        let live: Vec<String> = self
+            .live_nodes()
+            .await?
+            .into_iter()
+            .map(|(_, report)| report.instance)
+            .collect();
         let key = self.presence_key(channel);
         let entries: Vec<(String, String)> = tokio::time::timeout(
             self.timeout,
@@ -397,7 +323,7 @@ impl RedisBroker {
         let mut present = Vec::new();
         for (field, json) in entries {
             let record = serde_json::from_str::<PresenceRecord>(&json).ok();
-            match record.filter(|r| live.iter().any(|(_, instance)| *instance == r.node)) {
+            match record.filter(|r| live.contains(&r.node)) {
                 Some(r) => {
                     if let Ok(id) = ClientId::parse(&r.client) {
                         present.push((id, r.user));
@@ -593,6 +519,22 @@ impl Interest for Interested {
     }
 }
 
+impl ControlPlane for RedisBroker {
+    fn broadcast(&self, json: String) -> BoxFuture<'_, Result<(), HeraldError>> {
+        Box::pin(self.publish_to(self.control_topic(), json))
+    }
+
+    fn answer(&self, node: String, json: String) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.publish_to(self.answer_topic(&node), json).await;
+        })
+    }
+
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<(String, Report)>, HeraldError>> {
+        Box::pin(self.live_nodes())
+    }
+}
+
 /// Writes this node's presence changes to Redis in order (batched), and publishes join/leave
 /// notices for the other nodes, until `shutdown`.
 pub async fn presence_writer(broker: Arc<RedisBroker>, mut shutdown: watch::Receiver<bool>) {
@@ -704,10 +646,12 @@ pub async fn follow(
                 },
                 message = stream.next() => match message {
                     Some(m) if m.get_channel_name() == control_topic => {
-                        carry_out(&state, &broker, m.get_payload_bytes());
+                        control(&state, m.get_payload_bytes()).await;
                     }
                     Some(m) if m.get_channel_name() == answer_topic => {
-                        take_answer(&broker, m.get_payload_bytes());
+                        if let Some(cluster) = &state.cluster {
+                            cluster.take_answer(m.get_payload_bytes());
+                        }
                     }
                     Some(m) => deliver(registry, &instance, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
                     None => ok = false,
@@ -719,84 +663,26 @@ pub async fn follow(
     }
 }
 
-/// Carries out another node's control request here and answers it (also with 0: the asking
-/// node waits for every live node).
-fn carry_out(state: &Arc<AppState>, broker: &Arc<RedisBroker>, payload: &[u8]) {
+/// A control message from another node: a notice is applied at once, in order; a request
+/// is carried out on its own task (it may wait) and answered.
+async fn control(state: &Arc<AppState>, payload: &[u8]) {
     let Ok(request) = serde_json::from_slice::<ControlRequest>(payload) else {
-        tracing::warn!("broker: malformed control request dropped");
+        tracing::warn!("broker: malformed control message dropped");
         return;
     };
-    if Some(&request.from) == broker.node.get() {
-        return; // Our own: done locally before asking.
+    let from = request.from.clone();
+    if request.id == 0 {
+        control::carry_out(state, request).await;
+        return;
     }
-    let hub = &state.hub;
-    let admin = herald_core::Actor::Admin;
-    let count = match &request.control {
-        Control::Kick {
-            client,
-            code,
-            reason,
-        } => ClientId::parse(client)
-            .ok()
-            .and_then(|id| {
-                let d = herald_core::Disconnect::new(
-                    herald_core::DisconnectReason::Kicked,
-                    *code,
-                    reason.clone(),
-                );
-                hub.kick(&admin, id, d).ok()
-            })
-            .map_or(0, |()| 1),
-        Control::KickUser { user, code, reason } => {
-            let d = herald_core::Disconnect::new(
-                herald_core::DisconnectReason::Kicked,
-                *code,
-                reason.clone(),
-            );
-            hub.kick_user(&admin, user, d).unwrap_or(0)
-        }
-        Control::Send { client, data } => ClientId::parse(client)
-            .ok()
-            .and_then(|id| {
-                hub.send_direct(&admin, id, data.to_string().as_bytes())
-                    .ok()
-            })
-            .map_or(0, |()| 1),
-        Control::SendUser { user, data } => hub
-            .send_to_user(&admin, user, data.to_string().as_bytes())
-            .unwrap_or(0),
-    };
-    let answer = ControlAnswer {
-        id: request.id,
-        count,
-    };
-    let topic = broker.answer_topic(&request.from);
-    let broker = broker.clone();
+    let state = state.clone();
     tokio::spawn(async move {
-        let Ok(json) = serde_json::to_string(&answer) else {
-            return;
-        };
-        let mut conn = broker.conn.clone();
-        let _ = tokio::time::timeout(
-            broker.timeout,
-            redis::cmd("PUBLISH")
-                .arg(&topic)
-                .arg(json)
-                .query_async::<u64>(&mut conn),
-        )
-        .await;
+        if let Some(answer) = control::carry_out(&state, request).await
+            && let Some(cluster) = &state.cluster
+        {
+            cluster.reply(from, answer);
+        }
     });
-}
-
-fn take_answer(broker: &RedisBroker, payload: &[u8]) {
-    let Ok(answer) = serde_json::from_slice::<ControlAnswer>(payload) else {
-        return;
-    };
-    if let Ok(pending) = broker.pending.lock()
-        && let Some(tx) = pending.get(&answer.id)
-    {
-        let _ = tx.send(answer.count);
-    }
 }
 
 /// After the backplane came back: every local subscriber of a followed channel is
@@ -872,72 +758,6 @@ fn deliver(registry: &Registry, me: &str, topic_prefix: &str, topic: &str, paylo
     }
 }
 
-/// One node of the cluster, as `GET /api/v1/nodes` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct NodeInfo {
-    pub name: String,
-    pub connections: u64,
-    pub subscriptions: u64,
-    pub uptime_seconds: u64,
-}
-
-/// What a node reports in `<prefix>:nodes`.
-#[derive(Serialize, Deserialize)]
-struct Report {
-    at_ms: u64,
-    /// The node's name and a random id of this start (`name#id`): presence entries of an
-    /// earlier start of a node with the same name are not taken for live ones.
-    #[serde(default)]
-    instance: String,
-    stats: herald_core::stats::StatsSnapshot,
-}
-
-impl RedisBroker {
-    fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-
-    /// Every node's last report within `ttl`, this node's own figures first as given; reports
-    /// older than `ttl` (a node that died) are deleted.
-    pub async fn cluster(
-        &self,
-        me: &str,
-        mine: herald_core::stats::StatsSnapshot,
-        ttl: Duration,
-    ) -> Result<Vec<(String, herald_core::stats::StatsSnapshot)>, HeraldError> {
-        let mut conn = self.conn.clone();
-        let all: Vec<(String, String)> = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("HGETALL")
-                .arg(self.nodes_key())
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| unavailable(format!("no answer within {:?}", self.timeout)))?
-        .map_err(unavailable)?;
-        let now = herald_core::client::now_ms();
-        let mut out = vec![(me.to_string(), mine)];
-        for (name, json) in all {
-            if name == me {
-                continue;
-            }
-            match serde_json::from_str::<Report>(&json) {
-                Ok(r) if now.saturating_sub(r.at_ms) <= ttl.as_millis() as u64 => {
-                    out.push((name, r.stats))
-                }
-                _ => {
-                    let _: Result<(), _> = redis::cmd("HDEL")
-                        .arg(self.nodes_key())
-                        .arg(&name)
-                        .query_async(&mut conn)
-                        .await;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// Reports this node's figures to the cluster every third of `presence_ttl_secs`, and takes
 /// them back at shutdown, so other nodes list it while it lives and forget it within the time
 /// to live after it dies.
@@ -953,6 +773,7 @@ pub async fn heartbeat(
             at_ms: herald_core::client::now_ms(),
             instance: broker.instance.get().cloned().unwrap_or_default(),
             stats: state.hub.stats_snapshot(),
+            listening: state.hub.events().listeners_mask().bits(),
         };
         if let Ok(json) = serde_json::to_string(&report) {
             let mut conn = broker.conn.clone();
@@ -968,6 +789,10 @@ pub async fn heartbeat(
             if !matches!(sent, Ok(Ok(()))) {
                 tracing::warn!("broker: could not report this node to the cluster");
             }
+        }
+        // What the other nodes' admin connections listen to, for the event relay.
+        if let (Some(cluster), Ok(nodes)) = (&state.cluster, broker.live_nodes().await) {
+            cluster.relay.reported(&state.hub, &state.node_name, &nodes);
         }
         tokio::select! {
             _ = shutdown.changed() => {

@@ -1,0 +1,288 @@
+//! Control messages between nodes: requests one node asks the others to carry out, notices
+//! every node applies, and how this node carries each out ([`carry_out`]).
+//!
+//! A request names an operation on a client or user the asking node does not have (or not
+//! only it): every live node answers, the ones without that client with a count of 0. A
+//! notice (request id 0) tells of a change every node applies to its own state and is not
+//! answered. Policy was checked on the asking node; the receiving node acts as the admin.
+
+use std::sync::Arc;
+
+use herald_core::bans::BanRecord;
+use herald_core::events::{Event, EventMask, EventType};
+use herald_core::store::ChannelRecord;
+use herald_core::{Actor, ChannelName, ClientId, Disconnect, DisconnectReason, HeraldError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::server::AppState;
+
+/// An operation for the other nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Close a client's connection (answer: 1 where it was).
+    Kick {
+        client: String,
+        code: u16,
+        reason: String,
+    },
+    /// Close every connection of a user (answer: how many).
+    KickUser {
+        user: String,
+        code: u16,
+        reason: String,
+    },
+    /// A direct message to a client (answer: 1 where it was queued).
+    Send {
+        client: String,
+        #[serde(default)]
+        from: Option<String>,
+        data: Box<RawValue>,
+    },
+    /// A direct message to every connection of a user (answer: how many).
+    SendUser { user: String, data: Box<RawValue> },
+    /// A client's summary, as `GET /api/v1/clients/{id}` shows it.
+    Inspect { client: String },
+    /// Subscribe a client to channels as the admin (answer: the channels that changed).
+    Subscribe {
+        client: String,
+        channels: Vec<String>,
+    },
+    /// Unsubscribe a client (answer: the channels that changed).
+    Unsubscribe {
+        client: String,
+        channels: Vec<String>,
+    },
+    /// Ban a client's user or address (answer: the ban and how many it closed there).
+    BanClient {
+        client: String,
+        duration_secs: Option<u64>,
+        reason: String,
+    },
+    /// Notice: a ban was put in force (kept in the shared store).
+    Banned { ban: BanRecord },
+    /// Notice: a ban was lifted.
+    Unbanned { id: String },
+    /// Notice: an API channel was created or its options replaced.
+    ChannelPut { channel: ChannelRecord },
+    /// Notice: a channel was deleted.
+    ChannelDeleted { name: String },
+    /// Notice: the lifecycle events the sending node's admin connections listen to.
+    Listening { mask: u32 },
+    /// Notice: lifecycle events of the sending node, for admin connections elsewhere.
+    Events { events: Vec<RelayedEvent> },
+}
+
+/// A lifecycle event as it travels to other nodes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelayedEvent {
+    pub event: String,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A control message on the wire: the operation, its id (0: a notice) and who sends it.
+#[derive(Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub id: u64,
+    pub from: String,
+    pub control: Control,
+}
+
+/// One node's answer: what it did (`count`), and for operations on one client the result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Answer {
+    pub id: u64,
+    pub count: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// The error (code and message) where the node had the client but refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<(String, String)>,
+}
+
+impl Answer {
+    fn of(id: u64, result: Option<Result<serde_json::Value, HeraldError>>) -> Answer {
+        match result {
+            None => Answer {
+                id,
+                ..Answer::default()
+            },
+            Some(Ok(value)) => Answer {
+                id,
+                count: 1,
+                value: Some(value),
+                error: None,
+            },
+            Some(Err(e)) => Answer {
+                id,
+                count: 1,
+                value: None,
+                error: Some((e.code.as_str().to_string(), e.message)),
+            },
+        }
+    }
+
+    pub fn into_result(self) -> Result<serde_json::Value, HeraldError> {
+        match self.error {
+            Some((code, message)) => {
+                let code = herald_core::ErrorCode::ALL
+                    .into_iter()
+                    .find(|c| c.as_str() == code)
+                    .unwrap_or(herald_core::ErrorCode::Internal);
+                Err(HeraldError::new(code, message))
+            }
+            None => Ok(self.value.unwrap_or_default()),
+        }
+    }
+}
+
+/// Carries out another node's control message here; returns the answer for a request (`None`
+/// for a notice, or for this node's own message).
+pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option<Answer> {
+    let cluster = state.cluster.as_ref()?;
+    if request.from == cluster.node() {
+        return None; // Our own: done locally before asking.
+    }
+    let hub = &state.hub;
+    let admin = Actor::Admin;
+    let id = request.id;
+    // The client an operation names, if it is here.
+    let local = |client: &str| {
+        ClientId::parse(client)
+            .ok()
+            .and_then(|id| hub.registry().client(id))
+    };
+    let count = |n: u64| {
+        Some(Answer {
+            id,
+            count: n,
+            ..Answer::default()
+        })
+    };
+    match request.control {
+        Control::Kick {
+            client,
+            code,
+            reason,
+        } => {
+            let d = Disconnect::new(DisconnectReason::Kicked, code, reason);
+            let kicked = local(&client).is_some_and(|c| hub.kick(&admin, c.id, d).is_ok());
+            count(u64::from(kicked))
+        }
+        Control::KickUser { user, code, reason } => {
+            let d = Disconnect::new(DisconnectReason::Kicked, code, reason);
+            count(hub.kick_user(&admin, &user, d).unwrap_or(0))
+        }
+        Control::Send { client, from, data } => {
+            let from = from.and_then(|f| ClientId::parse(&f).ok());
+            let sent = local(&client).is_some_and(|c| {
+                hub.deliver_direct(c.id, from, data.get().as_bytes())
+                    .is_ok()
+            });
+            count(u64::from(sent))
+        }
+        Control::SendUser { user, data } => {
+            count(hub.send_to_user(&admin, &user, data.get().as_bytes()).unwrap_or(0))
+        }
+        Control::Inspect { client } => Some(Answer::of(
+            id,
+            local(&client).map(|c| {
+                serde_json::to_value(hub.client_summary(&c, true))
+                    .map_err(|e| HeraldError::internal(e.to_string()))
+            }),
+        )),
+        Control::Subscribe { client, channels } => {
+            let result = match local(&client) {
+                None => None,
+                Some(c) => Some(async {
+                    let channels = parse_channels(&channels)?;
+                    hub.broker_ready(&channels).await?;
+                    let changed = hub.subscribe(&admin, &c, &channels, None)?;
+                    Ok(serde_json::json!(changed))
+                }
+                .await),
+            };
+            Some(Answer::of(id, result))
+        }
+        Control::Unsubscribe { client, channels } => {
+            let result = local(&client).map(|c| {
+                let channels = parse_channels(&channels)?;
+                let changed = hub.force_unsubscribe(&c, &channels, "admin")?;
+                Ok(serde_json::json!(changed))
+            });
+            Some(Answer::of(id, result))
+        }
+        Control::BanClient {
+            client,
+            duration_secs,
+            reason,
+        } => {
+            let result = match local(&client) {
+                None => None,
+                Some(c) => Some(
+                    async {
+                        let request = herald_core::hub::BanRequest {
+                            target: herald_core::hub::BanSubject::Client(c.id),
+                            duration_secs,
+                            reason,
+                        };
+                        let banned = hub.ban(&admin, request).await?;
+                        Ok(serde_json::json!({
+                            "ban": banned.ban.to_json(),
+                            "disconnected": banned.disconnected,
+                        }))
+                    }
+                    .await,
+                ),
+            };
+            Some(Answer::of(id, result))
+        }
+        Control::Banned { ban } => {
+            hub.apply_ban(ban);
+            None
+        }
+        Control::Unbanned { id } => {
+            hub.forget_ban(&id);
+            None
+        }
+        Control::ChannelPut { channel } => {
+            hub.apply_channel(channel);
+            None
+        }
+        Control::ChannelDeleted { name } => {
+            if let Ok(name) = ChannelName::parse(&name) {
+                hub.drop_channel(&name);
+            }
+            None
+        }
+        Control::Listening { mask } => {
+            cluster
+                .relay
+                .listening(hub, &request.from, EventMask::from_bits(mask));
+            None
+        }
+        Control::Events { events } => {
+            for e in events {
+                let Some(kind) = EventType::parse(&e.event) else {
+                    continue;
+                };
+                let mut data = e.data;
+                data.insert("node".into(), request.from.clone().into());
+                hub.registry().relay_event(&Event {
+                    kind,
+                    seq: e.seq,
+                    time_ms: e.time_ms,
+                    data,
+                });
+            }
+            None
+        }
+    }
+}
+
+fn parse_channels(names: &[String]) -> Result<Vec<ChannelName>, HeraldError> {
+    names.iter().map(|n| ChannelName::parse(n)).collect()
+}

@@ -1,0 +1,105 @@
+//! Lifecycle events across nodes: this node's events go to the other nodes whose admin
+//! connections listen to them, and theirs come here (through [`super::control`]).
+//!
+//! [`Relay`] is an event sink whose wanted types are the union of what the other nodes'
+//! admin connections listen to, so a cluster where no admin listens builds no events. A node
+//! tells the others when its admin connections start listening (a `listening` notice) and in
+//! every report; masks of nodes that stop reporting are forgotten with their reports.
+//! Webhooks stay per node: each event is sent once, by the node where it happened.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use herald_core::Hub;
+use herald_core::events::{Event, EventMask, EventSink};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use super::Cluster;
+use super::control::{Control, RelayedEvent};
+
+/// Most events in one notice.
+const BATCH: usize = 256;
+
+pub struct Relay {
+    /// What each other node's admin connections listen to.
+    remote: Mutex<HashMap<String, EventMask>>,
+    wanted: AtomicU32,
+    queue: mpsc::UnboundedSender<RelayedEvent>,
+    /// Taken by [`send`] when it starts.
+    outgoing: Mutex<Option<mpsc::UnboundedReceiver<RelayedEvent>>>,
+}
+
+impl Relay {
+    pub fn new() -> Arc<Relay> {
+        let (queue, outgoing) = mpsc::unbounded_channel();
+        Arc::new(Relay {
+            remote: Mutex::new(HashMap::new()),
+            wanted: AtomicU32::new(0),
+            queue,
+            outgoing: Mutex::new(Some(outgoing)),
+        })
+    }
+
+    /// Another node's admin connections now listen to `mask` (a notice: it may only grow
+    /// until the node's next report).
+    pub fn listening(&self, hub: &Hub, node: &str, mask: EventMask) {
+        let mut remote = self.remote.lock();
+        let known = remote.get(node).copied().unwrap_or_default();
+        remote.insert(node.to_string(), known.union(mask));
+        self.recompute(hub, &remote);
+    }
+
+    /// The live nodes' reports: their masks replace what was known; nodes absent are dropped.
+    pub fn reported(&self, hub: &Hub, me: &str, nodes: &[(String, super::Report)]) {
+        let mut remote = self.remote.lock();
+        remote.clear();
+        for (name, report) in nodes.iter().filter(|(name, _)| name != me) {
+            remote.insert(name.clone(), EventMask::from_bits(report.listening));
+        }
+        self.recompute(hub, &remote);
+    }
+
+    fn recompute(&self, hub: &Hub, remote: &HashMap<String, EventMask>) {
+        let all = remote
+            .values()
+            .fold(EventMask::NONE, |m, mask| m.union(*mask));
+        if self.wanted.swap(all.bits(), Ordering::Relaxed) != all.bits() {
+            hub.events().refresh();
+        }
+    }
+}
+
+impl EventSink for Relay {
+    fn wants(&self) -> EventMask {
+        EventMask::from_bits(self.wanted.load(Ordering::Relaxed))
+    }
+
+    fn emit(&self, event: &Arc<Event>) {
+        let _ = self.queue.send(RelayedEvent {
+            event: event.kind.as_str().to_string(),
+            seq: event.seq,
+            time_ms: event.time_ms,
+            data: event.data.clone(),
+        });
+    }
+}
+
+/// Sends this node's events to the other nodes, in order and batched, until `shutdown`.
+pub async fn send(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
+    let Some(mut rx) = cluster.relay.outgoing.lock().take() else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+        }
+        let events = std::mem::take(&mut batch);
+        if let Err(e) = cluster.notify(Control::Events { events }).await {
+            tracing::warn!(error = %e.message, "cluster: lifecycle events not relayed");
+        }
+    }
+}
