@@ -114,7 +114,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let hub = Hub::new(config.hub_config(), broker, store.clone());
     let cluster = redis.as_ref().map(|r| {
-        let relay = crate::cluster::relay::Relay::new();
+        let ttl = Duration::from_secs(config.broker.presence_ttl_secs);
+        let relay = crate::cluster::relay::Relay::new(ttl);
         hub.events().add_sink(relay.clone());
         Arc::new(crate::cluster::Cluster::new(
             r.clone(),
@@ -179,8 +180,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         use crate::cluster::redis;
         let down = || shutdown_rx.clone();
         tasks.push(tokio::spawn(redis::presence_writer(r.clone(), down())));
-        tasks.push(tokio::spawn(redis::follow(state.clone(), r.clone(), down())));
-        tasks.push(tokio::spawn(redis::heartbeat(state.clone(), r, down())));
+        tasks.push(tokio::spawn(redis::follow(
+            state.clone(),
+            r.clone(),
+            down(),
+        )));
+        tasks.push(tokio::spawn(redis::heartbeat(
+            state.clone(),
+            r.clone(),
+            down(),
+        )));
+        // Serve once the node hears the others (their notices and requests).
+        if !r.hearing().await {
+            tracing::warn!("broker: not yet listening to the cluster; serving anyway");
+        }
     }
     if let Some(cluster) = cluster {
         let relay = crate::cluster::relay::send(cluster, shutdown_rx.clone());

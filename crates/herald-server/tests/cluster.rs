@@ -631,3 +631,281 @@ async fn clients_and_users_are_messaged_and_kicked_from_any_node() {
         .unwrap();
     assert_eq!(kicked["disconnected"], 2);
 }
+
+/// Waits until `node` lists `n` live nodes, so requests to the others are answered.
+async fn until_nodes(node: &TestServer, n: usize) {
+    for _ in 0..250 {
+        let body = node
+            .admin()
+            .request_ok("GET", "/api/v1/nodes", None)
+            .await
+            .unwrap();
+        if body["nodes"].as_array().unwrap().len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the nodes never saw each other");
+}
+
+fn named(name: &'static str) -> impl FnOnce(&mut herald_server::Config) + Send + 'static {
+    move |c: &mut herald_server::Config| {
+        c.node_name = name.into();
+        c.broker.timeout_ms = 1000;
+        c.jwt.hmac_secret = herald_server::config::Secret(JWT_SECRET.into());
+    }
+}
+
+const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
+
+fn user_token(user: &str) -> String {
+    herald_server::jwt::mint(
+        &herald_server::jwt::Claims {
+            sub: user.into(),
+            exp: herald_server::jwt::now_secs() + 60,
+            ..Default::default()
+        },
+        herald_server::jwt::JwtAlgorithm::HS256,
+        JWT_SECRET.as_bytes(),
+    )
+    .unwrap()
+}
+
+/// A ban made on one node closes the user's connections on every node and refuses them on
+/// every node, one started later too; lifted on another node, it is lifted everywhere. An API
+/// channel created on one node is known, with its token, on every node; deleted on another,
+/// its subscribers everywhere are told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_and_api_channels_are_shared_by_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node_with(&redis, named("node-a")).await;
+    let b = node_with(&redis, named("node-b")).await;
+    let token = user_token("eve");
+    let mut on_b = Client::connect(&format!("{}?token={token}", b.ws_url()))
+        .await
+        .unwrap();
+    let ban = a
+        .admin()
+        .request_ok(
+            "POST",
+            "/api/v1/bans",
+            Some(&json!({"user":"eve","reason":"spam"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ban["ban"]["id"], "user:eve", "{ban}");
+    match on_b.next_event(WAIT).await.unwrap() {
+        herald_client::Event::Closed { code, .. } => assert_eq!(code, 4003),
+        other => panic!("{other:?}"),
+    }
+    let refused = Client::connect(&format!("{}?token={token}", b.ws_url())).await;
+    assert!(refused.is_err(), "banned on node b");
+    let bans = b
+        .admin()
+        .request_ok("GET", "/api/v1/bans", None)
+        .await
+        .unwrap();
+    assert_eq!(bans["bans"][0]["id"], "user:eve");
+    // An API channel with its token, made on node a.
+    let created = a
+        .admin()
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"team","subscribe":"private"})),
+        )
+        .await
+        .unwrap();
+    let channel_token = created["token"].as_str().unwrap().to_string();
+    // A node started later has both.
+    let c = node_with(&redis, named("node-c")).await;
+    assert!(
+        Client::connect(&format!("{}?token={token}", c.ws_url()))
+            .await
+            .is_err(),
+        "banned on a node started later"
+    );
+    for node in [&b, &c] {
+        let mut x = node.client().await;
+        let reply = x
+            .request(json!({"op":"subscribe","channel":"team","token":channel_token}))
+            .await
+            .unwrap();
+        assert_eq!(reply["result"]["changed"], json!(["team"]), "{reply}");
+        let mut y = node.client().await;
+        let refused = y
+            .request(json!({"op":"subscribe","channel":"team"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused["error"]["code"], "forbidden",
+            "private without the token: {refused}"
+        );
+        let seen = Api::new(&node.http(), Some(&channel_token))
+            .request_ok("GET", "/api/v1/channels/team", None)
+            .await
+            .unwrap();
+        assert_eq!(seen["name"], "team", "{seen}");
+    }
+    // Deleted on node b: node a's subscriber is told.
+    let mut on_a = a.client().await;
+    on_a.request_ok(json!({"op":"subscribe","channel":"team","token":channel_token}))
+        .await
+        .unwrap();
+    b.admin()
+        .request_ok("DELETE", "/api/v1/channels/team", None)
+        .await
+        .unwrap();
+    let notice = on_a.next_op("unsubscribed", WAIT).await.unwrap();
+    assert_eq!(notice["reason"], "channel_deleted", "{notice}");
+    // Lifted on node c: eve may connect to node a again.
+    c.admin()
+        .request_ok("DELETE", "/api/v1/bans/user:eve", None)
+        .await
+        .unwrap();
+    let mut admitted = false;
+    for _ in 0..100 {
+        if Client::connect(&format!("{}?token={token}", a.ws_url()))
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "the ban was lifted on node a");
+}
+
+/// The operations that name one client work from any node: inspect, subscribe, unsubscribe,
+/// ban (its user), over HTTP and over an admin connection; a client messages a client of
+/// another node directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_another_node_is_inspected_subscribed_banned_and_messaged() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node_with(&redis, |c| {
+        named("node-a")(c);
+        c.channels.client_direct_messages = true;
+    })
+    .await;
+    let b = node_with(&redis, named("node-b")).await;
+    until_nodes(&a, 2).await;
+    until_nodes(&b, 2).await;
+    let token = user_token("bob");
+    let mut x = Client::connect(&format!("{}?token={token}", b.ws_url()))
+        .await
+        .unwrap();
+    let id = x.id().to_string();
+    let api = a.admin();
+    let seen = api
+        .request_ok("GET", &format!("/api/v1/clients/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (seen["id"].as_str(), seen["user"].as_str()),
+        (Some(id.as_str()), Some("bob"))
+    );
+    let changed = api
+        .request_ok(
+            "POST",
+            &format!("/api/v1/clients/{id}/subscribe"),
+            Some(&json!({"channels":["news"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed["changed"], json!(["news"]), "{changed}");
+    api.publish(&["news"], json!("hello")).await.unwrap();
+    assert_eq!(x.next_op("message", WAIT).await.unwrap()["data"], "hello");
+    // Over an admin connection on node a.
+    let mut admin = Client::connect(&format!("{}?token={ADMIN_KEY}", a.ws_url()))
+        .await
+        .unwrap();
+    let inspected = admin
+        .request_ok(json!({"op":"client","client":id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        inspected["result"]["channels"],
+        json!(["news"]),
+        "{inspected}"
+    );
+    let left = admin
+        .request_ok(json!({"op":"unsubscribe","client":id,"channels":["news"]}))
+        .await
+        .unwrap();
+    assert_eq!(left["result"]["changed"], json!(["news"]), "{left}");
+    assert_eq!(
+        x.next_op("unsubscribed", WAIT).await.unwrap()["reason"],
+        "admin"
+    );
+    // A client of node a messages x directly.
+    let mut sender = a.client().await;
+    sender
+        .request_ok(json!({"op":"send","to":id,"data":{"psst":1}}))
+        .await
+        .unwrap();
+    let direct = x.next_op("direct", WAIT).await.unwrap();
+    assert_eq!(
+        (direct["from"].as_str(), &direct["data"]),
+        (Some(sender.id()), &json!({"psst":1}))
+    );
+    let nobody = herald_core::ClientId::random();
+    let missing = sender
+        .request(json!({"op":"send","to":nobody.to_string(),"data":1}))
+        .await
+        .unwrap();
+    assert_eq!(missing["error"]["code"], "client_not_found", "{missing}");
+    // Banned through node a: x (on b) is closed, its user banned everywhere.
+    let banned = admin
+        .request_ok(json!({"op":"ban","client":id,"reason":"no"}))
+        .await
+        .unwrap();
+    assert_eq!(banned["result"]["ban"]["id"], "user:bob", "{banned}");
+    assert_eq!(banned["result"]["disconnected"], 1);
+    match x.next_event(WAIT).await.unwrap() {
+        herald_client::Event::Closed { code, .. } => assert_eq!(code, 4003),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An admin connection hears the lifecycle events of every node, each naming its node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_hear_the_events_of_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node_with(&redis, named("node-a")).await;
+    let b = node_with(&redis, named("node-b")).await;
+    let mut admin = Client::connect(&format!("{}?token={ADMIN_KEY}", a.ws_url()))
+        .await
+        .unwrap();
+    admin
+        .request_ok(json!({"op":"events","types":["client.connected","client.subscribed"]}))
+        .await
+        .unwrap();
+    // Node b learns of the listener through the control channel; until then its events are
+    // not relayed, so connect until one is heard.
+    let mut heard = None;
+    for _ in 0..50 {
+        let mut x = b.client().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Ok(e)) = tokio::time::timeout_at(deadline, admin.next_op("event", WAIT)).await
+        {
+            if e["client"] == x.id() {
+                heard = Some((e, x.id().to_string()));
+                break;
+            }
+        }
+        if heard.is_some() {
+            x.subscribe(&["watched"]).await.unwrap();
+            break;
+        }
+    }
+    let (event, id) = heard.expect("node b's events reach node a's admin connection");
+    assert_eq!(event["type"], "client.connected", "{event}");
+    assert_eq!(event["node"], "node-b", "{event}");
+    let subscribed = admin.next_op("event", WAIT).await.unwrap();
+    assert_eq!(
+        (subscribed["type"].as_str(), subscribed["client"].as_str()),
+        (Some("client.subscribed"), Some(id.as_str())),
+        "{subscribed}"
+    );
+}

@@ -184,9 +184,10 @@ pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option
             });
             count(u64::from(sent))
         }
-        Control::SendUser { user, data } => {
-            count(hub.send_to_user(&admin, &user, data.get().as_bytes()).unwrap_or(0))
-        }
+        Control::SendUser { user, data } => count(
+            hub.send_to_user(&admin, &user, data.get().as_bytes())
+                .unwrap_or(0),
+        ),
         Control::Inspect { client } => Some(Answer::of(
             id,
             local(&client).map(|c| {
@@ -197,13 +198,15 @@ pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option
         Control::Subscribe { client, channels } => {
             let result = match local(&client) {
                 None => None,
-                Some(c) => Some(async {
-                    let channels = parse_channels(&channels)?;
-                    hub.broker_ready(&channels).await?;
-                    let changed = hub.subscribe(&admin, &c, &channels, None)?;
-                    Ok(serde_json::json!(changed))
-                }
-                .await),
+                Some(c) => Some(
+                    async {
+                        let channels = parse_channels(&channels)?;
+                        hub.broker_ready(&channels).await?;
+                        let changed = hub.subscribe(&admin, &c, &channels, None)?;
+                        Ok(serde_json::json!(changed))
+                    }
+                    .await,
+                ),
             };
             Some(Answer::of(id, result))
         }

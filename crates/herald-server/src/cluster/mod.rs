@@ -73,6 +73,8 @@ pub struct Cluster {
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<Answer>>>,
     next_request: AtomicU64,
     pub relay: Arc<relay::Relay>,
+    /// Asks for this node's report to be written now (its admin listeners changed).
+    pub report_now: tokio::sync::Notify,
 }
 
 /// Removes a waiting control request when dropped (also when the asker gave up half-way).
@@ -105,6 +107,7 @@ impl Cluster {
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             relay,
+            report_now: tokio::sync::Notify::new(),
         }
     }
 

@@ -133,6 +133,9 @@ pub struct RedisBroker {
     /// The name and a random id of this start: what presence entries are tagged with.
     instance: std::sync::OnceLock<String>,
     presence_ttl: Duration,
+    /// True once the pub/sub connection listens to the control channels (a node hears the
+    /// cluster before it serves).
+    hearing: watch::Sender<bool>,
 }
 
 /// A local subscriber of a channel with presence came or went.
@@ -198,6 +201,7 @@ impl RedisBroker {
             node: std::sync::OnceLock::new(),
             instance: std::sync::OnceLock::new(),
             presence_ttl: Duration::from_secs(config.presence_ttl_secs),
+            hearing: watch::channel(false).0,
         }))
     }
 
@@ -214,6 +218,15 @@ impl RedisBroker {
         let _ = self.node.set(name.to_string());
         let boot = &herald_core::secret::random_secret()[..8];
         let _ = self.instance.set(format!("{name}#{boot}"));
+    }
+
+    /// Resolves once the node listens to the control channels (at most `timeout_ms`).
+    pub async fn hearing(&self) -> bool {
+        let mut rx = self.hearing.subscribe();
+        matches!(
+            tokio::time::timeout(self.timeout, rx.wait_for(|h| *h)).await,
+            Ok(Ok(_))
+        )
     }
 
     fn control_topic(&self) -> String {
@@ -234,14 +247,23 @@ impl RedisBroker {
         local: Arc<dyn herald_core::Store>,
         node: &str,
     ) -> super::shared::SharedStore {
-        super::shared::SharedStore::new(local, self.client.clone(), self.timeout, &self.prefix, node)
+        super::shared::SharedStore::new(
+            local,
+            self.client.clone(),
+            self.timeout,
+            &self.prefix,
+            node,
+        )
     }
 
     async fn publish_to(&self, topic: String, json: String) -> Result<(), HeraldError> {
         let mut conn = self.conn.clone();
         match tokio::time::timeout(
             self.timeout,
-            redis::cmd("PUBLISH").arg(topic).arg(json).query_async::<u64>(&mut conn),
+            redis::cmd("PUBLISH")
+                .arg(topic)
+                .arg(json)
+                .query_async::<u64>(&mut conn),
         )
         .await
         {
@@ -627,6 +649,7 @@ pub async fn follow(
         backoff = Duration::from_millis(100);
         let mut ok = sink.subscribe(broker.control_topic()).await.is_ok()
             && sink.subscribe(broker.answer_topic(&me)).await.is_ok();
+        broker.hearing.send_replace(ok);
         for channel in registry.occupied_channels() {
             if sink.subscribe(broker.topic(&channel)).await.is_err() {
                 ok = false;
@@ -794,7 +817,14 @@ pub async fn heartbeat(
         if let (Some(cluster), Ok(nodes)) = (&state.cluster, broker.live_nodes().await) {
             cluster.relay.reported(&state.hub, &state.node_name, &nodes);
         }
+        let asked = async {
+            match &state.cluster {
+                Some(cluster) => cluster.report_now.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = asked => {}
             _ = shutdown.changed() => {
                 let mut conn = broker.conn.clone();
                 let _ = tokio::time::timeout(

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use herald_core::Hub;
 use herald_core::events::{Event, EventMask, EventSink};
@@ -22,9 +23,18 @@ use super::control::{Control, RelayedEvent};
 /// Most events in one notice.
 const BATCH: usize = 256;
 
+#[derive(Default)]
+struct Remote {
+    reported: HashMap<String, EventMask>,
+    noticed: HashMap<String, (EventMask, Instant)>,
+}
+
 pub struct Relay {
-    /// What each other node's admin connections listen to.
-    remote: Mutex<HashMap<String, EventMask>>,
+    /// What each other node's admin connections listen to: as its last report said, and as
+    /// its notices since said (kept until its reports have surely caught up).
+    remote: Mutex<Remote>,
+    /// How long a notice counts without a report saying the same (`presence_ttl_secs`).
+    notice_ttl: Duration,
     wanted: AtomicU32,
     queue: mpsc::UnboundedSender<RelayedEvent>,
     /// Taken by [`send`] when it starts.
@@ -32,38 +42,46 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new() -> Arc<Relay> {
+    pub fn new(notice_ttl: Duration) -> Arc<Relay> {
         let (queue, outgoing) = mpsc::unbounded_channel();
         Arc::new(Relay {
-            remote: Mutex::new(HashMap::new()),
+            remote: Mutex::new(Remote::default()),
+            notice_ttl,
             wanted: AtomicU32::new(0),
             queue,
             outgoing: Mutex::new(Some(outgoing)),
         })
     }
 
-    /// Another node's admin connections now listen to `mask` (a notice: it may only grow
-    /// until the node's next report).
+    /// Another node's admin connections now listen to `mask` (a notice: it counts until the
+    /// node's reports have caught up).
     pub fn listening(&self, hub: &Hub, node: &str, mask: EventMask) {
         let mut remote = self.remote.lock();
-        let known = remote.get(node).copied().unwrap_or_default();
-        remote.insert(node.to_string(), known.union(mask));
+        remote
+            .noticed
+            .insert(node.to_string(), (mask, Instant::now()));
         self.recompute(hub, &remote);
     }
 
-    /// The live nodes' reports: their masks replace what was known; nodes absent are dropped.
+    /// The live nodes' reports: their masks replace what was reported before; nodes absent
+    /// are dropped.
     pub fn reported(&self, hub: &Hub, me: &str, nodes: &[(String, super::Report)]) {
         let mut remote = self.remote.lock();
-        remote.clear();
-        for (name, report) in nodes.iter().filter(|(name, _)| name != me) {
-            remote.insert(name.clone(), EventMask::from_bits(report.listening));
-        }
+        remote.reported = nodes
+            .iter()
+            .filter(|(name, _)| name != me)
+            .map(|(name, r)| (name.clone(), EventMask::from_bits(r.listening)))
+            .collect();
+        let ttl = self.notice_ttl;
+        remote.noticed.retain(|_, (_, at)| at.elapsed() < ttl);
         self.recompute(hub, &remote);
     }
 
-    fn recompute(&self, hub: &Hub, remote: &HashMap<String, EventMask>) {
-        let all = remote
-            .values()
+    fn recompute(&self, hub: &Hub, remote: &Remote) {
+        let reported = remote.reported.values();
+        let noticed = remote.noticed.values().map(|(mask, _)| mask);
+        let all = reported
+            .chain(noticed)
             .fold(EventMask::NONE, |m, mask| m.union(*mask));
         if self.wanted.swap(all.bits(), Ordering::Relaxed) != all.bits() {
             hub.events().refresh();

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald_core::Store;
 use herald_core::bans::BanRecord;
 use herald_core::history::HistoryOp;
 use herald_core::store::{ChannelRecord, StoreError, StoredHistory};
-use herald_core::Store;
 use parking_lot::Mutex;
 
 use super::control::{Control, ControlRequest};
@@ -106,12 +106,15 @@ impl SharedStore {
         local: Vec<T>,
         key: impl Fn(&T) -> String,
     ) -> Result<Vec<T>, StoreError> {
-        let all: Vec<(String, String)> = self.with(|c| redis::cmd("HGETALL").arg(self.key(hash)).query(c))?;
+        let all: Vec<(String, String)> =
+            self.with(|c| redis::cmd("HGETALL").arg(self.key(hash)).query(c))?;
         let mut out = Vec::new();
         for (field, json) in &all {
             match serde_json::from_str::<T>(json) {
                 Ok(rec) => out.push(rec),
-                Err(e) => tracing::warn!(field, error = %e, "cluster: a bad shared {hash} record was skipped"),
+                Err(e) => {
+                    tracing::warn!(field, error = %e, "cluster: a bad shared {hash} record was skipped")
+                }
             }
         }
         for rec in local {
@@ -120,7 +123,13 @@ impl SharedStore {
                 continue;
             }
             let json = serde_json::to_string(&rec).map_err(|e| StoreError(e.to_string()))?;
-            self.with(|c| redis::cmd("HSETNX").arg(self.key(hash)).arg(&k).arg(json).query::<()>(c))?;
+            self.with(|c| {
+                redis::cmd("HSETNX")
+                    .arg(self.key(hash))
+                    .arg(&k)
+                    .arg(json)
+                    .query::<()>(c)
+            })?;
             out.push(rec);
         }
         Ok(out)

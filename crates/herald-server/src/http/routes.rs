@@ -330,7 +330,9 @@ pub async fn get_client(
 ) -> ApiResult<Json<serde_json::Value>> {
     let id = client_param(&id)?;
     match state.hub.client(&actor, id) {
-        Ok(client) => Ok(Json(serde_json::json!(state.hub.client_summary(&client, true)))),
+        Ok(client) => Ok(Json(serde_json::json!(
+            state.hub.client_summary(&client, true)
+        ))),
         Err(e) => {
             let control = Control::Inspect {
                 client: id.to_string(),

@@ -36,6 +36,8 @@ pub async fn execute(
             hub.listen_events(actor, client, mask)?;
             // The other nodes relay their events once they know someone here listens.
             if let Some(cluster) = &state.cluster {
+                // In the report too, for nodes that start later.
+                cluster.report_now.notify_one();
                 let mask = hub.events().listeners_mask().bits();
                 let notice = crate::cluster::Control::Listening { mask };
                 if let Err(e) = Box::pin(cluster.notify(notice)).await {
@@ -253,5 +255,10 @@ async fn elsewhere(
     e: HeraldError,
     control: crate::cluster::Control,
 ) -> Result<serde_json::Value, HeraldError> {
-    Box::pin(crate::cluster::on_owner(state.cluster.as_deref(), e, control)).await
+    Box::pin(crate::cluster::on_owner(
+        state.cluster.as_deref(),
+        e,
+        control,
+    ))
+    .await
 }

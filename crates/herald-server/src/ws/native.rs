@@ -315,7 +315,12 @@ impl<'a> Session<'a> {
         e: HeraldError,
         control: Control,
     ) -> Result<serde_json::Value, HeraldError> {
-        Box::pin(crate::cluster::on_owner(self.state.cluster.as_deref(), e, control)).await
+        Box::pin(crate::cluster::on_owner(
+            self.state.cluster.as_deref(),
+            e,
+            control,
+        ))
+        .await
     }
 
     /// The client an op acts on: itself, or (admins) the one named by `client`.
