@@ -4,8 +4,10 @@
 //! hands it to the fan-out of every node. [`MemoryBroker`] is the single-node implementation:
 //! offsets live in the local registry's channel state and the fan-out happens in the same
 //! critical section, so every subscriber sees a channel's publications in offset order.
-//! Redis and NATS brokers (later) get offsets from the backplane and call
-//! [`Registry::deliver_at`](crate::hub::Registry) on each node.
+//! Clustered brokers (herald-server's `cluster` module) carry publications between nodes:
+//! Redis assigns offsets centrally and each node calls
+//! [`Registry::deliver_at`](crate::hub::Registry); NATS carries them and each node sequences
+//! what arrives locally.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -70,6 +72,7 @@ pub trait Broker: Send + Sync + 'static {
     /// (single node).
     fn presence<'a>(
         &'a self,
+        _local: &'a Registry,
         _channel: &'a ChannelName,
     ) -> BoxFuture<'a, Result<Option<Vec<Present>>, HeraldError>> {
         Box::pin(async { Ok(None) })

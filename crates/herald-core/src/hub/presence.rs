@@ -95,7 +95,7 @@ impl Hub {
                 format!("channel {name:?} does not track presence (its presence option is off)"),
             ));
         }
-        if let Some(everywhere) = self.broker.presence(name).await? {
+        if let Some(everywhere) = self.broker.presence(&self.registry, name).await? {
             return Ok(everywhere);
         }
         Ok(channel

@@ -289,3 +289,42 @@ pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option
 fn parse_channels(names: &[String]) -> Result<Vec<ChannelName>, HeraldError> {
     names.iter().map(|n| ChannelName::parse(n)).collect()
 }
+
+/// A control message from another node: a notice is applied at once, in order; a request
+/// is carried out on its own task (it may wait) and answered.
+pub async fn receive(state: &Arc<AppState>, payload: &[u8]) {
+    let Ok(request) = serde_json::from_slice::<ControlRequest>(payload) else {
+        tracing::warn!("cluster: malformed control message dropped");
+        return;
+    };
+    let from = request.from.clone();
+    if request.id == 0 {
+        carry_out(state, request).await;
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        if let Some(answer) = carry_out(&state, request).await
+            && let Some(cluster) = &state.cluster
+        {
+            cluster.reply(from, answer);
+        }
+    });
+}
+
+/// After the backplane came back: every local subscriber of a followed channel is
+/// unsubscribed with the reason `broker_reconnected` (native clients resubscribe with
+/// `recover`; dialects without such a notice see nothing, as when a channel is left).
+pub fn tell_subscribers_to_recover(state: &AppState) {
+    let hub = &state.hub;
+    for name in hub.registry().occupied_channels() {
+        let Some(channel) = hub.registry().lookup(&name) else {
+            continue;
+        };
+        for client in channel.subscribers() {
+            let _ =
+                hub.force_unsubscribe(&client, std::slice::from_ref(&name), "broker_reconnected");
+        }
+    }
+}
+

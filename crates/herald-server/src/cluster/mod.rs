@@ -15,6 +15,7 @@ pub mod control;
 pub mod redis;
 pub mod relay;
 pub mod shared;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,6 +84,14 @@ struct Forget<'a>(&'a Mutex<HashMap<u64, mpsc::UnboundedSender<Answer>>>, u64);
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.0.lock().remove(&self.1);
+    }
+}
+
+/// `redis://user:password@host/` with the password hidden, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_string(),
     }
 }
 

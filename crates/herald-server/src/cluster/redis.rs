@@ -26,19 +26,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::broker::{BoxFuture, Broker, Interest, Publish, Published};
 use herald_core::history::Entry;
 use herald_core::hub::Registry;
 use herald_core::{ChannelName, ClientId, HeraldError, Message};
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::control::{self, ControlRequest};
-use super::{ControlPlane, Report, unavailable};
+use super::control::{receive, tell_subscribers_to_recover};
+use super::wire::{Envelope, PresenceRecord};
+use super::{ControlPlane, Report, redacted, unavailable};
 use crate::config::BrokerConfig;
 use crate::server::AppState;
 
@@ -68,46 +67,9 @@ local nodes = redis.call('PUBLISH', KEYS[2], offset .. '\n' .. epoch .. '\n' .. 
 return {offset, epoch, nodes}
 "#;
 
-/// What follows the offset and epoch in a published message.
-#[derive(Serialize, Deserialize)]
-struct Envelope<'a> {
-    #[serde(default)]
-    from: Option<String>,
-    #[serde(default)]
-    to: Option<Vec<String>>,
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
 /// A channel's position as Redis keeps it (`None` before its first publication).
 type Position = (Option<String>, Option<u64>);
 
-/// A publication's publisher, recipients and data, read back from an envelope.
-type Parsed = (Option<ClientId>, Option<Vec<ClientId>>, Bytes);
-
-impl Envelope<'_> {
-    /// `None` for anything malformed (nothing read from Redis is trusted).
-    fn parse(text: &str) -> Option<Parsed> {
-        let envelope: Envelope = serde_json::from_str(text).ok()?;
-        let from = match &envelope.from {
-            Some(id) => Some(ClientId::parse(id).ok()?),
-            None => None,
-        };
-        let to = match &envelope.to {
-            Some(ids) => Some(
-                ids.iter()
-                    .map(|id| ClientId::parse(id).ok())
-                    .collect::<Option<Vec<_>>>()?,
-            ),
-            None => None,
-        };
-        Some((
-            from,
-            to,
-            Bytes::copy_from_slice(envelope.data.get().as_bytes()),
-        ))
-    }
-}
 
 enum Command {
     Follow(ChannelName),
@@ -146,24 +108,6 @@ struct PresenceChange {
     joined: bool,
     /// Tell the other nodes' subscribers (`join_leave`).
     notify: bool,
-}
-
-/// What a presence entry and a join/leave notice carry.
-#[derive(Serialize, Deserialize)]
-struct PresenceRecord {
-    client: String,
-    #[serde(default)]
-    user: Option<String>,
-    #[serde(default)]
-    node: String,
-}
-
-/// `redis://user:password@host/` with the password hidden, for messages.
-pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
-        _ => url.to_string(),
-    }
 }
 
 impl RedisBroker {
@@ -484,6 +428,7 @@ impl Broker for RedisBroker {
 
     fn presence<'a>(
         &'a self,
+        _local: &'a Registry,
         channel: &'a ChannelName,
     ) -> BoxFuture<'a, Result<Option<Vec<herald_core::broker::Present>>, HeraldError>> {
         Box::pin(self.presence_now(channel))
@@ -669,7 +614,7 @@ pub async fn follow(
                 },
                 message = stream.next() => match message {
                     Some(m) if m.get_channel_name() == control_topic => {
-                        control(&state, m.get_payload_bytes()).await;
+                        receive(&state, m.get_payload_bytes()).await;
                     }
                     Some(m) if m.get_channel_name() == answer_topic => {
                         if let Some(cluster) = &state.cluster {
@@ -683,44 +628,6 @@ pub async fn follow(
         }
         tracing::warn!("broker: lost the pub/sub connection; reconnecting");
         tokio::time::sleep(backoff).await;
-    }
-}
-
-/// A control message from another node: a notice is applied at once, in order; a request
-/// is carried out on its own task (it may wait) and answered.
-async fn control(state: &Arc<AppState>, payload: &[u8]) {
-    let Ok(request) = serde_json::from_slice::<ControlRequest>(payload) else {
-        tracing::warn!("broker: malformed control message dropped");
-        return;
-    };
-    let from = request.from.clone();
-    if request.id == 0 {
-        control::carry_out(state, request).await;
-        return;
-    }
-    let state = state.clone();
-    tokio::spawn(async move {
-        if let Some(answer) = control::carry_out(&state, request).await
-            && let Some(cluster) = &state.cluster
-        {
-            cluster.reply(from, answer);
-        }
-    });
-}
-
-/// After the backplane came back: every local subscriber of a followed channel is
-/// unsubscribed with the reason `broker_reconnected` (native clients resubscribe with
-/// `recover`; dialects without such a notice see nothing, as when a channel is left).
-fn tell_subscribers_to_recover(state: &AppState) {
-    let hub = &state.hub;
-    for name in hub.registry().occupied_channels() {
-        let Some(channel) = hub.registry().lookup(&name) else {
-            continue;
-        };
-        for client in channel.subscribers() {
-            let _ =
-                hub.force_unsubscribe(&client, std::slice::from_ref(&name), "broker_reconnected");
-        }
     }
 }
 
