@@ -80,20 +80,22 @@ impl BrokerConfig {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("broker.{key}: {why}")));
         match self.kind.as_str() {
             "memory" => return Ok(()),
-            "redis" => {}
-            "nats" => {
-                return bad(
-                    "type",
-                    "\"nats\" is not available yet (docs/scaling.md); use \"memory\" or \"redis\"",
-                );
-            }
-            _ => return bad("type", "must be \"memory\" or \"redis\""),
+            "redis" | "nats" => {}
+            _ => return bad("type", "must be \"memory\", \"redis\" or \"nats\""),
         }
         let url = self.url.0.as_str();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let schemes: &[&str] = match self.kind.as_str() {
+            "redis" => &["redis://", "rediss://"],
+            _ => &["nats://", "tls://"],
+        };
+        if !schemes.iter().any(|s| url.starts_with(s)) {
             return bad(
                 "url",
-                "a redis:// or rediss:// URL is required with type = \"redis\"",
+                &format!(
+                    "a {} URL is required with type = {:?}",
+                    schemes.join(" or "),
+                    self.kind
+                ),
             );
         }
         if self.prefix.is_empty()

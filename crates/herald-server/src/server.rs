@@ -98,35 +98,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let mut store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let redis = match config.broker.kind.as_str() {
-        "redis" => {
-            let r = crate::cluster::redis::RedisBroker::connect(&config.broker).await?;
-            r.set_node(&node_name);
-            // Bans and API channels are the cluster's.
-            store = Arc::new(r.shared_store(store, &node_name));
-            Some(r)
-        }
-        _ => None,
-    };
-    let broker: Arc<dyn herald_core::Broker> = match &redis {
-        Some(r) => r.clone(),
+    let backplane = crate::cluster::Backplane::connect(&config.broker, &node_name).await?;
+    if let Some(b) = &backplane {
+        // Bans and API channels are the cluster's.
+        store = b.shared_store(store);
+    }
+    let broker: Arc<dyn herald_core::Broker> = match &backplane {
+        Some(b) => b.broker(),
         None => Arc::new(MemoryBroker),
     };
     let hub = Hub::new(config.hub_config(), broker, store.clone());
-    let cluster = redis.as_ref().map(|r| {
-        let ttl = Duration::from_secs(config.broker.presence_ttl_secs);
-        let relay = crate::cluster::relay::Relay::new(ttl);
-        hub.events().add_sink(relay.clone());
-        Arc::new(crate::cluster::Cluster::new(
-            r.clone(),
-            node_name.clone(),
-            Duration::from_millis(config.broker.timeout_ms),
-            relay,
-        ))
-    });
-    if let Some(r) = &redis {
-        hub.registry().set_interest(r.interest());
-    }
+    let cluster = backplane
+        .as_ref()
+        .map(|b| b.join(&hub, &node_name, &config.broker));
     let restored = hub
         .restore()
         .map_err(|e| anyhow::anyhow!("restoring channels: {e}"))?;
@@ -176,28 +160,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )),
     ];
-    if let Some(r) = redis {
-        use crate::cluster::redis;
-        let down = || shutdown_rx.clone();
-        tasks.push(tokio::spawn(redis::presence_writer(r.clone(), down())));
-        tasks.push(tokio::spawn(redis::follow(
-            state.clone(),
-            r.clone(),
-            down(),
-        )));
-        tasks.push(tokio::spawn(redis::heartbeat(
-            state.clone(),
-            r.clone(),
-            down(),
-        )));
-        // Serve once the node hears the others (their notices and requests).
-        if !r.hearing().await {
-            tracing::warn!("broker: not yet listening to the cluster; serving anyway");
-        }
-    }
-    if let Some(cluster) = cluster {
-        let relay = crate::cluster::relay::send(cluster, shutdown_rx.clone());
-        tasks.push(tokio::spawn(relay));
+    if let Some(b) = backplane {
+        tasks.extend(b.start(&state, &shutdown_rx).await);
     }
     if let (Some(listener), Some(acceptor)) = (tls_listener, tls_acceptor) {
         tasks.push(tokio::spawn(accept_loop(

@@ -60,6 +60,9 @@ pub enum Control {
         duration_secs: Option<u64>,
         reason: String,
     },
+    /// Who is subscribed to a channel here (answer: `[[client, user], ...]`), for presence
+    /// over a backplane that keeps none (NATS).
+    Presence { channel: String },
     /// Notice: a ban was put in force (kept in the shared store).
     Banned { ban: BanRecord },
     /// Notice: a ban was lifted.
@@ -68,7 +71,8 @@ pub enum Control {
     ChannelPut { channel: ChannelRecord },
     /// Notice: a channel was deleted.
     ChannelDeleted { name: String },
-    /// Notice: the lifecycle events the sending node's admin connections listen to.
+    /// The lifecycle events the sending node's admin connections listen to (answered, so the
+    /// listener is told it listens once every live node relays).
     Listening { mask: u32 },
     /// Notice: lifecycle events of the sending node, for admin connections elsewhere.
     Events { events: Vec<RelayedEvent> },
@@ -243,6 +247,22 @@ pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option
             };
             Some(Answer::of(id, result))
         }
+        Control::Presence { channel } => {
+            let here: Vec<(String, Option<String>)> = ChannelName::parse(&channel)
+                .ok()
+                .and_then(|name| hub.registry().lookup(&name))
+                .map(|c| c.subscribers())
+                .unwrap_or_default()
+                .iter()
+                .map(|c| (c.id.to_string(), c.user().map(|u| u.to_string())))
+                .collect();
+            Some(Answer {
+                id,
+                count: here.len() as u64,
+                value: Some(serde_json::json!(here)),
+                error: None,
+            })
+        }
         Control::Banned { ban } => {
             hub.apply_ban(ban);
             None
@@ -265,7 +285,7 @@ pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option
             cluster
                 .relay
                 .listening(hub, &request.from, EventMask::from_bits(mask));
-            None
+            count(0)
         }
         Control::Events { events } => {
             for e in events {
@@ -327,4 +347,3 @@ pub fn tell_subscribers_to_recover(state: &AppState) {
         }
     }
 }
-

@@ -1,6 +1,9 @@
 //! Several nodes as one Herald: what is shared between nodes whatever carries it.
 //!
 //! - [`redis`]: the Redis broker (sequencing, history, presence and the backplane).
+//! - [`nats`]: the NATS broker (the backplane only: order per publishing node, history per
+//!   node).
+//! - [`wire`]: what a publication and a presence record look like between nodes.
 //! - [`control`]: operations one node asks the others to carry out (kick, send, subscribe a
 //!   client it does not have, ...) and notices every node applies (bans, API channels,
 //!   lifecycle events), with how each is carried out on the receiving node.
@@ -9,9 +12,10 @@
 //! - [`relay`]: lifecycle events of this node for the other nodes' admin connections.
 //!
 //! [`Cluster`] is the control plane the HTTP API and connections use: it sends requests and
-//! notices over a [`ControlPlane`] (Redis pub/sub today) and gathers the answers.
+//! notices over a [`ControlPlane`] (Redis pub/sub or NATS subjects) and gathers the answers.
 
 pub mod control;
+pub mod nats;
 pub mod redis;
 pub mod relay;
 pub mod shared;
@@ -27,9 +31,126 @@ use herald_core::stats::StatsSnapshot;
 use herald_core::{ErrorCode, HeraldError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::server::AppState;
 
 pub use control::{Answer, Control, ControlRequest};
+
+/// The broker joining this node to others, as configured in `[broker]`.
+pub enum Backplane {
+    Redis(Arc<redis::RedisBroker>),
+    Nats(Arc<nats::NatsBroker>),
+}
+
+impl Backplane {
+    /// Connects to the configured broker (`None` for `memory`: one node).
+    pub async fn connect(
+        config: &crate::config::BrokerConfig,
+        node: &str,
+    ) -> anyhow::Result<Option<Backplane>> {
+        let backplane = match config.kind.as_str() {
+            "redis" => {
+                let r = redis::RedisBroker::connect(config).await?;
+                r.set_node(node);
+                Backplane::Redis(r)
+            }
+            "nats" => {
+                let n = nats::NatsBroker::connect(config).await?;
+                n.set_node(node);
+                Backplane::Nats(n)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(backplane))
+    }
+
+    pub fn broker(&self) -> Arc<dyn herald_core::Broker> {
+        match self {
+            Backplane::Redis(r) => r.clone(),
+            Backplane::Nats(n) => n.clone(),
+        }
+    }
+
+    /// The store the hub uses: bans and API channels shared where the broker can keep them
+    /// (Redis); NATS keeps nothing, so there each node's own store is used and changes are
+    /// announced to the nodes that are live.
+    pub fn shared_store(&self, local: Arc<dyn herald_core::Store>) -> Arc<dyn herald_core::Store> {
+        match self {
+            Backplane::Redis(r) => Arc::new(r.shared_store(local)),
+            Backplane::Nats(n) => Arc::new(n.announcing_store(local)),
+        }
+    }
+
+    /// Hooks the hub to the broker and makes the cluster's control plane.
+    pub fn join(
+        &self,
+        hub: &herald_core::Hub,
+        node: &str,
+        config: &crate::config::BrokerConfig,
+    ) -> Arc<Cluster> {
+        let relay = relay::Relay::new(Duration::from_secs(config.presence_ttl_secs));
+        hub.events().add_sink(relay.clone());
+        let plane: Arc<dyn ControlPlane> = match self {
+            Backplane::Redis(r) => r.clone(),
+            Backplane::Nats(n) => n.clone(),
+        };
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let cluster = Arc::new(Cluster::new(plane, node.to_string(), timeout, relay));
+        match self {
+            Backplane::Redis(r) => hub.registry().set_interest(r.interest()),
+            Backplane::Nats(n) => {
+                n.set_cluster(&cluster);
+                hub.registry().set_interest(n.interest());
+            }
+        }
+        cluster
+    }
+
+    /// Starts the node's cluster tasks; returns once the node hears the others (at most the
+    /// broker's timeout).
+    pub async fn start(
+        self,
+        state: &Arc<AppState>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let down = || shutdown.clone();
+        let mut tasks = Vec::new();
+        let hearing = match &self {
+            Backplane::Redis(r) => {
+                tasks.push(tokio::spawn(redis::presence_writer(r.clone(), down())));
+                tasks.push(tokio::spawn(redis::follow(
+                    state.clone(),
+                    r.clone(),
+                    down(),
+                )));
+                tasks.push(tokio::spawn(redis::heartbeat(
+                    state.clone(),
+                    r.clone(),
+                    down(),
+                )));
+                r.hearing().await
+            }
+            Backplane::Nats(n) => {
+                tasks.push(tokio::spawn(nats::follow(state.clone(), n.clone(), down())));
+                tasks.push(tokio::spawn(nats::heartbeat(
+                    state.clone(),
+                    n.clone(),
+                    down(),
+                )));
+                n.hearing().await
+            }
+        };
+        if !hearing {
+            tracing::warn!("broker: not yet listening to the cluster; serving anyway");
+        }
+        if let Some(cluster) = &state.cluster {
+            tasks.push(tokio::spawn(relay::send(cluster.clone(), down())));
+        }
+        tasks
+    }
+}
 
 /// How control messages travel between nodes.
 pub trait ControlPlane: Send + Sync + 'static {
@@ -43,7 +164,7 @@ pub trait ControlPlane: Send + Sync + 'static {
 }
 
 /// What a node reports to the cluster every third of `presence_ttl_secs`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub at_ms: u64,
     /// The node's name and a random id of this start (`name#id`): presence entries of an

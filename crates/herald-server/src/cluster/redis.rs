@@ -70,7 +70,6 @@ return {offset, epoch, nodes}
 /// A channel's position as Redis keeps it (`None` before its first publication).
 type Position = (Option<String>, Option<u64>);
 
-
 enum Command {
     Follow(ChannelName),
     Unfollow(ChannelName),
@@ -185,12 +184,9 @@ impl RedisBroker {
         format!("{}:nodes", self.prefix)
     }
 
-    /// The redis client and settings the shared store uses.
-    pub fn shared_store(
-        &self,
-        local: Arc<dyn herald_core::Store>,
-        node: &str,
-    ) -> super::shared::SharedStore {
+    /// The store keeping bans and API channels in Redis besides `local` (after `set_node`).
+    pub fn shared_store(&self, local: Arc<dyn herald_core::Store>) -> super::shared::SharedStore {
+        let node = self.node.get().map_or("", String::as_str);
         super::shared::SharedStore::new(
             local,
             self.client.clone(),

@@ -53,4 +53,3 @@ pub struct PresenceRecord {
     #[serde(default)]
     pub node: String,
 }
-

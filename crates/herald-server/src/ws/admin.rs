@@ -34,13 +34,14 @@ pub async fn execute(
             let mask = EventMask::parse(req.types.iter().map(String::as_str))
                 .map_err(|bad| HeraldError::bad_request(format!("unknown event type {bad:?}")))?;
             hub.listen_events(actor, client, mask)?;
-            // The other nodes relay their events once they know someone here listens.
+            // The other nodes relay their events once they know someone here listens: answered
+            // once every live node does.
             if let Some(cluster) = &state.cluster {
                 // In the report too, for nodes that start later.
                 cluster.report_now.notify_one();
                 let mask = hub.events().listeners_mask().bits();
                 let notice = crate::cluster::Control::Listening { mask };
-                if let Err(e) = Box::pin(cluster.notify(notice)).await {
+                if let Err(e) = Box::pin(cluster.ask(notice)).await {
                     tracing::warn!(error = %e.message, "cluster: other nodes' events not asked for");
                 }
             }

@@ -1,0 +1,454 @@
+//! Several Herald nodes joined by a real NATS server (`[broker] type = "nats"`): publications
+//! on any node reach subscribers on every node in each publisher's order, presence and
+//! join/leave span nodes, admin operations reach the node that has the client, bans made on
+//! one node hold on every live node, recovery is honest (`recovered: false` on another node),
+//! and a NATS that goes away gives `broker_unavailable`, then subscribers are told to recover.
+//! The tests start `nats-server` themselves (skipped, loudly, when it is not installed outside
+//! CI; `.ci/run` installs it).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{ADMIN_KEY, TestServer, WAIT};
+use herald_client::{Api, Client};
+use serde_json::json;
+
+/// A `nats-server` on a port, killed when dropped.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nats {
+    /// `None` (after saying so) when `nats-server` is missing and this is not CI.
+    fn start() -> Option<Nats> {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Option<Nats> {
+        // Debian installs it in /usr/sbin, which is not on every PATH.
+        let program = ["nats-server", "/usr/sbin/nats-server"]
+            .into_iter()
+            .find(|p| {
+                Command::new(p)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok()
+            });
+        let Some(program) = program else {
+            if std::env::var_os("CI").is_none() {
+                eprintln!("SKIPPED: nats-server cannot be started; install nats-server");
+                return None;
+            }
+            panic!("nats-server is required in CI");
+        };
+        let child = Command::new(program)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let nats = Nats { child, port };
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
+
+/// A node named `name` joined to `nats`, with `tweak` applied to its configuration.
+async fn node_with(
+    nats: &Nats,
+    name: &'static str,
+    tweak: impl FnOnce(&mut herald_server::Config) + Send + 'static,
+) -> TestServer {
+    let url = nats.url();
+    TestServer::start_with(move |c| {
+        c.broker.kind = "nats".into();
+        c.broker.url = herald_server::config::Secret(url);
+        c.broker.timeout_ms = 1000;
+        c.broker.presence_ttl_secs = 3;
+        c.node_name = name.into();
+        c.channels.client_publish = true;
+        c.jwt.hmac_secret = herald_server::config::Secret(JWT_SECRET.into());
+        tweak(c);
+    })
+    .await
+}
+
+async fn node(nats: &Nats, name: &'static str) -> TestServer {
+    node_with(nats, name, |_| {}).await
+}
+
+/// Waits until `node` lists `n` live nodes.
+async fn until_nodes(node: &TestServer, n: usize) {
+    for _ in 0..250 {
+        let body = node
+            .admin()
+            .request_ok("GET", "/api/v1/nodes", None)
+            .await
+            .unwrap();
+        if body["nodes"].as_array().unwrap().len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the nodes never saw each other");
+}
+
+fn user_token(user: &str) -> String {
+    herald_server::jwt::mint(
+        &herald_server::jwt::Claims {
+            sub: user.into(),
+            exp: herald_server::jwt::now_secs() + 60,
+            ..Default::default()
+        },
+        herald_server::jwt::JwtAlgorithm::HS256,
+        JWT_SECRET.as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Every node gets every publication; each publisher's publications arrive in the order it
+/// made them, and each node numbers what it receives in one sequence of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_on_any_node_reach_every_node_in_each_publishers_order() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "node-a").await, node(&nats, "node-b").await);
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe(&["c"]).await.unwrap();
+    on_b.subscribe(&["c"]).await.unwrap();
+    let total = 60u64;
+    for i in 0..total {
+        let node = if i % 2 == 0 { &a } else { &b };
+        node.admin().publish(&["c"], json!(i)).await.unwrap();
+    }
+    for (name, client) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let mut offsets = Vec::new();
+        let (mut evens, mut odds) = (Vec::new(), Vec::new());
+        for _ in 0..total {
+            let m = client.next_op("message", WAIT).await.unwrap();
+            offsets.push(m["offset"].as_u64().unwrap());
+            let i = m["data"].as_u64().unwrap();
+            if i % 2 == 0 {
+                evens.push(i)
+            } else {
+                odds.push(i)
+            }
+        }
+        assert_eq!(offsets, (1..=total).collect::<Vec<_>>(), "node {name}");
+        let expected_evens: Vec<u64> = (0..total).filter(|i| i % 2 == 0).collect();
+        let expected_odds: Vec<u64> = (0..total).filter(|i| i % 2 == 1).collect();
+        assert_eq!(evens, expected_evens, "node a's order on node {name}");
+        assert_eq!(odds, expected_odds, "node b's order on node {name}");
+    }
+    // A subscriber is answered once NATS has its node's subscription: what is published on
+    // another node right after the reply arrives.
+    for i in 0..20 {
+        let channel = format!("fresh-{i}");
+        let mut x = b.client().await;
+        x.subscribe(&[channel.as_str()]).await.unwrap();
+        a.admin()
+            .publish(&[channel.as_str()], json!(i))
+            .await
+            .unwrap();
+        assert_eq!(x.next_op("message", WAIT).await.unwrap()["data"], i);
+    }
+    // A node without subscribers of a channel does not follow it.
+    assert!(
+        a.server
+            .state
+            .hub
+            .registry()
+            .lookup(&herald_core::ChannelName::parse("fresh-3").unwrap())
+            .is_none()
+    );
+}
+
+/// NATS keeps no history: a client recovers on the node it left, and another node answers
+/// `recovered: false` (not a silent gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_is_per_node_and_honest_elsewhere() {
+    let Some(nats) = Nats::start() else { return };
+    let with_history = |c: &mut herald_server::Config| c.channels.history_size = 100;
+    let a = node_with(&nats, "node-a", with_history).await;
+    let b = node_with(&nats, "node-b", with_history).await;
+    // Node a keeps the channel while its first subscriber is away.
+    let mut keeper = a.client().await;
+    keeper.subscribe(&["r"]).await.unwrap();
+    let mut c = a.client().await;
+    c.subscribe(&["r"]).await.unwrap();
+    let first = b.admin().publish(&["r"], json!(1)).await.unwrap();
+    let m = c.next_op("message", WAIT).await.unwrap();
+    assert_eq!(m["data"], 1, "{first}");
+    let (epoch, offset) = (
+        m["epoch"].as_str().unwrap().to_string(),
+        m["offset"].clone(),
+    );
+    drop(c);
+    for i in 2..=4 {
+        b.admin().publish(&["r"], json!(i)).await.unwrap();
+    }
+    for _ in 2..=4 {
+        keeper.next_op("message", WAIT).await.unwrap();
+    }
+    let mut back = a.client().await;
+    let reply = back
+        .request_ok(json!({"op":"subscribe","channel":"r",
+            "recover":{"r":{"epoch":epoch,"offset":offset}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["r"]["recovered"], true,
+        "{reply}"
+    );
+    let got: Vec<_> = [0; 3].iter().map(|_| ()).collect();
+    let mut data = Vec::new();
+    for _ in got {
+        data.push(back.next_op("message", WAIT).await.unwrap()["data"].clone());
+    }
+    assert_eq!(data, [json!(2), json!(3), json!(4)]);
+    let mut elsewhere = b.client().await;
+    let reply = elsewhere
+        .request_ok(json!({"op":"subscribe","channel":"r",
+            "recover":{"r":{"epoch":epoch,"offset":offset}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["r"]["recovered"], false,
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_join_leave_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let setup = |c: &mut herald_server::Config| {
+        c.channels.presence = true;
+        c.channels.join_leave = true;
+    };
+    let a = node_with(&nats, "node-a", setup).await;
+    let b = node_with(&nats, "node-b", setup).await;
+    until_nodes(&a, 2).await;
+    until_nodes(&b, 2).await;
+    let mut on_a = a.client().await;
+    on_a.subscribe(&["p"]).await.unwrap();
+    let mut on_b = b.client().await;
+    on_b.subscribe(&["p"]).await.unwrap();
+    let join = on_a.next_op("join", WAIT).await.unwrap();
+    assert_eq!(join["client"], on_b.id());
+    let mut expected = vec![on_a.id().to_string(), on_b.id().to_string()];
+    expected.sort();
+    let body = on_b
+        .call(json!({"op":"presence","channel":"p"}))
+        .await
+        .unwrap();
+    let mut listed: Vec<String> = body["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+    on_b.unsubscribe(&["p"]).await.unwrap();
+    let leave = on_a.next_op("leave", WAIT).await.unwrap();
+    assert_eq!(leave["client"], on_b.id());
+    // A node that goes away takes its subscribers with it: presence is asked of live nodes.
+    let mut on_b2 = b.client().await;
+    on_b2.subscribe(&["p"]).await.unwrap();
+    on_a.next_op("join", WAIT).await.unwrap();
+    drop(on_b2);
+    drop(b);
+    let stats = a
+        .admin()
+        .request_ok("GET", "/api/v1/channels/p/presence_stats", None)
+        .await
+        .unwrap();
+    assert_eq!(stats["clients"], 1, "{stats}");
+}
+
+/// Kick, send, inspect, subscribe and ban a client of another node; a ban made on one node
+/// holds on the other; events of every node reach an admin connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_operations_and_events_span_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    until_nodes(&a, 2).await;
+    until_nodes(&b, 2).await;
+    let mut admin = Client::connect(&format!("{}?token={ADMIN_KEY}", a.ws_url()))
+        .await
+        .unwrap();
+    admin
+        .request_ok(json!({"op":"events","types":["client.connected"]}))
+        .await
+        .unwrap();
+    let token = user_token("bob");
+    let mut x = Client::connect(&format!("{}?token={token}", b.ws_url()))
+        .await
+        .unwrap();
+    let id = x.id().to_string();
+    let mut heard = false;
+    for _ in 0..5 {
+        let e = admin.next_op("event", WAIT).await.unwrap();
+        if e["client"] == id.as_str() {
+            assert_eq!(e["node"], "node-b", "{e}");
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "node b's connect reached node a's admin connection");
+    let api = a.admin();
+    let seen = api
+        .request_ok("GET", &format!("/api/v1/clients/{id}"), None)
+        .await
+        .unwrap();
+    assert_eq!(seen["user"], "bob", "{seen}");
+    api.request_ok(
+        "POST",
+        &format!("/api/v1/clients/{id}/subscribe"),
+        Some(&json!({"channel":"news"})),
+    )
+    .await
+    .unwrap();
+    api.publish(&["news"], json!("hi")).await.unwrap();
+    assert_eq!(x.next_op("message", WAIT).await.unwrap()["data"], "hi");
+    api.request_ok(
+        "POST",
+        &format!("/api/v1/clients/{id}/send"),
+        Some(&json!({"data":"direct"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(x.next_op("direct", WAIT).await.unwrap()["data"], "direct");
+    // A ban of the user made on node a closes x on node b and refuses it there.
+    let ban = api
+        .request_ok("POST", "/api/v1/bans", Some(&json!({"user":"bob"})))
+        .await
+        .unwrap();
+    assert_eq!(ban["ban"]["id"], "user:bob");
+    match x.next_event(WAIT).await.unwrap() {
+        herald_client::Event::Closed { code, .. } => assert_eq!(code, 4003),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        Client::connect(&format!("{}?token={token}", b.ws_url()))
+            .await
+            .is_err()
+    );
+    // A client no node has: 404.
+    let nobody = herald_core::ClientId::random();
+    let (status, _) = api
+        .request("DELETE", &format!("/api/v1/clients/{nobody}"), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+}
+
+/// NATS going away: publishing answers 503 `broker_unavailable` at once; once it is back,
+/// subscribers are told to recover and publications flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_that_goes_away_gives_broker_unavailable_then_subscribers_recover() {
+    let port = free_port();
+    let Some(nats) = Nats::start_on(port) else {
+        return;
+    };
+    let a = node(&nats, "node-a").await;
+    let b = node(&nats, "node-b").await;
+    let mut on_b = b.client().await;
+    on_b.subscribe(&["y"]).await.unwrap();
+    drop(nats);
+    let api = Api::new(&a.http(), Some(ADMIN_KEY));
+    let mut refused = false;
+    for _ in 0..100 {
+        let (status, body) = api
+            .request(
+                "POST",
+                "/api/v1/publish",
+                Some(&json!({"channel":"y","data":1})),
+            )
+            .await
+            .unwrap();
+        if status == 503 {
+            assert_eq!(body["error"]["code"], "broker_unavailable");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "publishing is refused while NATS is away");
+    on_b.ping().await.unwrap();
+    let _nats = Nats::start_on(port).unwrap();
+    let notice = on_b
+        .next_op("unsubscribed", Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(notice["reason"], "broker_reconnected", "{notice}");
+    on_b.subscribe(&["y"]).await.unwrap();
+    let mut delivered = false;
+    for _ in 0..100 {
+        if a.admin().publish(&["y"], json!("again")).await.is_ok() {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "publishing works again");
+    assert_eq!(
+        on_b.next_op("message", WAIT).await.unwrap()["data"],
+        "again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_that_cannot_be_reached_fails_the_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.broker.kind = "nats".into();
+    config.broker.url =
+        herald_server::config::Secret(format!("nats://user:s3cret@127.0.0.1:{}", free_port()));
+    config.broker.timeout_ms = 500;
+    config.validate().unwrap();
+    let error = match herald_server::start(config).await {
+        Ok(_) => panic!("started without NATS"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("broker.url"), "{error}");
+    assert!(
+        !error.contains("s3cret"),
+        "the password is not shown: {error}"
+    );
+}
