@@ -101,7 +101,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let backplane = crate::cluster::Backplane::connect(&config.broker, &node_name).await?;
     if let Some(b) = &backplane {
         // Bans and API channels are the cluster's.
-        store = b.shared_store(store);
+        store = b.shared_store(store).await?;
     }
     let broker: Arc<dyn herald_core::Broker> = match &backplane {
         Some(b) => b.broker(),

@@ -16,10 +16,11 @@ use common::{ADMIN_KEY, TestServer, WAIT};
 use herald_client::{Api, Client};
 use serde_json::json;
 
-/// A `nats-server` on a port, killed when dropped.
+/// A `nats-server` with JetStream on a port, killed when dropped.
 struct Nats {
     child: Child,
     port: u16,
+    _store: tempfile::TempDir,
 }
 
 impl Drop for Nats {
@@ -62,13 +63,19 @@ impl Nats {
             }
             panic!("nats-server is required in CI");
         };
+        let store = tempfile::tempdir().unwrap();
         let child = Command::new(program)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        let nats = Nats { child, port };
+        let nats = Nats {
+            child,
+            port,
+            _store: store,
+        };
         let deadline = std::time::Instant::now() + WAIT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -376,6 +383,46 @@ async fn admin_operations_and_events_span_nodes() {
         .await
         .unwrap();
     assert_eq!(status, 404);
+    // A node started later has the ban and the API channels, from the JetStream bucket.
+    let created = api
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name":"team","subscribe":"private"})),
+        )
+        .await
+        .unwrap();
+    let channel_token = created["token"].as_str().unwrap().to_string();
+    let c = node(&nats, "node-c").await;
+    assert!(
+        Client::connect(&format!("{}?token={token}", c.ws_url()))
+            .await
+            .is_err(),
+        "banned on a node started later"
+    );
+    let mut y = c.client().await;
+    let reply = y
+        .request(json!({"op":"subscribe","channel":"team","token":channel_token}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["changed"], json!(["team"]), "{reply}");
+    // Lifted there, lifted on node b.
+    c.admin()
+        .request_ok("DELETE", "/api/v1/bans/user:bob", None)
+        .await
+        .unwrap();
+    let mut admitted = false;
+    for _ in 0..100 {
+        if Client::connect(&format!("{}?token={token}", b.ws_url()))
+            .await
+            .is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "the ban was lifted on node b");
 }
 
 /// NATS going away: publishing answers 503 `broker_unavailable` at once; once it is back,

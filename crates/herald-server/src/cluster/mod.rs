@@ -16,6 +16,7 @@
 
 pub mod control;
 pub mod nats;
+pub mod nats_shared;
 pub mod redis;
 pub mod relay;
 pub mod shared;
@@ -73,14 +74,20 @@ impl Backplane {
         }
     }
 
-    /// The store the hub uses: bans and API channels shared where the broker can keep them
-    /// (Redis); NATS keeps nothing, so there each node's own store is used and changes are
-    /// announced to the nodes that are live.
-    pub fn shared_store(&self, local: Arc<dyn herald_core::Store>) -> Arc<dyn herald_core::Store> {
-        match self {
+    /// The store the hub uses: bans and API channels kept in the broker (a Redis hash, a
+    /// JetStream bucket) besides the node's own store, and announced to the other nodes.
+    pub async fn shared_store(
+        &self,
+        local: Arc<dyn herald_core::Store>,
+    ) -> anyhow::Result<Arc<dyn herald_core::Store>> {
+        Ok(match self {
             Backplane::Redis(r) => Arc::new(r.shared_store(local)),
-            Backplane::Nats(n) => Arc::new(n.announcing_store(local)),
-        }
+            Backplane::Nats(n) => Arc::new(
+                n.shared_store(local)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("broker: {e}"))?,
+            ),
+        })
     }
 
     /// Hooks the hub to the broker and makes the cluster's control plane.

@@ -28,11 +28,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_core::bans::BanRecord;
 use herald_core::broker::{BoxFuture, Broker, Interest, Present, Publish, Published};
-use herald_core::history::HistoryOp;
 use herald_core::hub::Registry;
-use herald_core::store::{ChannelRecord, StoreError, StoredHistory};
+use herald_core::store::StoreError;
 use herald_core::{ChannelName, ClientId, HeraldError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -297,74 +295,22 @@ impl NatsBroker {
 }
 
 impl NatsBroker {
-    /// The node's own store, with each change of a ban or an API channel announced to the
-    /// live nodes (NATS keeps nothing for nodes that start later).
-    pub fn announcing_store(&self, local: Arc<dyn herald_core::Store>) -> AnnouncingStore {
-        AnnouncingStore {
+    /// The store keeping bans and API channels in a JetStream key-value bucket besides
+    /// `local` (after `set_node`); see [`super::nats_shared`].
+    pub async fn shared_store(
+        &self,
+        local: Arc<dyn herald_core::Store>,
+    ) -> Result<super::nats_shared::NatsStore, StoreError> {
+        let node = self.node.get().cloned().unwrap_or_default();
+        super::nats_shared::NatsStore::open(
             local,
-            commands: self.commands.clone(),
-            subject: self.control_subject(),
-            node: self.node.get().cloned().unwrap_or_default(),
-        }
-    }
-}
-
-/// See [`NatsBroker::announcing_store`].
-pub struct AnnouncingStore {
-    local: Arc<dyn herald_core::Store>,
-    commands: mpsc::UnboundedSender<Command>,
-    subject: String,
-    node: String,
-}
-
-impl AnnouncingStore {
-    fn announce(&self, control: Control) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(&super::ControlRequest {
-            id: 0,
-            from: self.node.clone(),
-            control,
-        })
-        .map_err(|e| StoreError(e.to_string()))?;
-        self.commands
-            .send(Command::Notice(self.subject.clone(), json.into()))
-            .map_err(|_| StoreError("the node is not following the broker".into()))
-    }
-}
-
-impl herald_core::Store for AnnouncingStore {
-    fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
-        self.local.load_channels()
-    }
-    fn put_channel(&self, rec: &ChannelRecord) -> Result<(), StoreError> {
-        self.local.put_channel(rec)?;
-        self.announce(Control::ChannelPut {
-            channel: rec.clone(),
-        })
-    }
-    fn delete_channel(&self, name: &str) -> Result<bool, StoreError> {
-        let deleted = self.local.delete_channel(name)?;
-        self.announce(Control::ChannelDeleted {
-            name: name.to_string(),
-        })?;
-        Ok(deleted)
-    }
-    fn load_bans(&self) -> Result<Vec<BanRecord>, StoreError> {
-        self.local.load_bans()
-    }
-    fn put_ban(&self, ban: &BanRecord) -> Result<(), StoreError> {
-        self.local.put_ban(ban)?;
-        self.announce(Control::Banned { ban: ban.clone() })
-    }
-    fn delete_ban(&self, id: &str) -> Result<bool, StoreError> {
-        let deleted = self.local.delete_ban(id)?;
-        self.announce(Control::Unbanned { id: id.to_string() })?;
-        Ok(deleted)
-    }
-    fn load_history(&self) -> Result<Vec<StoredHistory>, StoreError> {
-        self.local.load_history()
-    }
-    fn write_history(&self, ops: &[HistoryOp], sync: bool) -> Result<(), StoreError> {
-        self.local.write_history(ops, sync)
+            self.client.clone(),
+            &self.prefix,
+            self.control_subject(),
+            node,
+            self.timeout,
+        )
+        .await
     }
 }
 
