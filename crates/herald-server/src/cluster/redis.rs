@@ -741,34 +741,3 @@ pub async fn heartbeat(
         }
     }
 }
-
-/// Sums the nodes' counters (uptime: this node's).
-pub fn sum(
-    nodes: &[(String, herald_core::stats::StatsSnapshot)],
-) -> herald_core::stats::StatsSnapshot {
-    let mut total = serde_json::Map::new();
-    for (_, stats) in nodes {
-        let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(stats) else {
-            continue;
-        };
-        for (k, v) in fields {
-            let add = v.as_u64().unwrap_or(0);
-            let entry = total.entry(k.clone()).or_insert(serde_json::json!(0u64));
-            let sum = if k == "uptime_seconds" {
-                entry.as_u64().unwrap_or(0).max(add)
-            } else {
-                entry.as_u64().unwrap_or(0) + add
-            };
-            *entry = serde_json::json!(sum);
-        }
-    }
-    if let Some((_, mine)) = nodes.first() {
-        total.insert(
-            "uptime_seconds".into(),
-            serde_json::json!(mine.uptime_seconds),
-        );
-    }
-    total.insert("nodes".into(), serde_json::json!(nodes.len() as u64));
-    serde_json::from_value(serde_json::Value::Object(total))
-        .unwrap_or_else(|_| nodes.first().map(|n| n.1.clone()).expect("this node"))
-}
