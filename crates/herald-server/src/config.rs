@@ -45,6 +45,130 @@ pub struct Config {
     pub node_name: String,
     /// How nodes of a cluster reach each other (docs/scaling.md).
     pub broker: BrokerConfig,
+    /// `[[ingress]]`: queues whose messages Herald publishes (a Redis stream, a NATS subject).
+    pub ingress: Vec<IngressConfig>,
+}
+
+/// One `[[ingress]]`: a Redis stream read by a consumer group, or a NATS subject read by a
+/// queue group; each message is published as if by the admin (`crate::ingress`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// `redis_stream` or `nats`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `redis://…`/`rediss://…` or `nats://…`, credentials in the URL (never logged).
+    pub url: Secret,
+    /// redis_stream: the stream's key (default [`DEFAULT_INGRESS_STREAM`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// redis_stream: the consumer group (default [`DEFAULT_INGRESS_GROUP`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// nats: the subject (default [`DEFAULT_INGRESS_SUBJECT`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `herald` (the body of `POST /api/v1/publish`) or `gogin` (`{"channel","message"}`).
+    pub format: String,
+}
+
+/// An `[[ingress]]`'s default stream key, consumer group and NATS subject.
+pub const DEFAULT_INGRESS_STREAM: &str = "herald:ingress";
+pub const DEFAULT_INGRESS_GROUP: &str = "herald";
+pub const DEFAULT_INGRESS_SUBJECT: &str = "herald.ingress";
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            kind: String::new(),
+            url: Secret::default(),
+            stream: None,
+            group: None,
+            subject: None,
+            format: "herald".into(),
+        }
+    }
+}
+
+impl IngressConfig {
+    pub fn stream(&self) -> &str {
+        self.stream.as_deref().unwrap_or(DEFAULT_INGRESS_STREAM)
+    }
+
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or(DEFAULT_INGRESS_GROUP)
+    }
+
+    pub fn subject(&self) -> &str {
+        self.subject.as_deref().unwrap_or(DEFAULT_INGRESS_SUBJECT)
+    }
+
+    /// What this ingress reads, for telling two apart (and for messages: no credentials).
+    pub fn source(&self) -> String {
+        let url = crate::cluster::redis::redacted(&self.url.0);
+        match self.kind.as_str() {
+            "nats" => format!("nats subject {:?} at {url}", self.subject()),
+            _ => format!(
+                "redis stream {:?} (group {:?}) at {url}",
+                self.stream(),
+                self.group()
+            ),
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("ingress[{i}].{key}: {why}")));
+        let url = self.url.0.as_str();
+        // Keys of the other type, and whether they are set.
+        let foreign = match self.kind.as_str() {
+            "redis_stream" => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return bad(
+                        "url",
+                        "a redis:// or rediss:// URL is required with type = \"redis_stream\"",
+                    );
+                }
+                for (key, value) in [("stream", self.stream()), ("group", self.group())] {
+                    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control)
+                    {
+                        return bad(key, "1 to 256 characters, no control characters");
+                    }
+                }
+                [("subject", self.subject.is_some(), "nats"), ("", false, "")]
+            }
+            "nats" => {
+                if !url.starts_with("nats://") {
+                    return bad("url", "a nats:// URL is required with type = \"nats\"");
+                }
+                if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                    return bad("url", &e.to_string());
+                }
+                let subject = self.subject();
+                if subject.len() > 256
+                    || subject.chars().any(|c| c.is_whitespace() || c.is_control())
+                    || subject.split('.').any(str::is_empty)
+                {
+                    return bad(
+                        "subject",
+                        "1 to 256 characters: tokens separated by '.', no spaces",
+                    );
+                }
+                [
+                    ("stream", self.stream.is_some(), "redis_stream"),
+                    ("group", self.group.is_some(), "redis_stream"),
+                ]
+            }
+            "" => return bad("type", "required: \"redis_stream\" or \"nats\""),
+            _ => return bad("type", "must be \"redis_stream\" or \"nats\""),
+        };
+        if let Some((key, _, kind)) = foreign.iter().find(|(_, set, _)| *set) {
+            return bad(key, &format!("only with type = \"{kind}\""));
+        }
+        if !["herald", "gogin"].contains(&self.format.as_str()) {
+            return bad("format", "must be \"herald\" or \"gogin\"");
+        }
+        Ok(())
+    }
 }
 
 /// `[broker]`: `memory` (one node, the default) or `redis` (many nodes sharing one Redis).
@@ -788,6 +912,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             node_name: String::new(),
             broker: BrokerConfig::default(),
+            ingress: Vec::new(),
         }
     }
 }
@@ -867,6 +992,7 @@ const KNOWN_KEYS: &[&str] = &[
     "jwt",
     "webhooks",
     "auth_hook",
+    "ingress",
 ];
 
 /// Whether `url` is an `http://` URL with a host (outgoing calls: hooks and webhooks; Herald
@@ -972,6 +1098,19 @@ impl Config {
         self.tls.validate()?;
         for (i, webhook) in self.webhooks.iter().enumerate() {
             webhook.validate(i)?;
+        }
+        for (i, ingress) in self.ingress.iter().enumerate() {
+            ingress.validate(i)?;
+            let source = (ingress.kind.as_str(), ingress.source());
+            if let Some(j) = self.ingress[..i]
+                .iter()
+                .position(|other| (other.kind.as_str(), other.source()) == source)
+            {
+                return bad(
+                    &format!("ingress[{i}]"),
+                    &format!("reads the same queue as ingress[{j}]"),
+                );
+            }
         }
         let l = &self.limits;
         for (key, v) in [
