@@ -1354,6 +1354,28 @@ subscribe = "admin"
     }
 
     #[test]
+    fn commented_ingresses_of_the_example_file_are_valid() {
+        let start = DEFAULT_CONFIG_TOML
+            .find("# [[ingress]]")
+            .expect("the example file shows ingresses");
+        let mut toml = String::new();
+        for line in DEFAULT_CONFIG_TOML[start..].lines() {
+            match line.strip_prefix("# ") {
+                Some(l) if l.starts_with('[') || l.contains(" = ") => toml.push_str(l),
+                _ if line.starts_with('#') => {}
+                _ => break,
+            }
+            toml.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        let kinds: Vec<_> = config.ingress.iter().map(|i| i.kind.as_str()).collect();
+        assert_eq!(kinds, ["redis_stream", "nats"]);
+    }
+
+    #[test]
     fn namespace_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
@@ -1464,6 +1486,79 @@ subscribe = "admin"
         .unwrap_err()
         .to_string();
         assert!(err.contains("webhooks[1].url"), "{err}");
+    }
+
+    #[test]
+    fn ingress_parses_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        let redis =
+            "[[ingress]]\ntype = \"redis_stream\"\nurl = \"redis://:pw-s3cret@127.0.0.1:6379/\"\n";
+        let nats = "[[ingress]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n";
+        let config = load(&format!(
+            "{redis}{nats}subject = \"notification\"\nformat = \"gogin\"\n"
+        ))
+        .unwrap();
+        let [r, n] = &config.ingress[..] else {
+            panic!("two ingresses")
+        };
+        assert_eq!(
+            (r.stream(), r.group(), r.format.as_str()),
+            ("herald:ingress", "herald", "herald")
+        );
+        assert_eq!((n.subject(), n.format.as_str()), ("notification", "gogin"));
+        assert!(!format!("{config:?}").contains("pw-s3cret"), "URL in Debug");
+        assert!(!r.source().contains("pw-s3cret"), "URL in messages");
+        assert_eq!(load(nats).unwrap().ingress[0].subject(), "herald.ingress");
+
+        for (toml, expected) in [
+            (
+                "[[ingress]]\nurl = \"redis://h/\"\n",
+                "ingress[0].type: required",
+            ),
+            (
+                "[[ingress]]\ntype = \"kafka\"\n",
+                "ingress[0].type: must be",
+            ),
+            (
+                "[[ingress]]\ntype = \"redis_stream\"\nurl = \"nats://h\"\n",
+                "ingress[0].url",
+            ),
+            (
+                "[[ingress]]\ntype = \"nats\"\nurl = \"redis://h/\"\n",
+                "ingress[0].url",
+            ),
+            ("[[ingress]]\ntype = \"nats\"\n", "ingress[0].url"),
+            (
+                &format!("{redis}subject = \"s\"\n"),
+                r#"ingress[0].subject: only with type = "nats""#,
+            ),
+            (
+                &format!("{nats}stream = \"s\"\n"),
+                r#"ingress[0].stream: only with type = "redis_stream""#,
+            ),
+            (&format!("{nats}group = \"g\"\n"), "ingress[0].group"),
+            (&format!("{redis}stream = \"\"\n"), "ingress[0].stream"),
+            (&format!("{redis}group = \"a\\nb\"\n"), "ingress[0].group"),
+            (&format!("{nats}subject = \"a..b\"\n"), "ingress[0].subject"),
+            (&format!("{nats}subject = \"a b\"\n"), "ingress[0].subject"),
+            (&format!("{redis}format = \"json\"\n"), "ingress[0].format"),
+            (&format!("{redis}colour = 1\n"), "colour"),
+            (
+                &format!("{nats}{redis}{redis}"),
+                "ingress[2]: reads the same queue as ingress[1]",
+            ),
+        ] {
+            let err = load(toml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{toml}: {err}");
+            assert!(!err.contains("pw-s3cret"), "{err}");
+        }
+        // Another stream or group of the same Redis is another queue.
+        assert!(load(&format!("{redis}{redis}stream = \"other\"\n")).is_ok());
     }
 
     #[test]

@@ -81,7 +81,27 @@ impl Redis {
         let child = spawn(command, "redis-server")?;
         let redis = Redis { child, port };
         wait_for_port(port, "redis-server");
+        // Answering, not still loading its append-only file.
+        let deadline = Instant::now() + WAIT;
+        while !redis.pong() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Some(redis)
+    }
+
+    fn pong(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut answer = [0u8; 5];
+        tcp.write_all(b"PING\r\n").is_ok()
+            && tcp.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG"
     }
 
     fn url(&self) -> String {
