@@ -153,7 +153,8 @@ enum Outcome {
 
 impl Ingress {
     /// Publishes one message (`payload`, or why there is none), retrying refusals that say
-    /// "not now" with backoff until they pass or `shutdown` comes.
+    /// "not now" with backoff until they pass or `shutdown` comes. `id` names the message in
+    /// log lines (a stream entry's id, a NATS message's subject).
     async fn handle(
         &mut self,
         id: &str,
@@ -178,7 +179,7 @@ impl Ingress {
                 }
                 Err(e) if not_now(&e) => {
                     if !held {
-                        tracing::warn!(ingress = %self.name, message = %id, error = %e,
+                        tracing::warn!(ingress = %self.name, entry = %id, error = %e,
                             "ingress: publishing refused for now; retrying (messages wait)");
                         held = true;
                     }
@@ -335,7 +336,7 @@ impl Warnings {
             self.unlogged += 1;
             return;
         }
-        tracing::warn!(ingress = %name, message = %id, code = %e.code, error = %e.message,
+        tracing::warn!(ingress = %name, entry = %id, code = %e.code, error = %e.message,
             unlogged_since_last = self.unlogged,
             "ingress: message refused, dropped and counted in ingress_rejected");
         self.quiet_until = Some(now + WARN_EVERY);
