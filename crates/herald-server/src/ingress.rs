@@ -107,6 +107,7 @@ impl Ingresses {
                     gogin: config.format == "gogin",
                     outage: Outage::default(),
                     warnings: Warnings::default(),
+                    held: false,
                 };
                 let shutdown = shutdown.clone();
                 match reader {
@@ -140,6 +141,8 @@ struct Ingress {
     gogin: bool,
     outage: Outage,
     warnings: Warnings,
+    /// A "not now" refusal is being retried (logged once until a message passes again).
+    held: bool,
 }
 
 /// What became of one message.
@@ -163,7 +166,6 @@ impl Ingress {
     ) -> Outcome {
         let stats = self.state.hub.stats();
         let mut backoff = Backoff::default();
-        let mut held = false;
         loop {
             let result = match &payload {
                 Ok(payload) => self.publish(payload).await,
@@ -171,17 +173,16 @@ impl Ingress {
             };
             match result {
                 Ok(()) => {
-                    if held {
+                    if std::mem::take(&mut self.held) {
                         tracing::info!(ingress = %self.name, "ingress: publishing again");
                     }
                     Stats::add(&stats.ingress_published, 1);
                     return Outcome::Published;
                 }
                 Err(e) if not_now(&e) => {
-                    if !held {
+                    if !std::mem::replace(&mut self.held, true) {
                         tracing::warn!(ingress = %self.name, entry = %id, error = %e,
                             "ingress: publishing refused for now; retrying (messages wait)");
-                        held = true;
                     }
                     if !backoff.sleep(shutdown).await {
                         return Outcome::Stopped;
@@ -661,10 +662,8 @@ async fn run_nats(
         loop {
             let message = tokio::select! {
                 message = subscriber.next() => message,
-                _ = shutdown.changed() => {
-                    let _ = subscriber.unsubscribe().await;
-                    return;
-                }
+                // Dropping the subscriber unsubscribes.
+                _ = shutdown.changed() => return,
             };
             let Some(message) = message else { break };
             let id = message.subject.to_string();

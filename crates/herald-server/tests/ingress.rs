@@ -536,6 +536,46 @@ async fn a_redis_outage_is_survived() {
     );
 }
 
+/// The cluster's broker (another Redis) goes away: the hub says `broker_unavailable`, "not
+/// now", so the entry is neither dropped nor acknowledged, and is published once the broker
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_refused_for_now_waits_for_the_broker() {
+    let Some(queue) = Redis::start() else { return };
+    let broker_port = free_port();
+    let broker = Redis::start_on(broker_port, None).unwrap();
+    let broker_url = broker.url();
+    let srv = node(vec![redis_ingress(&queue.url(), "in", "herald")], |c| {
+        c.broker.kind = "redis".into();
+        c.broker.url = Secret(broker_url);
+        c.broker.timeout_ms = 500;
+    })
+    .await;
+    let mut c = srv.client().await;
+    c.subscribe(&["news"]).await.unwrap();
+    let mut conn = queue.conn().await;
+    xadd(&mut conn, "in", &json!({"channel":"news","data":1})).await;
+    assert_eq!(next_data(&mut c, 1).await, [1]);
+
+    drop(broker);
+    xadd(&mut conn, "in", &json!({"channel":"news","data":2})).await;
+    let deadline = Instant::now() + WAIT;
+    while pending(&mut conn, "in").await == 0 {
+        assert!(Instant::now() < deadline, "the entry was not read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Read, held: neither published nor refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pending(&mut conn, "in").await, 1);
+    assert_eq!(counters(&srv), (1, 0));
+
+    // Published once the broker answers again (subscribers of a node that was not following
+    // the channel yet recover it: docs/scaling.md).
+    let _broker = Redis::start_on(broker_port, None).unwrap();
+    wait_counters(&srv, 2, 0).await;
+    wait_all_acknowledged(&mut conn, "in").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_redis_cannot_use_fails_the_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
