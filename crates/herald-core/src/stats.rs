@@ -44,6 +44,10 @@ pub struct Stats {
     /// Recoveries that replayed every missed publication, and those that could not.
     pub recovered: AtomicU64,
     pub recover_failed: AtomicU64,
+    /// `[[ingress]]` (herald-server's `ingress` module): queue messages published, and those
+    /// refused (not JSON, missing fields, refused by the hub), acknowledged and dropped.
+    pub ingress_published: AtomicU64,
+    pub ingress_rejected: AtomicU64,
 }
 
 impl Stats {
@@ -109,5 +113,13 @@ pub struct StatsSnapshot {
     /// could not (`recovered: false`).
     pub recovered: u64,
     pub recover_failed: u64,
+    /// Messages taken from an `[[ingress]]` queue and published (one per message, whatever
+    /// the number of channels).
+    #[serde(default)]
+    pub ingress_published: u64,
+    /// Ingress messages refused (not JSON, missing fields, refused by the hub): counted,
+    /// logged and dropped.
+    #[serde(default)]
+    pub ingress_rejected: u64,
     pub uptime_seconds: u64,
 }

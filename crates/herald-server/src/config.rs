@@ -45,6 +45,130 @@ pub struct Config {
     pub node_name: String,
     /// How nodes of a cluster reach each other (docs/scaling.md).
     pub broker: BrokerConfig,
+    /// `[[ingress]]`: queues whose messages Herald publishes (a Redis stream, a NATS subject).
+    pub ingress: Vec<IngressConfig>,
+}
+
+/// One `[[ingress]]`: a Redis stream read by a consumer group, or a NATS subject read by a
+/// queue group; each message is published as if by the admin (`crate::ingress`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressConfig {
+    /// `redis_stream` or `nats`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `redis://…`/`rediss://…` or `nats://…`, credentials in the URL (never logged).
+    pub url: Secret,
+    /// redis_stream: the stream's key (default [`DEFAULT_INGRESS_STREAM`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// redis_stream: the consumer group (default [`DEFAULT_INGRESS_GROUP`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// nats: the subject (default [`DEFAULT_INGRESS_SUBJECT`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `herald` (the body of `POST /api/v1/publish`) or `gogin` (`{"channel","message"}`).
+    pub format: String,
+}
+
+/// An `[[ingress]]`'s default stream key, consumer group and NATS subject.
+pub const DEFAULT_INGRESS_STREAM: &str = "herald:ingress";
+pub const DEFAULT_INGRESS_GROUP: &str = "herald";
+pub const DEFAULT_INGRESS_SUBJECT: &str = "herald.ingress";
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            kind: String::new(),
+            url: Secret::default(),
+            stream: None,
+            group: None,
+            subject: None,
+            format: "herald".into(),
+        }
+    }
+}
+
+impl IngressConfig {
+    pub fn stream(&self) -> &str {
+        self.stream.as_deref().unwrap_or(DEFAULT_INGRESS_STREAM)
+    }
+
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or(DEFAULT_INGRESS_GROUP)
+    }
+
+    pub fn subject(&self) -> &str {
+        self.subject.as_deref().unwrap_or(DEFAULT_INGRESS_SUBJECT)
+    }
+
+    /// What this ingress reads, for telling two apart (and for messages: no credentials).
+    pub fn source(&self) -> String {
+        let url = crate::cluster::redacted(&self.url.0);
+        match self.kind.as_str() {
+            "nats" => format!("nats subject {:?} at {url}", self.subject()),
+            _ => format!(
+                "redis stream {:?} (group {:?}) at {url}",
+                self.stream(),
+                self.group()
+            ),
+        }
+    }
+
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("ingress[{i}].{key}: {why}")));
+        let url = self.url.0.as_str();
+        // Keys of the other type, and whether they are set.
+        let foreign = match self.kind.as_str() {
+            "redis_stream" => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return bad(
+                        "url",
+                        "a redis:// or rediss:// URL is required with type = \"redis_stream\"",
+                    );
+                }
+                for (key, value) in [("stream", self.stream()), ("group", self.group())] {
+                    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control)
+                    {
+                        return bad(key, "1 to 256 characters, no control characters");
+                    }
+                }
+                [("subject", self.subject.is_some(), "nats"), ("", false, "")]
+            }
+            "nats" => {
+                if !url.starts_with("nats://") {
+                    return bad("url", "a nats:// URL is required with type = \"nats\"");
+                }
+                if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                    return bad("url", &e.to_string());
+                }
+                let subject = self.subject();
+                if subject.len() > 256
+                    || subject.chars().any(|c| c.is_whitespace() || c.is_control())
+                    || subject.split('.').any(str::is_empty)
+                {
+                    return bad(
+                        "subject",
+                        "1 to 256 characters: tokens separated by '.', no spaces",
+                    );
+                }
+                [
+                    ("stream", self.stream.is_some(), "redis_stream"),
+                    ("group", self.group.is_some(), "redis_stream"),
+                ]
+            }
+            "" => return bad("type", "required: \"redis_stream\" or \"nats\""),
+            _ => return bad("type", "must be \"redis_stream\" or \"nats\""),
+        };
+        if let Some((key, _, kind)) = foreign.iter().find(|(_, set, _)| *set) {
+            return bad(key, &format!("only with type = \"{kind}\""));
+        }
+        if !["herald", "gogin"].contains(&self.format.as_str()) {
+            return bad("format", "must be \"herald\" or \"gogin\"");
+        }
+        Ok(())
+    }
 }
 
 /// `[broker]`: `memory` (one node, the default) or `redis` (many nodes sharing one Redis).
@@ -790,6 +914,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             node_name: String::new(),
             broker: BrokerConfig::default(),
+            ingress: Vec::new(),
         }
     }
 }
@@ -869,6 +994,7 @@ const KNOWN_KEYS: &[&str] = &[
     "jwt",
     "webhooks",
     "auth_hook",
+    "ingress",
 ];
 
 /// Whether `url` is an `http://` URL with a host (outgoing calls: hooks and webhooks; Herald
@@ -974,6 +1100,19 @@ impl Config {
         self.tls.validate()?;
         for (i, webhook) in self.webhooks.iter().enumerate() {
             webhook.validate(i)?;
+        }
+        for (i, ingress) in self.ingress.iter().enumerate() {
+            ingress.validate(i)?;
+            let source = (ingress.kind.as_str(), ingress.source());
+            if let Some(j) = self.ingress[..i]
+                .iter()
+                .position(|other| (other.kind.as_str(), other.source()) == source)
+            {
+                return bad(
+                    &format!("ingress[{i}]"),
+                    &format!("reads the same queue as ingress[{j}]"),
+                );
+            }
         }
         let l = &self.limits;
         for (key, v) in [
@@ -1217,6 +1356,28 @@ subscribe = "admin"
     }
 
     #[test]
+    fn commented_ingresses_of_the_example_file_are_valid() {
+        let start = DEFAULT_CONFIG_TOML
+            .find("# [[ingress]]")
+            .expect("the example file shows ingresses");
+        let mut toml = String::new();
+        for line in DEFAULT_CONFIG_TOML[start..].lines() {
+            match line.strip_prefix("# ") {
+                Some(l) if l.starts_with('[') || l.contains(" = ") => toml.push_str(l),
+                _ if line.starts_with('#') => {}
+                _ => break,
+            }
+            toml.push('\n');
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        let kinds: Vec<_> = config.ingress.iter().map(|i| i.kind.as_str()).collect();
+        assert_eq!(kinds, ["redis_stream", "nats"]);
+    }
+
+    #[test]
     fn namespace_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");
@@ -1327,6 +1488,79 @@ subscribe = "admin"
         .unwrap_err()
         .to_string();
         assert!(err.contains("webhooks[1].url"), "{err}");
+    }
+
+    #[test]
+    fn ingress_parses_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        let redis =
+            "[[ingress]]\ntype = \"redis_stream\"\nurl = \"redis://:pw-s3cret@127.0.0.1:6379/\"\n";
+        let nats = "[[ingress]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n";
+        let config = load(&format!(
+            "{redis}{nats}subject = \"notification\"\nformat = \"gogin\"\n"
+        ))
+        .unwrap();
+        let [r, n] = &config.ingress[..] else {
+            panic!("two ingresses")
+        };
+        assert_eq!(
+            (r.stream(), r.group(), r.format.as_str()),
+            ("herald:ingress", "herald", "herald")
+        );
+        assert_eq!((n.subject(), n.format.as_str()), ("notification", "gogin"));
+        assert!(!format!("{config:?}").contains("pw-s3cret"), "URL in Debug");
+        assert!(!r.source().contains("pw-s3cret"), "URL in messages");
+        assert_eq!(load(nats).unwrap().ingress[0].subject(), "herald.ingress");
+
+        for (toml, expected) in [
+            (
+                "[[ingress]]\nurl = \"redis://h/\"\n",
+                "ingress[0].type: required",
+            ),
+            (
+                "[[ingress]]\ntype = \"kafka\"\n",
+                "ingress[0].type: must be",
+            ),
+            (
+                "[[ingress]]\ntype = \"redis_stream\"\nurl = \"nats://h\"\n",
+                "ingress[0].url",
+            ),
+            (
+                "[[ingress]]\ntype = \"nats\"\nurl = \"redis://h/\"\n",
+                "ingress[0].url",
+            ),
+            ("[[ingress]]\ntype = \"nats\"\n", "ingress[0].url"),
+            (
+                &format!("{redis}subject = \"s\"\n"),
+                r#"ingress[0].subject: only with type = "nats""#,
+            ),
+            (
+                &format!("{nats}stream = \"s\"\n"),
+                r#"ingress[0].stream: only with type = "redis_stream""#,
+            ),
+            (&format!("{nats}group = \"g\"\n"), "ingress[0].group"),
+            (&format!("{redis}stream = \"\"\n"), "ingress[0].stream"),
+            (&format!("{redis}group = \"a\\nb\"\n"), "ingress[0].group"),
+            (&format!("{nats}subject = \"a..b\"\n"), "ingress[0].subject"),
+            (&format!("{nats}subject = \"a b\"\n"), "ingress[0].subject"),
+            (&format!("{redis}format = \"json\"\n"), "ingress[0].format"),
+            (&format!("{redis}colour = 1\n"), "colour"),
+            (
+                &format!("{nats}{redis}{redis}"),
+                "ingress[2]: reads the same queue as ingress[1]",
+            ),
+        ] {
+            let err = load(toml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{toml}: {err}");
+            assert!(!err.contains("pw-s3cret"), "{err}");
+        }
+        // Another stream or group of the same Redis is another queue.
+        assert!(load(&format!("{redis}{redis}stream = \"other\"\n")).is_ok());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`limits`]: per-IP, per-user, connection-rate, origin and message-rate limits.
 //! - [`history_store`]: writing channel history to the store in batches, and its sweep.
 //! - [`cluster`]: several nodes as one: the Redis broker and the control plane between nodes.
+//! - [`ingress`]: publishing what arrives on a queue (a Redis stream, a NATS subject).
 
 pub mod admin;
 pub mod admin_key;
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod config;
 pub mod history_store;
 pub mod http;
+pub mod ingress;
 pub mod jwt;
 pub mod limits;
 pub mod server;

@@ -1,7 +1,8 @@
 //! Server assembly and lifecycle: listeners (plain, and TLS when `[tls]` is set) → broker and
 //! store → hub, the accept loops with their TLS handshakes, the keep-alive pinger, the
-//! webhook workers, the cluster's tasks, and graceful shutdown (stop accepting, close every
-//! connection with 1001, wait for them to go, flush webhooks briefly).
+//! webhook workers, the cluster's tasks, the `[[ingress]]` readers, and graceful shutdown
+//! (stop accepting, close every connection with 1001, wait for them to go, flush webhooks
+//! briefly).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         Some(_) => Some(TlsAcceptor::from(crate::tls::server_config(&config.tls)?)),
         None => None,
     };
+    let ingresses = crate::ingress::prepare(&config.ingress)?;
     let key = admin_key::load_or_generate(&config.admin_key, &config.data_dir)
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
     // Bound first: the node's default name is the host name and the bound port.
@@ -163,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     if let Some(b) = backplane {
         tasks.extend(b.start(&state, &shutdown_rx).await);
     }
+    tasks.extend(ingresses.spawn(&state, &shutdown_rx));
     if let (Some(listener), Some(acceptor)) = (tls_listener, tls_acceptor) {
         tasks.push(tokio::spawn(accept_loop(
             listener,

@@ -156,6 +156,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for webhook in &mut shown.webhooks {
                 webhook.secret.0 = "<set>".into();
             }
+            for ingress in &mut shown.ingress {
+                ingress.url.0 = herald_server::cluster::redacted(&ingress.url.0);
+            }
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }

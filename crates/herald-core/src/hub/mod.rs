@@ -391,6 +391,8 @@ impl Hub {
             history_write_dropped: s.history_write_dropped.load(Relaxed),
             recovered: s.recovered.load(Relaxed),
             recover_failed: s.recover_failed.load(Relaxed),
+            ingress_published: s.ingress_published.load(Relaxed),
+            ingress_rejected: s.ingress_rejected.load(Relaxed),
             uptime_seconds: self.started.elapsed().as_secs(),
         }
     }

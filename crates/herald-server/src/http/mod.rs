@@ -9,6 +9,7 @@ mod subsocket;
 mod wspush;
 
 pub use error::ApiError;
+pub(crate) use routes::publish_request;
 
 use std::sync::Arc;
 

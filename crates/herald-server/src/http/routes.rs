@@ -13,7 +13,7 @@ use herald_core::hub::{
     PresenceList, PresenceStats, PublishRequest,
 };
 use herald_core::stats::StatsSnapshot;
-use herald_core::{Actor, ChannelName, ClientId, ErrorCode};
+use herald_core::{Actor, ChannelName, ClientId, ErrorCode, HeraldError};
 use herald_protocol::native::Fields;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -29,6 +29,12 @@ type St = State<Arc<AppState>>;
 
 /// The request body as UTF-8 text, with a clear error for oversized or non-UTF-8 bodies.
 fn body_text(body: &Result<Bytes, BytesRejection>) -> ApiResult<&str> {
+    std::str::from_utf8(body_bytes(body)?)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "body is not UTF-8"))
+}
+
+/// The request body, with a clear error for oversized or empty bodies.
+fn body_bytes(body: &Result<Bytes, BytesRejection>) -> ApiResult<&Bytes> {
     let bytes = match body {
         Ok(b) => b,
         Err(BytesRejection::FailedToBufferBody(_)) => {
@@ -45,8 +51,7 @@ fn body_text(body: &Result<Bytes, BytesRejection>) -> ApiResult<&str> {
             "the request needs a JSON body",
         ));
     }
-    std::str::from_utf8(bytes)
-        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "body is not UTF-8"))
+    Ok(bytes)
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(text: &'a str) -> ApiResult<T> {
@@ -108,16 +113,24 @@ pub async fn publish(
     Caller(actor): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PublishResponse>> {
-    let text = body_text(&body)?;
-    let fields = Fields::parse(text)?;
-    let req = PublishRequest {
-        channels: fields.channels()?,
-        data: raw_bytes(&body, fields.data()?),
-        to: fields.recipients()?,
-        once_per_client: false,
-    };
+    let req = publish_request(body_bytes(&body)?)?;
     let channels = state.hub.publish(&actor, req).await?;
     Ok(Json(PublishResponse { channels }))
+}
+
+/// Parses the body of `POST /api/v1/publish` (also what a `format = "herald"` ingress
+/// message holds): `channel` or `channels`, `data` (kept as a zero-copy slice of `body`),
+/// optional `to`; the same field rules and errors as the WebSocket `publish` op.
+pub fn publish_request(body: &Bytes) -> Result<PublishRequest, HeraldError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| HeraldError::new(ErrorCode::InvalidJson, "body is not UTF-8"))?;
+    let fields = Fields::parse(text)?;
+    Ok(PublishRequest {
+        channels: fields.channels()?,
+        data: body.slice_ref(fields.data()?.get().as_bytes()),
+        to: fields.recipients()?,
+        once_per_client: false,
+    })
 }
 
 // ---- channels -----------------------------------------------------------------------------
