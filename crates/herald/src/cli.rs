@@ -156,6 +156,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for webhook in &mut shown.webhooks {
                 webhook.secret.0 = "<set>".into();
             }
+            shown.broker.url.0 = herald_server::cluster::redacted(&shown.broker.url.0);
             for ingress in &mut shown.ingress {
                 ingress.url.0 = herald_server::cluster::redacted(&ingress.url.0);
             }

@@ -72,6 +72,31 @@ fn environment_overrides_the_file() {
 }
 
 #[test]
+fn config_check_never_prints_the_brokers_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, "").unwrap();
+    let out = herald()
+        .args(["config", "check"])
+        .arg(&path)
+        .env("HERALD_ADMIN_KEY", "a-long-enough-admin-key")
+        .env("HERALD_BROKER__TYPE", "redis")
+        .env(
+            "HERALD_BROKER__URL",
+            "redis://user:s3cret-pass@10.0.0.1:6379/",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("10.0.0.1:6379"), "{text}");
+    assert!(
+        !text.contains("s3cret-pass"),
+        "the password is hidden: {text}"
+    );
+}
+
+#[test]
 fn invalid_config_fails_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
