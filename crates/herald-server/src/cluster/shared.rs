@@ -100,21 +100,25 @@ impl SharedStore {
             control: notice,
         })
         .map_err(|e| StoreError(e.to_string()))?;
-        let mut write = redis::pipe();
-        match &json {
-            Some(json) => write.hset(self.key(hash), field, json).ignore(),
-            None => write.hdel(self.key(hash), field).ignore(),
+        let write = match &json {
+            Some(json) => redis::cmd("HSET").arg(self.key(hash)).arg(field).arg(json).clone(),
+            None => redis::cmd("HDEL").arg(self.key(hash)).arg(field).clone(),
         };
+        let mut announce = redis::cmd("PUBLISH");
+        announce.arg(self.keys.control()).arg(notice);
         if self.keys.sharded() {
-            // A Redis Cluster: the write (to the shard owning the hash), then the notice.
-            let mut announce = redis::pipe();
-            announce.publish(self.keys.control(), notice).ignore();
+            // A Redis Cluster: the write (to the shard owning the hash), then the notice (one
+            // command at a time: the blocking cluster connection does not pipeline).
             self.with(|c| write.query::<()>(c))?;
             self.with(|c| announce.query::<()>(c))
         } else {
-            write.atomic();
-            write.publish(self.keys.control(), notice).ignore();
-            self.with(|c| write.query::<()>(c))
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .add_command(write)
+                .ignore()
+                .add_command(announce)
+                .ignore();
+            self.with(|c| pipe.query::<()>(c))
         }
     }
 
