@@ -315,6 +315,69 @@ async fn nodes_follow_the_master_through_a_sentinel_failover() {
     }
 }
 
+/// A failover asked of the sentinel (`SENTINEL FAILOVER`): the old master is demoted to a
+/// replica (it refuses writes with READONLY and the sentinel closes its clients); the nodes
+/// move to the new master and their subscribers recover there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_sentinel_failover_is_followed() {
+    let Some(sentinel) = Sentinel::start() else {
+        return;
+    };
+    let a = sentinel_node(&sentinel, "node-a").await;
+    let b = sentinel_node(&sentinel, "node-b").await;
+    until_nodes(&a, 2).await;
+    let mut on_b = b.client().await;
+    on_b.subscribe(&["m"]).await.unwrap();
+    let first = a.admin().publish(&["m"], json!(1)).await.unwrap();
+    let epoch = first["channels"][0]["epoch"].as_str().unwrap().to_string();
+    assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["offset"], 1);
+    assert_eq!(cli(sentinel.master_port, &["WAIT", "1", "2000"]).trim(), "1");
+    // Refused (NOGOODSLAVE) until the sentinel has heard from the replica itself.
+    until(Duration::from_secs(15), "the sentinel to start a failover", || {
+        cli(sentinel.sentinel_port, &["SENTINEL", "FAILOVER", "mymaster"]).trim() == "OK"
+    });
+    until(Duration::from_secs(30), "the old master to be a replica", || {
+        sentinel.named_master() == Some(sentinel.replica_port)
+            && cli(sentinel.master_port, &["ROLE"]).starts_with("slave")
+    });
+    // The first publication may find a's connection closed (503); then it goes through.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let published = loop {
+        match a
+            .admin()
+            .request(
+                "POST",
+                "/api/v1/publish",
+                Some(&json!({"channel":"m","data":2})),
+            )
+            .await
+            .unwrap()
+        {
+            (200, body) => break body,
+            (status, body) => {
+                assert_eq!((status, &body["error"]["code"]), (503, &json!("broker_unavailable")));
+                assert!(Instant::now() < deadline, "publishing never worked again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(published["channels"][0]["offset"], 2, "{published}");
+    let notice = on_b
+        .next_op("unsubscribed", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(notice["reason"], "broker_reconnected");
+    let reply = on_b
+        .request_ok(json!({"op":"subscribe","channel":"m",
+            "recover":{"m":{"epoch":epoch,"offset":1}}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"]["m"]["recovered"], true, "{reply}");
+    assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["offset"], 2);
+    a.admin().publish(&["m"], json!(3)).await.unwrap();
+    assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["offset"], 3);
+}
+
 /// A node asked for a master the sentinels do not know fails its start, naming the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_sentinel_master_fails_the_start_naming_the_key() {
