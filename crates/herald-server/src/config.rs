@@ -147,10 +147,7 @@ impl BrokerConfig {
                 _ => {}
             }
             if name.len() > 128 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return bad(
-                    "sentinel_master",
-                    "at most 128 characters, without spaces",
-                );
+                return bad("sentinel_master", "at most 128 characters, without spaces");
             }
         } else {
             for (key, list) in lists {
@@ -162,7 +159,8 @@ impl BrokerConfig {
                 return bad("sentinel_master", "only with type = \"redis\"");
             }
         }
-        let elsewhere = self.kind == "redis" && url.is_empty() && lists.iter().any(|(_, l)| !l.is_empty());
+        let elsewhere =
+            self.kind == "redis" && url.is_empty() && lists.iter().any(|(_, l)| !l.is_empty());
         if !elsewhere && !schemes.iter().any(|s| url.starts_with(s)) {
             return bad(
                 "url",

@@ -60,7 +60,10 @@ fn redis_server(args: &[&str], port: u16) -> Option<Proc> {
     };
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server on {port} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Some(child)
@@ -123,7 +126,11 @@ impl Sentinel {
         let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
         let master = redis_server(&strs(&plain(master_port)), master_port)?;
         let mut replica_args = plain(replica_port);
-        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), master_port.to_string()]);
+        replica_args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_port.to_string(),
+        ]);
         let replica = redis_server(&strs(&replica_args), replica_port)?;
         until(Duration::from_secs(10), "the replica to sync", || {
             cli(replica_port, &["INFO", "replication"]).contains("master_link_status:up")
@@ -142,10 +149,14 @@ impl Sentinel {
         .unwrap();
         let sentinel = redis_server(&[conf.to_str().unwrap(), "--sentinel"], sentinel_port)?;
         // The sentinel learns the replica from the master's INFO.
-        until(Duration::from_secs(15), "the sentinel to see the replica", || {
-            cli(sentinel_port, &["SENTINEL", "REPLICAS", "mymaster"])
-                .contains(&replica_port.to_string())
-        });
+        until(
+            Duration::from_secs(15),
+            "the sentinel to see the replica",
+            || {
+                cli(sentinel_port, &["SENTINEL", "REPLICAS", "mymaster"])
+                    .contains(&replica_port.to_string())
+            },
+        );
         Some(Sentinel {
             master: Some(master),
             _replica: replica,
@@ -331,15 +342,31 @@ async fn a_manual_sentinel_failover_is_followed() {
     let first = a.admin().publish(&["m"], json!(1)).await.unwrap();
     let epoch = first["channels"][0]["epoch"].as_str().unwrap().to_string();
     assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["offset"], 1);
-    assert_eq!(cli(sentinel.master_port, &["WAIT", "1", "2000"]).trim(), "1");
+    assert_eq!(
+        cli(sentinel.master_port, &["WAIT", "1", "2000"]).trim(),
+        "1"
+    );
     // Refused (NOGOODSLAVE) until the sentinel has heard from the replica itself.
-    until(Duration::from_secs(15), "the sentinel to start a failover", || {
-        cli(sentinel.sentinel_port, &["SENTINEL", "FAILOVER", "mymaster"]).trim() == "OK"
-    });
-    until(Duration::from_secs(30), "the old master to be a replica", || {
-        sentinel.named_master() == Some(sentinel.replica_port)
-            && cli(sentinel.master_port, &["ROLE"]).starts_with("slave")
-    });
+    until(
+        Duration::from_secs(15),
+        "the sentinel to start a failover",
+        || {
+            cli(
+                sentinel.sentinel_port,
+                &["SENTINEL", "FAILOVER", "mymaster"],
+            )
+            .trim()
+                == "OK"
+        },
+    );
+    until(
+        Duration::from_secs(30),
+        "the old master to be a replica",
+        || {
+            sentinel.named_master() == Some(sentinel.replica_port)
+                && cli(sentinel.master_port, &["ROLE"]).starts_with("slave")
+        },
+    );
     // The first publication may find a's connection closed (503); then it goes through.
     let deadline = Instant::now() + Duration::from_secs(10);
     let published = loop {
@@ -355,7 +382,10 @@ async fn a_manual_sentinel_failover_is_followed() {
         {
             (200, body) => break body,
             (status, body) => {
-                assert_eq!((status, &body["error"]["code"]), (503, &json!("broker_unavailable")));
+                assert_eq!(
+                    (status, &body["error"]["code"]),
+                    (503, &json!("broker_unavailable"))
+                );
                 assert!(Instant::now() < deadline, "publishing never worked again");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -372,7 +402,10 @@ async fn a_manual_sentinel_failover_is_followed() {
             "recover":{"m":{"epoch":epoch,"offset":1}}}))
         .await
         .unwrap();
-    assert_eq!(reply["result"]["recovered"]["m"]["recovered"], true, "{reply}");
+    assert_eq!(
+        reply["result"]["recovered"]["m"]["recovered"], true,
+        "{reply}"
+    );
     assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["offset"], 2);
     a.admin().publish(&["m"], json!(3)).await.unwrap();
     assert_eq!(on_b.next_op("message", WAIT).await.unwrap()["offset"], 3);
@@ -398,7 +431,10 @@ async fn an_unknown_sentinel_master_fails_the_start_naming_the_key() {
         Err(e) => format!("{e:#}"),
     };
     assert!(error.contains("broker.sentinel_nodes"), "{error}");
-    assert!(!error.contains("s3cret"), "the password is not shown: {error}");
+    assert!(
+        !error.contains("s3cret"),
+        "the password is not shown: {error}"
+    );
 }
 
 /// Three cluster masters (no replicas) in one Redis Cluster.
@@ -538,7 +574,11 @@ async fn a_redis_cluster_carries_channels_history_and_presence_across_nodes() {
     let rounds = 5u64;
     for round in 0..rounds {
         for (i, channel) in names.iter().enumerate() {
-            let node = if (i as u64 + round) % 2 == 0 { &a } else { &b };
+            let node = if (i as u64 + round).is_multiple_of(2) {
+                &a
+            } else {
+                &b
+            };
             node.admin()
                 .publish(&[channel], json!({"round": round}))
                 .await
@@ -563,7 +603,11 @@ async fn a_redis_cluster_carries_channels_history_and_presence_across_nodes() {
         }
         assert_eq!(seen.len(), names.len(), "node {node}");
         for (channel, offsets) in seen {
-            assert_eq!(offsets, (1..=rounds).collect::<Vec<_>>(), "node {node}: {channel}");
+            assert_eq!(
+                offsets,
+                (1..=rounds).collect::<Vec<_>>(),
+                "node {node}: {channel}"
+            );
         }
     }
 
@@ -739,7 +783,10 @@ async fn a_redis_cluster_shares_admin_operations_bans_and_channels() {
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "the ban was never lifted on node a");
+        assert!(
+            Instant::now() < deadline,
+            "the ban was never lifted on node a"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A user with a connection on each node, messaged from one.

@@ -101,7 +101,11 @@ impl SharedStore {
         })
         .map_err(|e| StoreError(e.to_string()))?;
         let write = match &json {
-            Some(json) => redis::cmd("HSET").arg(self.key(hash)).arg(field).arg(json).clone(),
+            Some(json) => redis::cmd("HSET")
+                .arg(self.key(hash))
+                .arg(field)
+                .arg(json)
+                .clone(),
             None => redis::cmd("HDEL").arg(self.key(hash)).arg(field).clone(),
         };
         let mut announce = redis::cmd("PUBLISH");

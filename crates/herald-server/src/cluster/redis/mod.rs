@@ -579,8 +579,8 @@ pub async fn follow(
         }
         reconnecting = true;
         backoff = Duration::from_millis(100);
-        let mut ok = feed.listen(&control_topic).await.is_ok()
-            && feed.listen(&answer_topic).await.is_ok();
+        let mut ok =
+            feed.listen(&control_topic).await.is_ok() && feed.listen(&answer_topic).await.is_ok();
         broker.hearing.send_replace(ok);
         for channel in registry.occupied_channels() {
             if feed.follow(&keys.topic(&channel)).await.is_err() {

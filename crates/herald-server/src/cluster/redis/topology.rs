@@ -93,7 +93,9 @@ impl Keys {
 
     /// The Herald channel whose publications `topic` carries.
     pub fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
-        let rest = topic.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(':')?;
         if self.sharded {
             rest.strip_prefix('{')?.strip_suffix("}:pub")
         } else {
@@ -200,10 +202,7 @@ impl Topology {
                 kind: Kind::Cluster(seeds),
                 timeout,
                 key: "broker.cluster_nodes",
-                shown: format!(
-                    "the Redis Cluster at {}",
-                    shown_list(&config.cluster_nodes)
-                ),
+                shown: format!("the Redis Cluster at {}", shown_list(&config.cluster_nodes)),
             });
         }
         let shown = redacted(&config.url.0);
@@ -284,7 +283,9 @@ impl Topology {
         use super::feed::Feed;
         let opened = async {
             match &self.kind {
-                Kind::Standalone(client) => Ok(Feed::single(client.get_async_pubsub().await?, None)),
+                Kind::Standalone(client) => {
+                    Ok(Feed::single(client.get_async_pubsub().await?, None))
+                }
                 Kind::Sentinel(sentinels) => {
                     let found = sentinels.master().await?;
                     let pubsub = found.client.get_async_pubsub().await?;
@@ -463,8 +464,8 @@ impl Sentinels {
         let per = self.per_sentinel();
         for (sentinel, master) in &self.nodes {
             let asked = (|| {
-                let mut to_sentinel = redis::Client::open(sentinel.clone())?
-                    .get_connection_with_timeout(per)?;
+                let mut to_sentinel =
+                    redis::Client::open(sentinel.clone())?.get_connection_with_timeout(per)?;
                 to_sentinel.set_read_timeout(Some(per))?;
                 to_sentinel.set_write_timeout(Some(per))?;
                 let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
@@ -626,7 +627,10 @@ impl SentinelLink {
     fn forget(&self, addr: &str) {
         let mut current = self.current.lock();
         if current.as_ref().is_some_and(|(_, a)| a == addr) {
-            tracing::warn!(master = addr, "broker: lost the master; asking the sentinels again");
+            tracing::warn!(
+                master = addr,
+                "broker: lost the master; asking the sentinels again"
+            );
             *current = None;
         }
     }
@@ -687,7 +691,10 @@ mod tests {
         let plain = Keys::new("herald", false);
         assert_eq!(plain.position(&c), "herald:ch:chat:room-1");
         assert_eq!(plain.topic(&c), "herald:pub:chat:room-1");
-        assert_eq!(plain.channel_of("herald:pub:chat:room-1"), Some("chat:room-1"));
+        assert_eq!(
+            plain.channel_of("herald:pub:chat:room-1"),
+            Some("chat:room-1")
+        );
         let sharded = Keys::new("herald", true);
         assert_eq!(sharded.position(&c), "herald:{chat:room-1}:ch");
         assert_eq!(sharded.history(&c), "herald:{chat:room-1}:hist");
@@ -726,7 +733,9 @@ mod tests {
 
     #[test]
     fn sentinels_get_the_password_as_user_default() {
-        let info = "redis://:pw@127.0.0.1:26379/2".into_connection_info().unwrap();
+        let info = "redis://:pw@127.0.0.1:26379/2"
+            .into_connection_info()
+            .unwrap();
         let (sentinel, master) = Sentinels::node(info);
         assert_eq!(sentinel.redis_settings().username(), Some("default"));
         assert_eq!(sentinel.redis_settings().password(), Some("pw"));
