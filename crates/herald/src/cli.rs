@@ -156,6 +156,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for webhook in &mut shown.webhooks {
                 webhook.secret.0 = "<set>".into();
             }
+            // Broker URLs with their passwords hidden.
+            let broker = &mut shown.broker;
+            for url in std::iter::once(&mut broker.url)
+                .chain(broker.sentinel_nodes.iter_mut())
+                .chain(broker.cluster_nodes.iter_mut())
+            {
+                url.0 = herald_server::cluster::redacted(&url.0);
+            }
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
