@@ -810,4 +810,26 @@ async fn a_redis_cluster_shares_admin_operations_bans_and_channels() {
     assert_eq!(sent["connections"], 2);
     assert_eq!(ann_a.next_op("direct", WAIT).await.unwrap()["data"], "all");
     assert_eq!(ann_c.next_op("direct", WAIT).await.unwrap()["data"], "all");
+    // The whole cluster goes away: publishing answers 503 within the timeout (2 s).
+    drop(cluster);
+    let started = Instant::now();
+    let (status, body) = api
+        .request(
+            "POST",
+            "/api/v1/publish",
+            Some(&json!({"channel":"gone","data":1})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "within the timeout: {:?}",
+        started.elapsed()
+    );
+    ann_a.ping().await.unwrap();
 }
