@@ -124,8 +124,16 @@ impl Sentinel {
     fn start() -> Option<Sentinel> {
         let dir = tempfile::tempdir().unwrap();
         let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
-        let master = redis_server(&strs(&plain(master_port)), master_port)?;
-        let mut replica_args = plain(replica_port);
+        // Replication writes RDB files: in the temporary directory, not the working one.
+        let in_dir = |port: u16, name: &str| {
+            let dir = dir.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut args = plain(port);
+            args.extend(["--dir".into(), dir.display().to_string()]);
+            args
+        };
+        let master = redis_server(&strs(&in_dir(master_port, "master")), master_port)?;
+        let mut replica_args = in_dir(replica_port, "replica");
         replica_args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
