@@ -171,14 +171,23 @@ impl IngressConfig {
     }
 }
 
-/// `[broker]`: `memory` (one node, the default) or `redis` (many nodes sharing one Redis).
+/// `[broker]`: `memory` (one node, the default), `redis` (many nodes sharing one Redis: a
+/// single server, a master found through Sentinel, or a Redis Cluster) or `nats`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     #[serde(rename = "type")]
     pub kind: String,
     /// `redis://[user:password@]host:port[/db]` or `rediss://…` (credentials in the URL).
+    /// With `redis`, exactly one of `url`, `sentinel_nodes` and `cluster_nodes` is given.
     pub url: Secret,
+    /// With `redis` and `sentinel_nodes`: the name the sentinels know the master by.
+    pub sentinel_master: String,
+    /// With `redis`: the sentinels' URLs (`redis://[user:password@]host:port[/db]`); the
+    /// credentials and database are the master's (docs/scaling.md).
+    pub sentinel_nodes: Vec<Secret>,
+    /// With `redis`: seed URLs of a Redis Cluster (`redis://[user:password@]host:port`).
+    pub cluster_nodes: Vec<Secret>,
     /// Prefix of every key and channel Herald uses in Redis, so several clusters can share one.
     pub prefix: String,
     /// How long a broker call may take before the request fails with `broker_unavailable`.
@@ -192,6 +201,9 @@ impl Default for BrokerConfig {
         BrokerConfig {
             kind: "memory".into(),
             url: Secret(String::new()),
+            sentinel_master: String::new(),
+            sentinel_nodes: Vec::new(),
+            cluster_nodes: Vec::new(),
             prefix: "herald".into(),
             timeout_ms: 5000,
             presence_ttl_secs: 30,
@@ -212,13 +224,79 @@ impl BrokerConfig {
             "redis" => &["redis://", "rediss://"],
             _ => &["nats://", "tls://"],
         };
-        if !schemes.iter().any(|s| url.starts_with(s)) {
+        let lists = [
+            ("sentinel_nodes", &self.sentinel_nodes),
+            ("cluster_nodes", &self.cluster_nodes),
+        ];
+        if self.kind == "redis" {
+            let given: Vec<&str> = [("url", url.is_empty())]
+                .into_iter()
+                .chain(lists.iter().map(|(key, list)| (*key, list.is_empty())))
+                .filter(|(_, empty)| !empty)
+                .map(|(key, _)| key)
+                .collect();
+            if given.len() > 1 {
+                return bad(
+                    given[1],
+                    &format!(
+                        "give only one of url, sentinel_nodes and cluster_nodes (also given: {})",
+                        given[0]
+                    ),
+                );
+            }
+            for (key, list) in lists {
+                if list.len() > 64 {
+                    return bad(key, "at most 64 URLs");
+                }
+                for (i, node) in list.iter().enumerate() {
+                    if !schemes.iter().any(|s| node.0.starts_with(s)) {
+                        return bad(
+                            &format!("{key}[{i}]"),
+                            "must be a redis:// or rediss:// URL",
+                        );
+                    }
+                }
+            }
+            let name = self.sentinel_master.as_str();
+            match (self.sentinel_nodes.is_empty(), name.is_empty()) {
+                (false, true) => {
+                    return bad(
+                        "sentinel_master",
+                        "the master's name is required with sentinel_nodes",
+                    );
+                }
+                (true, false) => {
+                    return bad("sentinel_master", "only with sentinel_nodes");
+                }
+                _ => {}
+            }
+            if name.len() > 128 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad("sentinel_master", "at most 128 characters, without spaces");
+            }
+        } else {
+            for (key, list) in lists {
+                if !list.is_empty() {
+                    return bad(key, "only with type = \"redis\"");
+                }
+            }
+            if !self.sentinel_master.is_empty() {
+                return bad("sentinel_master", "only with type = \"redis\"");
+            }
+        }
+        let elsewhere =
+            self.kind == "redis" && url.is_empty() && lists.iter().any(|(_, l)| !l.is_empty());
+        if !elsewhere && !schemes.iter().any(|s| url.starts_with(s)) {
             return bad(
                 "url",
                 &format!(
-                    "a {} URL is required with type = {:?}",
+                    "a {} URL is required with type = {:?}{}",
                     schemes.join(" or "),
-                    self.kind
+                    self.kind,
+                    if self.kind == "redis" {
+                        " (or sentinel_nodes with sentinel_master, or cluster_nodes)"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
@@ -1291,6 +1369,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn redis_topologies_parse_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        let c = load(
+            "[broker]\ntype = \"redis\"\nsentinel_master = \"mymaster\"\n\
+             sentinel_nodes = [\"redis://127.0.0.1:26379/\", \"redis://:pw@127.0.0.1:26380/\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.broker.sentinel_nodes.len(), 2);
+        assert!(!format!("{c:?}").contains("pw@"), "URLs are not shown");
+        let c = load("[broker]\ntype = \"redis\"\ncluster_nodes = [\"redis://127.0.0.1:7000/\"]\n")
+            .unwrap();
+        assert_eq!(c.broker.cluster_nodes[0].0, "redis://127.0.0.1:7000/");
+        for (toml, key) in [
+            ("type = \"redis\"\n", "broker.url"),
+            (
+                "type = \"redis\"\nurl = \"redis://a/\"\ncluster_nodes = [\"redis://b/\"]\n",
+                "broker.cluster_nodes",
+            ),
+            (
+                "type = \"redis\"\nsentinel_nodes = [\"redis://b/\"]\n",
+                "broker.sentinel_master",
+            ),
+            (
+                "type = \"redis\"\nurl = \"redis://a/\"\nsentinel_master = \"m\"\n",
+                "broker.sentinel_master",
+            ),
+            (
+                "type = \"redis\"\ncluster_nodes = [\"redis://a/\", \"http://b/\"]\n",
+                "broker.cluster_nodes[1]",
+            ),
+            (
+                "type = \"nats\"\nurl = \"nats://a/\"\ncluster_nodes = [\"redis://a/\"]\n",
+                "broker.cluster_nodes",
+            ),
+        ] {
+            let err = load(&format!("[broker]\n{toml}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key}:")), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -156,9 +156,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             for webhook in &mut shown.webhooks {
                 webhook.secret.0 = "<set>".into();
             }
-            shown.broker.url.0 = herald_server::cluster::redacted(&shown.broker.url.0);
-            for ingress in &mut shown.ingress {
-                ingress.url.0 = herald_server::cluster::redacted(&ingress.url.0);
+            // Broker and ingress URLs with their passwords hidden.
+            let broker = &mut shown.broker;
+            let ingress = shown.ingress.iter_mut().map(|i| &mut i.url);
+            for url in std::iter::once(&mut broker.url)
+                .chain(broker.sentinel_nodes.iter_mut())
+                .chain(broker.cluster_nodes.iter_mut())
+                .chain(ingress)
+            {
+                url.0 = herald_server::cluster::redacted(&url.0);
             }
             println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())

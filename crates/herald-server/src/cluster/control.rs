@@ -336,14 +336,19 @@ pub async fn receive(state: &Arc<AppState>, payload: &[u8]) {
 /// unsubscribed with the reason `broker_reconnected` (native clients resubscribe with
 /// `recover`; dialects without such a notice see nothing, as when a channel is left).
 pub fn tell_subscribers_to_recover(state: &AppState) {
+    for name in state.hub.registry().occupied_channels() {
+        tell_channel_subscribers_to_recover(state, &name);
+    }
+}
+
+/// The same for the local subscribers of one channel (its sharded subscription had to be
+/// made again).
+pub fn tell_channel_subscribers_to_recover(state: &AppState, name: &ChannelName) {
     let hub = &state.hub;
-    for name in hub.registry().occupied_channels() {
-        let Some(channel) = hub.registry().lookup(&name) else {
-            continue;
-        };
-        for client in channel.subscribers() {
-            let _ =
-                hub.force_unsubscribe(&client, std::slice::from_ref(&name), "broker_reconnected");
-        }
+    let Some(channel) = hub.registry().lookup(name) else {
+        return;
+    };
+    for client in channel.subscribers() {
+        let _ = hub.force_unsubscribe(&client, std::slice::from_ref(name), "broker_reconnected");
     }
 }

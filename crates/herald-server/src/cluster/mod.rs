@@ -1,7 +1,8 @@
 //! Several nodes as one Herald: what is shared between nodes whatever carries it.
 //!
 //! - [`backplane`]: which broker joins the nodes, and starting its tasks.
-//! - [`redis`]: the Redis broker (sequencing, history, presence and the backplane).
+//! - [`redis`]: the Redis broker (sequencing, history, presence and the backplane), over one
+//!   server, a master found through Sentinel, or a Redis Cluster ([`redis::topology`]).
 //! - [`nats`]: the NATS broker (the backplane only: order per publishing node, history per
 //!   node).
 //! - [`wire`]: what a publication and a presence record look like between nodes.

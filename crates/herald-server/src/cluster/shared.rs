@@ -2,14 +2,17 @@
 //! as in the node's own store, and tells the other nodes of each change.
 //!
 //! Redis holds the cluster's copy (hashes `<prefix>:bans` and `<prefix>:channels`, JSON
-//! records); a change is written there and announced on `<prefix>:ctl` in one transaction,
-//! then every other node applies it ([`super::control`]). A node starting loads Redis's copy
-//! (records only its own store has, from before it joined, are added to Redis). History goes
-//! to the node's own store only. Calls block (the hub runs them on the blocking pool), so this
-//! uses a plain Redis connection with the broker's time limit.
+//! records); a change is written there and announced on `<prefix>:ctl` in one transaction
+//! (in a Redis Cluster, where a transaction cannot publish across the cluster, the write and
+//! then the announcement), then every other node applies it ([`super::control`]). A node
+//! starting loads Redis's copy (records only its own store has, from before it joined, are
+//! added to Redis). History goes to the node's own store only. Calls block (the hub runs them
+//! on the blocking pool), so this uses a plain Redis connection with the broker's time limit,
+//! opened as the topology says ([`super::redis::topology`]): a connection that failed is
+//! dropped and the call tried once more on a new one (with Sentinel, to the master the
+//! sentinels name then); the writes are idempotent.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use herald_core::Store;
 use herald_core::bans::BanRecord;
@@ -18,13 +21,13 @@ use herald_core::store::{ChannelRecord, StoreError, StoredHistory};
 use parking_lot::Mutex;
 
 use super::control::{Control, ControlRequest};
+use super::redis::topology::{Blocking, Keys, Topology};
 
 pub struct SharedStore {
     local: Arc<dyn Store>,
-    client: redis::Client,
-    conn: Mutex<Option<redis::Connection>>,
-    timeout: Duration,
-    prefix: String,
+    topology: Arc<Topology>,
+    conn: Mutex<Option<Blocking>>,
+    keys: Keys,
     /// This node's name, for the notices' `from`.
     node: String,
 }
@@ -32,47 +35,55 @@ pub struct SharedStore {
 impl SharedStore {
     pub fn new(
         local: Arc<dyn Store>,
-        client: redis::Client,
-        timeout: Duration,
-        prefix: &str,
+        topology: Arc<Topology>,
+        keys: Keys,
         node: &str,
     ) -> SharedStore {
         SharedStore {
             local,
-            client,
+            topology,
             conn: Mutex::new(None),
-            timeout,
-            prefix: prefix.to_string(),
+            keys,
             node: node.to_string(),
         }
     }
 
     fn key(&self, what: &str) -> String {
-        format!("{}:{what}", self.prefix)
+        self.keys.shared(what)
     }
 
-    /// Runs `f` on the connection, opening it first if needed; a failed connection is
-    /// dropped so the next call opens a new one.
+    /// Runs `f` on the connection, opening it first if needed. A connection on which `f`
+    /// failed is dropped, and where the failure says the server went away (or became a
+    /// replica) `f` runs once more on a new connection.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut dyn redis::ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let mut slot = self.conn.lock();
-        if slot.is_none() {
-            let conn = self
-                .client
-                .get_connection_with_timeout(self.timeout)
-                .map_err(|e| StoreError(format!("Redis: {e}")))?;
-            conn.set_read_timeout(Some(self.timeout))
-                .and_then(|()| conn.set_write_timeout(Some(self.timeout)))
-                .map_err(|e| StoreError(format!("Redis: {e}")))?;
-            *slot = Some(conn);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = match slot.as_mut() {
+                Some(conn) => conn,
+                None => {
+                    let opened = self
+                        .topology
+                        .blocking()
+                        .map_err(|e| StoreError(format!("Redis: {e}")))?;
+                    slot.insert(opened)
+                }
+            };
+            match f(conn.conn()) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    *slot = None;
+                    if attempt == 1 && super::redis::topology::master_gone(&e) {
+                        continue;
+                    }
+                    return Err(StoreError(format!("Redis: {e}")));
+                }
+            }
         }
-        let conn = slot.as_mut().expect("opened above");
-        f(conn).map_err(|e| {
-            *slot = None;
-            StoreError(format!("Redis: {e}"))
-        })
     }
 
     /// Writes (`Some`) or deletes (`None`) one record and announces `notice`, atomically.
@@ -89,14 +100,30 @@ impl SharedStore {
             control: notice,
         })
         .map_err(|e| StoreError(e.to_string()))?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match json {
-            Some(json) => pipe.hset(self.key(hash), field, json).ignore(),
-            None => pipe.hdel(self.key(hash), field).ignore(),
+        let write = match &json {
+            Some(json) => redis::cmd("HSET")
+                .arg(self.key(hash))
+                .arg(field)
+                .arg(json)
+                .clone(),
+            None => redis::cmd("HDEL").arg(self.key(hash)).arg(field).clone(),
         };
-        pipe.publish(self.key("ctl"), notice).ignore();
-        self.with(|c| pipe.query::<()>(c))
+        let mut announce = redis::cmd("PUBLISH");
+        announce.arg(self.keys.control()).arg(notice);
+        if self.keys.sharded() {
+            // A Redis Cluster: the write (to the shard owning the hash), then the notice (one
+            // command at a time: the blocking cluster connection does not pipeline).
+            self.with(|c| write.query::<()>(c))?;
+            self.with(|c| announce.query::<()>(c))
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
+                .add_command(write)
+                .ignore()
+                .add_command(announce)
+                .ignore();
+            self.with(|c| pipe.query::<()>(c))
+        }
     }
 
     /// Redis's records of `hash`, merged with the local ones it lacks (which are added).
@@ -127,7 +154,7 @@ impl SharedStore {
                 redis::cmd("HSETNX")
                     .arg(self.key(hash))
                     .arg(&k)
-                    .arg(json)
+                    .arg(&json)
                     .query::<()>(c)
             })?;
             out.push(rec);

@@ -16,28 +16,38 @@
 //!   Redis list. Before a recovery the node follows the channel and completes its local history
 //!   from that list ([`Broker::prepare`]), so a client recovers on any node.
 //!
-//! Keys: `<prefix>:ch:<channel>` (hash: `epoch`, `offset`; expires a day after the channel's
-//! last publication, or its history's time to live if longer), `<prefix>:hist:<channel>` (list
-//! of `offset\ntime_ms\nenvelope`), `<prefix>:presence:<channel>` (hash: client → record),
-//! `<prefix>:nodes` (hash: node → report), and the Redis channels `<prefix>:pub:<channel>`,
+//! Keys ([`topology::Keys`]; in a Redis Cluster the channel is a hash tag instead,
+//! `<prefix>:{<channel>}:ch`, ...): `<prefix>:ch:<channel>` (hash: `epoch`, `offset`; expires
+//! a day after the channel's last publication, or its history's time to live if longer),
+//! `<prefix>:hist:<channel>` (list of `offset\ntime_ms\nenvelope`),
+//! `<prefix>:presence:<channel>` (hash: client → record), `<prefix>:nodes` (hash: node →
+//! report), and the Redis channels `<prefix>:pub:<channel>` (sharded in a cluster),
 //! `<prefix>:ctl` (control messages to every node) and `<prefix>:node:<name>` (answers to one
 //! node). This module is also the cluster's [`ControlPlane`].
+//!
+//! - [`topology`]: how the node reaches Redis (one server, Sentinel, Cluster), following
+//!   failovers, and the key names.
+//! - [`feed`]: the pub/sub connection, whatever the topology.
 
+pub mod feed;
+pub mod topology;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use herald_core::broker::{BoxFuture, Broker, Interest, Publish, Published};
 use herald_core::history::Entry;
 use herald_core::hub::Registry;
 use herald_core::{ChannelName, ClientId, HeraldError, Message};
-use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::control::{receive, tell_subscribers_to_recover};
+use self::feed::Incoming;
+use self::topology::{Keys, Link, Topology};
+use super::control::{receive, tell_channel_subscribers_to_recover, tell_subscribers_to_recover};
 use super::wire::{Envelope, PresenceRecord};
-use super::{ControlPlane, Report, redacted, unavailable};
+use super::{ControlPlane, Report, unavailable};
 use crate::config::BrokerConfig;
 use crate::server::AppState;
 
@@ -46,8 +56,10 @@ const POSITION_TTL_SECS: u64 = 86_400;
 /// Longest wait between two attempts to reconnect the pub/sub connection.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// KEYS: position hash, pub/sub channel, history list. ARGV: a new epoch (used the first
-/// time), the envelope, the position's TTL, `history_size`, `history_ttl_secs`, `time_ms`.
+/// KEYS: position hash, pub/sub channel, history list (one slot in a cluster: the channel's
+/// hash tag). ARGV: a new epoch (used the first time), the envelope, the position's TTL,
+/// `history_size`, `history_ttl_secs`, `time_ms`, and the publishing command (`PUBLISH`, or
+/// `SPUBLISH` in a cluster).
 const PUBLISH_SCRIPT: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -63,7 +75,7 @@ if size > 0 then
   redis.call('LTRIM', KEYS[3], -size, -1)
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
-local nodes = redis.call('PUBLISH', KEYS[2], offset .. '\n' .. epoch .. '\n' .. ARGV[2])
+local nodes = redis.call(ARGV[7], KEYS[2], offset .. '\n' .. epoch .. '\n' .. ARGV[2])
 return {offset, epoch, nodes}
 "#;
 
@@ -78,10 +90,10 @@ enum Command {
 }
 
 pub struct RedisBroker {
-    client: redis::Client,
-    conn: ConnectionManager,
+    topology: Arc<Topology>,
+    conn: Link,
+    keys: Keys,
     script: redis::Script,
-    prefix: String,
     timeout: Duration,
     commands: mpsc::UnboundedSender<Command>,
     /// Taken by [`follow`] when it starts.
@@ -110,32 +122,29 @@ struct PresenceChange {
 }
 
 impl RedisBroker {
-    /// Connects to `[broker] url`; fails (naming the key) when Redis does not answer within
-    /// `timeout_ms`.
+    /// Connects to Redis as `[broker]` says (`url`, `sentinel_nodes` or `cluster_nodes`);
+    /// fails (naming the key) when Redis does not answer within `timeout_ms`.
     pub async fn connect(config: &BrokerConfig) -> anyhow::Result<Arc<RedisBroker>> {
-        let shown = redacted(&config.url.0);
-        let client = redis::Client::open(config.url.0.as_str())
-            .map_err(|e| anyhow::anyhow!("broker.url: {shown} is not a Redis URL: {e}"))?;
-        let timeout = Duration::from_millis(config.timeout_ms);
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let conn = tokio::time::timeout(
-            timeout,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!("broker.url: no answer from Redis at {shown} within {timeout:?}")
-        })?
-        .map_err(|e| anyhow::anyhow!("broker.url: cannot reach Redis at {shown}: {e}"))?;
+        let topology = Arc::new(Topology::from_config(config)?);
+        let timeout = topology.timeout();
+        let conn = topology.link().await.map_err(|e| {
+            if e.is_timeout() {
+                anyhow::anyhow!(
+                    "{}: no answer from {} within {timeout:?}",
+                    topology.key(),
+                    topology.shown()
+                )
+            } else {
+                anyhow::anyhow!("{}: cannot reach {}: {e}", topology.key(), topology.shown())
+            }
+        })?;
         let (commands, inbox) = mpsc::unbounded_channel();
         let (presence_tx, presence_rx) = mpsc::unbounded_channel();
         Ok(Arc::new(RedisBroker {
-            client,
+            keys: Keys::new(&config.prefix, topology.sharded()),
+            topology,
             conn,
             script: redis::Script::new(PUBLISH_SCRIPT),
-            prefix: config.prefix.clone(),
             timeout,
             commands,
             inbox: Mutex::new(Some(inbox)),
@@ -172,28 +181,10 @@ impl RedisBroker {
         )
     }
 
-    fn control_topic(&self) -> String {
-        format!("{}:ctl", self.prefix)
-    }
-
-    fn answer_topic(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
-    }
-
-    fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-
     /// The store keeping bans and API channels in Redis besides `local` (after `set_node`).
     pub fn shared_store(&self, local: Arc<dyn herald_core::Store>) -> super::shared::SharedStore {
         let node = self.node.get().map_or("", String::as_str);
-        super::shared::SharedStore::new(
-            local,
-            self.client.clone(),
-            self.timeout,
-            &self.prefix,
-            node,
-        )
+        super::shared::SharedStore::new(local, self.topology.clone(), self.keys.clone(), node)
     }
 
     async fn publish_to(&self, topic: String, json: String) -> Result<(), HeraldError> {
@@ -220,7 +211,7 @@ impl RedisBroker {
         let all: Vec<(String, String)> = tokio::time::timeout(
             self.timeout,
             redis::cmd("HGETALL")
-                .arg(self.nodes_key())
+                .arg(self.keys.nodes())
                 .query_async(&mut conn),
         )
         .await
@@ -235,7 +226,7 @@ impl RedisBroker {
                 }
                 _ => {
                     let _: Result<(), _> = redis::cmd("HDEL")
-                        .arg(self.nodes_key())
+                        .arg(self.keys.nodes())
                         .arg(&name)
                         .query_async(&mut conn)
                         .await;
@@ -259,10 +250,6 @@ impl RedisBroker {
         Ok(live)
     }
 
-    fn presence_key(&self, channel: &ChannelName) -> String {
-        format!("{}:presence:{channel}", self.prefix)
-    }
-
     async fn presence_now(
         &self,
         channel: &ChannelName,
@@ -274,7 +261,7 @@ impl RedisBroker {
             .into_iter()
             .map(|(_, report)| report.instance)
             .collect();
-        let key = self.presence_key(channel);
+        let key = self.keys.presence(channel);
         let entries: Vec<(String, String)> = tokio::time::timeout(
             self.timeout,
             redis::cmd("HGETALL").arg(&key).query_async(&mut conn),
@@ -304,18 +291,6 @@ impl RedisBroker {
         Ok(Some(present))
     }
 
-    fn position_key(&self, channel: &ChannelName) -> String {
-        format!("{}:ch:{channel}", self.prefix)
-    }
-
-    fn topic(&self, channel: &ChannelName) -> String {
-        format!("{}:pub:{channel}", self.prefix)
-    }
-
-    fn history_key(&self, channel: &ChannelName) -> String {
-        format!("{}:hist:{channel}", self.prefix)
-    }
-
     /// Completes the local history of `channels` from Redis (after they are followed).
     async fn prepare_now(
         &self,
@@ -327,10 +302,10 @@ impl RedisBroker {
             let mut conn = self.conn.clone();
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET")
-                .arg(self.position_key(channel))
+                .arg(self.keys.position(channel))
                 .arg("epoch")
                 .arg("offset")
-                .lrange(self.history_key(channel), 0, -1);
+                .lrange(self.keys.history(channel), 0, -1);
             let answer = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
             let ((epoch, offset), kept): (Position, Vec<Vec<u8>>) = match answer {
                 Ok(Ok(v)) => v,
@@ -374,15 +349,16 @@ impl RedisBroker {
         };
         let mut conn = self.conn.clone();
         let mut call = self.script.prepare_invoke();
-        call.key(self.position_key(&publish.channel))
-            .key(self.topic(&publish.channel))
-            .key(self.history_key(&publish.channel))
+        call.key(self.keys.position(&publish.channel))
+            .key(self.keys.topic(&publish.channel))
+            .key(self.keys.history(&publish.channel))
             .arg(&epoch[..8])
             .arg(envelope)
             .arg(POSITION_TTL_SECS.max(u64::from(ttl)))
             .arg(size)
             .arg(ttl)
-            .arg(herald_core::client::now_ms());
+            .arg(herald_core::client::now_ms())
+            .arg(self.keys.publish_command());
         let answer = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await;
         let (offset, epoch, nodes): (u64, String, u64) = match answer {
             Ok(Ok(v)) => v,
@@ -484,12 +460,12 @@ impl Interest for Interested {
 
 impl ControlPlane for RedisBroker {
     fn broadcast(&self, json: String) -> BoxFuture<'_, Result<(), HeraldError>> {
-        Box::pin(self.publish_to(self.control_topic(), json))
+        Box::pin(self.publish_to(self.keys.control(), json))
     }
 
     fn answer(&self, node: String, json: String) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _ = self.publish_to(self.answer_topic(&node), json).await;
+            let _ = self.publish_to(self.keys.answers(&node), json).await;
         })
     }
 
@@ -499,21 +475,32 @@ impl ControlPlane for RedisBroker {
 }
 
 /// Writes this node's presence changes to Redis in order (batched), and publishes join/leave
-/// notices for the other nodes, until `shutdown`.
+/// notices for the other nodes, until `shutdown`. In a cluster each channel's changes go in a
+/// pipeline of their own (its keys live in one slot); the channels' pipelines run together.
 pub async fn presence_writer(broker: Arc<RedisBroker>, mut shutdown: watch::Receiver<bool>) {
     let Some(mut rx) = broker.presence_rx.lock().ok().and_then(|mut r| r.take()) else {
         return;
     };
     let node = broker.instance.get().cloned().unwrap_or_default();
+    let keys = &broker.keys;
     let mut batch = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             n = rx.recv_many(&mut batch, 1024) => if n == 0 { return },
         }
-        let mut pipe = redis::pipe();
+        // One pipeline, or one per channel in a cluster (in the order of the changes).
+        let mut pipes: Vec<(Option<ChannelName>, redis::Pipeline)> = Vec::new();
         for change in batch.drain(..) {
-            let key = broker.presence_key(&change.channel);
+            let group = keys.sharded().then(|| change.channel.clone());
+            let pipe = match pipes.iter().position(|(g, _)| *g == group) {
+                Some(i) => &mut pipes[i].1,
+                None => {
+                    pipes.push((group, redis::pipe()));
+                    &mut pipes.last_mut().expect("just pushed").1
+                }
+            };
+            let key = keys.presence(&change.channel);
             let record = PresenceRecord {
                 client: change.client.to_string(),
                 user: change.user,
@@ -534,22 +521,26 @@ pub async fn presence_writer(broker: Arc<RedisBroker>, mut shutdown: watch::Rece
             }
             if change.notify {
                 let kind = if change.joined { "join" } else { "leave" };
-                pipe.cmd("PUBLISH")
-                    .arg(broker.topic(&change.channel))
+                pipe.cmd(keys.publish_command())
+                    .arg(keys.topic(&change.channel))
                     .arg(format!("{kind}\n{json}"))
                     .ignore();
             }
         }
-        let mut conn = broker.conn.clone();
-        match tokio::time::timeout(broker.timeout, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {}
+        let writes = pipes.iter().map(|(_, pipe)| {
+            let mut conn = broker.conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        let all = futures_util::future::join_all(writes);
+        match tokio::time::timeout(broker.timeout, all).await {
+            Ok(results) if results.iter().all(Result::is_ok) => {}
             _ => tracing::warn!("broker: presence changes not written (Redis unavailable)"),
         }
     }
 }
 
-/// The node's pub/sub connection: follows the channels with local subscribers and delivers
-/// what arrives, reconnecting with backoff (and following again) until `shutdown`.
+/// The node's pub/sub connection ([`feed`]): follows the channels with local subscribers and
+/// delivers what arrives, reconnecting with backoff (and following again) until `shutdown`.
 pub async fn follow(
     state: Arc<AppState>,
     broker: Arc<RedisBroker>,
@@ -559,20 +550,20 @@ pub async fn follow(
         return;
     };
     let registry = state.hub.registry();
-    let topic_prefix = format!("{}:pub:", broker.prefix);
+    let keys = &broker.keys;
     let me = state.node_name.clone();
     let instance = broker.instance.get().cloned().unwrap_or_default();
-    let control_topic = broker.control_topic();
-    let answer_topic = broker.answer_topic(&me);
+    let control_topic = keys.control();
+    let answer_topic = keys.answers(&me);
     let mut backoff = Duration::from_millis(100);
     let mut reconnecting = false;
     loop {
         let connected = tokio::select! {
-            c = broker.client.get_async_pubsub() => c,
+            c = broker.topology.feed() => c,
             _ = shutdown.changed() => return,
         };
-        let (mut sink, mut stream) = match connected {
-            Ok(pubsub) => pubsub.split(),
+        let mut feed = match connected {
+            Ok(feed) => feed,
             Err(e) => {
                 tracing::warn!(error = %e, "broker: cannot open the pub/sub connection; retrying");
                 tokio::time::sleep(backoff).await;
@@ -588,37 +579,65 @@ pub async fn follow(
         }
         reconnecting = true;
         backoff = Duration::from_millis(100);
-        let mut ok = sink.subscribe(broker.control_topic()).await.is_ok()
-            && sink.subscribe(broker.answer_topic(&me)).await.is_ok();
+        let mut ok =
+            feed.listen(&control_topic).await.is_ok() && feed.listen(&answer_topic).await.is_ok();
         broker.hearing.send_replace(ok);
         for channel in registry.occupied_channels() {
-            if sink.subscribe(broker.topic(&channel)).await.is_err() {
+            if feed.follow(&keys.topic(&channel)).await.is_err() {
                 ok = false;
                 break;
             }
         }
+        // Sharded subscriptions this node ended itself, whose confirmations are still to come
+        // (a cluster reports every end of a sharded subscription as a push).
+        let mut ending: HashMap<String, u32> = HashMap::new();
         while ok {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 command = inbox.recv() => match command {
                     None => return,
-                    Some(Command::Follow(c)) => ok = sink.subscribe(broker.topic(&c)).await.is_ok(),
-                    Some(Command::Unfollow(c)) => ok = sink.unsubscribe(broker.topic(&c)).await.is_ok(),
+                    Some(Command::Follow(c)) => ok = feed.follow(&keys.topic(&c)).await.is_ok(),
+                    Some(Command::Unfollow(c)) => {
+                        let topic = keys.topic(&c);
+                        ok = feed.unfollow(&topic).await.is_ok();
+                        if keys.sharded() {
+                            *ending.entry(topic).or_default() += 1;
+                        }
+                    }
                     Some(Command::Flush(done)) => {
                         let _ = done.send(());
                     }
                 },
-                message = stream.next() => match message {
-                    Some(m) if m.get_channel_name() == control_topic => {
+                incoming = feed.next() => match incoming {
+                    Incoming::Message(m) if m.get_channel_name() == control_topic => {
                         receive(&state, m.get_payload_bytes()).await;
                     }
-                    Some(m) if m.get_channel_name() == answer_topic => {
+                    Incoming::Message(m) if m.get_channel_name() == answer_topic => {
                         if let Some(cluster) = &state.cluster {
                             cluster.take_answer(m.get_payload_bytes());
                         }
                     }
-                    Some(m) => deliver(registry, &instance, &topic_prefix, m.get_channel_name(), m.get_payload_bytes()),
-                    None => ok = false,
+                    Incoming::Message(m) => deliver(registry, &instance, keys, m.get_channel_name(), m.get_payload_bytes()),
+                    Incoming::Interrupted => {
+                        tracing::warn!("broker: a Redis Cluster shard's pub/sub connection was re-established");
+                        tell_subscribers_to_recover(&state);
+                    }
+                    Incoming::Dropped(topic) => {
+                        if let Some(n) = ending.get_mut(&topic) {
+                            *n -= 1;
+                            if *n == 0 {
+                                ending.remove(&topic);
+                            }
+                        } else if let Some(channel) = keys.channel_of(&topic).and_then(|c| ChannelName::parse(c).ok())
+                            && registry.lookup(&channel).is_some()
+                        {
+                            // The channel's slot moved to another shard: follow it there.
+                            tracing::warn!(%channel, "broker: Redis ended a sharded subscription; following again");
+                            ok = feed.follow(&topic).await.is_ok();
+                            tell_channel_subscribers_to_recover(&state, &channel);
+                        }
+                    }
+                    Incoming::Lost => ok = false,
                 },
             }
         }
@@ -644,10 +663,10 @@ fn kept_entry(raw: &[u8]) -> Option<Entry> {
 
 /// Hands one published message to the local fan-out; malformed ones are logged and dropped.
 /// `me`: this node's instance (its own join/leave notices were given when they happened).
-fn deliver(registry: &Registry, me: &str, topic_prefix: &str, topic: &str, payload: &[u8]) {
+fn deliver(registry: &Registry, me: &str, keys: &Keys, topic: &str, payload: &[u8]) {
     // A join or leave notice of another node's subscriber.
-    if let Some(channel) = topic
-        .strip_prefix(topic_prefix)
+    if let Some(channel) = keys
+        .channel_of(topic)
         .and_then(|c| ChannelName::parse(c).ok())
         && let Ok(text) = std::str::from_utf8(payload)
         && let Some((kind @ ("join" | "leave"), json)) = text.split_once('\n')
@@ -662,7 +681,7 @@ fn deliver(registry: &Registry, me: &str, topic_prefix: &str, topic: &str, paylo
         return;
     }
     let parsed = (|| {
-        let channel = ChannelName::parse(topic.strip_prefix(topic_prefix)?).ok()?;
+        let channel = ChannelName::parse(keys.channel_of(topic)?).ok()?;
         let text = std::str::from_utf8(payload).ok()?;
         let (offset, rest) = text.split_once('\n')?;
         let (epoch, envelope) = rest.split_once('\n')?;
@@ -693,7 +712,7 @@ pub async fn heartbeat(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = Duration::from_secs(state.config.broker.presence_ttl_secs) / 3;
-    let key = broker.nodes_key();
+    let key = broker.keys.nodes();
     loop {
         let report = Report {
             at_ms: herald_core::client::now_ms(),
