@@ -140,7 +140,7 @@ pub struct Topology {
 }
 
 enum Kind {
-    Standalone(redis::Client),
+    Standalone(Box<redis::Client>),
     Sentinel(Arc<Sentinels>),
     Cluster(Vec<ConnectionInfo>),
 }
@@ -209,7 +209,7 @@ impl Topology {
         let client = redis::Client::open(config.url.0.as_str())
             .map_err(|e| anyhow::anyhow!("broker.url: {shown} is not a Redis URL: {e}"))?;
         Ok(Topology {
-            kind: Kind::Standalone(client),
+            kind: Kind::Standalone(Box::new(client)),
             timeout,
             key: "broker.url",
             shown: format!("Redis at {shown}"),
