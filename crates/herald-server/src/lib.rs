@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod admin_key;
+pub mod admission;
 pub mod auth;
 pub mod auth_hook;
 pub mod cluster;

@@ -26,9 +26,9 @@ use herald_core::{ClientHandle, Disconnect};
 use herald_protocol::ws::{self, Decoder, Incoming};
 use tokio::time::Instant;
 
-use super::Admission;
 use super::dialect::{Dialect, DialectSession};
 use super::transport::Transport;
+use crate::admission::Admission;
 use crate::server::AppState;
 
 /// How long a close may take: writing the last bytes and the close frame, then waiting for
@@ -82,7 +82,7 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
     // sweep: look again, now that the client is listed (only then: usually nothing changed).
     let moved = state.hub.ban_generation() != bans_seen;
     if let Some(ban) = moved
-        .then(|| super::ban_covering(state, &client, identity.admin))
+        .then(|| crate::admission::ban_covering(state, &client, identity.admin))
         .flatten()
     {
         client.outbox.close(Disconnect::new(
@@ -94,7 +94,7 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
     if let Some(greeting) = dialect.greeting(state, &client) {
         state.hub.registry().push_or_close(&client, greeting);
     }
-    if let Err(e) = super::apply_identity(state, &client, &identity) {
+    if let Err(e) = crate::admission::apply_identity(state, &client, &identity) {
         // The greeting is out: tell the client why its token's channels were refused.
         tracing::debug!(client = %client.id, error = %e.message, "connect-time subscription refused");
         if let Some(frame) = dialect.error_frame(&e) {

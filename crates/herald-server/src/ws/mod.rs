@@ -1,6 +1,7 @@
 //! The WebSocket transport: the `/ws` upgrade (RFC 6455 handshake over hyper's upgrade
-//! mechanism) and the per-connection task in [`connection`], which feeds the native codec and
-//! drains the client's outbox, over plain TCP or TLS ([`transport`]).
+//! mechanism, after [`crate::admission`] admitted the connection) and the per-connection task
+//! in [`connection`], which feeds the dialect's codec and drains the client's outbox, over
+//! plain TCP or TLS ([`transport`]).
 
 mod admin;
 mod connection;
@@ -18,20 +19,19 @@ pub use pushstream::upgrade_pushstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_core::client::{ClientInfo, ConnectExtras};
-use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldError};
+use herald_core::ErrorCode;
 use herald_protocol::ws::accept_key;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::auth::{self, Identity};
+use crate::admission::{self, Admission};
+use crate::auth::Identity;
 use crate::http::ApiError;
 use crate::server::AppState;
 
@@ -90,136 +90,6 @@ upgrade_handler! {
     #[doc = "The WS-PushServer dialect: any path of its mount."] upgrade_wspush => wspush::WsPush;
 }
 
-/// One of `limits.max_connections` WebSocket slots, taken at the handshake (so simultaneous
-/// handshakes cannot overshoot the limit) and given back when the connection ends.
-struct ConnectionSlot(Arc<AppState>);
-
-impl ConnectionSlot {
-    fn take(state: &Arc<AppState>) -> Option<ConnectionSlot> {
-        let max = state.config.limits.max_connections;
-        state
-            .ws_connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ConnectionSlot(state.clone()))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Whether the `Origin` header, if any, names the same host as `Host`.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://").map(|(_, rest)| rest))
-        .map(|rest| rest.split('/').next().unwrap_or(rest));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
-}
-
-/// What the handshake established about a connection, handed to its task.
-pub(crate) struct Admission {
-    pub info: ClientInfo,
-    pub extras: ConnectExtras,
-    pub identity: Identity,
-    /// [`Hub::ban_generation`](herald_core::Hub::ban_generation) before the handshake's ban
-    /// checks.
-    pub bans_seen: u64,
-}
-
-/// Checks the handshake's credential (dialects that take one).
-fn admit<D: Dialect>(
-    dialect: &D,
-    state: &AppState,
-    req: &Request,
-) -> Result<Identity, HeraldError> {
-    if !dialect.takes_credentials() {
-        return Ok(Identity::default());
-    }
-    let Some(credential) = auth::handshake_credential(req.headers(), req.uri().query()) else {
-        return Ok(Identity::default());
-    };
-    auth::verify(state, &credential).inspect_err(|e| {
-        tracing::info!(error = %e.message, "connection refused: bad credential");
-    })
-}
-
-/// The ban that covers `client` now, if any: its address (unless `admin`), or its user.
-pub(crate) fn ban_covering(
-    state: &AppState,
-    client: &ClientHandle,
-    admin: bool,
-) -> Option<herald_core::bans::BanRecord> {
-    let by_ip = client
-        .info
-        .remote
-        .filter(|_| !admin)
-        .and_then(|r| state.hub.banned(r.ip()));
-    by_ip.or_else(|| client.user().and_then(|u| state.hub.banned_user(u)))
-}
-
-/// Applies a verified identity to a connection: admin rights (native admins hear connects
-/// and disconnects until they choose otherwise with `{"op":"events"}`), and the channels its
-/// token grants, subscribed on the server's authority.
-pub(crate) fn apply_identity(
-    state: &AppState,
-    client: &Arc<ClientHandle>,
-    identity: &Identity,
-) -> Result<(), HeraldError> {
-    if identity.admin && !client.is_admin() {
-        state.hub.make_admin(client);
-        if client.format.name() == herald_protocol::native::DIALECT {
-            let mask = EventMask::of([EventType::ClientConnected, EventType::ClientDisconnected]);
-            state.hub.listen_events(&Actor::Admin, client, mask)?;
-        }
-    }
-    if !identity.channels.is_empty() {
-        state
-            .hub
-            .subscribe(&granting(identity), client, &identity.channels, None)?;
-    }
-    Ok(())
-}
-
-/// On whose authority a credential's channels are subscribed: an admin credential's as an
-/// admin's, any other's as the issuer's (public and private channels, not admin-only ones).
-fn granting(identity: &Identity) -> Actor {
-    if identity.admin {
-        Actor::Admin
-    } else {
-        Actor::Issuer
-    }
-}
-
-/// The request headers `events.headers` names, for `client.connected` events.
-fn event_headers(state: &AppState, headers: &HeaderMap) -> Vec<(String, String)> {
-    let names = &state.config.events.headers;
-    if names.is_empty() || !state.hub.events().wanted(EventType::ClientConnected) {
-        return Vec::new();
-    }
-    names
-        .iter()
-        .filter_map(|name| {
-            let value = headers.get(name.as_str())?.to_str().ok()?;
-            let value = herald_core::ids::truncate(value, MAX_EVENT_HEADER_BYTES);
-            Some((name.to_ascii_lowercase(), value.to_string()))
-        })
-        .collect()
-}
-
-/// Longest header value copied into an event.
-const MAX_EVENT_HEADER_BYTES: usize = 1024;
-
 /// The connection task of a WebSocket upgraded on a TLS connection.
 async fn run_tls<D: Dialect>(
     dialect: &D,
@@ -253,7 +123,7 @@ fn upgrade_to<D: Dialect>(
     if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
         return refusal;
     }
-    let identity = match admit(&dialect, &state, &req) {
+    let identity = match admission::credential(dialect.takes_credentials(), &state, &req) {
         Ok(identity) => identity,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -269,27 +139,12 @@ fn upgrade_admitted<D: Dialect>(
     mut req: Request,
     identity: Identity,
 ) -> Response {
-    // Read before the checks: a ban added after this is caught once the client is listed.
-    let bans_seen = state.hub.ban_generation();
-    // Admin credentials pass address bans, so an operator cannot lock themselves out.
-    let ip_ban = state.hub.banned(remote.ip()).filter(|_| !identity.admin);
-    let user_ban = || {
-        identity
-            .user
-            .as_ref()
-            .and_then(|u| state.hub.banned_user(u))
-    };
-    if let Some(ban) = ip_ban.or_else(user_ban) {
-        tracing::info!(%remote, user = ?identity.user, "banned connection refused");
-        return ApiError::new(ErrorCode::Banned, ban.message()).into_response();
-    }
     let headers = req.headers();
-    if dialect.same_origin_only() && !same_origin(headers) {
-        let mut resp =
-            ApiError::new(ErrorCode::Forbidden, "cross-origin WebSocket refused").into_response();
-        *resp.status_mut() = StatusCode::FORBIDDEN;
-        return resp;
-    }
+    let same_origin_only = dialect.same_origin_only();
+    let bans_seen = match admission::screen(&state, remote, headers, &identity, same_origin_only) {
+        Ok(seen) => seen,
+        Err(refusal) => return refusal,
+    };
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
     {
@@ -326,33 +181,14 @@ fn upgrade_admitted<D: Dialect>(
         return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
     };
     let accept = accept_key(key);
-    let info = ClientInfo::new(Some(remote), dialect.name());
-    let extras = ConnectExtras {
-        user: identity.user.clone(),
-        headers: event_headers(&state, headers),
-    };
-    // Boxed: the task keeps what it captures for the connection's whole life.
-    let admission = Box::new(Admission {
-        info,
-        extras,
-        identity,
-        bans_seen,
-    });
-    let Some(slot) = ConnectionSlot::take(&state) else {
-        let kind = crate::limits::Refused::MaxConnections;
-        crate::limits::count_refusal(&state, kind, remote.ip(), "limits.max_connections");
-        let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
-            .into_response();
-        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        return resp;
-    };
-    let slots = match crate::limits::take_slots(&state, remote.ip(), &admission.identity) {
-        Ok(slots) => slots,
+    let seated = admission::seat(&state, remote, headers, dialect.name(), identity, bans_seen);
+    let (admission, seat) = match seated {
+        Ok(seated) => seated,
         Err(refusal) => return refusal,
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let _slots = (slot, slots);
+        let _seat = seat;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),

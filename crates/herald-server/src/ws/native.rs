@@ -367,7 +367,7 @@ impl<'a> Session<'a> {
                 return Err(HeraldError::new(ErrorCode::Banned, ban.message()));
             }
         }
-        super::apply_identity(self.state, self.client, &identity)?;
+        crate::admission::apply_identity(self.state, self.client, &identity)?;
         Ok(json!({
             "admin": self.client.is_admin(),
             "user": self.client.user().map(|u| u.to_string()),

@@ -1,0 +1,231 @@
+//! Admitting a connection, whatever its transport: the credential it presents, bans, the
+//! origin rule, and the connection slots it holds while it lives (`limits.max_connections`,
+//! per address and per user). A transport calls [`credential`] (or the auth hook), then
+//! [`screen`], checks its own handshake, then [`seat`], and hands the [`Admission`] to its
+//! connection task, which applies the identity once the client is registered
+//! ([`apply_identity`], [`ban_covering`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_core::client::{ClientInfo, ConnectExtras};
+use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldError};
+
+use crate::auth::{self, Identity};
+use crate::http::ApiError;
+use crate::server::AppState;
+
+/// Checks the handshake's credential (dialects that take one).
+pub fn credential(
+    takes_credentials: bool,
+    state: &AppState,
+    req: &Request,
+) -> Result<Identity, HeraldError> {
+    if !takes_credentials {
+        return Ok(Identity::default());
+    }
+    let Some(credential) = auth::handshake_credential(req.headers(), req.uri().query()) else {
+        return Ok(Identity::default());
+    };
+    auth::verify(state, &credential).inspect_err(|e| {
+        tracing::info!(error = %e.message, "connection refused: bad credential");
+    })
+}
+
+/// What admission established about a connection, handed to its task.
+pub struct Admission {
+    pub info: ClientInfo,
+    pub extras: ConnectExtras,
+    pub identity: Identity,
+    /// [`Hub::ban_generation`](herald_core::Hub::ban_generation) before the handshake's ban
+    /// checks.
+    pub bans_seen: u64,
+}
+
+/// What a connection holds while it lives: its place under `limits.max_connections` and its
+/// per-address and per-user slots.
+pub struct Seat {
+    _connection: ConnectionSlot,
+    _limits: crate::limits::ConnectionSlots,
+}
+
+/// Bans (of the address, unless the credential is the admin's, and of the user) and, for
+/// transports that ask it, the same-origin rule. Returns the ban generation read before the
+/// checks, for [`Admission::bans_seen`].
+#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
+pub fn screen(
+    state: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    identity: &Identity,
+    same_origin_only: bool,
+) -> Result<u64, Response> {
+    // Read before the checks: a ban added after this is caught once the client is listed.
+    let bans_seen = state.hub.ban_generation();
+    // Admin credentials pass address bans, so an operator cannot lock themselves out.
+    let ip_ban = state.hub.banned(remote.ip()).filter(|_| !identity.admin);
+    let user_ban = || {
+        identity
+            .user
+            .as_ref()
+            .and_then(|u| state.hub.banned_user(u))
+    };
+    if let Some(ban) = ip_ban.or_else(user_ban) {
+        tracing::info!(%remote, user = ?identity.user, "banned connection refused");
+        return Err(ApiError::new(ErrorCode::Banned, ban.message()).into_response());
+    }
+    if same_origin_only && !same_origin(headers) {
+        let mut resp =
+            ApiError::new(ErrorCode::Forbidden, "cross-origin WebSocket refused").into_response();
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return Err(resp);
+    }
+    Ok(bans_seen)
+}
+
+/// Takes the connection's slots and builds its [`Admission`]; refused (503, 429) at a limit.
+#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
+pub fn seat(
+    state: &Arc<AppState>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    dialect: &'static str,
+    identity: Identity,
+    bans_seen: u64,
+) -> Result<(Box<Admission>, Seat), Response> {
+    let info = ClientInfo::new(Some(remote), dialect);
+    let extras = ConnectExtras {
+        user: identity.user.clone(),
+        headers: event_headers(state, headers),
+    };
+    // Boxed: the task keeps what it captures for the connection's whole life.
+    let admission = Box::new(Admission {
+        info,
+        extras,
+        identity,
+        bans_seen,
+    });
+    let Some(connection) = ConnectionSlot::take(state) else {
+        let kind = crate::limits::Refused::MaxConnections;
+        crate::limits::count_refusal(state, kind, remote.ip(), "limits.max_connections");
+        let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
+            .into_response();
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        return Err(resp);
+    };
+    let limits = crate::limits::take_slots(state, remote.ip(), &admission.identity)?;
+    Ok((
+        admission,
+        Seat {
+            _connection: connection,
+            _limits: limits,
+        },
+    ))
+}
+
+/// One of `limits.max_connections` connection slots, taken at the handshake (so simultaneous
+/// handshakes cannot overshoot the limit) and given back when the connection ends.
+struct ConnectionSlot(Arc<AppState>);
+
+impl ConnectionSlot {
+    fn take(state: &Arc<AppState>) -> Option<ConnectionSlot> {
+        let max = state.config.limits.max_connections;
+        state
+            .ws_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnectionSlot(state.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.ws_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Whether the `Origin` header, if any, names the same host as `Host`.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://").map(|(_, rest)| rest))
+        .map(|rest| rest.split('/').next().unwrap_or(rest));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// The ban that covers `client` now, if any: its address (unless `admin`), or its user.
+pub fn ban_covering(
+    state: &AppState,
+    client: &ClientHandle,
+    admin: bool,
+) -> Option<herald_core::bans::BanRecord> {
+    let by_ip = client
+        .info
+        .remote
+        .filter(|_| !admin)
+        .and_then(|r| state.hub.banned(r.ip()));
+    by_ip.or_else(|| client.user().and_then(|u| state.hub.banned_user(u)))
+}
+
+/// Applies a verified identity to a connection: admin rights (native admins hear connects
+/// and disconnects until they choose otherwise with `{"op":"events"}`), and the channels its
+/// token grants, subscribed on the server's authority.
+pub fn apply_identity(
+    state: &AppState,
+    client: &Arc<ClientHandle>,
+    identity: &Identity,
+) -> Result<(), HeraldError> {
+    if identity.admin && !client.is_admin() {
+        state.hub.make_admin(client);
+        if client.format.name() == herald_protocol::native::DIALECT {
+            let mask = EventMask::of([EventType::ClientConnected, EventType::ClientDisconnected]);
+            state.hub.listen_events(&Actor::Admin, client, mask)?;
+        }
+    }
+    if !identity.channels.is_empty() {
+        state
+            .hub
+            .subscribe(&granting(identity), client, &identity.channels, None)?;
+    }
+    Ok(())
+}
+
+/// On whose authority a credential's channels are subscribed: an admin credential's as an
+/// admin's, any other's as the issuer's (public and private channels, not admin-only ones).
+fn granting(identity: &Identity) -> Actor {
+    if identity.admin {
+        Actor::Admin
+    } else {
+        Actor::Issuer
+    }
+}
+
+/// The request headers `events.headers` names, for `client.connected` events.
+fn event_headers(state: &AppState, headers: &HeaderMap) -> Vec<(String, String)> {
+    let names = &state.config.events.headers;
+    if names.is_empty() || !state.hub.events().wanted(EventType::ClientConnected) {
+        return Vec::new();
+    }
+    names
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(name.as_str())?.to_str().ok()?;
+            let value = herald_core::ids::truncate(value, MAX_EVENT_HEADER_BYTES);
+            Some((name.to_ascii_lowercase(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Longest header value copied into an event.
+const MAX_EVENT_HEADER_BYTES: usize = 1024;
