@@ -454,6 +454,14 @@ fn text_frame(capacity: usize, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     ws::finish_frame(buf, ws::OP_TEXT)
 }
 
+/// One line of JSON written by `f`, ended by `\n` (the HTTP streaming transports).
+fn json_line(capacity: usize, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut buf = Vec::with_capacity(capacity + 1);
+    f(&mut buf);
+    buf.push(b'\n');
+    Bytes::from(buf)
+}
+
 fn write_json_str(buf: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *buf, s).expect("writing to a Vec cannot fail");
 }
@@ -507,19 +515,68 @@ pub fn reply_error(id: Option<&RawValue>, error: &HeraldError) -> Bytes {
     })
 }
 
-/// The native protocol over WebSocket.
-pub struct NativeWs;
+/// The native protocol's encodings: one JSON object per WebSocket text frame, or per line
+/// (`\n`-ended) for the HTTP streaming transports (SSE and NDJSON streaming frame the lines).
+pub struct NativeFormat {
+    lines: bool,
+    name: &'static str,
+}
 
-/// The one instance every native connection points to.
-pub static NATIVE_WS: NativeWs = NativeWs;
+/// The native protocol over WebSocket: the one instance every native connection points to.
+pub static NATIVE_WS: NativeFormat = NativeFormat {
+    lines: false,
+    name: DIALECT,
+};
 
-impl WireFormat for NativeWs {
+/// The native protocol as JSON lines, for the HTTP streaming transports.
+pub static NATIVE_LINES: NativeFormat = NativeFormat {
+    lines: true,
+    name: LINES_FORMAT,
+};
+
+/// [`NATIVE_LINES`]' name.
+pub const LINES_FORMAT: &str = "native-lines";
+
+/// Whether `format` is one of the native protocol's encodings.
+pub fn is_native(format: &dyn WireFormat) -> bool {
+    matches!(format.name(), DIALECT | LINES_FORMAT)
+}
+
+impl NativeFormat {
+    fn frame(&self, capacity: usize, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+        if self.lines {
+            json_line(capacity, f)
+        } else {
+            text_frame(capacity, f)
+        }
+    }
+}
+
+/// The welcome, as a JSON line (HTTP streaming transports).
+pub fn welcome_line(client: ClientId, ping_interval_ms: u64, max_payload_bytes: usize) -> Bytes {
+    json_line(160, |b| {
+        let _ = write!(
+            b,
+            "{{\"op\":\"welcome\",\"client\":\"{client}\",\"server\":\"herald\",\"version\":\"{}\",\"protocol\":1,\"ping_interval_ms\":{ping_interval_ms},\"max_payload_bytes\":{max_payload_bytes}}}",
+            env!("CARGO_PKG_VERSION")
+        );
+    })
+}
+
+/// Any value as one JSON line (`{"op":...}` objects of the HTTP streaming transports).
+pub fn line(value: &impl serde::Serialize) -> Bytes {
+    json_line(64, |b| {
+        serde_json::to_writer(&mut *b, value).expect("a JSON value serializes");
+    })
+}
+
+impl WireFormat for NativeFormat {
     fn name(&self) -> &'static str {
-        DIALECT
+        self.name
     }
 
     fn message(&self, m: &Message) -> Bytes {
-        text_frame(120 + m.channel.as_str().len() + m.data.len(), |b| {
+        self.frame(120 + m.channel.as_str().len() + m.data.len(), |b| {
             // Channel names and epochs are restricted to characters JSON needs no escapes for.
             let _ = write!(
                 b,
@@ -534,7 +591,7 @@ impl WireFormat for NativeWs {
     }
 
     fn direct(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
-        text_frame(80 + data.len(), |b| {
+        self.frame(80 + data.len(), |b| {
             b.extend_from_slice(b"{\"op\":\"direct\",\"from\":");
             write_from(b, from);
             b.extend_from_slice(b",\"data\":");
@@ -544,17 +601,14 @@ impl WireFormat for NativeWs {
     }
 
     fn unsubscribed(&self, channel: &ChannelName, reason: &str) -> Option<Bytes> {
-        Some(text_frame(
-            64 + channel.as_str().len() + reason.len(),
-            |b| {
-                let _ = write!(
-                    b,
-                    "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":"
-                );
-                write_json_str(b, reason);
-                b.push(b'}');
-            },
-        ))
+        Some(self.frame(64 + channel.as_str().len() + reason.len(), |b| {
+            let _ = write!(
+                b,
+                "{{\"op\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":"
+            );
+            write_json_str(b, reason);
+            b.push(b'}');
+        }))
     }
 
     fn presence_change(
@@ -565,7 +619,7 @@ impl WireFormat for NativeWs {
         joined: bool,
     ) -> Option<Bytes> {
         let op = if joined { "join" } else { "leave" };
-        Some(text_frame(96 + channel.as_str().len(), |b| {
+        Some(self.frame(96 + channel.as_str().len(), |b| {
             let _ = write!(
                 b,
                 "{{\"op\":\"{op}\",\"channel\":\"{channel}\",\"client\":\"{client}\",\"user\":"
@@ -579,7 +633,7 @@ impl WireFormat for NativeWs {
     }
 
     fn event(&self, event: &herald_core::Event) -> Option<Bytes> {
-        Some(text_frame(128, |b| {
+        Some(self.frame(128, |b| {
             let _ = write!(
                 b,
                 "{{\"op\":\"event\",\"type\":\"{}\",\"seq\":{},\"time\":{}",
@@ -598,7 +652,11 @@ impl WireFormat for NativeWs {
     }
 
     fn keepalive(&self) -> Bytes {
-        ws::ping_frame()
+        if self.lines {
+            Bytes::from_static(b"{\"op\":\"ping\"}\n")
+        } else {
+            ws::ping_frame()
+        }
     }
 }
 

@@ -188,7 +188,7 @@ pub fn apply_identity(
 ) -> Result<(), HeraldError> {
     if identity.admin && !client.is_admin() {
         state.hub.make_admin(client);
-        if client.format.name() == herald_protocol::native::DIALECT {
+        if herald_protocol::native::is_native(client.format) {
             let mask = EventMask::of([EventType::ClientConnected, EventType::ClientDisconnected]);
             state.hub.listen_events(&Actor::Admin, client, mask)?;
         }

@@ -31,6 +31,7 @@ pub mod jwt;
 pub mod limits;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod tls;
 pub mod webhooks;
 pub mod ws;

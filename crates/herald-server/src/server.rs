@@ -280,9 +280,10 @@ async fn accept_loop(
                 Ok((tcp, remote)) => {
                     let _ = tcp.set_nodelay(true);
                     let (router, state, shutdown) = (router.clone(), state.clone(), shutdown.clone());
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
                     match &tls {
                         None => {
-                            tokio::spawn(serve_connection(tcp, remote, router, state, shutdown));
+                            tokio::spawn(serve_connection(tcp, fd, remote, router, state, shutdown));
                         }
                         Some(acceptor) => {
                             let conn = serve_tls_connection(acceptor.clone(), tcp, remote, router, state, shutdown);
@@ -311,12 +312,13 @@ async fn serve_tls_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let handshake = tokio::select! {
         handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)) => handshake,
         _ = shutdown.changed() => return,
     };
     match handshake {
-        Ok(Ok(stream)) => serve_connection(stream, remote, router, state, shutdown).await,
+        Ok(Ok(stream)) => serve_connection(stream, fd, remote, router, state, shutdown).await,
         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
     }
@@ -325,13 +327,18 @@ async fn serve_tls_connection(
 /// Serves HTTP/1.1 (with upgrades) on a TCP stream or a TLS stream over one.
 async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
+    fd: std::os::fd::RawFd,
     remote: SocketAddr,
     router: axum::Router,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Lets a streaming response end this connection when its reader stopped reading.
+    let cutoff = crate::stream::Cutoff::default();
+    let cut = cutoff.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
+        req.extensions_mut().insert(cut.clone());
         router.clone().oneshot(req)
     });
     let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
@@ -344,6 +351,13 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        _ = cutoff.0.notified() => {
+            tracing::debug!(%remote, "a streaming response's reader was cut off");
+            // A reset when the connection is dropped below: the kernel lets go of what is
+            // queued for a peer that takes nothing, instead of retrying for minutes.
+            reset_on_close(fd);
+            return;
+        }
         _ = shutdown.changed() => {
             // Finish the request in flight, then close (keep-alive connections end here).
             conn.as_mut().graceful_shutdown();
@@ -353,6 +367,25 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
     }
+}
+
+/// Makes closing the socket `fd` reset the connection (`SO_LINGER` 0).
+fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the connection's socket, still open (its owner is dropped after this
+    // call); SO_LINGER takes a `linger` of the given size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 async fn pinger(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {

@@ -227,6 +227,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(routes::healthz))
         .route("/ws", get(crate::ws::upgrade))
+        .route("/sse", get(crate::stream::sse))
+        .route("/stream", get(crate::stream::stream))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,271 @@
+//! The native protocol over plain HTTP (`GET /sse`, `GET /stream`), over real sockets: the
+//! same deliveries as the WebSocket, exact recovery through `Last-Event-ID` (SSE) and
+//! `?recover=` (streaming) across a dropped connection, clear refusals for bad input, the end
+//! of a kicked connection, and a reader that stops reading cut off.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_KEY, TestServer, WAIT};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An HTTP/1.0 GET (so the body is the raw stream, ended by the server closing).
+async fn get(srv: &TestServer, path: &str, headers: &str) -> TcpStream {
+    let mut s = TcpStream::connect(srv.addr()).await.unwrap();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n{headers}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+/// Reads until `done` holds for what arrived (or the deadline).
+async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut buf = [0u8; 8192];
+    while !done(&String::from_utf8_lossy(&got)) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("timed out; got {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The data of every SSE event, with its id (if any).
+fn events(text: &str) -> Vec<(Option<String>, Value)> {
+    let body = text.split_once("\r\n\r\n").map_or(text, |(_, b)| b);
+    body.split("\n\n")
+        .filter_map(|event| {
+            let mut id = None;
+            let mut data = None;
+            for line in event.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_string());
+                }
+                if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).ok();
+                }
+            }
+            Some((id, data?))
+        })
+        .collect()
+}
+
+fn count_messages(text: &str) -> usize {
+    text.matches(r#""op":"message""#).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_delivers_and_recovers_exactly_through_last_event_id() {
+    let srv = TestServer::start_with(|c| c.channels.history_size = 100).await;
+    let mut s = get(&srv, "/sse?channels=news,chat:a", "").await;
+    let head = read_until(&mut s, |t| t.contains(r#""op":"subscribed""#)).await;
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    srv.admin().publish(&["news"], json!(1)).await.unwrap();
+    srv.admin().publish(&["chat:a"], json!("a1")).await.unwrap();
+    let text = head + &read_until(&mut s, |t| count_messages(t) == 2).await;
+    let evs = events(&text);
+    assert_eq!(evs[0].1["op"], "welcome");
+    assert_eq!(evs[1].1["op"], "subscribed");
+    let (last_id, last) = evs.last().unwrap().clone();
+    assert_eq!(last["data"], "a1");
+    let last_id = last_id.expect("messages carry an id");
+    assert!(
+        last_id.contains(",news") && last_id.contains(",chat:a"),
+        "{last_id}"
+    );
+    drop(s);
+    // Missed while away, in both channels.
+    srv.admin().publish(&["news"], json!(2)).await.unwrap();
+    srv.admin().publish(&["chat:a"], json!("a2")).await.unwrap();
+    srv.admin().publish(&["news"], json!(3)).await.unwrap();
+    let mut s = get(
+        &srv,
+        "/sse?channels=news,chat:a",
+        &format!("Last-Event-ID: {last_id}\r\n"),
+    )
+    .await;
+    let text = read_until(&mut s, |t| count_messages(t) == 3).await;
+    let evs = events(&text);
+    // The replayed messages come first, then the subscription's result.
+    let subscribed = &evs.iter().find(|(_, v)| v["op"] == "subscribed").unwrap().1;
+    assert_eq!(
+        subscribed["recovered"]["news"]["recovered"], true,
+        "{subscribed}"
+    );
+    assert_eq!(
+        subscribed["recovered"]["chat:a"]["recovered"], true,
+        "{subscribed}"
+    );
+    let data: Vec<Value> = evs
+        .iter()
+        .filter(|(_, v)| v["op"] == "message")
+        .map(|(_, v)| v["data"].clone())
+        .collect();
+    let mut sorted = data.clone();
+    sorted.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        sorted,
+        [json!("a2"), json!(2), json!(3)],
+        "exactly what was missed"
+    );
+    // Live from there.
+    srv.admin().publish(&["news"], json!(4)).await.unwrap();
+    let text = read_until(&mut s, |t| count_messages(t) == 1).await;
+    assert!(text.contains(r#""data":4"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ndjson_streaming_delivers_and_recovers_with_a_position() {
+    let srv = TestServer::start_with(|c| c.channels.history_size = 100).await;
+    let mut s = get(&srv, "/stream?channels=feed", "").await;
+    let head = read_until(&mut s, |t| t.contains(r#""op":"subscribed""#)).await;
+    assert!(
+        head.contains("content-type: application/x-ndjson"),
+        "{head}"
+    );
+    let first = srv.admin().publish(&["feed"], json!("one")).await.unwrap();
+    let text = head + &read_until(&mut s, |t| count_messages(t) == 1).await;
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[2]["data"], "one");
+    drop(s);
+    srv.admin().publish(&["feed"], json!("two")).await.unwrap();
+    let epoch = first["channels"][0]["epoch"].as_str().unwrap();
+    let mut s = get(
+        &srv,
+        &format!("/stream?channels=feed&recover=1,{epoch},feed"),
+        "",
+    )
+    .await;
+    let text = read_until(&mut s, |t| count_messages(t) == 1).await;
+    assert!(text.contains(r#""recovered":true"#), "{text}");
+    assert!(text.contains(r#""data":"two""#), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_refusals() {
+    let srv = TestServer::start_with(|c| c.channels.public = false).await;
+    for (path, headers, status, code) in [
+        ("/sse", "", "400", "bad_request"),
+        ("/sse?channels=bad%20name", "", "400", "invalid_channel"),
+        ("/stream?channels=a&recover=x,y", "", "400", "bad_request"),
+        (
+            "/sse?channels=a",
+            "Last-Event-ID: 1,e\r\n",
+            "400",
+            "bad_request",
+        ),
+        ("/sse?channels=private", "", "403", "forbidden"),
+        ("/sse?channels=a&token=nonsense", "", "401", "unauthorized"),
+    ] {
+        let mut s = get(&srv, path, headers).await;
+        let text = read_until(&mut s, |_| false).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.0 {status}")),
+            "{path}: {text}"
+        );
+        assert!(text.contains(code), "{path}: {text}");
+    }
+    // The admin key opens a private channel.
+    let mut s = get(
+        &srv,
+        &format!("/sse?channels=private&token={ADMIN_KEY}"),
+        "",
+    )
+    .await;
+    let text = read_until(&mut s, |t| t.contains(r#""op":"subscribed""#)).await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_stream_ends_with_a_close_line() {
+    let srv = TestServer::start().await;
+    let mut s = get(&srv, "/stream?channels=k", "").await;
+    let text = read_until(&mut s, |t| t.contains(r#""op":"welcome""#)).await;
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let welcome: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+    let id = welcome["client"].as_str().unwrap();
+    srv.admin()
+        .request_ok("DELETE", &format!("/api/v1/clients/{id}?reason=bye"), None)
+        .await
+        .unwrap();
+    // The close line, then the end of the response.
+    let rest = read_until(&mut s, |_| false).await;
+    let last: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["op"].as_str(), last["reason"].as_str()),
+        (Some("close"), Some("bye"))
+    );
+}
+
+/// A reader that never reads: its outbox fills, it is closed as a slow consumer and its
+/// connection is cut off; everyone else keeps receiving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_cut_off() {
+    let srv = TestServer::start_with(|c| {
+        c.websocket.outbox_max_bytes = 128 * 1024;
+        c.limits.max_payload_bytes = 64 * 1024;
+    })
+    .await;
+    let stuck = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(srv.addr()).await.unwrap();
+        s.write_all(b"GET /sse?channels=flood HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        s
+    };
+    let mut healthy = get(&srv, "/stream?channels=flood", "").await;
+    read_until(&mut healthy, |t| t.contains(r#""op":"subscribed""#)).await;
+    common::wait_for_subscribers(&srv, "flood", 2).await;
+    let payload = "x".repeat(32 * 1024);
+    let mut cut = false;
+    for _ in 0..200 {
+        srv.admin()
+            .publish(&["flood"], json!(payload))
+            .await
+            .unwrap();
+        let stats = srv.admin().stats().await.unwrap();
+        if stats["slow_consumers"].as_u64() == Some(1) {
+            cut = true;
+            break;
+        }
+        // The healthy reader keeps up.
+        let mut buf = vec![0u8; 1 << 20];
+        let _ = tokio::time::timeout(Duration::from_millis(5), healthy.read(&mut buf)).await;
+    }
+    assert!(cut, "the stuck reader was closed as a slow consumer");
+    // Without reading it: the server lets go of its socket within the grace (a reset, so the
+    // kernel drops what is queued for it).
+    let peer = stuck.local_addr().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while kernel_has_socket(srv.addr(), peer) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck reader's connection is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(srv.admin().stats().await.unwrap()["connections"], 1);
+    drop(stuck);
+}
+
+/// Whether the kernel holds a TCP socket from `local` to `remote` (Linux: /proc/net/tcp).
+fn kernel_has_socket(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        port(fields[1]) == local.port() && port(fields[2]) == remote.port()
+    })
+}
