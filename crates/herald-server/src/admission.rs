@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::client::{ClientInfo, ConnectExtras};
@@ -23,12 +22,13 @@ use crate::server::AppState;
 pub fn credential(
     takes_credentials: bool,
     state: &AppState,
-    req: &Request,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
 ) -> Result<Identity, HeraldError> {
     if !takes_credentials {
         return Ok(Identity::default());
     }
-    let Some(credential) = auth::handshake_credential(req.headers(), req.uri().query()) else {
+    let Some(credential) = auth::handshake_credential(headers, uri.query()) else {
         return Ok(Identity::default());
     };
     auth::verify(state, &credential).inspect_err(|e| {

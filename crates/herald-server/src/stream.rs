@@ -1,5 +1,6 @@
 //! The native protocol over plain HTTP, for clients that cannot hold a WebSocket:
-//! Server-Sent Events (`GET /sse`) and newline-delimited JSON streaming (`GET /stream`).
+//! Server-Sent Events (`GET /sse`), newline-delimited JSON streaming (`GET /stream`) and
+//! long-polling (`GET /poll`).
 //!
 //! A request is admitted like a WebSocket handshake ([`crate::admission`]: credential from
 //! `Authorization` or `?token=`, bans, limits), subscribes to `?channels=a,b` as its client,
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use herald_core::client::{DisconnectReason, now_ms};
@@ -76,6 +77,99 @@ pub async fn stream(
     open(Kind::Lines, state, remote, req).await
 }
 
+/// Longest a long-poll waits for something to deliver (`?timeout=` seconds, default this).
+const POLL_WAIT: Duration = Duration::from_secs(25);
+/// The longest `?timeout=` accepted.
+const MAX_POLL_WAIT_SECS: u64 = 120;
+
+/// `GET /poll?channels=a,b[&recover=positions][&timeout=25]`: long-polling, for clients that
+/// can do nothing else. Each request subscribes (recovering after the positions given), waits
+/// until something arrives or the time is up, and answers
+/// `{"client","recovered","messages":[…],"recover":"positions"}`: the next request passes
+/// `recover` back, so nothing published in between is lost while the channels' history
+/// holds it.
+pub async fn poll(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let wait = match poll_wait(req.uri()) {
+        Ok(wait) => wait,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let Admitted {
+        client,
+        identity,
+        seat: _seat,
+        wanted,
+    } = match admit(&state, remote, req.headers(), req.uri()).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let answer = async {
+        admission::apply_identity(&state, &client, &identity)?;
+        let subscribed = Box::pin(subscribe(&state, &client, &wanted)).await?;
+        // Wait for a delivery (what a recovery replayed is there already).
+        let deadline = tokio::time::Instant::now() + wait;
+        while !client.outbox.has_pending() && !client.outbox.is_closing() {
+            if tokio::time::timeout_at(deadline, client.outbox.ready())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let mut lines = Vec::new();
+        client.outbox.drain(&mut lines, usize::MAX);
+        let mut positions = wanted.positions.clone();
+        let mut messages = Vec::new();
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if line == br#"{"op":"ping"}"# {
+                continue;
+            }
+            if let Some((channel, epoch, offset)) = message_position(line) {
+                positions.insert(channel, (epoch, offset));
+            }
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) {
+                messages.push(value);
+            }
+        }
+        Ok::<_, HeraldError>(json!({
+            "client": client.id,
+            "recovered": subscribed["recovered"],
+            "messages": messages,
+            "recover": format_positions(&positions),
+        }))
+    };
+    let answer = Box::pin(answer).await;
+    state
+        .hub
+        .disconnect(&client, DisconnectReason::ClosedByClient);
+    match answer {
+        Ok(body) => {
+            let mut resp = axum::Json(body).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            resp
+        }
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// `?timeout=` seconds (0 answers at once).
+fn poll_wait(uri: &Uri) -> Result<Duration, HeraldError> {
+    let query = uri.query().unwrap_or("");
+    match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "timeout") {
+        None => Ok(POLL_WAIT),
+        Some((_, v)) => match v.parse::<u64>() {
+            Ok(secs) if secs <= MAX_POLL_WAIT_SECS => Ok(Duration::from_secs(secs)),
+            _ => Err(HeraldError::bad_request(format!(
+                "timeout is whole seconds, 0 to {MAX_POLL_WAIT_SECS}"
+            ))),
+        },
+    }
+}
+
 /// Positions as the SSE id and `?recover=` carry them: `offset,epoch,channel` entries
 /// separated by spaces (neither appears in channel names or epochs).
 fn parse_positions(text: &str) -> Result<BTreeMap<ChannelName, (String, u64)>, HeraldError> {
@@ -122,8 +216,8 @@ struct Wanted {
     positions: BTreeMap<ChannelName, (String, u64)>,
 }
 
-fn wanted(req: &Request) -> Result<Wanted, HeraldError> {
-    let query = req.uri().query().unwrap_or("");
+fn wanted(headers: &HeaderMap, uri: &Uri) -> Result<Wanted, HeraldError> {
+    let query = uri.query().unwrap_or("");
     let mut channels = Vec::new();
     let mut recover = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -150,8 +244,7 @@ fn wanted(req: &Request) -> Result<Wanted, HeraldError> {
             "at most {MAX_CHANNELS} channels"
         )));
     }
-    let last_event_id = req
-        .headers()
+    let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
@@ -165,52 +258,40 @@ fn wanted(req: &Request) -> Result<Wanted, HeraldError> {
     })
 }
 
-async fn open(kind: Kind, state: Arc<AppState>, remote: SocketAddr, req: Request) -> Response {
-    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
-        return refusal;
-    }
-    let wanted = match wanted(&req) {
-        Ok(w) => w,
-        Err(e) => return ApiError(e).into_response(),
-    };
+/// A client admitted and registered for an HTTP transport (its identity not yet applied).
+struct Admitted {
+    client: Arc<ClientHandle>,
+    identity: crate::auth::Identity,
+    seat: Seat,
+    wanted: Wanted,
+}
+
+/// Admits the request like a WebSocket handshake and registers its client.
+#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
+async fn admit(
+    state: &Arc<AppState>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Admitted, Response> {
+    crate::limits::check_attempt(state, remote.ip(), headers)?;
+    let wanted = wanted(headers, uri).map_err(|e| ApiError(e).into_response())?;
     let identity = if state.auth_hook.enabled() {
-        let uri = req.uri().clone();
         Box::pin(crate::auth_hook::admit(
-            &state,
+            state,
             remote,
-            req.headers(),
-            &uri,
+            headers,
+            uri,
             native::DIALECT,
         ))
         .await
     } else {
-        admission::credential(true, &state, &req)
+        admission::credential(true, state, headers, uri)
     };
-    let identity = match identity {
-        Ok(identity) => identity,
-        Err(e) => return ApiError(e).into_response(),
-    };
-    let bans_seen = match admission::screen(&state, remote, req.headers(), &identity, false) {
-        Ok(seen) => seen,
-        Err(refusal) => return refusal,
-    };
-    let seated = admission::seat(
-        &state,
-        remote,
-        req.headers(),
-        native::DIALECT,
-        identity,
-        bans_seen,
-    );
-    let (admission, seat) = match seated {
-        Ok(seated) => seated,
-        Err(refusal) => return refusal,
-    };
-    let cutoff = req
-        .extensions()
-        .get::<Cutoff>()
-        .cloned()
-        .unwrap_or_default();
+    let identity = identity.map_err(|e| ApiError(e).into_response())?;
+    let bans_seen = admission::screen(state, remote, headers, &identity, false)?;
+    let (admission, seat) =
+        admission::seat(state, remote, headers, native::DIALECT, identity, bans_seen)?;
     let admission::Admission {
         info,
         extras,
@@ -220,12 +301,35 @@ async fn open(kind: Kind, state: Arc<AppState>, remote: SocketAddr, req: Request
     let client = state.hub.connect_as(&NATIVE_LINES, info, extras);
     // A ban put in force since the check may have missed this client in its sweep.
     if state.hub.ban_generation() != bans_seen
-        && let Some(ban) = admission::ban_covering(&state, &client, identity.admin)
+        && let Some(ban) = admission::ban_covering(state, &client, identity.admin)
     {
         state.hub.disconnect(&client, DisconnectReason::Banned);
         let e = HeraldError::new(herald_core::ErrorCode::Banned, ban.message());
-        return ApiError(e).into_response();
+        return Err(ApiError(e).into_response());
     }
+    Ok(Admitted {
+        client,
+        identity,
+        seat,
+        wanted,
+    })
+}
+
+async fn open(kind: Kind, state: Arc<AppState>, remote: SocketAddr, req: Request) -> Response {
+    let Admitted {
+        client,
+        identity,
+        seat,
+        wanted,
+    } = match admit(&state, remote, req.headers(), req.uri()).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
+    };
+    let cutoff = req
+        .extensions()
+        .get::<Cutoff>()
+        .cloned()
+        .unwrap_or_default();
     let ws = &state.config.websocket;
     let welcome = native::welcome_line(
         client.id,

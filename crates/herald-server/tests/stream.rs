@@ -269,3 +269,62 @@ fn kernel_has_socket(local: std::net::SocketAddr, remote: std::net::SocketAddr) 
         port(fields[1]) == local.port() && port(fields[2]) == remote.port()
     })
 }
+
+/// Long-polling: a poll waits for a delivery; the next one passes `recover` back and gets
+/// what was published in between, at once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_lose_nothing_between_requests() {
+    let srv = TestServer::start_with(|c| c.channels.history_size = 100).await;
+    let api = herald_client::Api::new(&srv.http(), None);
+    let waiting = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.request_ok("GET", "/poll?channels=p&timeout=10", None)
+                .await
+        })
+    };
+    // Publish until the waiting poll is subscribed and answers.
+    let mut first = None;
+    for i in 0..100 {
+        srv.admin().publish(&["p"], json!(i)).await.unwrap();
+        if waiting.is_finished() {
+            first = Some(waiting.await.unwrap().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first.expect("the poll answered once something was published");
+    let messages = first["messages"].as_array().unwrap();
+    assert!(!messages.is_empty(), "{first}");
+    let last_seen = messages.last().unwrap()["data"].as_i64().unwrap();
+    let recover = first["recover"].as_str().unwrap().to_string();
+    assert!(recover.ends_with(",p"), "{first}");
+    // Published while no poll is open.
+    for i in 1000..1003 {
+        srv.admin().publish(&["p"], json!(i)).await.unwrap();
+    }
+    let path = format!(
+        "/poll?channels=p&timeout=0&recover={}",
+        recover.replace(' ', "%20").replace(',', "%2C")
+    );
+    let second = api.request_ok("GET", &path, None).await.unwrap();
+    assert_eq!(second["recovered"]["p"]["recovered"], true, "{second}");
+    let data: Vec<i64> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_i64().unwrap())
+        .collect();
+    let after_first: Vec<i64> = data.iter().copied().filter(|d| *d < 1000).collect();
+    assert!(after_first.iter().all(|d| *d > last_seen), "{second}");
+    assert_eq!(&data[data.len() - 3..], [1000, 1001, 1002], "{second}");
+    // Bad input.
+    let (status, body) = api
+        .request("GET", "/poll?channels=p&timeout=9999", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}

@@ -229,6 +229,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .route("/sse", get(crate::stream::sse))
         .route("/stream", get(crate::stream::stream))
+        .route("/poll", get(crate::stream::poll))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -123,7 +123,12 @@ fn upgrade_to<D: Dialect>(
     if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
         return refusal;
     }
-    let identity = match admission::credential(dialect.takes_credentials(), &state, &req) {
+    let identity = match admission::credential(
+        dialect.takes_credentials(),
+        &state,
+        req.headers(),
+        req.uri(),
+    ) {
         Ok(identity) => identity,
         Err(e) => return ApiError(e).into_response(),
     };
