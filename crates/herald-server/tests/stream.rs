@@ -249,7 +249,7 @@ async fn a_reader_that_stops_reading_is_cut_off() {
     // kernel drops what is queued for it).
     let peer = stuck.local_addr().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while kernel_has_socket(srv.addr(), peer) {
+    while common::kernel_has_socket(srv.addr(), peer) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the stuck reader's connection is still held"
@@ -258,16 +258,6 @@ async fn a_reader_that_stops_reading_is_cut_off() {
     }
     assert_eq!(srv.admin().stats().await.unwrap()["connections"], 1);
     drop(stuck);
-}
-
-/// Whether the kernel holds a TCP socket from `local` to `remote` (Linux: /proc/net/tcp).
-fn kernel_has_socket(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        port(fields[1]) == local.port() && port(fields[2]) == remote.port()
-    })
 }
 
 /// Long-polling: a poll waits for a delivery; the next one passes `recover` back and gets

@@ -333,16 +333,6 @@ async fn a_slow_consumer_receives_its_4100_close_frame() {
     assert_eq!(code, Some(4100), "after {messages} messages");
 }
 
-/// Whether the kernel holds a TCP socket from `local` to `remote` (Linux: /proc/net/tcp).
-fn kernel_has_socket(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        port(fields[1]) == local.port() && port(fields[2]) == remote.port()
-    })
-}
-
 /// A slow consumer that takes nothing more is cut off within the close grace, and the kernel
 /// lets go of its socket and the data queued for it at once (a reset), instead of retrying
 /// for minutes (issue 9, item 8).
@@ -356,7 +346,7 @@ async fn a_stalled_slow_consumer_releases_its_socket_promptly() {
         .await;
     assert_eq!(stalled.json().await["id"], 1);
     let peer = stalled.tcp.local_addr().unwrap();
-    assert!(kernel_has_socket(srv.addr(), peer));
+    assert!(common::kernel_has_socket(srv.addr(), peer));
     let api = srv.admin();
     let payload = "z".repeat(60_000);
     for _ in 0..500 {
@@ -367,7 +357,7 @@ async fn a_stalled_slow_consumer_releases_its_socket_promptly() {
     }
     // It never reads again: gone from the kernel's table within the grace and a margin.
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
-    while kernel_has_socket(srv.addr(), peer) {
+    while common::kernel_has_socket(srv.addr(), peer) {
         assert!(
             std::time::Instant::now() < deadline,
             "the server's socket to the stalled peer is still held"

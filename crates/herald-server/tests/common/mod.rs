@@ -268,3 +268,13 @@ impl RawPeer {
         self.send(1, v.to_string().as_bytes(), true).await;
     }
 }
+
+/// Whether the kernel holds a TCP socket from `local` to `remote` (Linux: /proc/net/tcp).
+pub fn kernel_has_socket(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        port(fields[1]) == local.port() && port(fields[2]) == remote.port()
+    })
+}
