@@ -150,6 +150,7 @@ pub async fn poll(
             let mut resp = axum::Json(body).into_response();
             resp.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            allow_origin(req.headers(), resp.headers_mut());
             resp
         }
         Err(e) => ApiError(e).into_response(),
@@ -385,7 +386,17 @@ async fn open(kind: Kind, state: Arc<AppState>, remote: SocketAddr, req: Request
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    allow_origin(req.headers(), headers);
     resp
+}
+
+/// Lets a page of another origin read the response (`EventSource`, `fetch`), when its
+/// `Origin` passed admission (`websocket.allowed_origins`, if set).
+fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        response.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
 }
 
 /// Subscribes the client to the channels, recovering where positions were given; the

@@ -62,8 +62,13 @@ fn count_messages(text: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_delivers_and_recovers_exactly_through_last_event_id() {
     let srv = TestServer::start_with(|c| c.channels.history_size = 100).await;
-    let mut s = get(&srv, "/sse?channels=news,chat:a", "").await;
+    let origin = "Origin: https://app.example\r\n";
+    let mut s = get(&srv, "/sse?channels=news,chat:a", origin).await;
     let head = read_until(&mut s, |t| t.contains(r#""op":"subscribed""#)).await;
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "a page of another origin may read it: {head}"
+    );
     assert!(head.starts_with("HTTP/1.0 200"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
     srv.admin().publish(&["news"], json!(1)).await.unwrap();
