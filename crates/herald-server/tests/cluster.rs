@@ -6,76 +6,12 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::services::{JWT_SECRET, Redis, free_port, until_nodes, user_token};
 use common::{ADMIN_KEY, TestServer, WAIT};
 use herald_client::{Api, Client};
 use serde_json::json;
-
-/// A `redis-server` on a free port, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    /// `None` (after saying so) when `redis-server` is missing and this is not CI.
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port, None)
-    }
-
-    /// On `port`; with `dir`, an append-only file there, synced at every write (so what Redis
-    /// acknowledged survives a kill).
-    fn start_on(port: u16, dir: Option<&std::path::Path>) -> Option<Redis> {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""]);
-        match dir {
-            Some(dir) => command
-                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-                .arg(dir),
-            None => command.args(["--appendonly", "no"]),
-        };
-        let spawned = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
-        let child = match spawned {
-            Ok(c) => c,
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("SKIPPED: redis-server cannot be started ({e}); install redis-server");
-                return None;
-            }
-            Err(e) => panic!("redis-server is required in CI: {e}"),
-        };
-        let redis = Redis { child, port };
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
 
 /// A node joined to `redis`, with `tweak` applied to its configuration.
 async fn node_with(
@@ -210,11 +146,7 @@ async fn a_broker_that_goes_away_gives_broker_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_cannot_be_reached_fails_the_start_naming_the_key() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path());
     config.broker.kind = "redis".into();
@@ -363,11 +295,7 @@ async fn nodes_are_listed_summed_and_forgotten_when_they_stop_reporting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_redis_restart_subscribers_are_told_and_recover_without_a_gap() {
     let data = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let Some(redis) = Redis::start_on(port, Some(data.path())) else {
         return;
     };
@@ -632,43 +560,12 @@ async fn clients_and_users_are_messaged_and_kicked_from_any_node() {
     assert_eq!(kicked["disconnected"], 2);
 }
 
-/// Waits until `node` lists `n` live nodes, so requests to the others are answered.
-async fn until_nodes(node: &TestServer, n: usize) {
-    for _ in 0..250 {
-        let body = node
-            .admin()
-            .request_ok("GET", "/api/v1/nodes", None)
-            .await
-            .unwrap();
-        if body["nodes"].as_array().unwrap().len() == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the nodes never saw each other");
-}
-
 fn named(name: &'static str) -> impl FnOnce(&mut herald_server::Config) + Send + 'static {
     move |c: &mut herald_server::Config| {
         c.node_name = name.into();
         c.broker.timeout_ms = 1000;
         c.jwt.hmac_secret = herald_server::config::Secret(JWT_SECRET.into());
     }
-}
-
-const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
-
-fn user_token(user: &str) -> String {
-    herald_server::jwt::mint(
-        &herald_server::jwt::Claims {
-            sub: user.into(),
-            exp: herald_server::jwt::now_secs() + 60,
-            ..Default::default()
-        },
-        herald_server::jwt::JwtAlgorithm::HS256,
-        JWT_SECRET.as_bytes(),
-    )
-    .unwrap()
 }
 
 /// A ban made on one node closes the user's connections on every node and refuses them on

@@ -8,91 +8,12 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::services::{JWT_SECRET, Nats, free_port, until_nodes, user_token};
 use common::{ADMIN_KEY, TestServer, WAIT};
 use herald_client::{Api, Client};
 use serde_json::json;
-
-/// A `nats-server` with JetStream on a port, killed when dropped.
-struct Nats {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Nats {
-    /// `None` (after saying so) when `nats-server` is missing and this is not CI.
-    fn start() -> Option<Nats> {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Option<Nats> {
-        // Debian installs it in /usr/sbin, which is not on every PATH.
-        let program = ["nats-server", "/usr/sbin/nats-server"]
-            .into_iter()
-            .find(|p| {
-                Command::new(p)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok()
-            });
-        let Some(program) = program else {
-            if std::env::var_os("CI").is_none() {
-                eprintln!("SKIPPED: nats-server cannot be started; install nats-server");
-                return None;
-            }
-            panic!("nats-server is required in CI");
-        };
-        let store = tempfile::tempdir().unwrap();
-        let child = Command::new(program)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        let nats = Nats {
-            child,
-            port,
-            _store: store,
-        };
-        let deadline = std::time::Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(nats)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
 
 /// A node named `name` joined to `nats`, with `tweak` applied to its configuration.
 async fn node_with(
@@ -116,35 +37,6 @@ async fn node_with(
 
 async fn node(nats: &Nats, name: &'static str) -> TestServer {
     node_with(nats, name, |_| {}).await
-}
-
-/// Waits until `node` lists `n` live nodes.
-async fn until_nodes(node: &TestServer, n: usize) {
-    for _ in 0..250 {
-        let body = node
-            .admin()
-            .request_ok("GET", "/api/v1/nodes", None)
-            .await
-            .unwrap();
-        if body["nodes"].as_array().unwrap().len() == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the nodes never saw each other");
-}
-
-fn user_token(user: &str) -> String {
-    herald_server::jwt::mint(
-        &herald_server::jwt::Claims {
-            sub: user.into(),
-            exp: herald_server::jwt::now_secs() + 60,
-            ..Default::default()
-        },
-        herald_server::jwt::JwtAlgorithm::HS256,
-        JWT_SECRET.as_bytes(),
-    )
-    .unwrap()
 }
 
 /// Every node gets every publication; each publisher's publications arrive in the order it
@@ -430,7 +322,7 @@ async fn admin_operations_and_events_span_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_that_goes_away_gives_broker_unavailable_then_subscribers_recover() {
     let port = free_port();
-    let Some(nats) = Nats::start_on(port) else {
+    let Some(nats) = Nats::start_on(port, None) else {
         return;
     };
     let a = node(&nats, "node-a").await;
@@ -458,7 +350,7 @@ async fn a_nats_that_goes_away_gives_broker_unavailable_then_subscribers_recover
     }
     assert!(refused, "publishing is refused while NATS is away");
     on_b.ping().await.unwrap();
-    let _nats = Nats::start_on(port).unwrap();
+    let _nats = Nats::start_on(port, None).unwrap();
     let notice = on_b
         .next_op("unsubscribed", Duration::from_secs(15))
         .await

@@ -7,31 +7,16 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::services::{
+    JWT_SECRET, Service as Proc, free_port, spawn, until_nodes, user_token, wait_for_port,
+};
 use common::{TestServer, WAIT};
 use herald_client::{Api, Client};
 use herald_server::config::Secret;
 use serde_json::json;
-
-/// A server process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A free port whose cluster bus port (+10000) is free too.
 fn free_cluster_port() -> u16 {
@@ -45,28 +30,11 @@ fn free_cluster_port() -> u16 {
 
 /// Starts `redis-server` with `args`; `None` (after saying so) when it is missing outside CI.
 fn redis_server(args: &[&str], port: u16) -> Option<Proc> {
-    let spawned = Command::new("redis-server")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match spawned {
-        Ok(c) => Proc(c),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: redis-server cannot be started ({e}); install redis-server");
-            return None;
-        }
-        Err(e) => panic!("redis-server is required in CI: {e}"),
-    };
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(child)
+    let mut command = Command::new("redis-server");
+    command.args(args);
+    let process = Proc(spawn(command, "redis-server")?);
+    wait_for_port(port, "redis-server");
+    Some(process)
 }
 
 /// `redis-cli -p <port> <args>`'s output.
@@ -198,23 +166,6 @@ async fn sentinel_node(sentinel: &Sentinel, name: &'static str) -> TestServer {
         c.channels.history_size = 100;
     })
     .await
-}
-
-/// Waits until `node` lists `n` live nodes, so requests to the others are answered.
-async fn until_nodes(node: &TestServer, n: usize) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body = node
-            .admin()
-            .request_ok("GET", "/api/v1/nodes", None)
-            .await
-            .unwrap();
-        if body["nodes"].as_array().unwrap().len() == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the nodes never saw each other");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Two nodes through one sentinel: delivery across nodes; the master is killed, the sentinel
@@ -543,21 +494,6 @@ async fn cluster_node_with(
 
 async fn cluster_node(cluster: &RedisCluster, name: &'static str) -> TestServer {
     cluster_node_with(cluster, name, |_| {}).await
-}
-
-const JWT_SECRET: &str = "cluster-test-jwt-secret-0123456789abcdef";
-
-fn user_token(user: &str) -> String {
-    herald_server::jwt::mint(
-        &herald_server::jwt::Claims {
-            sub: user.into(),
-            exp: herald_server::jwt::now_secs() + 60,
-            ..Default::default()
-        },
-        herald_server::jwt::JwtAlgorithm::HS256,
-        JWT_SECRET.as_bytes(),
-    )
-    .unwrap()
 }
 
 /// Publications on many channels (spread over the shards) reach subscribers on the other node

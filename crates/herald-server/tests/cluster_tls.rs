@@ -6,21 +6,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::services::{Service, free_port, spawn, wait_for_port};
 use common::{TestServer, WAIT};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use serde_json::json;
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_a_redis_over_tls() {
@@ -43,12 +34,9 @@ async fn nodes_share_a_redis_over_tls() {
     // The only test of this binary: the trusted roots are the test CA.
     unsafe { std::env::set_var("SSL_CERT_FILE", path("ca.pem")) };
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let spawned = Command::new("redis-server")
+    let port = free_port();
+    let mut command = Command::new("redis-server");
+    command
         .args(["--port", "0", "--bind", "127.0.0.1", "--save", ""])
         .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
         .arg("--tls-cert-file")
@@ -56,26 +44,12 @@ async fn nodes_share_a_redis_over_tls() {
         .arg("--tls-key-file")
         .arg(path("server.key"))
         .arg("--tls-ca-cert-file")
-        .arg(path("ca.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let _redis = match spawned {
-        Ok(child) => Redis(child),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: redis-server cannot be started ({e}); install redis-server");
-            return;
-        }
-        Err(e) => panic!("redis-server is required in CI: {e}"),
+        .arg(path("ca.pem"));
+    let Some(child) = spawn(command, "redis-server") else {
+        return;
     };
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _redis = Service(child);
+    wait_for_port(port, "redis-server (TLS)");
     let url = format!("rediss://127.0.0.1:{port}/");
     let node = |name: &'static str| {
         let url = url.clone();

@@ -7,115 +7,14 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::services::{Nats, Redis, free_port};
 use common::{RawPeer, TestServer, WAIT, wait_for_subscribers};
 use herald_client::{Api, Client};
 use herald_server::Config;
 use herald_server::config::{IngressConfig, Secret};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something listens on `port`.
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `None` (after saying so) when `program` cannot be started and this is not CI.
-fn spawn(mut command: Command, program: &str) -> Option<Child> {
-    match command.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-        Ok(child) => Some(child),
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: {program} cannot be started ({e}); install {program}");
-            None
-        }
-        Err(e) => panic!("{program} is required in CI: {e}"),
-    }
-}
-
-/// A `redis-server` on a port of its own, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        Self::start_on(free_port(), None)
-    }
-
-    /// On `port`; with `dir`, an append-only file there synced at every write, so a Redis
-    /// started again on the same `dir` has the stream, the group and its pending entries.
-    fn start_on(port: u16, dir: Option<&Path>) -> Option<Redis> {
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""]);
-        match dir {
-            Some(dir) => command
-                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
-                .arg(dir),
-            None => command.args(["--appendonly", "no"]),
-        };
-        let child = spawn(command, "redis-server")?;
-        let redis = Redis { child, port };
-        wait_for_port(port, "redis-server");
-        // Answering, not still loading its append-only file.
-        let deadline = Instant::now() + WAIT;
-        while !redis.pong() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-
-    fn pong(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut answer = [0u8; 5];
-        tcp.write_all(b"PING\r\n").is_ok()
-            && tcp.read_exact(&mut answer).is_ok()
-            && &answer == b"+PONG"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
 
 /// XADDs one entry with `payload` (a string, or any JSON value as its text).
 async fn xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str, payload: &Value) {
@@ -599,71 +498,26 @@ async fn a_url_redis_cannot_use_fails_the_start_naming_the_key() {
 
 // ---- NATS ---------------------------------------------------------------------------------
 
-/// `nats-server` on PATH, or where Debian puts it.
-fn nats_server_program() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file());
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-}
-
-/// A `nats-server` with its monitoring port (to see subscriptions), killed when dropped.
-struct Nats {
-    child: Child,
-    port: u16,
-    monitor: u16,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Nats {
-    fn start_on(port: u16, monitor: u16) -> Option<Nats> {
-        let mut command = Command::new(nats_server_program());
-        command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        command.args(["-m", &monitor.to_string()]);
-        let child = spawn(command, "nats-server")?;
-        let nats = Nats {
-            child,
-            port,
-            monitor,
-        };
-        wait_for_port(port, "nats-server");
-        wait_for_port(monitor, "nats-server monitoring");
-        Some(nats)
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits until `n` subscriptions in the queue group `herald` exist (publications reach
-    /// them only then).
-    async fn wait_subscriptions(&self, n: usize) {
-        let api = Api::new(&format!("http://127.0.0.1:{}", self.monitor), None);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok((200, subs)) = api.request("GET", "/subsz?subs=1", None).await {
-                let ours = subs["subscriptions_list"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s["qgroup"] == "herald")
-                    .count();
-                if ours >= n {
-                    return;
-                }
+/// Waits until `n` subscriptions in the queue group `herald` exist on `nats` (publications
+/// reach them only then).
+async fn wait_subscriptions(nats: &Nats, n: usize) {
+    let monitor = nats.monitor.expect("started with a monitoring port");
+    let api = Api::new(&format!("http://127.0.0.1:{monitor}"), None);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok((200, subs)) = api.request("GET", "/subsz?subs=1", None).await {
+            let ours = subs["subscriptions_list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|s| s["qgroup"] == "herald")
+                .count();
+            if ours >= n {
+                return;
             }
-            assert!(Instant::now() < deadline, "{n} NATS subscriptions");
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert!(Instant::now() < deadline, "{n} NATS subscriptions");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -683,10 +537,10 @@ async fn nats_subjects_are_published_in_both_formats() {
     .await;
     let mut c = srv.client().await;
     c.subscribe(&["news", "1"]).await.unwrap();
-    let Some(nats) = Nats::start_on(port, monitor) else {
+    let Some(nats) = Nats::start_on(port, Some(monitor)) else {
         return;
     };
-    nats.wait_subscriptions(2).await;
+    wait_subscriptions(&nats, 2).await;
     let publisher = async_nats::connect(nats.url()).await.unwrap();
     let send = |subject: &'static str, payload: String| {
         let publisher = publisher.clone();
@@ -733,8 +587,8 @@ async fn nats_subjects_are_published_in_both_formats() {
     // NATS restarts: the node subscribes again by itself.
     drop(publisher);
     drop(nats);
-    let nats = Nats::start_on(port, monitor).unwrap();
-    nats.wait_subscriptions(2).await;
+    let nats = Nats::start_on(port, Some(monitor)).unwrap();
+    wait_subscriptions(&nats, 2).await;
     let publisher = async_nats::connect(nats.url()).await.unwrap();
     publisher
         .publish(
