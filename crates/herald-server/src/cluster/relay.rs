@@ -22,6 +22,9 @@ use super::control::{Control, RelayedEvent};
 
 /// Most events in one notice.
 const BATCH: usize = 256;
+/// Most events waiting to be relayed; beyond it (the broker is slow or away) events are
+/// dropped for the other nodes, counted and logged, never queued without bound.
+const QUEUE: usize = 65_536;
 
 #[derive(Default)]
 struct Remote {
@@ -36,19 +39,26 @@ pub struct Relay {
     /// How long a notice counts without a report saying the same (`presence_ttl_secs`).
     notice_ttl: Duration,
     wanted: AtomicU32,
-    queue: mpsc::UnboundedSender<RelayedEvent>,
+    queue: mpsc::Sender<RelayedEvent>,
+    /// Events dropped because the queue was full.
+    dropped: std::sync::atomic::AtomicU64,
     /// Taken by [`send`] when it starts.
-    outgoing: Mutex<Option<mpsc::UnboundedReceiver<RelayedEvent>>>,
+    outgoing: Mutex<Option<mpsc::Receiver<RelayedEvent>>>,
 }
 
 impl Relay {
     pub fn new(notice_ttl: Duration) -> Arc<Relay> {
-        let (queue, outgoing) = mpsc::unbounded_channel();
+        Self::bounded(notice_ttl, QUEUE)
+    }
+
+    fn bounded(notice_ttl: Duration, capacity: usize) -> Arc<Relay> {
+        let (queue, outgoing) = mpsc::channel(capacity);
         Arc::new(Relay {
             remote: Mutex::new(Remote::default()),
             notice_ttl,
             wanted: AtomicU32::new(0),
             queue,
+            dropped: Default::default(),
             outgoing: Mutex::new(Some(outgoing)),
         })
     }
@@ -95,12 +105,21 @@ impl EventSink for Relay {
     }
 
     fn emit(&self, event: &Arc<Event>) {
-        let _ = self.queue.send(RelayedEvent {
+        let relayed = RelayedEvent {
             event: event.kind.as_str().to_string(),
             seq: event.seq,
             time_ms: event.time_ms,
             data: event.data.clone(),
-        });
+        };
+        if self.queue.try_send(relayed).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "cluster: lifecycle events not relayed (queue full)"
+                );
+            }
+        }
     }
 }
 
@@ -119,5 +138,27 @@ pub async fn send(cluster: Arc<Cluster>, mut shutdown: watch::Receiver<bool>) {
         if let Err(e) = cluster.notify(Control::Events { events }).await {
             tracing::warn!(error = %e.message, "cluster: lifecycle events not relayed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_events_instead_of_growing() {
+        let relay = Relay::bounded(Duration::from_secs(3), 4);
+        let event = Arc::new(Event {
+            kind: herald_core::events::EventType::ClientConnected,
+            seq: 1,
+            time_ms: 0,
+            data: serde_json::Map::new(),
+        });
+        for _ in 0..10 {
+            relay.emit(&event);
+        }
+        assert_eq!(relay.dropped.load(Ordering::Relaxed), 6);
+        let rx = relay.outgoing.lock().take().unwrap();
+        assert_eq!(rx.len(), 4, "the queue holds its capacity and no more");
     }
 }
