@@ -27,6 +27,8 @@ pub struct Message {
     pub from: Option<ClientId>,
     /// The payload: valid JSON text.
     pub data: RawJson,
+    /// Wall-clock time of publication (milliseconds since the Unix epoch).
+    pub time_ms: u64,
 }
 
 /// Encodes hub events into transport-ready frames for one kind of connection.

@@ -141,6 +141,12 @@ pub enum Replay<'a> {
     },
     /// The last `n` kept publications (push-stream's backtrack).
     Last(usize),
+    /// The kept publications made after `after_ms` (wall-clock milliseconds), at most the
+    /// `newest` of them (push-stream's `If-Modified-Since` positioning).
+    Since {
+        after_ms: u64,
+        newest: usize,
+    },
 }
 
 /// The outcome of a recovery, as the subscribe reply reports it.
@@ -247,6 +253,19 @@ impl History {
             .skip(skip)
             .map(|(e, _)| e.clone())
             .collect()
+    }
+
+    /// The entries published after `after_ms` (exclusive), at most the last `n` of them,
+    /// oldest first.
+    pub fn since(&self, after_ms: u64, n: usize) -> Vec<Arc<Entry>> {
+        let newer: Vec<Arc<Entry>> = self
+            .entries
+            .iter()
+            .filter(|(e, _)| e.time_ms > after_ms)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let skip = newer.len().saturating_sub(n);
+        newer.into_iter().skip(skip).collect()
     }
 
     /// Every entry, oldest first.

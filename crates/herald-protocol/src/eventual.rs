@@ -355,10 +355,12 @@ mod tests {
             epoch: "ep".into(),
             from: None,
             data: Bytes::from_static(EVENT.as_bytes()),
+            time_ms: 0,
         };
         assert_eq!(text(&EVENTUAL_WS.message(&m)), format!("{EVENT}\n"));
         let m = Message {
             data: Bytes::from_static(b"{\"n\":1}"),
+            time_ms: 0,
             ..m
         };
         let v: Value = serde_json::from_str(text(&EVENTUAL_WS.message(&m))).unwrap();

@@ -11,6 +11,7 @@ pub mod eventual;
 pub mod json;
 pub mod native;
 pub mod pushstream;
+pub mod records;
 pub mod simplysocket;
 pub mod subsocket;
 pub mod ws;

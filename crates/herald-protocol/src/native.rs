@@ -11,7 +11,7 @@ use bytes::Bytes;
 use herald_core::{ChannelName, ClientId, ErrorCode, HeraldError, Message, WireFormat};
 use serde_json::value::RawValue;
 
-use crate::{json, ws};
+use crate::{json, records, ws};
 
 /// Protocol name in listings and the welcome frame.
 pub const DIALECT: &str = "native";
@@ -454,12 +454,9 @@ fn text_frame(capacity: usize, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     ws::finish_frame(buf, ws::OP_TEXT)
 }
 
-/// One line of JSON written by `f`, ended by `\n` (the HTTP streaming transports).
+/// One JSON object written by `f` as a [`records`] record (the HTTP transports).
 fn json_line(capacity: usize, f: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-    let mut buf = Vec::with_capacity(capacity + 1);
-    f(&mut buf);
-    buf.push(b'\n');
-    Bytes::from(buf)
+    records::other(capacity, f)
 }
 
 fn write_json_str(buf: &mut Vec<u8>, s: &str) {
@@ -515,8 +512,9 @@ pub fn reply_error(id: Option<&RawValue>, error: &HeraldError) -> Bytes {
     })
 }
 
-/// The native protocol's encodings: one JSON object per WebSocket text frame, or per line
-/// (`\n`-ended) for the HTTP streaming transports (SSE and NDJSON streaming frame the lines).
+/// The native protocol's encodings: one JSON object per WebSocket text frame, or per
+/// [`records`] record for the HTTP transports (which frame each for SSE, NDJSON streaming or
+/// a long-poll answer).
 pub struct NativeFormat {
     lines: bool,
     name: &'static str,
@@ -576,7 +574,8 @@ impl WireFormat for NativeFormat {
     }
 
     fn message(&self, m: &Message) -> Bytes {
-        self.frame(120 + m.channel.as_str().len() + m.data.len(), |b| {
+        let capacity = 120 + m.channel.as_str().len() + m.data.len();
+        let write = |b: &mut Vec<u8>| {
             // Channel names and epochs are restricted to characters JSON needs no escapes for.
             let _ = write!(
                 b,
@@ -587,7 +586,12 @@ impl WireFormat for NativeFormat {
             b.extend_from_slice(b",\"data\":");
             b.extend_from_slice(&m.data);
             b.push(b'}');
-        })
+        };
+        if self.lines {
+            records::message(m, capacity, write)
+        } else {
+            text_frame(capacity, write)
+        }
     }
 
     fn direct(&self, from: Option<ClientId>, data: &[u8]) -> Bytes {
@@ -653,7 +657,7 @@ impl WireFormat for NativeFormat {
 
     fn keepalive(&self) -> Bytes {
         if self.lines {
-            Bytes::from_static(b"{\"op\":\"ping\"}\n")
+            records::keepalive(b"{\"op\":\"ping\"}")
         } else {
             ws::ping_frame()
         }
@@ -812,6 +816,7 @@ mod tests {
             epoch: "abc".into(),
             from: None,
             data: Bytes::from_static(br#"{"t":"hi \"x\""}"#),
+            time_ms: 0,
         };
         let v = payload(&NATIVE_WS.message(&m));
         assert_eq!(

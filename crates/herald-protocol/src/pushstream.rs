@@ -128,6 +128,7 @@ mod tests {
             epoch: "e".into(),
             from: None,
             data: text_to_data("say \"hi\"\n"),
+            time_ms: 0,
         };
         let f = PUSHSTREAM_WS.message(&m);
         assert_eq!(&f[2..], br#"{"id":3,"channel":"1","text":"say \"hi\"\n"}"#);

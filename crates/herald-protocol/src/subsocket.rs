@@ -238,6 +238,7 @@ mod tests {
             epoch: "e".into(),
             from: Some(from),
             data: text_to_data("hello world"),
+            time_ms: 0,
         };
         assert_eq!(
             text(&SUBSOCKET_WS.message(&m)),
@@ -246,6 +247,7 @@ mod tests {
         let m = Message {
             from: None,
             data: Bytes::from_static(b"{\"a\":1}"),
+            time_ms: 0,
             ..m
         };
         assert_eq!(

@@ -229,3 +229,60 @@ fn event_headers(state: &AppState, headers: &HeaderMap) -> Vec<(String, String)>
 
 /// Longest header value copied into an event.
 const MAX_EVENT_HEADER_BYTES: usize = 1024;
+
+/// A client admitted over an HTTP transport and registered in the hub, its identity not yet
+/// applied ([`apply_identity`]).
+pub struct Admitted {
+    pub client: Arc<ClientHandle>,
+    pub identity: Identity,
+    pub seat: Seat,
+}
+
+/// Admits an HTTP transport's request as a handshake of `dialect` would be (the auth hook
+/// when on and the dialect takes credentials, else [`credential`]; [`screen`], [`seat`]) and
+/// registers its client, encoded by `format`.
+#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
+pub async fn admit_http(
+    state: &Arc<AppState>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+    dialect: &'static str,
+    takes_credentials: bool,
+    format: &'static dyn herald_core::WireFormat,
+) -> Result<Admitted, Response> {
+    crate::limits::check_attempt(state, remote.ip(), headers)?;
+    let identity = if takes_credentials && state.auth_hook.enabled() {
+        Box::pin(crate::auth_hook::admit(
+            state, remote, headers, uri, dialect,
+        ))
+        .await
+    } else {
+        credential(takes_credentials, state, headers, uri)
+    };
+    let identity = identity.map_err(|e| ApiError(e).into_response())?;
+    let bans_seen = screen(state, remote, headers, &identity, false)?;
+    let (admission, seat) = seat(state, remote, headers, dialect, identity, bans_seen)?;
+    let Admission {
+        info,
+        extras,
+        identity,
+        bans_seen,
+    } = *admission;
+    let client = state.hub.connect_as(format, info, extras);
+    // A ban put in force since the check may have missed this client in its sweep.
+    if state.hub.ban_generation() != bans_seen
+        && let Some(ban) = ban_covering(state, &client, identity.admin)
+    {
+        state
+            .hub
+            .disconnect(&client, herald_core::client::DisconnectReason::Banned);
+        let e = HeraldError::new(ErrorCode::Banned, ban.message());
+        return Err(ApiError(e).into_response());
+    }
+    Ok(Admitted {
+        client,
+        identity,
+        seat,
+    })
+}

@@ -33,6 +33,7 @@ pub mod server;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod transport;
 pub mod webhooks;
 pub mod ws;
 

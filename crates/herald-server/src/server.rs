@@ -334,7 +334,7 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Lets a streaming response end this connection when its reader stopped reading.
-    let cutoff = crate::stream::Cutoff::default();
+    let cutoff = crate::transport::Cutoff::default();
     let cut = cutoff.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));

@@ -859,6 +859,7 @@ impl Registry {
                         epoch: st.epoch.clone(),
                         from: e.from,
                         data: e.data.clone(),
+                        time_ms: e.time_ms,
                     };
                     client
                         .format
@@ -868,8 +869,12 @@ impl Registry {
         };
         let (frames, outcome) = match replay {
             Replay::Nothing => return None,
-            Replay::Last(n) => {
-                let mut frames = frames(&st.history.last(n));
+            Replay::Last(n) | Replay::Since { newest: n, .. } => {
+                let kept = match replay {
+                    Replay::Since { after_ms, newest } => st.history.since(after_ms, newest),
+                    _ => st.history.last(n),
+                };
+                let mut frames = frames(&kept);
                 let mut total: usize = frames.iter().map(|f| f.len()).sum();
                 while total > room && !frames.is_empty() {
                     total -= frames.remove(0).len();
@@ -1001,6 +1006,7 @@ impl Registry {
             epoch: st.epoch.clone(),
             from: publish.from,
             data: publish.data.clone(),
+            time_ms: now_ms(),
         };
         self.keep(st, &msg, publish.to.as_deref());
         let skip = msg.from.filter(|_| !st.options.echo);
@@ -1027,6 +1033,7 @@ impl Registry {
             epoch: Arc::from(""),
             from: publish.from,
             data: publish.data.clone(),
+            time_ms: now_ms(),
         };
         let delivered = self.fan_out(
             &HashMap::new(),
@@ -1070,7 +1077,7 @@ impl Registry {
             offset: msg.offset,
             from: msg.from,
             data: bytes::Bytes::copy_from_slice(&msg.data),
-            time_ms: now_ms(),
+            time_ms: msg.time_ms,
             to: to.map(<[ClientId]>::to_vec),
         });
         let ttl = std::time::Duration::from_secs(u64::from(st.options.history_ttl_secs));

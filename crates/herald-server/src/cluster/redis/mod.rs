@@ -692,6 +692,8 @@ fn deliver(registry: &Registry, me: &str, keys: &Keys, topic: &str, payload: &[u
             epoch: Arc::from(epoch),
             from,
             data,
+            // Stamped on arrival: the envelope does not carry the publishing node's clock.
+            time_ms: herald_core::client::now_ms(),
         };
         Some((message, to))
     })();

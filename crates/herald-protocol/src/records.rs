@@ -1,0 +1,246 @@
+//! Records: how a dialect's deliveries travel through the outbox of a client on an HTTP
+//! transport (Server-Sent Events, streaming, long-polling). A dialect's line format writes
+//! one record per delivery; the transports read the records back and frame each for their
+//! wire, knowing nothing of what the payload says. One record per line:
+//!
+//! - `m<offset>,<epoch>,<time_ms>,<channel> <payload>\n`: a publication and its position,
+//!   which the transports turn into resumable positions (an SSE `id`, a long-poll `Etag`);
+//! - `k<payload>\n`: a keep-alive (SSE sends a comment instead, long-polling drops it);
+//! - `d<payload>\n`: anything else (greetings, replies, notices, direct messages).
+//!
+//! Payloads never hold a `\n`: dialects write JSON (which escapes it) or escaped text.
+//! Channel names and epochs hold neither spaces nor commas.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use bytes::Bytes;
+use herald_core::{ChannelName, HeraldError, Message};
+
+/// Where a publication stands in its channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub channel: ChannelName,
+    pub epoch: String,
+    pub offset: u64,
+    /// Wall-clock milliseconds of publication.
+    pub time_ms: u64,
+}
+
+/// One record read back from an outbox.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    Message {
+        position: Position,
+        payload: &'a [u8],
+    },
+    Keepalive(&'a [u8]),
+    Other(&'a [u8]),
+}
+
+impl Record<'_> {
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            Record::Message { payload, .. } => payload,
+            Record::Keepalive(p) | Record::Other(p) => p,
+        }
+    }
+}
+
+/// A publication's record: its position, then what `payload` writes.
+pub fn message(msg: &Message, capacity: usize, payload: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut b = Vec::with_capacity(capacity + 48 + msg.channel.as_str().len());
+    let _ = write!(
+        b,
+        "m{},{},{},{} ",
+        msg.offset, msg.epoch, msg.time_ms, msg.channel
+    );
+    payload(&mut b);
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// A keep-alive record.
+pub fn keepalive(payload: &[u8]) -> Bytes {
+    tagged(b'k', payload.len(), |b| b.extend_from_slice(payload))
+}
+
+/// Any other record, written by `payload`.
+pub fn other(capacity: usize, payload: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    tagged(b'd', capacity, payload)
+}
+
+fn tagged(tag: u8, capacity: usize, payload: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+    let mut b = Vec::with_capacity(capacity + 2);
+    b.push(tag);
+    payload(&mut b);
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// The records in `batch` (whole records, as an outbox drains them). Anything unreadable is
+/// passed on as `Other`, never dropped.
+pub fn parse(batch: &[u8]) -> impl Iterator<Item = Record<'_>> {
+    batch
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| match line[0] {
+            b'k' => Record::Keepalive(&line[1..]),
+            b'm' => parse_message(&line[1..]).unwrap_or(Record::Other(&line[1..])),
+            b'd' => Record::Other(&line[1..]),
+            _ => Record::Other(line),
+        })
+}
+
+fn parse_message(line: &[u8]) -> Option<Record<'_>> {
+    let space = line.iter().position(|b| *b == b' ')?;
+    let head = std::str::from_utf8(&line[..space]).ok()?;
+    let mut parts = head.splitn(4, ',');
+    let offset = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?.to_string();
+    let time_ms = parts.next()?.parse().ok()?;
+    let channel = ChannelName::parse(parts.next()?).ok()?;
+    Some(Record::Message {
+        position: Position {
+            channel,
+            epoch,
+            offset,
+            time_ms,
+        },
+        payload: &line[space + 1..],
+    })
+}
+
+/// Most channels a position list names.
+pub const MAX_POSITIONS: usize = 100;
+
+/// A connection's position in each channel, as clients hand it back to resume (an SSE
+/// `Last-Event-ID`, a long-poll's `Etag`, `?recover=`): `offset,epoch,channel` entries
+/// separated by spaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Positions(pub BTreeMap<ChannelName, (String, u64)>);
+
+impl Positions {
+    pub fn parse(text: &str) -> Result<Positions, HeraldError> {
+        let bad = || {
+            HeraldError::bad_request(
+                "a position list is \"offset,epoch,channel\" entries separated by spaces",
+            )
+        };
+        let mut out = BTreeMap::new();
+        for entry in text.split(' ').filter(|e| !e.is_empty()) {
+            let mut parts = entry.splitn(3, ',');
+            let (Some(offset), Some(epoch), Some(channel)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let offset = offset.parse::<u64>().map_err(|_| bad())?;
+            if epoch.is_empty() || epoch.len() > 64 || epoch.contains([' ', ',']) {
+                return Err(bad());
+            }
+            out.insert(ChannelName::parse(channel)?, (epoch.to_string(), offset));
+            if out.len() > MAX_POSITIONS {
+                return Err(HeraldError::bad_request(format!(
+                    "at most {MAX_POSITIONS} positions"
+                )));
+            }
+        }
+        Ok(Positions(out))
+    }
+
+    /// Moves to `position` in its channel.
+    pub fn advance(&mut self, position: &Position) {
+        self.0.insert(
+            position.channel.clone(),
+            (position.epoch.clone(), position.offset),
+        );
+    }
+
+    pub fn get(&self, channel: &ChannelName) -> Option<(&str, u64)> {
+        self.0.get(channel).map(|(e, o)| (e.as_str(), *o))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Display for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (channel, (epoch, offset))) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{offset},{epoch},{channel}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn msg() -> Message {
+        Message {
+            channel: ChannelName::parse("chat:a").unwrap(),
+            offset: 42,
+            epoch: Arc::from("Ep0ch"),
+            from: None,
+            data: Bytes::from_static(b"1"),
+            time_ms: 1_700_000_000_123,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut batch = Vec::new();
+        batch.extend_from_slice(&message(&msg(), 8, |b| b.extend_from_slice(b"{\"x\":1}")));
+        batch.extend_from_slice(&keepalive(b"ping"));
+        batch.extend_from_slice(&other(4, |b| b.extend_from_slice(b"hello world")));
+        let records: Vec<Record> = parse(&batch).collect();
+        assert_eq!(
+            records,
+            [
+                Record::Message {
+                    position: Position {
+                        channel: ChannelName::parse("chat:a").unwrap(),
+                        epoch: "Ep0ch".into(),
+                        offset: 42,
+                        time_ms: 1_700_000_000_123,
+                    },
+                    payload: b"{\"x\":1}",
+                },
+                Record::Keepalive(b"ping"),
+                Record::Other(b"hello world"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_record_is_passed_on_not_dropped() {
+        let records: Vec<Record> = parse(b"mgarbage\nxyz\n").collect();
+        assert_eq!(records, [Record::Other(b"garbage"), Record::Other(b"xyz")]);
+    }
+
+    #[test]
+    fn positions_round_trip_and_bad_ones_are_refused() {
+        let text = "3,AbC-_9,chat:room-1 7,xyz,news";
+        let parsed = Positions::parse(text).unwrap();
+        assert_eq!(parsed.0.len(), 2);
+        assert_eq!(
+            parsed.get(&ChannelName::parse("news").unwrap()),
+            Some(("xyz", 7))
+        );
+        assert_eq!(parsed.to_string(), text);
+        for bad in ["x,e,c", "1,e", "1,,c", "1,e,bad channel"] {
+            assert!(Positions::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Positions::parse("").unwrap().is_empty());
+        let many: Vec<String> = (0..=MAX_POSITIONS).map(|i| format!("1,e,c{i}")).collect();
+        assert!(Positions::parse(&many.join(" ")).is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! The streaming HTTP response of a client on an HTTP transport, and the long-poll wait.
+//!
+//! A [`Stream`] is a client already admitted and subscribed by its dialect. [`respond`] turns
+//! it into one long response whose body is the client's outbox, framed per [`Framing`]:
+//!
+//! - **SSE**: each publication record becomes an event whose `id` lists the connection's
+//!   position in every channel it received from (`offset,epoch,channel` separated by
+//!   spaces), so the browser's automatic reconnect (`Last-Event-ID`) lets the dialect recover
+//!   exactly what was missed; keep-alives become comments; everything else a `data:` event.
+//! - **Lines**: each record's payload as a line, as the dialect wrote it.
+//!
+//! The same outbox limit applies as on a WebSocket (a reader that falls behind is closed as a
+//! slow consumer). The connection ends when the reader goes (the body is dropped), when the
+//! client is closed (kick, ban, slow consumer, time-out: the dialect's last record, given
+//! [`CUTOFF_GRACE`] to be taken, else the connection is cut off through its [`Cutoff`]), or
+//! at shutdown. Whatever way it ends, the client leaves the hub.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use herald_core::ClientHandle;
+use herald_core::client::{Disconnect, DisconnectReason, now_ms};
+use herald_protocol::records::{self, Positions, Record};
+
+use crate::admission::Seat;
+use crate::server::AppState;
+
+/// Most bytes handed to the HTTP layer at once.
+const CHUNK: usize = 64 * 1024;
+/// How long a closed connection's reader has to take its last bytes before it is cut off.
+pub const CUTOFF_GRACE: Duration = Duration::from_secs(2);
+
+/// Ends the HTTP connection a request came on (inserted by the server for every request):
+/// for a streaming response whose reader stopped reading, which the HTTP layer would
+/// otherwise keep waiting to write to.
+#[derive(Clone, Default)]
+pub struct Cutoff(pub Arc<tokio::sync::Notify>);
+
+/// How records are written into the response body.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Framing {
+    /// Server-Sent Events.
+    Sse,
+    /// Each record's payload and a `\n`.
+    Lines,
+}
+
+/// A client admitted and subscribed by its dialect, to be served one long response.
+pub struct Stream {
+    pub client: Arc<ClientHandle>,
+    /// Its place among the connection limits, held until the response ends.
+    pub seat: Seat,
+    pub framing: Framing,
+    pub content_type: &'static str,
+    /// Where the SSE ids start (the positions the client resumed from).
+    pub positions: Positions,
+    /// The dialect's last records for a closed client (e.g. a `close` line), if any.
+    pub closing: fn(&Disconnect) -> Option<Bytes>,
+}
+
+/// The response that streams `stream`'s outbox, with the connection's `cutoff`.
+pub fn respond(state: Arc<AppState>, stream: Stream, cutoff: Cutoff) -> Response {
+    let Stream {
+        client,
+        seat,
+        framing,
+        content_type,
+        positions,
+        closing,
+    } = stream;
+    let feed = Feed {
+        framing,
+        state,
+        client,
+        positions,
+        closing,
+        cutoff,
+        _seat: seat,
+    };
+    // One chunk in flight: the feed waits while the HTTP layer cannot write, and notices a
+    // close meanwhile.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(feed.run(tx));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    *resp.status_mut() = StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// Lets a page of another origin read the response (`EventSource`, `fetch`), when its
+/// `Origin` passed admission (`websocket.allowed_origins`, if set).
+pub fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        response.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        response.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// One long-poll: waits up to `wait` for something to deliver (what a recovery replayed is
+/// there already) and takes the client's records.
+pub async fn wait(client: &ClientHandle, wait: Duration) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + wait;
+    while !client.outbox.has_pending() && !client.outbox.is_closing() {
+        if tokio::time::timeout_at(deadline, client.outbox.ready())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut batch = Vec::new();
+    client.outbox.drain(&mut batch, usize::MAX);
+    batch
+}
+
+/// Feeds the response body from the client's outbox, framed for the transport.
+struct Feed {
+    framing: Framing,
+    state: Arc<AppState>,
+    client: Arc<ClientHandle>,
+    /// SSE: the last position received in each channel (the events' `id`).
+    positions: Positions,
+    closing: fn(&Disconnect) -> Option<Bytes>,
+    cutoff: Cutoff,
+    _seat: Seat,
+}
+
+impl Feed {
+    /// Until the connection is over: the reader went away (the body was dropped), or the
+    /// client was closed.
+    async fn run(mut self, tx: tokio::sync::mpsc::Sender<Bytes>) {
+        let mut pending: Option<Bytes> = None;
+        loop {
+            if pending.is_none() {
+                let mut batch = Vec::new();
+                let drained = self.client.outbox.drain(&mut batch, CHUNK);
+                if drained.closing.is_some() {
+                    self.close(&tx, None, batch).await;
+                    return;
+                }
+                if !batch.is_empty() {
+                    pending = Some(self.frame(&batch));
+                }
+            }
+            tokio::select! {
+                permit = tx.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => {
+                        permit.send(pending.take().expect("pending"));
+                        // The HTTP layer took the previous chunk: the reader is alive.
+                        self.client.touch(now_ms());
+                    }
+                    Err(_) => return, // The reader went away.
+                },
+                _ = self.client.outbox.ready() => {
+                    if pending.is_some() && self.client.outbox.is_closing() {
+                        // Closed while the reader was not taking what it had.
+                        self.close(&tx, pending.take(), Vec::new()).await;
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    }
+
+    /// The end of a closed client: what was not yet handed over (`unsent`, then the records
+    /// of `batch` and whatever the outbox still holds: a kick flushes, a slow consumer's
+    /// queue was dropped), then the dialect's closing records, handed over within
+    /// [`CUTOFF_GRACE`], else the connection is cut off. The client leaves the hub.
+    async fn close(
+        &mut self,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+        unsent: Option<Bytes>,
+        mut batch: Vec<u8>,
+    ) {
+        let disconnect = loop {
+            let drained = self.client.outbox.drain(&mut batch, usize::MAX);
+            if let Some(d) = drained.closing {
+                break d;
+            }
+            if drained.frames == 0 {
+                // Not closing after all (cannot happen: a close is never withdrawn).
+                break Disconnect::timed_out();
+            }
+        };
+        if let Some(last) = (self.closing)(&disconnect) {
+            batch.extend_from_slice(&last);
+        }
+        let mut last = BytesMut::new();
+        if let Some(unsent) = unsent {
+            last.extend_from_slice(&unsent);
+        }
+        last.extend_from_slice(&self.frame(&batch));
+        self.state.hub.disconnect(&self.client, disconnect.reason);
+        if tokio::time::timeout(CUTOFF_GRACE, tx.send(last.freeze()))
+            .await
+            .is_err()
+        {
+            self.cutoff.0.notify_one();
+        }
+    }
+
+    /// Records as the transport frames them.
+    fn frame(&mut self, batch: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(batch.len() + batch.len() / 4 + 16);
+        for record in records::parse(batch) {
+            match (self.framing, &record) {
+                (Framing::Lines, _) => {
+                    out.extend_from_slice(record.payload());
+                    out.extend_from_slice(b"\n");
+                }
+                (Framing::Sse, Record::Keepalive(_)) => out.extend_from_slice(b": ping\n\n"),
+                (Framing::Sse, Record::Message { position, payload }) => {
+                    self.positions.advance(position);
+                    out.extend_from_slice(b"id: ");
+                    out.extend_from_slice(self.positions.to_string().as_bytes());
+                    out.extend_from_slice(b"\ndata: ");
+                    out.extend_from_slice(payload);
+                    out.extend_from_slice(b"\n\n");
+                }
+                (Framing::Sse, Record::Other(payload)) => {
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(payload);
+                    out.extend_from_slice(b"\n\n");
+                }
+            }
+        }
+        out.freeze()
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        // The reader went away (or the connection ended): the client leaves the hub (a
+        // second disconnect of a client already gone does nothing).
+        self.state
+            .hub
+            .disconnect(&self.client, DisconnectReason::ClosedByClient);
+    }
+}

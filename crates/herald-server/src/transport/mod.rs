@@ -1,0 +1,14 @@
+//! Transports that carry any dialect's deliveries over plain HTTP responses, knowing nothing
+//! of the dialect: the dialect admits and subscribes its client (whose outbox holds
+//! [`herald_protocol::records`]) and hands it here with the [`Framing`] to use.
+//!
+//! - [`feed`]: one long response (Server-Sent Events, or lines as the dialect wrote them),
+//!   fed from the client's outbox until the client or the reader goes.
+//! - [`feed::wait`]: one long-poll: the records that arrive within a time, for the dialect to
+//!   answer with.
+
+pub mod feed;
+pub mod subscribe;
+
+pub use feed::{Cutoff, Framing, Stream, allow_origin, respond, wait};
+pub use subscribe::subscribe;
