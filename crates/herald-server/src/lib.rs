@@ -24,6 +24,7 @@ pub mod auth;
 pub mod auth_hook;
 pub mod cluster;
 pub mod config;
+pub mod dialects;
 pub mod history_store;
 pub mod http;
 pub mod ingress;

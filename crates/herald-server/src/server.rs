@@ -191,7 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         (
             "pushstream",
             pushstream_listener,
-            crate::http::pushstream_router,
+            crate::dialects::pushstream::router,
         ),
         ("wspush", wspush_listener, crate::http::wspush_ws_router),
         (

@@ -3,7 +3,6 @@
 
 mod auth;
 mod error;
-mod pushstream;
 mod routes;
 mod subsocket;
 mod wspush;
@@ -86,24 +85,6 @@ fn subsocket_routes() -> Router<Arc<AppState>> {
 /// A listener of the SubSocket dialect's own: its original paths at the root.
 pub fn subsocket_router(state: Arc<AppState>) -> Router {
     subsocket_routes()
-        .route("/healthz", get(routes::healthz))
-        .fallback(routes::not_found)
-        .with_state(state)
-}
-
-/// The push-stream dialect's original paths: `/subscribe/...` and `/pub`.
-fn pushstream_routes() -> Router<Arc<AppState>> {
-    use axum::routing::any;
-    Router::new()
-        .route("/subscribe", get(crate::ws::upgrade_pushstream))
-        .route("/subscribe/", get(crate::ws::upgrade_pushstream))
-        .route("/subscribe/{*channels}", get(crate::ws::upgrade_pushstream))
-        .route("/pub", any(pushstream::publisher))
-}
-
-/// A listener of the push-stream dialect's own: its original paths at the root.
-pub fn pushstream_router(state: Arc<AppState>) -> Router {
-    pushstream_routes()
         .route("/healthz", get(routes::healthz))
         .fallback(routes::not_found)
         .with_state(state)
@@ -200,7 +181,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     let dialects = &state.config.dialects;
     if dialects.pushstream.enabled && !dialects.pushstream.prefix.is_empty() {
-        router = router.nest(&dialects.pushstream.prefix, pushstream_routes());
+        router = router.nest(
+            &dialects.pushstream.prefix,
+            crate::dialects::pushstream::routes(),
+        );
     }
     if dialects.wspush.enabled && !dialects.wspush.prefix.is_empty() {
         let prefix = &dialects.wspush.prefix;
@@ -233,5 +217,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// A dialect's own listener: its `routes` at the root, with `/healthz` and the JSON 404.
+pub fn own_listener(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
+        .route("/healthz", get(routes::healthz))
+        .fallback(routes::not_found)
         .with_state(state)
 }

@@ -8,14 +8,12 @@ mod connection;
 mod dialect;
 mod eventual;
 mod native;
-mod pushstream;
 mod simplysocket;
 mod subsocket;
 mod transport;
 mod wspush;
 
-pub use dialect::Dialect;
-pub use pushstream::upgrade_pushstream;
+pub use dialect::{Dialect, DialectSession};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,7 +112,7 @@ async fn run_tls<D: Dialect>(
 
 /// Validates the handshake, answers 101 and hands the upgraded socket to a connection task
 /// speaking `dialect`.
-fn upgrade_to<D: Dialect>(
+pub fn upgrade_to<D: Dialect>(
     dialect: D,
     state: Arc<AppState>,
     remote: SocketAddr,
