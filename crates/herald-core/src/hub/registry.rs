@@ -76,6 +76,10 @@ struct ChannelState {
     /// Holds while a recovery prepares the channel (a clustered broker fills its history):
     /// the channel stays, and is followed, even with nobody subscribed.
     held: u32,
+    /// A channel that keeps history stays this long after its last subscriber left (its
+    /// history TTL), as a publication would, so its epoch, and the position of a client that
+    /// blinked, outlive the blink: what is published meanwhile is kept for it.
+    linger_until: Option<std::time::Instant>,
 }
 
 /// A snapshot of a channel for listings.
@@ -125,9 +129,18 @@ fn new_epoch() -> Arc<str> {
 }
 
 impl ChannelState {
-    /// An ephemeral channel with nobody subscribed and nothing kept: it may go.
+    /// An ephemeral channel with nobody subscribed, nothing kept and no lingering left: it
+    /// may go.
     fn is_vacant(&self) -> bool {
-        self.subscribers.is_empty() && !self.persistent && self.history.is_empty() && self.held == 0
+        self.is_vacant_at(std::time::Instant::now())
+    }
+
+    fn is_vacant_at(&self, now: std::time::Instant) -> bool {
+        self.subscribers.is_empty()
+            && !self.persistent
+            && self.history.is_empty()
+            && self.held == 0
+            && self.linger_until.is_none_or(|t| now >= t)
     }
 
     /// Publications to it from every node must reach this one: it has local subscribers, or a
@@ -161,6 +174,7 @@ impl Channel {
                 created_at_ms: now_ms(),
                 history: History::default(),
                 held: 0,
+                linger_until: None,
             }),
         }
     }
@@ -561,7 +575,7 @@ impl Registry {
 
     /// Expires kept publications past their time, then, while all history together is over
     /// its byte budget, drops the oldest publications of all channels first. Ephemeral
-    /// channels left with nothing kept and nobody subscribed go.
+    /// channels left with nothing kept, nobody subscribed and their lingering over go.
     pub fn history_sweep(&self, now: std::time::Instant) {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
@@ -571,6 +585,9 @@ impl Registry {
         for channel in self.all_channels() {
             let mut st = channel.state.lock();
             if st.history.is_empty() {
+                if st.linger_until.is_some() && st.is_vacant_at(now) {
+                    emptied.push(channel.name.clone()); // Its lingering is over.
+                }
                 continue;
             }
             if st.history.expire(now, &self.budget) {
@@ -597,7 +614,7 @@ impl Registry {
             }
         }
         for name in emptied {
-            self.remove_if_vacant(&name);
+            self.remove_if_vacant_at(&name, now);
         }
     }
 
@@ -938,6 +955,10 @@ impl Registry {
             {
                 interest.vacated(name);
             }
+            if removed.is_some() && st.subscribers.is_empty() && st.options.history_size > 0 {
+                let ttl = std::time::Duration::from_secs(u64::from(st.options.history_ttl_secs));
+                st.linger_until = Some(std::time::Instant::now() + ttl);
+            }
             if let Some(c) = &removed {
                 self.emit_left(name, c, reason, st.subscribers.is_empty());
                 if st.options.join_leave {
@@ -960,12 +981,16 @@ impl Registry {
 
     /// Drops an ephemeral channel that has no subscribers (re-checked under the locks).
     fn remove_if_vacant(&self, name: &ChannelName) {
+        self.remove_if_vacant_at(name, std::time::Instant::now());
+    }
+
+    fn remove_if_vacant_at(&self, name: &ChannelName, now: std::time::Instant) {
         let mut shard = self.channels.shard(name.shard_key()).write();
         let Some(channel) = shard.get(name) else {
             return;
         };
         let mut st = channel.state.lock();
-        if st.is_vacant() {
+        if st.is_vacant_at(now) {
             st.removed = true;
             drop(st);
             shard.remove(name);

@@ -596,3 +596,58 @@ async fn the_history_budget_drops_the_oldest_publications_of_all_channels_first(
     hub_small.history_sweep();
     assert_eq!(hub_small.registry().channel_count(), 0);
 }
+
+/// A channel that keeps history stays for its history TTL after its last subscriber left,
+/// with its epoch, so a client that blinked resumes there and gets what was published
+/// meanwhile; the sweep removes it once that time is over. One without history goes at once.
+#[tokio::test]
+async fn a_channel_that_keeps_history_lingers_for_its_ttl_after_its_last_subscriber() {
+    let hub = hub_with(HubConfig {
+        channel_defaults: ChannelOptions {
+            history_size: 10,
+            history_ttl_secs: 60,
+            ..ChannelOptions::default()
+        },
+        ..HubConfig::default()
+    });
+    let a = connect(&hub);
+    hub.subscribe(&Actor::Admin, &a, &[ch("kept")], None)
+        .unwrap();
+    let epoch = hub.registry().lookup(&ch("kept")).unwrap().summary().epoch;
+    hub.disconnect(&a, DisconnectReason::ClosedByClient);
+    // Nothing published yet, nobody subscribed: still there, same epoch.
+    let channel = hub.registry().lookup(&ch("kept")).expect("lingers");
+    assert_eq!(channel.summary().epoch, epoch);
+    hub.publish(&Actor::Admin, publish_req(&["kept"], "1"))
+        .await
+        .unwrap();
+    let b = connect(&hub);
+    let done = hub
+        .subscribe_replaying(&Actor::Admin, &b, &[ch("kept")], None, |_| {
+            crate::history::Replay::After {
+                epoch: &epoch,
+                offset: 0,
+            }
+        })
+        .unwrap();
+    assert!(done.recovered[0].1.recovered);
+    assert_eq!(written(&b), "msg kept 1 1;");
+    hub.disconnect(&b, DisconnectReason::ClosedByClient);
+    hub.registry().clear_history(&ch("kept"));
+    // The sweep leaves it within the TTL and removes it after.
+    let now = std::time::Instant::now();
+    hub.registry().history_sweep(now);
+    assert!(hub.registry().lookup(&ch("kept")).is_some());
+    hub.registry()
+        .history_sweep(now + std::time::Duration::from_secs(61));
+    assert!(hub.registry().lookup(&ch("kept")).is_none());
+
+    // Without history: gone with its last subscriber.
+    let plain = hub_with(HubConfig::default());
+    let c = connect(&plain);
+    plain
+        .subscribe(&Actor::Admin, &c, &[ch("plain")], None)
+        .unwrap();
+    plain.disconnect(&c, DisconnectReason::ClosedByClient);
+    assert!(plain.registry().lookup(&ch("plain")).is_none());
+}

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw_http;
 pub mod services;
 
 use std::net::SocketAddr;

@@ -7,7 +7,8 @@
 //!   hidden-iframe document of `<script>p(...)</script>` messages ([`PUSHSTREAM_IFRAME`]),
 //!   else one message object per line.
 //! - `GET /lp/<channels>`: long-polling. One answer per request: the messages since the
-//!   position given (else those that arrive within [`POLL_WAIT`]) joined by `\r\n`, with
+//!   position given (else those that arrive within `?timeout=`, default [`POLL_WAIT`])
+//!   joined by `\r\n`, with
 //!   `Etag` (the exact position in every channel) and `Last-Modified` (the last message's
 //!   time); nothing new is 304 with the same headers. With `?callback=`, JSONP:
 //!   `callback([messages]);`.
@@ -31,16 +32,18 @@ use herald_core::{ChannelName, ClientHandle, HeraldError};
 use herald_protocol::pushstream::{
     self, IFRAME_FOOTER, IFRAME_HEADER, PUSHSTREAM_IFRAME, PUSHSTREAM_LINES, PushStreamHttp,
 };
-use herald_protocol::records::{self, Positions, Record};
+use herald_protocol::records::{self, Position, Positions, Record};
 
 use super::subscriber::{self, Subscriber, refuse};
 use crate::admission::{self, Admitted};
 use crate::server::AppState;
 use crate::transport::{self, Cutoff, Framing};
 
-/// Longest a long-poll waits for a message (`pushstream.js` gives up after its `timeout`,
-/// 30 s by default).
+/// Longest a long-poll waits for a message by default (`pushstream.js` gives up after its
+/// `timeout`, 30 s by default); `?timeout=` seconds sets it, up to [`MAX_POLL_WAIT_SECS`].
 pub const POLL_WAIT: Duration = Duration::from_secs(25);
+/// The longest `?timeout=` accepted.
+pub const MAX_POLL_WAIT_SECS: u64 = 120;
 /// Longest JSONP callback name.
 const MAX_CALLBACK: usize = 128;
 
@@ -91,11 +94,9 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// the headers (a bad one is ignored, as HTTP says of dates).
 fn resume(uri: &Uri, headers: &HeaderMap, position_header: &str) -> Result<Resume, HeraldError> {
     let position = header_str(headers, position_header);
-    if let Some(text) = position.filter(|t| t.contains(','))
-        && let Ok(positions) = Positions::parse(text)
-    {
+    if let Some(text) = position.filter(|t| t.contains(',')) {
         return Ok(Resume {
-            positions,
+            positions: Positions::parse(text)?,
             after_ms: None,
         });
     }
@@ -277,6 +278,19 @@ async fn streaming(
     resp
 }
 
+/// `?timeout=` seconds (0 answers at once).
+fn poll_wait(uri: &Uri) -> Result<Duration, HeraldError> {
+    match query_param(uri, "timeout") {
+        None => Ok(POLL_WAIT),
+        Some(v) => match v.parse::<u64>() {
+            Ok(secs) if secs <= MAX_POLL_WAIT_SECS => Ok(Duration::from_secs(secs)),
+            _ => Err(HeraldError::bad_request(format!(
+                "timeout is whole seconds, 0 to {MAX_POLL_WAIT_SECS}"
+            ))),
+        },
+    }
+}
+
 /// A JSONP callback name: letters, digits, `_`, `$` and `.` only.
 fn callback(uri: &Uri) -> Result<Option<String>, HeraldError> {
     match query_param(uri, "callback") {
@@ -306,8 +320,9 @@ pub async fn longpolling(
         Ok(s) => s,
         Err(refusal) => return refusal,
     };
-    let parsed = resume(uri, headers, "if-none-match").and_then(|r| Ok((r, callback(uri)?)));
-    let (resume, callback) = match parsed {
+    let parsed = resume(uri, headers, "if-none-match")
+        .and_then(|r| Ok((r, callback(uri)?, poll_wait(uri)?)));
+    let (resume, callback, wait) = match parsed {
         Ok(p) => p,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.code, &e.message),
     };
@@ -354,24 +369,29 @@ pub async fn longpolling(
             positions.0.insert(name, (channel.summary().epoch, 0));
         }
     }
-    let batch = transport::wait(&client, POLL_WAIT).await;
+    let batch = transport::wait(&client, wait).await;
     state
         .hub
         .disconnect(&client, DisconnectReason::ClosedByClient);
-    let mut messages: Vec<&[u8]> = Vec::new();
-    let mut last_ms = None;
+    let mut published = Vec::new();
+    let mut notices = Vec::new();
     for record in records::parse(&batch) {
         match record {
-            Record::Message { position, payload } => {
-                positions.advance(&position);
-                last_ms = Some(position.time_ms);
-                messages.push(payload);
-            }
+            Record::Message { position, payload } => published.push((position, payload)),
             // A channel deleted: the module's id -2 message.
-            Record::Other(payload) => messages.push(payload),
+            Record::Other(payload) => notices.push(payload),
             Record::Keepalive(_) => {}
         }
     }
+    // In publication order across channels (a recovery replays channel by channel), so the
+    // last message is the newest: `pushstream.js` resumes after the last one's time and tag.
+    let published = in_time_order(published);
+    let last_ms = published.last().map(|(p, _)| p.time_ms);
+    for (position, _) in &published {
+        positions.advance(position);
+    }
+    let mut messages: Vec<&[u8]> = published.into_iter().map(|(_, p)| p).collect();
+    messages.extend(notices);
     let last_modified = match last_ms {
         Some(ms) => Some(pushstream::http_time(ms)),
         None => header_str(headers, "if-modified-since")
@@ -418,4 +438,58 @@ pub async fn longpolling(
     }
     transport::allow_origin(headers, out);
     resp
+}
+
+/// Publications merged by time, each channel's kept in its own order.
+fn in_time_order(published: Vec<(Position, &[u8])>) -> Vec<(Position, &[u8])> {
+    let mut by_channel: Vec<std::collections::VecDeque<(Position, &[u8])>> = Vec::new();
+    for (position, payload) in published {
+        match by_channel.iter_mut().find(|q| {
+            q.front()
+                .is_some_and(|(p, _)| p.channel == position.channel)
+        }) {
+            Some(queue) => queue.push_back((position, payload)),
+            None => by_channel.push([(position, payload)].into()),
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(next) = by_channel
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .min_by_key(|q| q.front().map(|(p, _)| p.time_ms))
+    {
+        out.extend(next.pop_front());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(channel: &str, offset: u64, time_ms: u64) -> (Position, &'static [u8]) {
+        let position = Position {
+            channel: ChannelName::parse(channel).unwrap(),
+            epoch: "e".into(),
+            offset,
+            time_ms,
+        };
+        (position, b"")
+    }
+
+    #[test]
+    fn publications_merge_by_time_keeping_each_channels_order() {
+        let merged = in_time_order(vec![
+            at("a", 1, 10),
+            at("a", 2, 30),
+            at("a", 3, 20), // A clock that stepped back: still after a:2.
+            at("b", 1, 15),
+            at("b", 2, 40),
+        ]);
+        let order: Vec<String> = merged
+            .iter()
+            .map(|(p, _)| format!("{}{}", p.channel, p.offset))
+            .collect();
+        assert_eq!(order, ["a1", "b1", "a2", "a3", "b2"]);
+    }
 }
