@@ -147,7 +147,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         cluster: cluster.clone(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let main_router = crate::http::router(state.clone());
+    let main_router = Served {
+        router: crate::http::router(state.clone()),
+        streams: Arc::new(crate::transport::direct::StreamPaths::new(
+            crate::http::stream_paths(&state.config),
+        )),
+    };
     let mut tasks = vec![
         tokio::spawn(accept_loop(
             listener,
@@ -177,28 +182,27 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     }
     let mut dialect_addrs = Vec::new();
     let dialects: [(&'static str, Option<TcpListener>, RouterFn); 6] = [
-        (
-            "subsocket",
-            subsocket_listener,
-            crate::http::subsocket_router,
-        ),
-        ("eventual", eventual_listener, crate::http::eventual_router),
-        (
-            "simplysocket",
-            simplysocket_listener,
-            crate::http::simplysocket_router,
-        ),
-        (
-            "pushstream",
-            pushstream_listener,
-            crate::dialects::pushstream::router,
-        ),
-        ("wspush", wspush_listener, crate::http::wspush_ws_router),
-        (
-            "wspush-http",
-            wspush_http_listener,
-            crate::http::wspush_http_router,
-        ),
+        ("subsocket", subsocket_listener, |s| {
+            Served::plain(crate::http::subsocket_router(s))
+        }),
+        ("eventual", eventual_listener, |s| {
+            Served::plain(crate::http::eventual_router(s))
+        }),
+        ("simplysocket", simplysocket_listener, |s| {
+            Served::plain(crate::http::simplysocket_router(s))
+        }),
+        ("pushstream", pushstream_listener, |s| Served {
+            router: crate::dialects::pushstream::router(s),
+            streams: Arc::new(crate::transport::direct::StreamPaths::new(
+                crate::dialects::pushstream::stream_paths(""),
+            )),
+        }),
+        ("wspush", wspush_listener, |s| {
+            Served::plain(crate::http::wspush_ws_router(s))
+        }),
+        ("wspush-http", wspush_http_listener, |s| {
+            Served::plain(crate::http::wspush_http_router(s))
+        }),
     ];
     for (name, listener, router) in dialects {
         let Some(listener) = listener else { continue };
@@ -221,8 +225,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// Builds a dialect's own router.
-type RouterFn = fn(Arc<AppState>) -> axum::Router;
+/// Builds what a dialect's own listener serves.
+type RouterFn = fn(Arc<AppState>) -> Served;
 
 /// Binds a dialect's own listener, if it is enabled and has one.
 async fn bind_dialect(
@@ -269,7 +273,7 @@ impl RunningServer {
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    router: axum::Router,
+    router: Served,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -307,7 +311,7 @@ async fn serve_tls_connection(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    router: axum::Router,
+    router: Served,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -324,8 +328,57 @@ async fn serve_tls_connection(
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades) on a TCP stream or a TLS stream over one.
+/// What a listener serves: its router, and which of its paths are streams
+/// ([`crate::transport::direct`]).
+#[derive(Clone)]
+pub struct Served {
+    pub router: axum::Router,
+    pub streams: Arc<crate::transport::direct::StreamPaths>,
+}
+
+impl Served {
+    /// A router without streaming paths.
+    fn plain(router: axum::Router) -> Served {
+        Served {
+            router,
+            streams: Default::default(),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on a TCP stream or a TLS stream over one; a connection
+/// that opens with a streaming request is served without hyper.
 async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut io: I,
+    fd: std::os::fd::RawFd,
+    remote: SocketAddr,
+    served: Served,
+    state: Arc<AppState>,
+    shutdown: watch::Receiver<bool>,
+) {
+    use crate::transport::direct::{self, Opening, Prefixed};
+    let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
+    let prefix = if served.streams.is_empty() {
+        bytes::Bytes::new()
+    } else {
+        match direct::open(&mut io, &served.streams, timeout).await {
+            Opening::Stream(req) => {
+                drop(state);
+                let cutoff = crate::transport::Cutoff::default();
+                direct::serve(io, fd, *req, served.router, remote, cutoff).await;
+                return;
+            }
+            Opening::Other(bytes) => bytes,
+            Opening::Closed => return,
+        }
+    };
+    let io = Prefixed::new(io, prefix);
+    // Boxed: a streaming connection's task does not carry hyper's connection state.
+    Box::pin(serve_http(io, fd, remote, served.router, state, shutdown)).await;
+}
+
+/// Serves HTTP/1.1 (with upgrades) with hyper.
+async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     fd: std::os::fd::RawFd,
     remote: SocketAddr,
@@ -370,7 +423,7 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 /// Makes closing the socket `fd` reset the connection (`SO_LINGER` 0).
-fn reset_on_close(fd: std::os::fd::RawFd) {
+pub(crate) fn reset_on_close(fd: std::os::fd::RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

@@ -29,6 +29,9 @@ use crate::http::ApiError;
 use crate::server::AppState;
 use crate::transport::{self, Cutoff, Framing};
 
+/// The paths whose responses are streams (served without hyper: [`crate::transport::direct`]).
+pub const STREAM_PATHS: [&str; 2] = ["/sse", "/stream"];
+
 /// Most channels named in `?channels=`.
 const MAX_CHANNELS: usize = 100;
 

@@ -227,3 +227,19 @@ pub fn own_listener(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Rout
         .fallback(routes::not_found)
         .with_state(state)
 }
+
+/// The main listener's streaming paths ([`crate::transport::direct`]): the native
+/// protocol's SSE and streaming, and push-stream's when it is mounted there.
+pub fn stream_paths(config: &crate::config::Config) -> Vec<String> {
+    let mut paths: Vec<String> = crate::stream::STREAM_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let pushstream = &config.dialects.pushstream;
+    if pushstream.enabled && !pushstream.prefix.is_empty() {
+        paths.extend(crate::dialects::pushstream::stream_paths(
+            &pushstream.prefix,
+        ));
+    }
+    paths
+}

@@ -81,14 +81,28 @@ pub fn respond(state: Arc<AppState>, stream: Stream, cutoff: Cutoff) -> Response
         cutoff,
         _seat: seat,
     };
-    // One chunk in flight: the feed waits while the HTTP layer cannot write, and notices a
-    // close meanwhile.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    tokio::spawn(feed.run(tx));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
+    // The connection's writer takes the feed: `transport::direct` runs it on the socket
+    // itself; hyper, by polling the body, which then starts it as a task of its own.
+    let slot = Arc::new(parking_lot::Mutex::new(Some(feed)));
+    let body_slot = slot.clone();
+    let body = futures_util::stream::unfold(None, move |rx: Option<Receiver>| {
+        let slot = body_slot.clone();
+        async move {
+            let mut rx = match rx {
+                Some(rx) => rx,
+                None => {
+                    let feed = slot.lock().take()?;
+                    // One chunk in flight: the feed waits while the HTTP layer cannot
+                    // write, and notices a close meanwhile.
+                    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+                    tokio::spawn(feed.run(tx));
+                    rx
+                }
+            };
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), Some(rx)))
+        }
     });
     let mut resp = Response::new(Body::from_stream(body));
     *resp.status_mut() = StatusCode::OK;
@@ -96,7 +110,21 @@ pub fn respond(state: Arc<AppState>, stream: Stream, cutoff: Cutoff) -> Response
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp.extensions_mut().insert(DirectFeed(slot));
     resp
+}
+
+type Receiver = tokio::sync::mpsc::Receiver<Bytes>;
+
+/// A streaming response's feed, for a writer that serves it on the socket itself
+/// ([`Feed::run_on`]) instead of polling the body.
+#[derive(Clone)]
+pub struct DirectFeed(Arc<parking_lot::Mutex<Option<Feed>>>);
+
+impl DirectFeed {
+    pub fn take(&self) -> Option<Feed> {
+        self.0.lock().take()
+    }
 }
 
 /// Lets a page of another origin read the response (`EventSource`, `fetch`), when its
@@ -126,7 +154,7 @@ pub async fn wait(client: &ClientHandle, wait: Duration) -> Vec<u8> {
 }
 
 /// Feeds the response body from the client's outbox, framed for the transport.
-struct Feed {
+pub struct Feed {
     framing: Framing,
     state: Arc<AppState>,
     client: Arc<ClientHandle>,
@@ -175,6 +203,111 @@ impl Feed {
         }
     }
 
+    /// Writes the feed straight to a connection, after `head` (the response head, which
+    /// leaves with the first records), each batch passed through `wrap` (the connection's
+    /// chunk framing), until the reader goes (`reader` ends) or the client is closed: then
+    /// its last records, which the reader has [`CUTOFF_GRACE`] to take before the connection
+    /// is reset (through `fd`), and `end` (the last chunk).
+    pub async fn run_on<R, W>(
+        mut self,
+        mut reader: R,
+        mut writer: W,
+        fd: std::os::fd::RawFd,
+        head: Vec<u8>,
+        wrap: fn(Bytes) -> Bytes,
+        end: &'static [u8],
+    ) where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut pending = BytesMut::from(&head[..]);
+        drop(head);
+        if !self.client.outbox.is_closing() {
+            // The first records (a greeting, the subscription) leave with the head.
+            let mut batch = Vec::new();
+            self.client.outbox.drain(&mut batch, CHUNK);
+            if !batch.is_empty() {
+                pending.extend_from_slice(&wrap(self.frame(&batch)));
+            }
+        }
+        let mut written = 0;
+        let mut cut_at: Option<tokio::time::Instant> = None;
+        let mut scratch = [0u8; 64];
+        loop {
+            if written == pending.len() {
+                if cut_at.is_some() {
+                    let _ = writer.shutdown().await;
+                    return; // Everything, the last records too, was written.
+                }
+                if written > 0 {
+                    // The reader took what it had: it is alive.
+                    self.client.touch(now_ms());
+                }
+                pending.clear();
+                written = 0;
+                let mut batch = Vec::new();
+                let drained = self.client.outbox.drain(&mut batch, CHUNK);
+                if drained.closing.is_some() {
+                    pending.extend_from_slice(&wrap(self.last_records(batch)));
+                    pending.extend_from_slice(end);
+                    cut_at = Some(tokio::time::Instant::now() + CUTOFF_GRACE);
+                } else if !batch.is_empty() {
+                    pending.extend_from_slice(&wrap(self.frame(&batch)));
+                }
+                if pending.is_empty() && pending.capacity() > 1024 {
+                    pending = BytesMut::new(); // An idle connection keeps no buffer.
+                }
+            }
+            let idle = written == pending.len();
+            tokio::select! {
+                n = writer.write(&pending[written..]), if !idle => match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => written += n,
+                },
+                _ = self.client.outbox.ready(), if cut_at.is_none() => {
+                    if !idle && self.client.outbox.is_closing() {
+                        // Closed while the reader was not taking what it had: its last
+                        // records go after what is left, within the grace.
+                        let mut rest = BytesMut::from(&pending[written..]);
+                        rest.extend_from_slice(&wrap(self.last_records(Vec::new())));
+                        rest.extend_from_slice(end);
+                        (pending, written) = (rest, 0);
+                        cut_at = Some(tokio::time::Instant::now() + CUTOFF_GRACE);
+                    }
+                }
+                read = reader.read(&mut scratch) => match read {
+                    Ok(0) | Err(_) => return, // The reader went.
+                    Ok(_) => {} // Anything sent on a stream is ignored.
+                },
+                _ = tokio::time::sleep_until(cut_at.unwrap_or_else(tokio::time::Instant::now)), if cut_at.is_some() => {
+                    crate::server::reset_on_close(fd);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A closed client's last records, framed: `batch`, what the outbox still holds (a kick
+    /// flushes, a slow consumer's queue was dropped) and the dialect's closing records. The
+    /// client leaves the hub.
+    fn last_records(&mut self, mut batch: Vec<u8>) -> Bytes {
+        let disconnect = loop {
+            let drained = self.client.outbox.drain(&mut batch, usize::MAX);
+            if let Some(d) = drained.closing {
+                break d;
+            }
+            if drained.frames == 0 {
+                break Disconnect::timed_out();
+            }
+        };
+        if let Some(last) = (self.closing)(&disconnect) {
+            batch.extend_from_slice(&last);
+        }
+        self.state.hub.disconnect(&self.client, disconnect.reason);
+        self.frame(&batch)
+    }
+
     /// The end of a closed client: what was not yet handed over (`unsent`, then the records
     /// of `batch` and whatever the outbox still holds: a kick flushes, a slow consumer's
     /// queue was dropped), then the dialect's closing records, handed over within
@@ -183,27 +316,13 @@ impl Feed {
         &mut self,
         tx: &tokio::sync::mpsc::Sender<Bytes>,
         unsent: Option<Bytes>,
-        mut batch: Vec<u8>,
+        batch: Vec<u8>,
     ) {
-        let disconnect = loop {
-            let drained = self.client.outbox.drain(&mut batch, usize::MAX);
-            if let Some(d) = drained.closing {
-                break d;
-            }
-            if drained.frames == 0 {
-                // Not closing after all (cannot happen: a close is never withdrawn).
-                break Disconnect::timed_out();
-            }
-        };
-        if let Some(last) = (self.closing)(&disconnect) {
-            batch.extend_from_slice(&last);
-        }
         let mut last = BytesMut::new();
         if let Some(unsent) = unsent {
             last.extend_from_slice(&unsent);
         }
-        last.extend_from_slice(&self.frame(&batch));
-        self.state.hub.disconnect(&self.client, disconnect.reason);
+        last.extend_from_slice(&self.last_records(batch));
         if tokio::time::timeout(CUTOFF_GRACE, tx.send(last.freeze()))
             .await
             .is_err()

@@ -6,7 +6,10 @@
 //!   fed from the client's outbox until the client or the reader goes.
 //! - [`feed::wait`]: one long-poll: the records that arrive within a time, for the dialect to
 //!   answer with.
+//! - [`direct`]: a connection that opens with a streaming request is served on the socket
+//!   itself, without hyper's buffers.
 
+pub mod direct;
 pub mod feed;
 pub mod subscribe;
 

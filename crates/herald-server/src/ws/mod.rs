@@ -32,6 +32,7 @@ use crate::admission::{self, Admission};
 use crate::auth::Identity;
 use crate::http::ApiError;
 use crate::server::AppState;
+use crate::transport::direct::Prefixed;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -88,6 +89,17 @@ upgrade_handler! {
     #[doc = "The WS-PushServer dialect: any path of its mount."] upgrade_wspush => wspush::WsPush;
 }
 
+/// What was read past the handshake: hyper's buffer, then what it had not yet taken of the
+/// bytes read before it ([`Prefixed`]; nearly always nothing).
+fn leftover(read_buf: bytes::Bytes, unread: bytes::Bytes) -> bytes::Bytes {
+    if unread.is_empty() {
+        return read_buf;
+    }
+    let mut all = bytes::BytesMut::from(&read_buf[..]);
+    all.extend_from_slice(&unread);
+    all.freeze()
+}
+
 /// The connection task of a WebSocket upgraded on a TLS connection.
 async fn run_tls<D: Dialect>(
     dialect: &D,
@@ -96,12 +108,14 @@ async fn run_tls<D: Dialect>(
     admission: Box<Admission>,
 ) {
     let remote = admission.info.remote;
-    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+    match upgraded.downcast::<TokioIo<Prefixed<TlsStream<TcpStream>>>>() {
         Ok(parts) => {
-            let (tcp, tls) = parts.io.into_inner().into_inner();
+            let (io, unread) = parts.io.into_inner().into_parts();
+            let (tcp, tls) = io.into_inner();
             match transport::TlsTransport::new(tcp, tls) {
                 Ok(stream) => {
-                    connection::run(dialect, state, stream, parts.read_buf, admission).await
+                    let leftover = leftover(parts.read_buf, unread);
+                    connection::run(dialect, state, stream, leftover, admission).await
                 }
                 Err(e) => tracing::debug!(?remote, error = %e, "TLS error at the upgrade"),
             }
@@ -196,10 +210,11 @@ fn upgrade_admitted<D: Dialect>(
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
             Ok(parts) => {
-                let stream = parts.io.into_inner();
-                connection::run(&dialect, state, stream, parts.read_buf, admission).await
+                let (stream, unread) = parts.io.into_inner().into_parts();
+                let leftover = leftover(parts.read_buf, unread);
+                connection::run(&dialect, state, stream, leftover, admission).await
             }
             // Boxed: this task stays as small as it was before TLS for plain connections.
             Err(upgraded) => Box::pin(run_tls(&dialect, state, upgraded, admission)).await,

@@ -115,7 +115,8 @@ impl Drop for Browser {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
             use std::io::{Read, Write};
             let _ = s.set_read_timeout(Some(WAIT));
-            let req = format!("DELETE {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            let req =
+                format!("DELETE {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
             let _ = s.write_all(req.as_bytes());
             let _ = s.read(&mut [0u8; 4096]);
         }

@@ -150,9 +150,21 @@ pub struct BenchArgs {
     /// recover: each subscriber drops its connection this often, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub drop_every: f64,
+    /// How subscribers connect: `ws` (the native WebSocket at --url) or `sse` (the native
+    /// protocol as Server-Sent Events, `GET /sse?channels=<channel>` on the same host and
+    /// port); fanout, idle and connect.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How subscribers connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
 }
 
 /// The JSON result under construction: keys are set as values become known, so that a run
@@ -166,6 +178,18 @@ impl Report {
     fn get_u64(&self, key: &str) -> u64 {
         self.0.get(key).and_then(Value::as_u64).unwrap_or(0)
     }
+}
+
+/// The SSE subscriber's request (HTTP/1.0: the body is the raw event stream).
+fn sse_request(args: &BenchArgs, addr: std::net::SocketAddr) -> String {
+    let channel: String = form_urlencoded::byte_serialize(args.channel.as_bytes()).collect();
+    let mut req = format!("GET /sse?channels={channel} HTTP/1.0\r\nHost: {addr}\r\n");
+    for h in &args.ws_headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req
 }
 
 /// Rounds to `digits` decimals (for readable JSON).
@@ -262,6 +286,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         src,
         subscribe_frame: json!({"op": "subscribe", "channels": [args.channel], "id": 1})
             .to_string(),
+        sse_request: (args.transport == Transport::Sse).then(|| sse_request(&args, addr)),
         concurrency: args.concurrency,
         others,
     });

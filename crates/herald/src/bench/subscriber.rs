@@ -34,6 +34,8 @@ pub struct Target {
     pub src: Vec<IpAddr>,
     /// The subscribe request, as sent.
     pub subscribe_frame: String,
+    /// Subscribe over Server-Sent Events with this request instead of a WebSocket.
+    pub sse_request: Option<String>,
     /// Concurrent handshakes allowed.
     pub concurrency: usize,
     /// More nodes of a cluster (`--node-url`): connection `i` goes to node `i % (1 + len)`,
@@ -114,6 +116,12 @@ async fn run(
         Err(_) => return "connect: timed out".into(),
     };
     let deadline = Instant::now() + SUBSCRIBE_TIMEOUT;
+    if let Some(request) = &target.sse_request {
+        return sse(
+            shared, idx, stream, request, deadline, t0, permit, subscribed,
+        )
+        .await;
+    }
     let mut ws = match timeout_at(deadline, handshake(shared, target, builder, stream)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return e,
@@ -200,6 +208,66 @@ async fn receive(shared: &Shared, idx: usize, ws: &mut WebSocketStream<TolerantS
         } else if text.contains("\"op\":\"unsubscribed\"") {
             return format!("unsubscribed by server: {text:.200}");
         }
+    }
+}
+
+/// A subscriber over Server-Sent Events: the request, then events until the stream ends;
+/// subscribed once the `subscribed` event arrived.
+#[allow(clippy::too_many_arguments)]
+async fn sse(
+    shared: &Shared,
+    idx: usize,
+    mut stream: TcpStream,
+    request: &str,
+    deadline: Instant,
+    t0: u64,
+    permit: &mut Option<OwnedSemaphorePermit>,
+    subscribed: &mut bool,
+) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return format!("send request: {e}");
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let (mut seen, mut last_offset) = (Vec::new(), None);
+    loop {
+        let read = if *subscribed {
+            stream.read(&mut chunk).await
+        } else {
+            match timeout_at(deadline, stream.read(&mut chunk)).await {
+                Ok(r) => r,
+                Err(_) => return "timed out before subscribed".into(),
+            }
+        };
+        let n = match read {
+            Ok(0) => return "connection ended".into(),
+            Ok(n) => n,
+            Err(e) => return format!("read: {e}"),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(end) = buf[start..].iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[start..start + end]);
+            start += end + 1;
+            let Some(data) = line.strip_prefix("data: ") else {
+                if line.starts_with("HTTP/") && !line.contains(" 200 ") {
+                    return format!("refused: {line}");
+                }
+                continue;
+            };
+            if data.contains("\"op\":\"message\"") {
+                on_message(shared, idx, data, &mut seen, &mut last_offset);
+            } else if data.contains("\"op\":\"subscribed\"") && !*subscribed {
+                shared.connected.fetch_add(1, Relaxed);
+                shared.mark_subscribed((shared.now_ns().saturating_sub(t0)) / 1000);
+                *subscribed = true;
+                permit.take();
+            } else if data.contains("\"op\":\"close\"") {
+                return format!("closed by server: {data:.200}");
+            }
+        }
+        buf.drain(..start);
     }
 }
 

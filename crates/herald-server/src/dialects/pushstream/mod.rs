@@ -41,6 +41,12 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/channels-stats", get(publisher::channels_stats))
 }
 
+/// The paths under `prefix` whose responses are streams (served without hyper:
+/// [`crate::transport::direct`]).
+pub fn stream_paths(prefix: &str) -> Vec<String> {
+    vec![format!("{prefix}/ev/"), format!("{prefix}/sub/")]
+}
+
 /// A listener of the dialect's own: its paths at the root.
 pub fn router(state: Arc<AppState>) -> Router {
     crate::http::own_listener(routes(), state)

@@ -1,0 +1,366 @@
+//! Streaming responses served on the connection itself, without hyper.
+//!
+//! A connection that opens with a streaming request (SSE, NDJSON, push-stream's `/ev` and
+//! `/sub`: the paths a listener lists in its [`StreamPaths`]) is one long response, and
+//! hyper would keep its read and write buffers (about 16 KB) for all of it. Such a request is
+//! recognised from the connection's first read ([`open`]): it goes through the same router,
+//! and its response is written here: a client's stream by its feed itself, on the socket
+//! ([`super::feed::Feed::run_on`]: no task, channel or buffer of its own), anything else
+//! (a refusal) chunk by chunk until the body ends, the reader goes or the response's
+//! [`Cutoff`] fires; then the connection closes. Anything else (another
+//! path, a request whose head did not arrive in one read, a body) is handed to hyper with
+//! the bytes already read in front ([`Prefixed`]), so nothing changes for it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, Version, header};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tower::ServiceExt;
+
+use super::Cutoff;
+
+/// Most bytes of the first read.
+const FIRST_READ: usize = 4096;
+/// Most headers a streaming request may carry.
+const MAX_HEADERS: usize = 48;
+
+/// The paths of a listener whose requests are streams: an entry ending in `/` matches every
+/// path under it, any other exactly.
+#[derive(Clone, Debug, Default)]
+pub struct StreamPaths(Vec<String>);
+
+impl StreamPaths {
+    pub fn new(paths: impl IntoIterator<Item = String>) -> StreamPaths {
+        StreamPaths(paths.into_iter().collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        self.0.iter().any(|p| {
+            if p.ends_with('/') {
+                path.starts_with(p.as_str())
+            } else {
+                path == p
+            }
+        })
+    }
+}
+
+/// What a connection opened with.
+pub enum Opening {
+    /// A streaming request, to [`serve`].
+    Stream(Box<Request<Body>>),
+    /// Anything else: the bytes read so far, for hyper.
+    Other(Bytes),
+    /// Nothing within the time allowed, or the peer went.
+    Closed,
+}
+
+/// Reads the connection's first bytes (within `timeout`) and sorts the request.
+pub async fn open<I: AsyncRead + Unpin>(
+    io: &mut I,
+    paths: &StreamPaths,
+    timeout: Duration,
+) -> Opening {
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
+    match tokio::time::timeout(timeout, io.read_buf(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Opening::Closed,
+    }
+    match stream_request(&buf, paths) {
+        Some(req) => Opening::Stream(Box::new(req)),
+        None => Opening::Other(buf.freeze()),
+    }
+}
+
+/// The request in `bytes` if it is a whole GET head, without a body, for one of `paths`.
+fn stream_request(bytes: &[u8], paths: &StreamPaths) -> Option<Request<Body>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(len) = parsed.parse(bytes).ok()? else {
+        return None;
+    };
+    let path = parsed.path?;
+    if len != bytes.len() || parsed.method? != "GET" {
+        return None;
+    }
+    if !paths.matches(path.split('?').next().unwrap_or(path)) {
+        return None;
+    }
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .version(match parsed.version? {
+            0 => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        });
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return None; // A body: hyper's.
+        }
+        req = req.header(h.name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    req.body(Body::empty()).ok()
+}
+
+/// Serves a streaming request on the connection: the router's response, written as it
+/// comes (chunked for HTTP/1.1), until the body ends, the reader goes or `cutoff` fires
+/// (then the connection is reset, through `fd`). The connection closes after it.
+pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
+    io: I,
+    fd: std::os::fd::RawFd,
+    mut req: Request<Body>,
+    router: axum::Router,
+    remote: SocketAddr,
+    cutoff: Cutoff,
+) {
+    let version = req.version();
+    req.extensions_mut().insert(ConnectInfo(remote));
+    req.extensions_mut().insert(cutoff.clone());
+    let Ok(resp) = router.oneshot(req).await;
+    let (parts, mut body) = resp.into_parts();
+    let chunked =
+        version == Version::HTTP_11 && !parts.headers.contains_key(header::CONTENT_LENGTH);
+    let length = (!chunked)
+        .then(|| http_body::Body::size_hint(&body).exact())
+        .flatten();
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = length.filter(|_| !parts.headers.contains_key(header::CONTENT_LENGTH)) {
+        head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    let feed = parts
+        .extensions
+        .get::<super::feed::DirectFeed>()
+        .and_then(|f| f.take());
+    drop(parts);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    if let Some(feed) = feed {
+        // A client's stream: its feed writes to the socket itself.
+        drop(body);
+        let (wrap, end): (fn(Bytes) -> Bytes, &[u8]) = if chunked {
+            (chunk, b"0\r\n\r\n")
+        } else {
+            (|b| b, b"")
+        };
+        feed.run_on(rd, wr, fd, head, wrap, end).await;
+        return;
+    }
+    let mut out = head;
+    // The first chunk (the welcome, the subscription) leaves with the head when it is ready.
+    let mut ended = false;
+    match futures_util::FutureExt::now_or_never(body.frame()) {
+        Some(Some(Ok(frame))) => {
+            if let Ok(data) = frame.into_data() {
+                encode(&mut out, &data, chunked);
+            }
+        }
+        Some(_) => ended = true,
+        None => {}
+    }
+    let mut scratch = [0u8; 64];
+    loop {
+        if ended && chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if !out.is_empty() {
+            let written = tokio::select! {
+                r = wr.write_all(&out) => r.is_ok(),
+                _ = cutoff.0.notified() => {
+                    crate::server::reset_on_close(fd);
+                    return;
+                }
+            };
+            if !written {
+                return;
+            }
+            out.clear();
+        }
+        if ended {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        encode(&mut out, &data, chunked);
+                    }
+                }
+                _ => ended = true,
+            },
+            read = rd.read(&mut scratch) => match read {
+                Ok(0) | Err(_) => return, // The reader went.
+                Ok(_) => {} // Anything it sends on a stream is ignored.
+            },
+            _ = cutoff.0.notified() => {
+                crate::server::reset_on_close(fd);
+                return;
+            }
+        }
+    }
+}
+
+/// `data` as one HTTP/1.1 chunk (nothing for nothing: an empty chunk would end the body).
+fn chunk(data: Bytes) -> Bytes {
+    if data.is_empty() {
+        return data;
+    }
+    let mut out = Vec::with_capacity(data.len() + 12);
+    encode(&mut out, &data, true);
+    Bytes::from(out)
+}
+
+/// Appends `data` to `out`, as a chunk when `chunked`.
+fn encode(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        return;
+    }
+    if chunked {
+        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// A connection with bytes already read from it in front: reads take those first. Writes go
+/// straight through.
+pub struct Prefixed<I> {
+    prefix: Bytes,
+    io: I,
+}
+
+impl<I> Prefixed<I> {
+    pub fn new(io: I, prefix: Bytes) -> Prefixed<I> {
+        Prefixed { prefix, io }
+    }
+
+    /// The connection and what of the prefix was not read yet.
+    pub fn into_parts(self) -> (I, Bytes) {
+        (self.io, self.prefix)
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let taken = self.prefix.split_to(n);
+            buf.put_slice(&taken);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_paths_match_exactly_or_under_a_prefix() {
+        let paths = StreamPaths::new(["/sse".to_string(), "/ps/ev/".to_string()]);
+        assert!(paths.matches("/sse"));
+        assert!(!paths.matches("/sse2"));
+        assert!(paths.matches("/ps/ev/a/b"));
+        assert!(!paths.matches("/ps/ev"));
+        assert!(!paths.matches("/ws"));
+    }
+
+    #[test]
+    fn only_whole_bodiless_gets_of_stream_paths_are_streams() {
+        let paths = StreamPaths::new(["/sse".to_string()]);
+        let get = b"GET /sse?channels=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1,e,a\r\n\r\n";
+        let req = stream_request(get, &paths).expect("a stream");
+        assert_eq!(req.uri(), "/sse?channels=a");
+        assert_eq!(req.headers()["last-event-id"], "1,e,a");
+        assert_eq!(req.version(), Version::HTTP_11);
+        // Not whole, another path, another method, a body, more than the head: hyper's.
+        for other in [
+            &b"GET /sse?channels=a HTTP/1.1\r\nHost: x\r\n"[..],
+            b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /sse HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /sse HTTP/1.1\r\nContent-Length: 1\r\n\r\nx",
+            b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\nGET /sse HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(stream_request(other, &paths).is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn prefixed_reads_the_prefix_first_then_the_connection() {
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(b" world").await.unwrap();
+        drop(a);
+        let mut p = Prefixed::new(b, Bytes::from_static(b"hello"));
+        let mut all = String::new();
+        p.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "hello world");
+    }
+}
