@@ -280,3 +280,54 @@ async fn long_polls_lose_nothing_between_requests() {
         (400, Some("bad_request"))
     );
 }
+
+/// HTTP/1.1 streams are chunked and end with the connection, whichever way the request is
+/// served: read in one go (on the socket itself) or with its head split over several reads
+/// (then by the HTTP layer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_streams_are_chunked_whether_the_head_arrives_whole_or_split() {
+    let srv = TestServer::start().await;
+    let head = "GET /stream?channels=chunks HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut whole = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    whole.write_all(head.as_bytes()).await.unwrap();
+    let mut split = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    split.write_all(&head.as_bytes()[..20]).await.unwrap();
+    // Most likely read apart (either way the stream must work).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    split.write_all(&head.as_bytes()[20..]).await.unwrap();
+    common::wait_for_subscribers(&srv, "chunks", 2).await;
+    srv.admin().publish(&["chunks"], json!("c1")).await.unwrap();
+    for s in [&mut whole, &mut split] {
+        let text = read_until(s, |t| t.contains(r#""data":"c1""#)).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        // Each line arrives inside a chunk: `<hex length>\r\n<lines>\r\n`.
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        let size = body.split("\r\n").next().unwrap();
+        assert!(
+            usize::from_str_radix(size, 16).is_ok(),
+            "a chunk size: {body}"
+        );
+        // A kick ends it with its last line and the last chunk.
+        let client = body
+            .split(r#""client":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_string();
+        let (status, _, _) = srv
+            .admin()
+            .request_raw(
+                "DELETE",
+                &format!("/api/v1/clients/{client}"),
+                &[],
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let rest = read_until(s, |t| t.ends_with("\r\n0\r\n\r\n")).await;
+        assert!(rest.contains(r#""op":"close""#), "{rest}");
+        assert!(rest.ends_with("\r\n0\r\n\r\n"), "the last chunk: {rest:?}");
+    }
+}
