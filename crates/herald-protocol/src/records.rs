@@ -17,11 +17,12 @@ use std::io::Write;
 use bytes::Bytes;
 use herald_core::{ChannelName, HeraldError, Message};
 
-/// Where a publication stands in its channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Position {
-    pub channel: ChannelName,
-    pub epoch: String,
+/// Where a publication stands in its channel, as its record says (borrowed from it: read
+/// per delivery and per subscriber, so nothing is allocated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub channel: &'a str,
+    pub epoch: &'a str,
     pub offset: u64,
     /// Wall-clock milliseconds of publication.
     pub time_ms: u64,
@@ -31,7 +32,7 @@ pub struct Position {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
     Message {
-        position: Position,
+        position: Position<'a>,
         payload: &'a [u8],
     },
     Keepalive(&'a [u8]),
@@ -97,9 +98,9 @@ fn parse_message(line: &[u8]) -> Option<Record<'_>> {
     let head = std::str::from_utf8(&line[..space]).ok()?;
     let mut parts = head.splitn(4, ',');
     let offset = parts.next()?.parse().ok()?;
-    let epoch = parts.next()?.to_string();
+    let epoch = parts.next()?;
     let time_ms = parts.next()?.parse().ok()?;
-    let channel = ChannelName::parse(parts.next()?).ok()?;
+    let channel = parts.next()?;
     Some(Record::Message {
         position: Position {
             channel,
@@ -149,12 +150,22 @@ impl Positions {
         Ok(Positions(out))
     }
 
-    /// Moves to `position` in its channel.
+    /// Moves to `position` in its channel (allocating only for a new channel or epoch).
     pub fn advance(&mut self, position: &Position) {
-        self.0.insert(
-            position.channel.clone(),
-            (position.epoch.clone(), position.offset),
-        );
+        match self.0.get_mut(position.channel) {
+            Some((epoch, offset)) => {
+                if epoch != position.epoch {
+                    *epoch = position.epoch.to_string();
+                }
+                *offset = position.offset;
+            }
+            None => {
+                if let Ok(channel) = ChannelName::parse(position.channel) {
+                    let entry = (position.epoch.to_string(), position.offset);
+                    self.0.insert(channel, entry);
+                }
+            }
+        }
     }
 
     pub fn get(&self, channel: &ChannelName) -> Option<(&str, u64)> {
@@ -207,8 +218,8 @@ mod tests {
             [
                 Record::Message {
                     position: Position {
-                        channel: ChannelName::parse("chat:a").unwrap(),
-                        epoch: "Ep0ch".into(),
+                        channel: "chat:a",
+                        epoch: "Ep0ch",
                         offset: 42,
                         time_ms: 1_700_000_000_123,
                     },
@@ -218,6 +229,23 @@ mod tests {
                 Record::Other(b"hello world"),
             ]
         );
+    }
+
+    #[test]
+    fn positions_advance_per_channel() {
+        let mut p = Positions::default();
+        let at = |channel, epoch, offset| Position {
+            channel,
+            epoch,
+            offset,
+            time_ms: 0,
+        };
+        p.advance(&at("a", "e1", 1));
+        p.advance(&at("b", "e2", 5));
+        p.advance(&at("a", "e1", 2));
+        assert_eq!(p.to_string(), "2,e1,a 5,e2,b");
+        p.advance(&at("a", "e3", 1));
+        assert_eq!(p.to_string(), "1,e3,a 5,e2,b");
     }
 
     #[test]

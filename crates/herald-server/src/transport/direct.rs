@@ -168,12 +168,7 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     if let Some(feed) = feed {
         // A client's stream: its feed writes to the socket itself.
         drop(body);
-        let (wrap, end): (fn(Bytes) -> Bytes, &[u8]) = if chunked {
-            (chunk, b"0\r\n\r\n")
-        } else {
-            (|b| b, b"")
-        };
-        feed.run_on(rd, wr, fd, head, wrap, end).await;
+        feed.run_on(rd, wr, fd, head, chunked).await;
         return;
     }
     let mut out = head;
@@ -229,16 +224,6 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-}
-
-/// `data` as one HTTP/1.1 chunk (nothing for nothing: an empty chunk would end the body).
-fn chunk(data: Bytes) -> Bytes {
-    if data.is_empty() {
-        return data;
-    }
-    let mut out = Vec::with_capacity(data.len() + 12);
-    encode(&mut out, &data, true);
-    Bytes::from(out)
 }
 
 /// Appends `data` to `out`, as a chunk when `chunked`.

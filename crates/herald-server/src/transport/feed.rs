@@ -214,8 +214,7 @@ impl Feed {
         mut writer: W,
         fd: std::os::fd::RawFd,
         head: Vec<u8>,
-        wrap: fn(Bytes) -> Bytes,
-        end: &'static [u8],
+        chunked: bool,
     ) where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,
@@ -227,10 +226,9 @@ impl Feed {
             // The first records (a greeting, the subscription) leave with the head.
             let mut batch = Vec::new();
             self.client.outbox.drain(&mut batch, CHUNK);
-            if !batch.is_empty() {
-                pending.extend_from_slice(&wrap(self.frame(&batch)));
-            }
+            self.frame_chunk(&mut pending, &batch, chunked);
         }
+        let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
         let mut written = 0;
         let mut cut_at: Option<tokio::time::Instant> = None;
         let mut scratch = [0u8; 64];
@@ -249,11 +247,12 @@ impl Feed {
                 let mut batch = Vec::new();
                 let drained = self.client.outbox.drain(&mut batch, CHUNK);
                 if drained.closing.is_some() {
-                    pending.extend_from_slice(&wrap(self.last_records(batch)));
+                    let last = self.last_records(batch);
+                    self.frame_chunk(&mut pending, &last, chunked);
                     pending.extend_from_slice(end);
                     cut_at = Some(tokio::time::Instant::now() + CUTOFF_GRACE);
-                } else if !batch.is_empty() {
-                    pending.extend_from_slice(&wrap(self.frame(&batch)));
+                } else {
+                    self.frame_chunk(&mut pending, &batch, chunked);
                 }
                 if pending.is_empty() && pending.capacity() > 1024 {
                     pending = BytesMut::new(); // An idle connection keeps no buffer.
@@ -270,7 +269,8 @@ impl Feed {
                         // Closed while the reader was not taking what it had: its last
                         // records go after what is left, within the grace.
                         let mut rest = BytesMut::from(&pending[written..]);
-                        rest.extend_from_slice(&wrap(self.last_records(Vec::new())));
+                        let last = self.last_records(Vec::new());
+                        self.frame_chunk(&mut rest, &last, chunked);
                         rest.extend_from_slice(end);
                         (pending, written) = (rest, 0);
                         cut_at = Some(tokio::time::Instant::now() + CUTOFF_GRACE);
@@ -288,10 +288,10 @@ impl Feed {
         }
     }
 
-    /// A closed client's last records, framed: `batch`, what the outbox still holds (a kick
-    /// flushes, a slow consumer's queue was dropped) and the dialect's closing records. The
-    /// client leaves the hub.
-    fn last_records(&mut self, mut batch: Vec<u8>) -> Bytes {
+    /// A closed client's last records (to frame): `batch`, what the outbox still holds (a
+    /// kick flushes, a slow consumer's queue was dropped) and the dialect's closing records.
+    /// The client leaves the hub.
+    fn last_records(&mut self, mut batch: Vec<u8>) -> Vec<u8> {
         let disconnect = loop {
             let drained = self.client.outbox.drain(&mut batch, usize::MAX);
             if let Some(d) = drained.closing {
@@ -305,7 +305,7 @@ impl Feed {
             batch.extend_from_slice(&last);
         }
         self.state.hub.disconnect(&self.client, disconnect.reason);
-        self.frame(&batch)
+        batch
     }
 
     /// The end of a closed client: what was not yet handed over (`unsent`, then the records
@@ -322,7 +322,8 @@ impl Feed {
         if let Some(unsent) = unsent {
             last.extend_from_slice(&unsent);
         }
-        last.extend_from_slice(&self.last_records(batch));
+        let records = self.last_records(batch);
+        last.extend_from_slice(&self.frame(&records));
         if tokio::time::timeout(CUTOFF_GRACE, tx.send(last.freeze()))
             .await
             .is_err()
@@ -334,6 +335,14 @@ impl Feed {
     /// Records as the transport frames them.
     fn frame(&mut self, batch: &[u8]) -> Bytes {
         let mut out = BytesMut::with_capacity(batch.len() + batch.len() / 4 + 16);
+        self.frame_into(&mut out, batch);
+        out.freeze()
+    }
+
+    /// Records as the transport frames them, appended to `out`.
+    fn frame_into(&mut self, out: &mut BytesMut, batch: &[u8]) {
+        use std::fmt::Write as _;
+        out.reserve(batch.len() + batch.len() / 4 + 16);
         for record in records::parse(batch) {
             match (self.framing, &record) {
                 (Framing::Lines, _) => {
@@ -344,7 +353,7 @@ impl Feed {
                 (Framing::Sse, Record::Message { position, payload }) => {
                     self.positions.advance(position);
                     out.extend_from_slice(b"id: ");
-                    out.extend_from_slice(self.positions.to_string().as_bytes());
+                    let _ = write!(out, "{}", self.positions);
                     out.extend_from_slice(b"\ndata: ");
                     out.extend_from_slice(payload);
                     out.extend_from_slice(b"\n\n");
@@ -356,7 +365,25 @@ impl Feed {
                 }
             }
         }
-        out.freeze()
+    }
+
+    /// `batch` framed onto `out`, as one HTTP/1.1 chunk when `chunked` (the size written in
+    /// fixed width, zero-padded as the grammar allows, so nothing is copied twice).
+    fn frame_chunk(&mut self, out: &mut BytesMut, batch: &[u8], chunked: bool) {
+        if !chunked {
+            return self.frame_into(out, batch);
+        }
+        let start = out.len();
+        out.extend_from_slice(b"00000000\r\n");
+        self.frame_into(out, batch);
+        let len = out.len() - start - 10;
+        if len == 0 {
+            out.truncate(start); // An empty chunk would end the body.
+            return;
+        }
+        let hex = format!("{len:08x}");
+        out[start..start + 8].copy_from_slice(hex.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 

@@ -441,7 +441,7 @@ pub async fn longpolling(
 }
 
 /// Publications merged by time, each channel's kept in its own order.
-fn in_time_order(published: Vec<(Position, &[u8])>) -> Vec<(Position, &[u8])> {
+fn in_time_order<'a>(published: Vec<(Position<'a>, &'a [u8])>) -> Vec<(Position<'a>, &'a [u8])> {
     let mut by_channel: Vec<std::collections::VecDeque<(Position, &[u8])>> = Vec::new();
     for (position, payload) in published {
         match by_channel.iter_mut().find(|q| {
@@ -467,10 +467,10 @@ fn in_time_order(published: Vec<(Position, &[u8])>) -> Vec<(Position, &[u8])> {
 mod tests {
     use super::*;
 
-    fn at(channel: &str, offset: u64, time_ms: u64) -> (Position, &'static [u8]) {
+    fn at(channel: &'static str, offset: u64, time_ms: u64) -> (Position<'static>, &'static [u8]) {
         let position = Position {
-            channel: ChannelName::parse(channel).unwrap(),
-            epoch: "e".into(),
+            channel,
+            epoch: "e",
             offset,
             time_ms,
         };
