@@ -3,7 +3,10 @@
 //! - [`server`]: builds the hub from the [`config::Config`], binds the listeners, runs the
 //!   accept loop (hyper HTTP/1.1 with upgrades), the keep-alive pinger and graceful shutdown.
 //! - [`http`]: the HTTP API under `/api/v1` (axum), `/healthz`, the OpenAPI document.
-//! - [`ws`]: the WebSocket transport: handshake and the per-connection task.
+//! - [`transport`]: the WebSocket transport (handshake, per-connection task) and the HTTP
+//!   ones (SSE, streaming, long-polling), for any dialect.
+//! - [`dialects`]: each protocol in one home (sessions, routes, mount), and their table.
+//! - [`admission`]: admitting a connection (credential, bans, origin, connection slots).
 //! - [`store`]: the embedded redb store.
 //! - [`admin_key`]: loading or generating the admin key.
 //! - [`admin`]: management request bodies shared by the HTTP API and admin connections.
@@ -32,11 +35,10 @@ pub mod jwt;
 pub mod limits;
 pub mod server;
 pub mod store;
-pub mod stream;
+
 pub mod tls;
 pub mod transport;
 pub mod webhooks;
-pub mod ws;
 
 pub use config::Config;
 pub use server::{RunningServer, start};

@@ -123,14 +123,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     } else {
         None
     };
-    let subsocket_listener = bind_dialect(&config.dialects.subsocket, "subsocket").await?;
-    let eventual_listener = bind_dialect(&config.dialects.eventual, "eventual").await?;
-    let simplysocket_listener = bind_dialect(&config.dialects.simplysocket, "simplysocket").await?;
-    let pushstream_listener =
-        bind_dialect(&config.dialects.pushstream.mount(), "pushstream").await?;
-    let wspush_listener = bind_dialect(&config.dialects.wspush.mount(), "wspush").await?;
-    let wspush_http_listener =
-        bind_dialect(&config.dialects.wspush.http_mount(), "wspush-http").await?;
+    // Every dialect's listeners of its own, bound before anything starts.
+    let mut own_listeners = Vec::new();
+    for dialect in crate::dialects::TABLE {
+        for own in (dialect.own)(&config) {
+            if let Some(listener) = bind_dialect(&own.mount, own.name).await? {
+                own_listeners.push((own, listener));
+            }
+        }
+    }
     let webhooks = Webhooks::start(&config.webhooks, &hub)?;
     let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
     let limits = Arc::new(crate::limits::Limits::new(&config));
@@ -181,34 +182,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )));
     }
     let mut dialect_addrs = Vec::new();
-    let dialects: [(&'static str, Option<TcpListener>, RouterFn); 6] = [
-        ("subsocket", subsocket_listener, |s| {
-            Served::plain(crate::http::subsocket_router(s))
-        }),
-        ("eventual", eventual_listener, |s| {
-            Served::plain(crate::http::eventual_router(s))
-        }),
-        ("simplysocket", simplysocket_listener, |s| {
-            Served::plain(crate::http::simplysocket_router(s))
-        }),
-        ("pushstream", pushstream_listener, |s| Served {
-            router: crate::dialects::pushstream::router(s),
-            streams: Arc::new(crate::transport::direct::StreamPaths::new(
-                crate::dialects::pushstream::stream_paths(""),
-            )),
-        }),
-        ("wspush", wspush_listener, |s| {
-            Served::plain(crate::http::wspush_ws_router(s))
-        }),
-        ("wspush-http", wspush_http_listener, |s| {
-            Served::plain(crate::http::wspush_http_router(s))
-        }),
-    ];
-    for (name, listener, router) in dialects {
-        let Some(listener) = listener else { continue };
-        dialect_addrs.push((name, listener.local_addr()?));
-        let router = router(state.clone());
-        let accept = accept_loop(listener, None, router, state.clone(), shutdown_rx.clone());
+    for (own, listener) in own_listeners {
+        dialect_addrs.push((own.name, listener.local_addr()?));
+        let served = (own.serve)(state.clone());
+        let accept = accept_loop(listener, None, served, state.clone(), shutdown_rx.clone());
         tasks.push(tokio::spawn(accept));
     }
     Ok(RunningServer {
@@ -224,9 +201,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         history_writer,
     })
 }
-
-/// Builds what a dialect's own listener serves.
-type RouterFn = fn(Arc<AppState>) -> Served;
 
 /// Binds a dialect's own listener, if it is enabled and has one.
 async fn bind_dialect(
@@ -338,7 +312,7 @@ pub struct Served {
 
 impl Served {
     /// A router without streaming paths.
-    fn plain(router: axum::Router) -> Served {
+    pub fn plain(router: axum::Router) -> Served {
         Served {
             router,
             streams: Default::default(),

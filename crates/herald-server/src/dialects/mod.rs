@@ -1,5 +1,68 @@
-//! The seed dialects, one folder each: its sessions, its HTTP routes and its mount. The
-//! codecs live in herald-protocol; the transports (WebSocket in [`crate::ws`], HTTP in
-//! [`crate::transport`]) know nothing of any dialect.
+//! The dialects, one home each: its sessions, its HTTP routes and how it is mounted. The
+//! codecs live in herald-protocol; the transports (WebSocket in [`crate::transport::ws`],
+//! SSE, streaming and long-polling in [`crate::transport`]) know nothing of any dialect.
+//!
+//! [`TABLE`] lists them: the main listener's router mounts each ([`Entry::mount`]), the
+//! server binds each one's listeners of its own ([`Entry::own`]), and streaming paths are
+//! served without hyper ([`Entry::streams`]).
 
+pub mod eventual;
+pub mod native;
 pub mod pushstream;
+pub mod simplysocket;
+pub mod subsocket;
+pub mod wspush;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::config::{Config, DialectMount};
+use crate::server::{AppState, Served};
+
+/// A router of the main listener, before its state is given.
+pub type Routes = Router<Arc<AppState>>;
+
+/// A dialect, as the server and the router see it.
+pub struct Entry {
+    pub name: &'static str,
+    /// Adds its routes to the main listener's router, where its configuration says.
+    pub mount: fn(Routes, &Config) -> Routes,
+    /// Its streaming paths on the main listener.
+    pub streams: fn(&Config) -> Vec<String>,
+    /// The listeners of its own it has (bound only when enabled with a `listen` address).
+    pub own: fn(&Config) -> Vec<OwnListener>,
+}
+
+/// A listener of a dialect's own.
+pub struct OwnListener {
+    /// Its name in logs and `RunningServer::dialect_addrs`.
+    pub name: &'static str,
+    pub mount: DialectMount,
+    pub serve: fn(Arc<AppState>) -> Served,
+}
+
+/// Every dialect.
+pub const TABLE: &[Entry] = &[
+    native::ENTRY,
+    subsocket::ENTRY,
+    eventual::ENTRY,
+    simplysocket::ENTRY,
+    pushstream::ENTRY,
+    wspush::ENTRY,
+];
+
+/// No streaming paths.
+fn no_streams(_: &Config) -> Vec<String> {
+    Vec::new()
+}
+
+/// No listener of its own.
+fn no_listeners(_: &Config) -> Vec<OwnListener> {
+    Vec::new()
+}
+
+/// `mount`'s prefix when the dialect is mounted on the main listener.
+fn mounted(mount: &DialectMount) -> Option<&str> {
+    (mount.enabled && !mount.prefix.is_empty()).then_some(mount.prefix.as_str())
+}

@@ -1,11 +1,10 @@
 //! The HTTP side of the main listener: the API under `/api/v1`, `/healthz`, the OpenAPI
-//! document, and the `/ws` upgrade route (handed to [`crate::ws`]).
+//! document, with the dialects' routes mounted ([`crate::dialects`]); and what every
+//! dialect's own listener has (`/healthz`, the JSON 404).
 
 mod auth;
 mod error;
 mod routes;
-mod subsocket;
-mod wspush;
 
 pub use error::ApiError;
 pub(crate) use routes::publish_request;
@@ -59,79 +58,16 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
 
-/// The SubSocket dialect's original paths: `/socket` and `/api.v1/...`.
-fn subsocket_routes() -> Router<Arc<AppState>> {
-    use axum::routing::any;
-    Router::new()
-        .route("/socket", get(crate::ws::upgrade_subsocket))
-        .route("/api.v1/channels/list", any(subsocket::channels_list))
-        .route("/api.v1/channels/put", any(subsocket::channels_put))
-        .route("/api.v1/channels/del", any(subsocket::channels_del))
-        .route(
-            "/api.v1/clients/subscribe",
-            any(subsocket::clients_subscribe),
-        )
-        .route(
-            "/api.v1/clients/unsubscribe",
-            any(subsocket::clients_unsubscribe),
-        )
-        .route("/api.v1/clients/kick", any(subsocket::clients_kick))
-        .route("/api.v1/clients/ban", any(subsocket::clients_ban))
-        .route("/static", get(subsocket::static_file))
-        .route("/static/", get(subsocket::static_file))
-        .route("/static/{*path}", get(subsocket::static_file))
-}
-
-/// A listener of the SubSocket dialect's own: its original paths at the root.
-pub fn subsocket_router(state: Arc<AppState>) -> Router {
-    subsocket_routes()
-        .route("/healthz", get(routes::healthz))
-        .fallback(routes::not_found)
-        .with_state(state)
-}
-
-/// The WS-PushServer dialect's HTTP API paths.
-fn wspush_http_routes() -> Router<Arc<AppState>> {
-    use axum::routing::any;
-    Router::new()
-        .route("/channel/create", any(wspush::create))
-        .route("/channel/ping", any(wspush::ping))
-        .route("/channel/delete", any(wspush::delete))
-        .route("/push", any(wspush::push))
-        .route("/sysadmin", any(wspush::sysadmin))
-}
-
-/// A listener of the WS-PushServer HTTP API's own (the original's HTTP port).
-pub fn wspush_http_router(state: Arc<AppState>) -> Router {
-    wspush_http_routes()
-        .route("/healthz", get(routes::healthz))
-        .fallback(routes::not_found)
-        .with_state(state)
-}
-
-/// A listener of the WS-PushServer WebSocket's own: every path is its WebSocket.
-pub fn wspush_ws_router(state: Arc<AppState>) -> Router {
-    any_path_router(state, get(crate::ws::upgrade_wspush))
-}
-
 /// A listener of its own for a dialect whose WebSocket answers on every path.
-fn any_path_router(state: Arc<AppState>, upgrade: MethodRouter<Arc<AppState>>) -> Router {
+pub fn any_path_listener(upgrade: MethodRouter<Arc<AppState>>, state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(routes::healthz))
         .fallback(upgrade)
         .with_state(state)
 }
 
-/// A listener of the Eventual dialect's own: every path is its WebSocket.
-pub fn eventual_router(state: Arc<AppState>) -> Router {
-    any_path_router(state, get(crate::ws::upgrade_eventual))
-}
-
-/// A listener of the SimplySocket dialect's own: every path is its WebSocket.
-pub fn simplysocket_router(state: Arc<AppState>) -> Router {
-    any_path_router(state, get(crate::ws::upgrade_simplysocket))
-}
-
+/// The main listener: the API, `/healthz`, and every dialect mounted as its configuration
+/// says ([`crate::dialects::TABLE`]).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     let api = Router::new()
@@ -174,46 +110,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/stats", get(routes::stats))
         .route("/nodes", get(routes::nodes))
         .route("/openapi.json", get(openapi_json));
-    let subsocket = &state.config.dialects.subsocket;
     let mut router = Router::new();
-    if subsocket.enabled && !subsocket.prefix.is_empty() {
-        router = router.nest(&subsocket.prefix, subsocket_routes());
-    }
-    let dialects = &state.config.dialects;
-    if dialects.pushstream.enabled && !dialects.pushstream.prefix.is_empty() {
-        router = router.nest(
-            &dialects.pushstream.prefix,
-            crate::dialects::pushstream::routes(),
-        );
-    }
-    if dialects.wspush.enabled && !dialects.wspush.prefix.is_empty() {
-        let prefix = &dialects.wspush.prefix;
-        router = router
-            .nest(prefix, wspush_http_routes())
-            .route(&format!("{prefix}/ws"), get(crate::ws::upgrade_wspush))
-            .route(
-                &format!("{prefix}/ws/{{*path}}"),
-                get(crate::ws::upgrade_wspush),
-            );
-    }
-    for (mount, upgrade) in [
-        (&dialects.eventual, get(crate::ws::upgrade_eventual)),
-        (&dialects.simplysocket, get(crate::ws::upgrade_simplysocket)),
-    ] {
-        if mount.enabled && !mount.prefix.is_empty() {
-            let prefix = &mount.prefix;
-            router = router
-                .route(prefix, upgrade.clone())
-                .route(&format!("{prefix}/{{*path}}"), upgrade);
-        }
+    for dialect in crate::dialects::TABLE {
+        router = (dialect.mount)(router, &state.config);
     }
     router
         .nest("/api/v1", api)
         .route("/healthz", get(routes::healthz))
-        .route("/ws", get(crate::ws::upgrade))
-        .route("/sse", get(crate::stream::sse))
-        .route("/stream", get(crate::stream::stream))
-        .route("/poll", get(crate::stream::poll))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -228,18 +131,11 @@ pub fn own_listener(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Rout
         .with_state(state)
 }
 
-/// The main listener's streaming paths ([`crate::transport::direct`]): the native
-/// protocol's SSE and streaming, and push-stream's when it is mounted there.
+/// The main listener's streaming paths ([`crate::transport::direct`]), as the dialects
+/// mounted there list them.
 pub fn stream_paths(config: &crate::config::Config) -> Vec<String> {
-    let mut paths: Vec<String> = crate::stream::STREAM_PATHS
+    crate::dialects::TABLE
         .iter()
-        .map(|p| p.to_string())
-        .collect();
-    let pushstream = &config.dialects.pushstream;
-    if pushstream.enabled && !pushstream.prefix.is_empty() {
-        paths.extend(crate::dialects::pushstream::stream_paths(
-            &pushstream.prefix,
-        ));
-    }
-    paths
+        .flat_map(|d| (d.streams)(config))
+        .collect()
 }

@@ -1,6 +1,7 @@
-//! Transports that carry any dialect's deliveries over plain HTTP responses, knowing nothing
-//! of the dialect: the dialect admits and subscribes its client (whose outbox holds
-//! [`herald_protocol::records`]) and hands it here with the [`Framing`] to use.
+//! Transports, knowing nothing of any dialect: the WebSocket ([`ws`]: a dialect's session
+//! speaks through it), and plain HTTP responses: a dialect admits and subscribes its client
+//! (whose outbox holds [`herald_protocol::records`]) and hands it here with the [`Framing`]
+//! to use.
 //!
 //! - [`feed`]: one long response (Server-Sent Events, or lines as the dialect wrote them),
 //!   fed from the client's outbox until the client or the reader goes.
@@ -12,6 +13,7 @@
 pub mod direct;
 pub mod feed;
 pub mod subscribe;
+pub mod ws;
 
 pub use feed::{Cutoff, Framing, Stream, allow_origin, respond, wait};
 pub use subscribe::subscribe;

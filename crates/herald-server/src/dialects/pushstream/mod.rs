@@ -20,7 +20,40 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{any, get};
 
-use crate::server::AppState;
+use crate::config::Config;
+use crate::server::{AppState, Served};
+use crate::transport::direct::StreamPaths;
+
+pub const ENTRY: super::Entry = super::Entry {
+    name: herald_protocol::pushstream::DIALECT,
+    mount,
+    streams: main_streams,
+    own,
+};
+
+fn mount(router: Router<Arc<AppState>>, config: &Config) -> Router<Arc<AppState>> {
+    match super::mounted(&config.dialects.pushstream.mount()) {
+        Some(prefix) => router.nest(prefix, routes()),
+        None => router,
+    }
+}
+
+fn main_streams(config: &Config) -> Vec<String> {
+    super::mounted(&config.dialects.pushstream.mount())
+        .map(stream_paths)
+        .unwrap_or_default()
+}
+
+fn own(config: &Config) -> Vec<super::OwnListener> {
+    vec![super::OwnListener {
+        name: "pushstream",
+        mount: config.dialects.pushstream.mount(),
+        serve: |state| Served {
+            router: crate::http::own_listener(routes(), state),
+            streams: Arc::new(StreamPaths::new(stream_paths(""))),
+        },
+    }]
+}
 
 /// The dialect's paths, relative to its mount.
 pub fn routes() -> Router<Arc<AppState>> {
@@ -45,9 +78,4 @@ pub fn routes() -> Router<Arc<AppState>> {
 /// [`crate::transport::direct`]).
 pub fn stream_paths(prefix: &str) -> Vec<String> {
     vec![format!("{prefix}/ev/"), format!("{prefix}/sub/")]
-}
-
-/// A listener of the dialect's own: its paths at the root.
-pub fn router(state: Arc<AppState>) -> Router {
-    crate::http::own_listener(routes(), state)
 }

@@ -17,7 +17,7 @@ use herald_protocol::ws;
 
 use super::subscriber::{self, Subscriber};
 use crate::server::AppState;
-use crate::ws::{Dialect, DialectSession};
+use crate::transport::ws::{Dialect, DialectSession};
 
 /// One subscriber's connection.
 pub struct PushStream {
@@ -34,7 +34,7 @@ pub async fn upgrade(
         Ok(s) => s,
         Err(refusal) => return refusal,
     };
-    crate::ws::upgrade_to(PushStream { subscriber }, state, remote, req)
+    crate::transport::ws::upgrade_to(PushStream { subscriber }, state, remote, req)
 }
 
 impl Dialect for PushStream {

@@ -13,9 +13,43 @@ use herald_core::{
 };
 use herald_protocol::simplysocket::{self, Action, GLOBAL_ROOM, SIMPLYSOCKET_WS};
 
-use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
+use crate::transport::ws::{Dialect, DialectSession};
 
+pub const ENTRY: super::Entry = super::Entry {
+    name: simplysocket::DIALECT,
+    mount,
+    streams: super::no_streams,
+    own,
+};
+
+/// On the main listener: its WebSocket on every path under `dialects.simplysocket.prefix`.
+fn mount(
+    router: axum::Router<Arc<AppState>>,
+    config: &crate::config::Config,
+) -> axum::Router<Arc<AppState>> {
+    let Some(prefix) = super::mounted(&config.dialects.simplysocket) else {
+        return router;
+    };
+    let upgrade = axum::routing::get(crate::transport::ws::upgrade::<SimplySocket>);
+    router
+        .route(prefix, upgrade.clone())
+        .route(&format!("{prefix}/{{*path}}"), upgrade)
+}
+
+/// Its own listener: its WebSocket on every path.
+fn own(config: &crate::config::Config) -> Vec<super::OwnListener> {
+    vec![super::OwnListener {
+        name: "simplysocket",
+        mount: config.dialects.simplysocket.clone(),
+        serve: |state| {
+            let upgrade = axum::routing::get(crate::transport::ws::upgrade::<SimplySocket>);
+            crate::server::Served::plain(crate::http::any_path_listener(upgrade, state))
+        },
+    }]
+}
+
+#[derive(Default)]
 pub struct SimplySocket;
 
 impl Dialect for SimplySocket {

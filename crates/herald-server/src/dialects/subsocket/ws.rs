@@ -13,9 +13,10 @@ use herald_core::{
 };
 use herald_protocol::subsocket::{self, Command, SUBSOCKET_WS, Unparsed};
 
-use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
+use crate::transport::ws::{Dialect, DialectSession};
 
+#[derive(Default)]
 pub struct SubSocket;
 
 impl Dialect for SubSocket {

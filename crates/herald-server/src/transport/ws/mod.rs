@@ -1,17 +1,11 @@
-//! The WebSocket transport: the `/ws` upgrade (RFC 6455 handshake over hyper's upgrade
-//! mechanism, after [`crate::admission`] admitted the connection) and the per-connection task
-//! in [`connection`], which feeds the dialect's codec and drains the client's outbox, over
-//! plain TCP or TLS ([`transport`]).
+//! The WebSocket transport, for any [`Dialect`]: the upgrade (RFC 6455 handshake over
+//! hyper's upgrade mechanism, after [`crate::admission`] admitted the connection:
+//! [`upgrade_to`]) and the per-connection task in [`connection`], which feeds the dialect's
+//! codec and drains the client's outbox, over plain TCP or TLS ([`transport`]).
 
-mod admin;
 mod connection;
 mod dialect;
-mod eventual;
-mod native;
-mod simplysocket;
-mod subsocket;
 mod transport;
-mod wspush;
 
 pub use dialect::{Dialect, DialectSession};
 
@@ -41,52 +35,13 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
     })
 }
 
-/// Defines an axum handler that upgrades to `$dialect`.
-macro_rules! upgrade_handler {
-    ($(#[doc = $doc:expr] $name:ident => $dialect:expr;)*) => {$(
-        #[doc = $doc]
-        pub async fn $name(
-            State(state): State<Arc<AppState>>,
-            ConnectInfo(remote): ConnectInfo<SocketAddr>,
-            req: Request,
-        ) -> Response {
-            upgrade_to($dialect, state, remote, req)
-        }
-    )*};
-}
-
-/// `GET /ws`: the native protocol. With `[auth_hook]` on, a handshake without a credential
-/// Herald knows waits for the app backend's answer before it is upgraded or refused.
-pub async fn upgrade(
+/// An axum handler upgrading to the dialect `D` (a unit type).
+pub async fn upgrade<D: Dialect + Default>(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    if !state.auth_hook.enabled() {
-        return upgrade_to(native::Native, state, remote, req);
-    }
-    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
-        return refusal;
-    }
-    let identity = crate::auth_hook::admit(
-        &state,
-        remote,
-        req.headers(),
-        req.uri(),
-        native::Native.name(),
-    )
-    .await;
-    match identity {
-        Ok(identity) => upgrade_admitted(native::Native, state, remote, req, identity),
-        Err(e) => ApiError(e).into_response(),
-    }
-}
-
-upgrade_handler! {
-    #[doc = "The SubSocket dialect's `/socket`."] upgrade_subsocket => subsocket::SubSocket;
-    #[doc = "The Eventual Agent dialect: any path of its mount."] upgrade_eventual => eventual::Eventual;
-    #[doc = "The SimplySocket dialect: any path of its mount."] upgrade_simplysocket => simplysocket::SimplySocket;
-    #[doc = "The WS-PushServer dialect: any path of its mount."] upgrade_wspush => wspush::WsPush;
+    upgrade_to(D::default(), state, remote, req)
 }
 
 /// What was read past the handshake: hyper's buffer, then what it had not yet taken of the
@@ -149,7 +104,7 @@ pub fn upgrade_to<D: Dialect>(
 
 /// [`upgrade_to`] once the credential has been judged: bans, origin, the handshake itself,
 /// connection limits, then 101.
-fn upgrade_admitted<D: Dialect>(
+pub fn upgrade_admitted<D: Dialect>(
     dialect: D,
     state: Arc<AppState>,
     remote: SocketAddr,

@@ -14,12 +14,37 @@ use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::native::{self, NATIVE_WS, Op, Recipient};
 use serde_json::json;
 
-use super::dialect::{Dialect, DialectSession};
 use crate::auth_hook::HookEvent;
 use crate::server::AppState;
+use crate::transport::ws::{Dialect, DialectSession};
 
 /// Herald's own protocol at `/ws`.
+#[derive(Default)]
 pub struct Native;
+
+/// `GET /ws`: the native protocol. With `[auth_hook]` on, a handshake without a credential
+/// Herald knows waits for the app backend's answer before it is upgraded or refused.
+pub async fn upgrade(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !state.auth_hook.enabled() {
+        return crate::transport::ws::upgrade_to(Native, state, remote, req);
+    }
+    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
+        return refusal;
+    }
+    let identity =
+        crate::auth_hook::admit(&state, remote, req.headers(), req.uri(), Native.name()).await;
+    match identity {
+        Ok(identity) => {
+            crate::transport::ws::upgrade_admitted(Native, state, remote, req, identity)
+        }
+        Err(e) => crate::http::ApiError(e).into_response(),
+    }
+}
 
 impl Dialect for Native {
     type Session<'a> = Session<'a>;

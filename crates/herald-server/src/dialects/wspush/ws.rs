@@ -9,9 +9,10 @@ use bytes::Bytes;
 use herald_core::{Actor, ChannelName, ClientHandle, ClientId, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::wspush::{self, ClientAction, Refused, WSPUSH_WS};
 
-use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
+use crate::transport::ws::{Dialect, DialectSession};
 
+#[derive(Default)]
 pub struct WsPush;
 
 impl Dialect for WsPush {

@@ -10,9 +10,43 @@ use herald_core::hub::{FIREHOSE_CHANNEL, PublishRequest};
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::eventual::{self, BadRequest, EVENTUAL_WS, Request};
 
-use super::dialect::{Dialect, DialectSession};
 use crate::server::AppState;
+use crate::transport::ws::{Dialect, DialectSession};
 
+pub const ENTRY: super::Entry = super::Entry {
+    name: eventual::DIALECT,
+    mount,
+    streams: super::no_streams,
+    own,
+};
+
+/// On the main listener: its WebSocket on every path under `dialects.eventual.prefix`.
+fn mount(
+    router: axum::Router<Arc<AppState>>,
+    config: &crate::config::Config,
+) -> axum::Router<Arc<AppState>> {
+    let Some(prefix) = super::mounted(&config.dialects.eventual) else {
+        return router;
+    };
+    let upgrade = axum::routing::get(crate::transport::ws::upgrade::<Eventual>);
+    router
+        .route(prefix, upgrade.clone())
+        .route(&format!("{prefix}/{{*path}}"), upgrade)
+}
+
+/// Its own listener: its WebSocket on every path.
+fn own(config: &crate::config::Config) -> Vec<super::OwnListener> {
+    vec![super::OwnListener {
+        name: "eventual",
+        mount: config.dialects.eventual.clone(),
+        serve: |state| {
+            let upgrade = axum::routing::get(crate::transport::ws::upgrade::<Eventual>);
+            crate::server::Served::plain(crate::http::any_path_listener(upgrade, state))
+        },
+    }]
+}
+
+#[derive(Default)]
 pub struct Eventual;
 
 impl Dialect for Eventual {
