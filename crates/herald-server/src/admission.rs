@@ -15,8 +15,8 @@ use herald_core::client::{ClientInfo, ConnectExtras};
 use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldError};
 
 use crate::auth::{self, Identity};
-use crate::http::ApiError;
-use crate::server::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Checks the handshake's credential (dialects that take one).
 pub fn credential(

@@ -11,7 +11,7 @@ use herald_core::secret;
 use herald_core::{ChannelName, ErrorCode, HeraldError};
 
 use crate::jwt;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// What a verified credential says about a connection.
 #[derive(Clone, Debug, Default)]

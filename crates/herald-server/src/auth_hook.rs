@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Identity;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// `[auth_hook]`: the app backend asked at connect (and optionally at subscribe/publish).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -158,7 +158,7 @@ struct Answer {
 type Cached = (Instant, Result<Identity, HeraldError>);
 
 /// The hook's HTTP client, its configuration and its connect cache. Always present in
-/// [`crate::server::AppState`]; [`AuthHook::enabled`] says whether `[auth_hook]` is on.
+/// [`crate::state::AppState`]; [`AuthHook::enabled`] says whether `[auth_hook]` is on.
 pub struct AuthHook {
     config: AuthHookConfig,
     headers: Vec<HeaderName>,

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::IngressConfig;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Entries read from a Redis stream at once (XREADGROUP COUNT).
 const BATCH: usize = 100;

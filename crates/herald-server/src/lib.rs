@@ -28,12 +28,14 @@ pub mod auth_hook;
 pub mod cluster;
 pub mod config;
 pub mod dialects;
+pub mod error;
 pub mod history_store;
 pub mod http;
 pub mod ingress;
 pub mod jwt;
 pub mod limits;
 pub mod server;
+pub mod state;
 pub mod store;
 
 pub mod tls;

@@ -31,8 +31,8 @@ use parking_lot::Mutex;
 
 use crate::auth::Identity;
 use crate::config::{Config, ConfigError};
-use crate::http::ApiError;
-use crate::server::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A connection dropping this many times its burst in a row is closed with
 /// [`close_code::RATE_LIMITED`].

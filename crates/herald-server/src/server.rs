@@ -23,33 +23,10 @@ use tower::ServiceExt;
 
 use crate::admin_key;
 use crate::config::Config;
+use crate::state::AppState;
 use crate::store::RedbStore;
+use crate::transport::direct::{Served, reset_on_close};
 use crate::webhooks::Webhooks;
-
-/// Shared by every handler and connection task.
-pub struct AppState {
-    pub hub: Hub,
-    pub config: Config,
-    pub admin_key: String,
-    /// Verifies JSON Web Tokens, when `[jwt]` has a key.
-    pub jwt: Option<crate::jwt::JwtVerifier>,
-    /// WebSocket connections admitted (handshake accepted, not yet ended).
-    pub ws_connections: std::sync::atomic::AtomicUsize,
-    /// Per-IP, per-user, connection-rate, origin and message-rate limits.
-    pub limits: Arc<crate::limits::Limits>,
-    /// The app backend's auth hook (`[auth_hook]`) and its HTTP client.
-    pub auth_hook: crate::auth_hook::AuthHook,
-    /// This node's name (`node_name`, else the host name and the bound port).
-    pub node_name: String,
-    /// The control plane joining this node to a cluster, if any.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
-}
-
-impl AsRef<Hub> for AppState {
-    fn as_ref(&self) -> &Hub {
-        &self.hub
-    }
-}
 
 /// A started server.
 pub struct RunningServer {
@@ -149,9 +126,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = Served {
-        router: crate::http::router(state.clone()),
+        router: crate::http::router(crate::dialects::main_routes(&state.config), state.clone()),
         streams: Arc::new(crate::transport::direct::StreamPaths::new(
-            crate::http::stream_paths(&state.config),
+            crate::dialects::main_stream_paths(&state.config),
         )),
     };
     let mut tasks = vec![
@@ -302,24 +279,6 @@ async fn serve_tls_connection(
     }
 }
 
-/// What a listener serves: its router, and which of its paths are streams
-/// ([`crate::transport::direct`]).
-#[derive(Clone)]
-pub struct Served {
-    pub router: axum::Router,
-    pub streams: Arc<crate::transport::direct::StreamPaths>,
-}
-
-impl Served {
-    /// A router without streaming paths.
-    pub fn plain(router: axum::Router) -> Served {
-        Served {
-            router,
-            streams: Default::default(),
-        }
-    }
-}
-
 /// Serves HTTP/1.1 (with upgrades) on a TCP stream or a TLS stream over one; a connection
 /// that opens with a streaming request is served without hyper.
 async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -394,25 +353,6 @@ async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
     }
-}
-
-/// Makes closing the socket `fd` reset the connection (`SO_LINGER` 0).
-pub(crate) fn reset_on_close(fd: std::os::fd::RawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `fd` is the connection's socket, still open (its owner is dropped after this
-    // call); SO_LINGER takes a `linger` of the given size.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
 }
 
 async fn pinger(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Cluster, ControlPlane, nats, redis, relay};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The broker joining this node to others, as configured in `[broker]`.
 pub enum Backplane {

@@ -15,7 +15,7 @@ use herald_core::{Actor, ChannelName, ClientId, Disconnect, DisconnectReason, He
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// An operation for the other nodes.
 #[derive(Clone, Debug, Serialize, Deserialize)]

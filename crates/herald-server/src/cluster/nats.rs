@@ -42,7 +42,7 @@ use super::control::{Control, receive, tell_subscribers_to_recover};
 use super::wire::{Envelope, PresenceRecord};
 use super::{Cluster, ControlPlane, Report, redacted, unavailable};
 use crate::config::BrokerConfig;
-use crate::server::AppState;
+use crate::state::AppState;
 
 enum Command {
     Follow(ChannelName),

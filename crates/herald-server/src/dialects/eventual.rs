@@ -10,7 +10,7 @@ use herald_core::hub::{FIREHOSE_CHANNEL, PublishRequest};
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::eventual::{self, BadRequest, EVENTUAL_WS, Request};
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 pub const ENTRY: super::Entry = super::Entry {
@@ -41,7 +41,7 @@ fn own(config: &crate::config::Config) -> Vec<super::OwnListener> {
         mount: config.dialects.eventual.clone(),
         serve: |state| {
             let upgrade = axum::routing::get(crate::transport::ws::upgrade::<Eventual>);
-            crate::server::Served::plain(crate::http::any_path_listener(upgrade, state))
+            crate::transport::direct::Served::plain(crate::http::any_path_listener(upgrade, state))
         },
     }]
 }

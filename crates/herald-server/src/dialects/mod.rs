@@ -18,7 +18,8 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::config::{Config, DialectMount};
-use crate::server::{AppState, Served};
+use crate::state::AppState;
+use crate::transport::direct::Served;
 
 /// A router of the main listener, before its state is given.
 pub type Routes = Router<Arc<AppState>>;
@@ -65,4 +66,17 @@ fn no_listeners(_: &Config) -> Vec<OwnListener> {
 /// `mount`'s prefix when the dialect is mounted on the main listener.
 fn mounted(mount: &DialectMount) -> Option<&str> {
     (mount.enabled && !mount.prefix.is_empty()).then_some(mount.prefix.as_str())
+}
+
+/// Every dialect's routes on the main listener, where their configuration says.
+pub fn main_routes(config: &Config) -> Routes {
+    TABLE
+        .iter()
+        .fold(Router::new(), |router, d| (d.mount)(router, config))
+}
+
+/// The main listener's streaming paths ([`crate::transport::direct`]), as the dialects
+/// mounted there list them.
+pub fn main_stream_paths(config: &Config) -> Vec<String> {
+    TABLE.iter().flat_map(|d| (d.streams)(config)).collect()
 }

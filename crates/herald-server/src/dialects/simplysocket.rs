@@ -13,7 +13,7 @@ use herald_core::{
 };
 use herald_protocol::simplysocket::{self, Action, GLOBAL_ROOM, SIMPLYSOCKET_WS};
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 pub const ENTRY: super::Entry = super::Entry {
@@ -44,7 +44,7 @@ fn own(config: &crate::config::Config) -> Vec<super::OwnListener> {
         mount: config.dialects.simplysocket.clone(),
         serve: |state| {
             let upgrade = axum::routing::get(crate::transport::ws::upgrade::<SimplySocket>);
-            crate::server::Served::plain(crate::http::any_path_listener(upgrade, state))
+            crate::transport::direct::Served::plain(crate::http::any_path_listener(upgrade, state))
         },
     }]
 }

@@ -10,8 +10,8 @@ use axum::http::request::Parts;
 use herald_core::secret::{self, CHANNEL_TOKEN_PREFIX};
 use herald_core::{Actor, ErrorCode};
 
-use super::error::ApiError;
-use crate::server::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The authenticated caller of an API route.
 pub struct Caller(pub Actor);

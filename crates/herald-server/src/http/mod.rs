@@ -1,12 +1,11 @@
 //! The HTTP side of the main listener: the API under `/api/v1`, `/healthz`, the OpenAPI
-//! document, with the dialects' routes mounted ([`crate::dialects`]); and what every
-//! dialect's own listener has (`/healthz`, the JSON 404).
+//! document, around the dialects' routes; and what every dialect's own listener has
+//! (`/healthz`, the JSON 404).
 
 mod auth;
-mod error;
 mod routes;
 
-pub use error::ApiError;
+pub use crate::error::ApiError;
 pub(crate) use routes::publish_request;
 
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{MethodRouter, delete, get, post};
 use utoipa::OpenApi;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -66,9 +65,9 @@ pub fn any_path_listener(upgrade: MethodRouter<Arc<AppState>>, state: Arc<AppSta
         .with_state(state)
 }
 
-/// The main listener: the API, `/healthz`, and every dialect mounted as its configuration
-/// says ([`crate::dialects::TABLE`]).
-pub fn router(state: Arc<AppState>) -> Router {
+/// The main listener: the API, `/healthz`, and `dialects` (the dialects' routes, mounted
+/// where their configuration says).
+pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     let api = Router::new()
         .route("/publish", post(routes::publish))
@@ -110,11 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/stats", get(routes::stats))
         .route("/nodes", get(routes::nodes))
         .route("/openapi.json", get(openapi_json));
-    let mut router = Router::new();
-    for dialect in crate::dialects::TABLE {
-        router = (dialect.mount)(router, &state.config);
-    }
-    router
+    dialects
         .nest("/api/v1", api)
         .route("/healthz", get(routes::healthz))
         .fallback(routes::not_found)
@@ -129,13 +124,4 @@ pub fn own_listener(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Rout
         .route("/healthz", get(routes::healthz))
         .fallback(routes::not_found)
         .with_state(state)
-}
-
-/// The main listener's streaming paths ([`crate::transport::direct`]), as the dialects
-/// mounted there list them.
-pub fn stream_paths(config: &crate::config::Config) -> Vec<String> {
-    crate::dialects::TABLE
-        .iter()
-        .flat_map(|d| (d.streams)(config))
-        .collect()
 }

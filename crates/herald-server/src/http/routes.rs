@@ -20,10 +20,10 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiResult, ErrorBody};
 use crate::admin::{BanBody, CreateChannelBody, KickBody};
 use crate::cluster::{Control, NodeInfo};
-use crate::server::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
 

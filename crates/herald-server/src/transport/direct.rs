@@ -14,6 +14,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -192,7 +193,7 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
             let written = tokio::select! {
                 r = wr.write_all(&out) => r.is_ok(),
                 _ = cutoff.0.notified() => {
-                    crate::server::reset_on_close(fd);
+                    reset_on_close(fd);
                     return;
                 }
             };
@@ -219,7 +220,7 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
                 Ok(_) => {} // Anything it sends on a stream is ignored.
             },
             _ = cutoff.0.notified() => {
-                crate::server::reset_on_close(fd);
+                reset_on_close(fd);
                 return;
             }
         }
@@ -238,6 +239,43 @@ fn encode(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
     } else {
         out.extend_from_slice(data);
     }
+}
+
+/// What a listener serves: its router, and which of its paths are streams
+/// ([`crate::transport::direct`]).
+#[derive(Clone)]
+pub struct Served {
+    pub router: axum::Router,
+    pub streams: Arc<StreamPaths>,
+}
+
+impl Served {
+    /// A router without streaming paths.
+    pub fn plain(router: axum::Router) -> Served {
+        Served {
+            router,
+            streams: Default::default(),
+        }
+    }
+}
+
+/// Makes closing the socket `fd` reset the connection (`SO_LINGER` 0).
+pub fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the connection's socket, still open (its owner is dropped after this
+    // call); SO_LINGER takes a `linger` of the given size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 /// A connection with bytes already read from it in front: reads take those first. Writes go

@@ -27,7 +27,7 @@ use herald_core::client::{Disconnect, DisconnectReason, now_ms};
 use herald_protocol::records::{self, Positions, Record};
 
 use crate::admission::Seat;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Most bytes handed to the HTTP layer at once.
 const CHUNK: usize = 64 * 1024;
@@ -281,7 +281,7 @@ impl Feed {
                     Ok(_) => {} // Anything sent on a stream is ignored.
                 },
                 _ = tokio::time::sleep_until(cut_at.unwrap_or_else(tokio::time::Instant::now)), if cut_at.is_some() => {
-                    crate::server::reset_on_close(fd);
+                    crate::transport::direct::reset_on_close(fd);
                     return;
                 }
             }

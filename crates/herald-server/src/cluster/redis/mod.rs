@@ -49,7 +49,7 @@ use super::control::{receive, tell_channel_subscribers_to_recover, tell_subscrib
 use super::wire::{Envelope, PresenceRecord};
 use super::{ControlPlane, Report, unavailable};
 use crate::config::BrokerConfig;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Seconds a channel's position is kept in Redis after its last publication.
 const POSITION_TTL_SECS: u64 = 86_400;

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::admin::{BanBody, CreateChannelBody, KickBody};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Runs admin op `op`; `text` is the whole request frame.
 pub async fn execute(

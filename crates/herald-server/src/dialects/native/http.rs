@@ -25,8 +25,8 @@ use herald_protocol::records::{self, Positions, Record};
 use serde_json::json;
 
 use crate::admission::{self, Admitted};
-use crate::http::ApiError;
-use crate::server::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 use crate::transport::{self, Cutoff, Framing};
 
 /// The paths whose responses are streams (served without hyper: [`crate::transport::direct`]).

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::routing::get;
 
 use crate::config::Config;
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub const ENTRY: super::Entry = super::Entry {
     name: herald_protocol::native::DIALECT,

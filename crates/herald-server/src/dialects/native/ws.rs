@@ -15,7 +15,7 @@ use herald_protocol::native::{self, NATIVE_WS, Op, Recipient};
 use serde_json::json;
 
 use crate::auth_hook::HookEvent;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 /// Herald's own protocol at `/ws`.
@@ -42,7 +42,7 @@ pub async fn upgrade(
         Ok(identity) => {
             crate::transport::ws::upgrade_admitted(Native, state, remote, req, identity)
         }
-        Err(e) => crate::http::ApiError(e).into_response(),
+        Err(e) => crate::error::ApiError(e).into_response(),
     }
 }
 

@@ -36,7 +36,7 @@ use herald_protocol::records::{self, Position, Positions, Record};
 
 use super::subscriber::{self, Subscriber, refuse};
 use crate::admission::{self, Admitted};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::{self, Cutoff, Framing};
 
 /// Longest a long-poll waits for a message by default (`pushstream.js` gives up after its

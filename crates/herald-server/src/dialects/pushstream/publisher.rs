@@ -16,7 +16,7 @@ use herald_core::secret;
 use herald_core::{Actor, ChannelName, ErrorCode};
 use herald_protocol::pushstream;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 fn explain(status: StatusCode, why: &str) -> Response {
     let mut resp = (status, why.to_string()).into_response();

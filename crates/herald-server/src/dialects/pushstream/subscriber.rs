@@ -14,8 +14,8 @@ use herald_protocol::pushstream;
 use std::sync::Arc;
 
 use crate::config::PushStreamConfig;
-use crate::http::ApiError;
-use crate::server::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// A subscriber's channels, each with the number of kept publications to deliver first.
 pub struct Subscriber {

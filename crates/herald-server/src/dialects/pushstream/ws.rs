@@ -16,7 +16,7 @@ use herald_protocol::pushstream::{self, PUSHSTREAM_WS};
 use herald_protocol::ws;
 
 use super::subscriber::{self, Subscriber};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 /// One subscriber's connection.

@@ -13,7 +13,7 @@ use herald_core::client::{DisconnectReason, close_code};
 use herald_core::secret;
 use herald_core::{Actor, ChannelName, ChannelOptions, ClientId, Disconnect, HeraldError};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
 

@@ -13,7 +13,7 @@ use herald_core::{
 };
 use herald_protocol::subsocket::{self, Command, SUBSOCKET_WS, Unparsed};
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 #[derive(Default)]

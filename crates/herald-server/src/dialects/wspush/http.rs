@@ -18,7 +18,7 @@ use herald_protocol::{json, wspush};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
 

@@ -12,7 +12,8 @@ use axum::Router;
 use axum::routing::{any, get};
 
 use crate::config::Config;
-use crate::server::{AppState, Served};
+use crate::state::AppState;
+use crate::transport::direct::Served;
 use crate::transport::ws::upgrade;
 
 pub const ENTRY: super::Entry = super::Entry {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use herald_core::{Actor, ChannelName, ClientHandle, ClientId, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::wspush::{self, ClientAction, Refused, WSPUSH_WS};
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 #[derive(Default)]

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::dialect::{Dialect, DialectSession};
 use super::transport::Transport;
 use crate::admission::Admission;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// How long a close may take: writing the last bytes and the close frame, then waiting for
 /// the client's close frame.

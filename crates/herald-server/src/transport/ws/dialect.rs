@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_core::{ClientHandle, HeraldError, WireFormat};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// A protocol spoken over WebSocket.
 pub trait Dialect: Send + Sync + 'static {

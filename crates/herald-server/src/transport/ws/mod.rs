@@ -24,8 +24,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::admission::{self, Admission};
 use crate::auth::Identity;
-use crate::http::ApiError;
-use crate::server::AppState;
+use crate::error::ApiError;
+use crate::state::AppState;
 use crate::transport::direct::Prefixed;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
