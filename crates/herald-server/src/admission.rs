@@ -31,7 +31,7 @@ pub fn credential(
     let Some(credential) = auth::handshake_credential(headers, uri.query()) else {
         return Ok(Identity::default());
     };
-    auth::verify(state, &credential).inspect_err(|e| {
+    auth::verify(state.keys(), &credential).inspect_err(|e| {
         tracing::info!(error = %e.message, "connection refused: bad credential");
     })
 }
@@ -111,13 +111,13 @@ pub fn seat(
     });
     let Some(connection) = ConnectionSlot::take(state) else {
         let kind = crate::limits::Refused::MaxConnections;
-        crate::limits::count_refusal(state, kind, remote.ip(), "limits.max_connections");
+        crate::limits::count_refusal(state.guard(), kind, remote.ip(), "limits.max_connections");
         let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
             .into_response();
         *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         return Err(resp);
     };
-    let limits = crate::limits::take_slots(state, remote.ip(), &admission.identity)?;
+    let limits = crate::limits::take_slots(state.guard(), remote.ip(), &admission.identity)?;
     Ok((
         admission,
         Seat {
@@ -251,12 +251,9 @@ pub async fn admit_http(
     takes_credentials: bool,
     format: &'static dyn herald_core::WireFormat,
 ) -> Result<Admitted, Response> {
-    crate::limits::check_attempt(state, remote.ip(), headers)?;
+    crate::limits::check_attempt(state.guard(), remote.ip(), headers)?;
     let identity = if takes_credentials && state.auth_hook.enabled() {
-        Box::pin(crate::auth_hook::admit(
-            state, remote, headers, uri, dialect,
-        ))
-        .await
+        Box::pin(hook_admit(state, remote, headers, uri, dialect)).await
     } else {
         credential(takes_credentials, state, headers, uri)
     };
@@ -285,4 +282,36 @@ pub async fn admit_http(
         identity,
         seat,
     })
+}
+
+/// Judges a handshake when the hook is on: the admin key or a JWT connection token that
+/// verifies is used as is (and an expired Herald JWT is refused with `token_expired`, so the
+/// client knows to refresh it); anything else, no credential included, is the backend's to
+/// judge.
+pub async fn hook_admit(
+    state: &AppState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+    dialect: &'static str,
+) -> Result<Identity, HeraldError> {
+    let query = uri.query();
+    if let Some(credential) = crate::auth::handshake_credential(headers, query) {
+        match crate::auth::verify(state.keys(), &credential) {
+            Ok(identity) => return Ok(identity),
+            Err(e) if e.code == ErrorCode::TokenExpired => return Err(e),
+            Err(_) => {}
+        }
+    }
+    state
+        .auth_hook
+        .connect(&crate::auth_hook::Handshake {
+            remote,
+            dialect,
+            path: uri.path(),
+            query,
+            headers,
+        })
+        .await
+        .inspect_err(|e| tracing::info!(%remote, code = %e.code, error = %e.message, "connection refused by the auth hook"))
 }

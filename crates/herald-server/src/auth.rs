@@ -11,7 +11,6 @@ use herald_core::secret;
 use herald_core::{ChannelName, ErrorCode, HeraldError};
 
 use crate::jwt;
-use crate::state::AppState;
 
 /// What a verified credential says about a connection.
 #[derive(Clone, Debug, Default)]
@@ -45,15 +44,22 @@ pub fn handshake_credential(headers: &HeaderMap, query: Option<&str>) -> Option<
     })
 }
 
+/// What credentials are checked against: the node's admin key and its JWT verifier.
+#[derive(Clone, Copy)]
+pub struct Keys<'a> {
+    pub admin_key: &'a str,
+    pub jwt: Option<&'a jwt::JwtVerifier>,
+}
+
 /// Verifies a connection credential: the admin key, or a JWT connection token.
-pub fn verify(state: &AppState, credential: &str) -> Result<Identity, HeraldError> {
-    if secret::secrets_equal(credential, &state.admin_key) {
+pub fn verify(keys: Keys, credential: &str) -> Result<Identity, HeraldError> {
+    if secret::secrets_equal(credential, keys.admin_key) {
         return Ok(Identity {
             admin: true,
             ..Identity::default()
         });
     }
-    match &state.jwt {
+    match keys.jwt {
         Some(verifier) if jwt::looks_like_jwt(credential) => {
             let claims = verifier.verify(credential)?;
             if claims.channel.is_some() {
@@ -82,12 +88,12 @@ pub fn verify(state: &AppState, credential: &str) -> Result<Identity, HeraldErro
 /// Checks a subscription token (JWT with a `channel` claim) for `channel` and the
 /// connection's `user`: it must name that channel and that user.
 pub fn verify_subscription(
-    state: &AppState,
+    keys: Keys,
     token: &str,
     channel: &ChannelName,
     user: Option<&str>,
 ) -> Result<(), HeraldError> {
-    let verifier = state.jwt.as_ref().ok_or_else(|| {
+    let verifier = keys.jwt.ok_or_else(|| {
         HeraldError::new(
             ErrorCode::Unauthorized,
             "JWT is not configured on this server",

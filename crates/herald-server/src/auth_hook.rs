@@ -22,93 +22,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Identity;
-use crate::state::AppState;
-
-/// `[auth_hook]`: the app backend asked at connect (and optionally at subscribe/publish).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthHookConfig {
-    /// Where Herald POSTs its questions: an http:// URL. Empty: no hook.
-    pub url: String,
-    /// Request headers of the handshake forwarded to the backend (case-insensitive names).
-    pub headers: Vec<String>,
-    /// Forward the handshake's query string (`?token=...&room=...`).
-    pub forward_query: bool,
-    /// How long one question may take; slower answers refuse with `auth_unavailable`.
-    pub timeout_ms: u64,
-    /// Ask before a (non-admin) client subscribes.
-    pub on_subscribe: bool,
-    /// Ask before a (non-admin) client publishes.
-    pub on_publish: bool,
-    /// Seconds a connect answer is reused for the same forwarded headers and query. 0: none.
-    pub cache_secs: u64,
-}
-
-impl Default for AuthHookConfig {
-    fn default() -> Self {
-        AuthHookConfig {
-            url: String::new(),
-            headers: vec!["authorization".into(), "cookie".into()],
-            forward_query: true,
-            timeout_ms: 2000,
-            on_subscribe: false,
-            on_publish: false,
-            cache_secs: 0,
-        }
-    }
-}
-
-impl AuthHookConfig {
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
-        let bad = |key: &str, why: String| {
-            Err(crate::config::ConfigError(format!(
-                "auth_hook.{key}: {why}"
-            )))
-        };
-        if !self.url.is_empty() {
-            let ok = crate::config::is_http_url(&self.url);
-            if !ok {
-                return bad(
-                    "url",
-                    "must be an http:// URL (or empty for no hook; terminate TLS in a proxy)"
-                        .into(),
-                );
-            }
-        }
-        if let Some(h) = self
-            .headers
-            .iter()
-            .find(|h| HeaderName::from_bytes(h.as_bytes()).is_err())
-        {
-            return bad("headers", format!("{h:?} is not a header name"));
-        }
-        if self.headers.len() > 32 {
-            return bad("headers", "at most 32 headers".into());
-        }
-        if !(1..=60_000).contains(&self.timeout_ms) {
-            return bad("timeout_ms", "must be between 1 and 60000".into());
-        }
-        if self.cache_secs > 3600 {
-            return bad("cache_secs", "at most 3600".into());
-        }
-        if !self.url.is_empty() || !(self.on_subscribe || self.on_publish) {
-            return Ok(());
-        }
-        bad(
-            if self.on_subscribe {
-                "on_subscribe"
-            } else {
-                "on_publish"
-            },
-            "needs auth_hook.url".into(),
-        )
-    }
-}
+pub use crate::config::AuthHookConfig;
 
 /// Most connect answers kept in the cache.
 pub const CACHE_CAPACITY: usize = 10_000;
@@ -397,38 +316,6 @@ impl AuthHook {
     pub fn cached_entries(&self) -> usize {
         self.cache.lock().len()
     }
-}
-
-/// Judges a handshake when the hook is on: the admin key or a JWT connection token that
-/// verifies is used as is (and an expired Herald JWT is refused with `token_expired`, so the
-/// client knows to refresh it); anything else, no credential included, is the backend's to
-/// judge.
-pub async fn admit(
-    state: &AppState,
-    remote: SocketAddr,
-    headers: &HeaderMap,
-    uri: &http::Uri,
-    dialect: &'static str,
-) -> Result<Identity, HeraldError> {
-    let query = uri.query();
-    if let Some(credential) = crate::auth::handshake_credential(headers, query) {
-        match crate::auth::verify(state, &credential) {
-            Ok(identity) => return Ok(identity),
-            Err(e) if e.code == ErrorCode::TokenExpired => return Err(e),
-            Err(_) => {}
-        }
-    }
-    state
-        .auth_hook
-        .connect(&Handshake {
-            remote,
-            dialect,
-            path: uri.path(),
-            query,
-            headers,
-        })
-        .await
-        .inspect_err(|e| tracing::info!(%remote, code = %e.code, error = %e.message, "connection refused by the auth hook"))
 }
 
 /// The cache key: a hash of everything forwarded about the credential.

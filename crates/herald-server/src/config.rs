@@ -39,7 +39,7 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     pub jwt: JwtConfig,
     /// The app backend asked at connect (and optionally at subscribe/publish), docs/auth-hook.md.
-    pub auth_hook: crate::auth_hook::AuthHookConfig,
+    pub auth_hook: AuthHookConfig,
     pub history: HistoryConfig,
     /// This node's name in a cluster. Empty: the host name and the listen port.
     pub node_name: String,
@@ -105,7 +105,7 @@ impl IngressConfig {
 
     /// What this ingress reads, for telling two apart (and for messages: no credentials).
     pub fn source(&self) -> String {
-        let url = crate::cluster::redacted(&self.url.0);
+        let url = redacted(&self.url.0);
         match self.kind.as_str() {
             "nats" => format!("nats subject {:?} at {url}", self.subject()),
             _ => format!(
@@ -1217,7 +1217,7 @@ impl Config {
                 "must not exceed limits.max_http_body_bytes",
             );
         }
-        crate::limits::validate(self)?;
+        validate_limits(self)?;
         self.validate_namespaces()?;
         if self.admin_key.is_empty() {
             return Ok(());
@@ -1724,5 +1724,200 @@ subscribe = "admin"
                 .to_string();
             assert!(err.contains(key), "{toml}: {err}");
         }
+    }
+}
+
+/// Checks `[limits]` (and the rate keys of the dialects), naming the key.
+fn validate_limits(config: &Config) -> Result<(), ConfigError> {
+    let l = &config.limits;
+    let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+    for (rate_key, rate, burst_key, burst) in [
+        (
+            "limits.connect_rate_per_ip",
+            l.connect_rate_per_ip,
+            "limits.connect_burst_per_ip",
+            l.connect_burst_per_ip,
+        ),
+        (
+            "limits.messages_per_second",
+            l.messages_per_second,
+            "limits.message_burst",
+            l.message_burst,
+        ),
+        (
+            "dialects.wspush.create_rate_per_ip",
+            config.dialects.wspush.create_rate_per_ip,
+            "dialects.wspush.create_burst_per_ip",
+            config.dialects.wspush.create_burst_per_ip,
+        ),
+    ] {
+        if rate > 1_000_000 {
+            return bad(rate_key, "must be at most 1000000 (0 = off)");
+        }
+        if !(1..=1_000_000).contains(&burst) {
+            return bad(burst_key, "must be between 1 and 1000000");
+        }
+    }
+    for origin in &config.websocket.allowed_origins {
+        if let Err(why) = OriginPattern::parse(origin) {
+            return Err(ConfigError(format!("websocket.allowed_origins: {why}")));
+        }
+    }
+    Ok(())
+}
+
+/// An `allowed_origins` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginPattern {
+    Any,
+    /// `https://app.example.com`, `null`, ... (compared case-insensitively).
+    Exact(String),
+    /// `https://*.example.com[:port]`: `prefix` = `https://`, `suffix` = `.example.com[:port]`.
+    Subdomain {
+        prefix: String,
+        suffix: String,
+    },
+}
+
+impl OriginPattern {
+    pub fn parse(s: &str) -> Result<OriginPattern, String> {
+        let s = s.trim().trim_end_matches('/');
+        if s == "*" {
+            return Ok(OriginPattern::Any);
+        }
+        if s.eq_ignore_ascii_case("null") {
+            return Ok(OriginPattern::Exact("null".into()));
+        }
+        let (scheme, host) = s
+            .split_once("://")
+            .ok_or_else(|| format!("{s:?} is not an origin like \"https://app.example.com\""))?;
+        let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        let (wild, rest) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host),
+        };
+        let host_ok = !rest.is_empty()
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
+        if !scheme_ok || !host_ok {
+            return Err(format!(
+                "{s:?} is not an origin like \"https://app.example.com\" or \"https://*.example.com\" (no path)"
+            ));
+        }
+        let lower = |x: &str| x.to_ascii_lowercase();
+        Ok(if wild {
+            OriginPattern::Subdomain {
+                prefix: format!("{}://", lower(scheme)),
+                suffix: format!(".{}", lower(rest)),
+            }
+        } else {
+            OriginPattern::Exact(lower(s))
+        })
+    }
+
+    pub fn matches(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        match self {
+            OriginPattern::Any => true,
+            OriginPattern::Exact(o) => origin.eq_ignore_ascii_case(o),
+            OriginPattern::Subdomain { prefix, suffix } => {
+                let b = origin.as_bytes();
+                b.len() > prefix.len() + suffix.len()
+                    && b[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                    && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                    && b[prefix.len()..b.len() - suffix.len()]
+                        .iter()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.'))
+            }
+        }
+    }
+}
+
+/// `[auth_hook]`: the app backend asked at connect (and optionally at subscribe/publish).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthHookConfig {
+    /// Where Herald POSTs its questions: an http:// URL. Empty: no hook.
+    pub url: String,
+    /// Request headers of the handshake forwarded to the backend (case-insensitive names).
+    pub headers: Vec<String>,
+    /// Forward the handshake's query string (`?token=...&room=...`).
+    pub forward_query: bool,
+    /// How long one question may take; slower answers refuse with `auth_unavailable`.
+    pub timeout_ms: u64,
+    /// Ask before a (non-admin) client subscribes.
+    pub on_subscribe: bool,
+    /// Ask before a (non-admin) client publishes.
+    pub on_publish: bool,
+    /// Seconds a connect answer is reused for the same forwarded headers and query. 0: none.
+    pub cache_secs: u64,
+}
+
+impl Default for AuthHookConfig {
+    fn default() -> Self {
+        AuthHookConfig {
+            url: String::new(),
+            headers: vec!["authorization".into(), "cookie".into()],
+            forward_query: true,
+            timeout_ms: 2000,
+            on_subscribe: false,
+            on_publish: false,
+            cache_secs: 0,
+        }
+    }
+}
+
+impl AuthHookConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("auth_hook.{key}: {why}")));
+        if !self.url.is_empty() {
+            let ok = is_http_url(&self.url);
+            if !ok {
+                return bad(
+                    "url",
+                    "must be an http:// URL (or empty for no hook; terminate TLS in a proxy)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(h) = self
+            .headers
+            .iter()
+            .find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return bad("headers", format!("{h:?} is not a header name"));
+        }
+        if self.headers.len() > 32 {
+            return bad("headers", "at most 32 headers".into());
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return bad("timeout_ms", "must be between 1 and 60000".into());
+        }
+        if self.cache_secs > 3600 {
+            return bad("cache_secs", "at most 3600".into());
+        }
+        if !self.url.is_empty() || !(self.on_subscribe || self.on_publish) {
+            return Ok(());
+        }
+        bad(
+            if self.on_subscribe {
+                "on_subscribe"
+            } else {
+                "on_publish"
+            },
+            "needs auth_hook.url".into(),
+        )
+    }
+}
+
+/// `redis://user:password@host/` with the password hidden, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_string(),
     }
 }

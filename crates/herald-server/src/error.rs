@@ -50,3 +50,43 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A request refused before it is served (a limit, a ban, the origin rule): the status,
+/// the error, and when to try again. Only the HTTP layer turns it into a response.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub error: HeraldError,
+    /// `Retry-After` seconds.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            error: HeraldError::new(code, message),
+            retry_after_secs: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut resp = ApiError(self.error).into_response();
+        *resp.status_mut() = self.status;
+        if let Some(secs) = self.retry_after_secs
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+impl From<Refusal> for Response {
+    fn from(refusal: Refusal) -> Response {
+        refusal.into_response()
+    }
+}

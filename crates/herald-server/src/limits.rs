@@ -22,17 +22,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode, header};
 use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::stats::Stats;
 use herald_core::{ClientHandle, ErrorCode, HeraldError};
 use parking_lot::Mutex;
 
 use crate::auth::Identity;
-use crate::config::{Config, ConfigError};
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::config::Config;
+use crate::config::OriginPattern;
+use crate::error::Refusal;
 
 /// A connection dropping this many times its burst in a row is closed with
 /// [`close_code::RATE_LIMITED`].
@@ -196,77 +195,6 @@ impl Buckets {
     }
 }
 
-/// An `allowed_origins` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum OriginPattern {
-    Any,
-    /// `https://app.example.com`, `null`, ... (compared case-insensitively).
-    Exact(String),
-    /// `https://*.example.com[:port]`: `prefix` = `https://`, `suffix` = `.example.com[:port]`.
-    Subdomain {
-        prefix: String,
-        suffix: String,
-    },
-}
-
-impl OriginPattern {
-    fn parse(s: &str) -> Result<OriginPattern, String> {
-        let s = s.trim().trim_end_matches('/');
-        if s == "*" {
-            return Ok(OriginPattern::Any);
-        }
-        if s.eq_ignore_ascii_case("null") {
-            return Ok(OriginPattern::Exact("null".into()));
-        }
-        let (scheme, host) = s
-            .split_once("://")
-            .ok_or_else(|| format!("{s:?} is not an origin like \"https://app.example.com\""))?;
-        let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-        let (wild, rest) = match host.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, host),
-        };
-        let host_ok = !rest.is_empty()
-            && rest
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c));
-        if !scheme_ok || !host_ok {
-            return Err(format!(
-                "{s:?} is not an origin like \"https://app.example.com\" or \"https://*.example.com\" (no path)"
-            ));
-        }
-        let lower = |x: &str| x.to_ascii_lowercase();
-        Ok(if wild {
-            OriginPattern::Subdomain {
-                prefix: format!("{}://", lower(scheme)),
-                suffix: format!(".{}", lower(rest)),
-            }
-        } else {
-            OriginPattern::Exact(lower(s))
-        })
-    }
-
-    fn matches(&self, origin: &str) -> bool {
-        let origin = origin.trim_end_matches('/');
-        match self {
-            OriginPattern::Any => true,
-            OriginPattern::Exact(o) => origin.eq_ignore_ascii_case(o),
-            OriginPattern::Subdomain { prefix, suffix } => {
-                let b = origin.as_bytes();
-                b.len() > prefix.len() + suffix.len()
-                    && b[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-                    && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-                    && b[prefix.len()..b.len() - suffix.len()]
-                        .iter()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.'))
-            }
-        }
-    }
-}
-
 /// Which limit refused a handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -350,45 +278,6 @@ impl Limits {
     }
 }
 
-/// Checks the new keys of [`Config::validate`], naming the key.
-pub fn validate(config: &Config) -> Result<(), ConfigError> {
-    let l = &config.limits;
-    let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-    for (rate_key, rate, burst_key, burst) in [
-        (
-            "limits.connect_rate_per_ip",
-            l.connect_rate_per_ip,
-            "limits.connect_burst_per_ip",
-            l.connect_burst_per_ip,
-        ),
-        (
-            "limits.messages_per_second",
-            l.messages_per_second,
-            "limits.message_burst",
-            l.message_burst,
-        ),
-        (
-            "dialects.wspush.create_rate_per_ip",
-            config.dialects.wspush.create_rate_per_ip,
-            "dialects.wspush.create_burst_per_ip",
-            config.dialects.wspush.create_burst_per_ip,
-        ),
-    ] {
-        if rate > 1_000_000 {
-            return bad(rate_key, "must be at most 1000000 (0 = off)");
-        }
-        if !(1..=1_000_000).contains(&burst) {
-            return bad(burst_key, "must be between 1 and 1000000");
-        }
-    }
-    for origin in &config.websocket.allowed_origins {
-        if let Err(why) = OriginPattern::parse(origin) {
-            return Err(ConfigError(format!("websocket.allowed_origins: {why}")));
-        }
-    }
-    Ok(())
-}
-
 /// The address limits are kept for: IPv4 as is (also when IPv4-mapped), IPv6 by its /64
 /// (one host or subscriber usually holds a whole /64).
 pub fn ip_key(ip: IpAddr) -> IpAddr {
@@ -404,15 +293,20 @@ pub fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn refusal(status: StatusCode, code: ErrorCode, message: String) -> Response {
-    let mut resp = ApiError::new(code, message).into_response();
-    *resp.status_mut() = status;
-    resp
+fn refusal(status: StatusCode, code: ErrorCode, message: String) -> Refusal {
+    Refusal::new(status, code, message)
+}
+
+/// What the limits need of the node: its limits and its counters.
+#[derive(Clone, Copy)]
+pub struct Guard<'a> {
+    pub limits: &'a Arc<Limits>,
+    pub stats: &'a Stats,
 }
 
 /// Counts (and, gated, logs) a handshake refused by a limit.
-pub fn count_refusal(state: &AppState, kind: Refused, ip: IpAddr, detail: &str) {
-    let stats = state.hub.stats();
+pub fn count_refusal(guard: Guard, kind: Refused, ip: IpAddr, detail: &str) {
+    let stats = guard.stats;
     Stats::add(&stats.refused_connections, 1);
     let (counter, index) = match kind {
         Refused::MaxConnections => (&stats.refused_max_connections, 0),
@@ -422,7 +316,7 @@ pub fn count_refusal(state: &AppState, kind: Refused, ip: IpAddr, detail: &str) 
         Refused::Origin => (&stats.refused_origin, 4),
     };
     Stats::add(counter, 1);
-    let limits = &state.limits;
+    let limits = guard.limits;
     if let Some(skipped) = limits.log_refused[index].check(limits.now_ns()) {
         tracing::warn!(%ip, limit = ?kind, skipped, "connection refused: {detail}");
     }
@@ -431,13 +325,13 @@ pub fn count_refusal(state: &AppState, kind: Refused, ip: IpAddr, detail: &str) 
 /// The checks made before anything else at a handshake: the connection-attempt rate of the
 /// address (every attempt counts, refused or not), then the `Origin` allowlist.
 #[allow(clippy::result_large_err)]
-pub fn check_attempt(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Result<(), Response> {
-    let limits = &state.limits;
+pub fn check_attempt(guard: Guard, ip: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+    let limits = guard.limits;
     if let Some(gcra) = &limits.connect
         && let Err(wait_ns) = limits.buckets.admit(gcra, ip_key(ip), limits.now_ns())
     {
         count_refusal(
-            state,
+            guard,
             Refused::ConnectRate,
             ip,
             "limits.connect_rate_per_ip",
@@ -447,10 +341,7 @@ pub fn check_attempt(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Resul
             ErrorCode::RateLimited,
             "too many connection attempts from this address; retry later".into(),
         );
-        let secs = wait_ns.div_ceil(NANOS).max(1);
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
+        resp.retry_after_secs = Some(wait_ns.div_ceil(NANOS).max(1));
         return Err(resp);
     }
     if limits.origins.is_empty() {
@@ -463,7 +354,7 @@ pub fn check_attempt(state: &AppState, ip: IpAddr, headers: &HeaderMap) -> Resul
     if limits.origins.iter().any(|p| p.matches(origin)) {
         return Ok(());
     }
-    count_refusal(state, Refused::Origin, ip, "websocket.allowed_origins");
+    count_refusal(guard, Refused::Origin, ip, "websocket.allowed_origins");
     let shown = herald_core::ids::truncate(origin, 200);
     Err(refusal(
         StatusCode::FORBIDDEN,
@@ -516,18 +407,18 @@ fn too_many(what: &str, held: usize, key: &str) -> String {
 /// Takes the connection's per-IP and per-user slots (the admin key is exempt, as from bans).
 #[allow(clippy::result_large_err)]
 pub fn take_slots(
-    state: &AppState,
+    guard: Guard,
     ip: IpAddr,
     identity: &Identity,
-) -> Result<ConnectionSlots, Response> {
-    let limits = &state.limits;
+) -> Result<ConnectionSlots, Refusal> {
+    let limits = guard.limits;
     if identity.admin {
         return Ok(ConnectionSlots::new(None, None));
     }
     let ip_slot = if limits.per_ip > 0 {
         let key = ip_key(ip);
         if let Err(held) = limits.ip_counts.take(&key, limits.per_ip) {
-            count_refusal(state, Refused::PerIp, ip, "limits.max_connections_per_ip");
+            count_refusal(guard, Refused::PerIp, ip, "limits.max_connections_per_ip");
             return Err(refusal(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooMany,
@@ -542,7 +433,7 @@ pub fn take_slots(
         None
     };
     let user_slot = match &identity.user {
-        Some(user) => take_user_slot(state, ip, user)
+        Some(user) => take_user_slot(guard, ip, user)
             .map_err(|e| refusal(StatusCode::TOO_MANY_REQUESTS, e.code, e.message))?,
         None => None,
     };
@@ -552,17 +443,17 @@ pub fn take_slots(
 /// Takes a slot of `limits.max_connections_per_user` for `user` (at the handshake, or when a
 /// connection authenticates later); `None` when the limit is off.
 pub fn take_user_slot(
-    state: &AppState,
+    guard: Guard,
     ip: IpAddr,
     user: &Arc<str>,
 ) -> Result<Option<Slot>, HeraldError> {
-    let limits = &state.limits;
+    let limits = guard.limits;
     if limits.per_user == 0 {
         return Ok(None);
     }
     if let Err(held) = limits.user_counts.take(user, limits.per_user) {
         count_refusal(
-            state,
+            guard,
             Refused::PerUser,
             ip,
             "limits.max_connections_per_user",
@@ -602,8 +493,8 @@ pub struct MessageRate {
 impl MessageRate {
     /// Called for every data message (text, binary, too large) before it is handled.
     #[inline]
-    pub fn check(&mut self, state: &AppState, client: &ClientHandle) -> Verdict {
-        let limits = &state.limits;
+    pub fn check(&mut self, guard: Guard, client: &ClientHandle) -> Verdict {
+        let limits = guard.limits;
         let Some(gcra) = &limits.messages else {
             return Verdict::Allow;
         };
@@ -616,7 +507,7 @@ impl MessageRate {
             return Verdict::Allow;
         }
         self.drops += 1;
-        let stats = state.hub.stats();
+        let stats = guard.stats;
         Stats::add(&stats.rate_limited, 1);
         if self.drops >= limits.flood_drops {
             Stats::add(&stats.rate_limited_disconnects, 1);

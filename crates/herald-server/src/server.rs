@@ -25,7 +25,8 @@ use crate::admin_key;
 use crate::config::Config;
 use crate::state::AppState;
 use crate::store::RedbStore;
-use crate::transport::direct::{Served, reset_on_close};
+use crate::transport::direct::Served;
+use crate::transport::feed::reset_on_close;
 use crate::webhooks::Webhooks;
 
 /// A started server.

@@ -26,6 +26,24 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
+impl AppState {
+    /// What credentials are checked against.
+    pub fn keys(&self) -> crate::auth::Keys<'_> {
+        crate::auth::Keys {
+            admin_key: &self.admin_key,
+            jwt: self.jwt.as_ref(),
+        }
+    }
+
+    /// The limits' handle on this node.
+    pub fn guard(&self) -> crate::limits::Guard<'_> {
+        crate::limits::Guard {
+            limits: &self.limits,
+            stats: self.hub.stats(),
+        }
+    }
+}
+
 impl AsRef<Hub> for AppState {
     fn as_ref(&self) -> &Hub {
         &self.hub

@@ -17,6 +17,7 @@
 //! notices over a [`ControlPlane`] (Redis pub/sub or NATS subjects) and gathers the answers.
 
 pub mod backplane;
+pub mod carry;
 pub mod control;
 pub mod nats;
 pub mod nats_shared;
@@ -96,13 +97,7 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// `redis://user:password@host/` with the password hidden, for messages.
-pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
-        _ => url.to_string(),
-    }
-}
+pub use crate::config::redacted;
 
 pub fn unavailable(what: impl std::fmt::Display) -> HeraldError {
     HeraldError::new(

@@ -38,7 +38,8 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::control::{Control, receive, tell_subscribers_to_recover};
+use super::carry::{receive, tell_subscribers_to_recover};
+use super::control::Control;
 use super::wire::{Envelope, PresenceRecord};
 use super::{Cluster, ControlPlane, Report, redacted, unavailable};
 use crate::config::BrokerConfig;

@@ -26,7 +26,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tower::ServiceExt;
 
-use super::Cutoff;
+use super::feed::{Cutoff, reset_on_close};
 
 /// Most bytes of the first read.
 const FIRST_READ: usize = 4096;
@@ -257,25 +257,6 @@ impl Served {
             streams: Default::default(),
         }
     }
-}
-
-/// Makes closing the socket `fd` reset the connection (`SO_LINGER` 0).
-pub fn reset_on_close(fd: std::os::fd::RawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `fd` is the connection's socket, still open (its owner is dropped after this
-    // call); SO_LINGER takes a `linger` of the given size.
-    let _ = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
 }
 
 /// A connection with bytes already read from it in front: reads take those first. Writes go

@@ -281,7 +281,7 @@ impl Feed {
                     Ok(_) => {} // Anything sent on a stream is ignored.
                 },
                 _ = tokio::time::sleep_until(cut_at.unwrap_or_else(tokio::time::Instant::now)), if cut_at.is_some() => {
-                    crate::transport::direct::reset_on_close(fd);
+                    reset_on_close(fd);
                     return;
                 }
             }
@@ -395,4 +395,23 @@ impl Drop for Feed {
             .hub
             .disconnect(&self.client, DisconnectReason::ClosedByClient);
     }
+}
+
+/// Makes closing the socket `fd` reset the connection (`SO_LINGER` 0).
+pub fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is the connection's socket, still open (its owner is dropped after this
+    // call); SO_LINGER takes a `linger` of the given size.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }

@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::feed::Incoming;
 use self::topology::{Keys, Link, Topology};
-use super::control::{receive, tell_channel_subscribers_to_recover, tell_subscribers_to_recover};
+use super::carry::{receive, tell_channel_subscribers_to_recover, tell_subscribers_to_recover};
 use super::wire::{Envelope, PresenceRecord};
 use super::{ControlPlane, Report, unavailable};
 use crate::config::BrokerConfig;

@@ -33,11 +33,11 @@ pub async fn upgrade(
     if !state.auth_hook.enabled() {
         return crate::transport::ws::upgrade_to(Native, state, remote, req);
     }
-    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
-        return refusal;
+    if let Err(refusal) = crate::limits::check_attempt(state.guard(), remote.ip(), req.headers()) {
+        return refusal.into_response();
     }
     let identity =
-        crate::auth_hook::admit(&state, remote, req.headers(), req.uri(), Native.name()).await;
+        crate::admission::hook_admit(&state, remote, req.headers(), req.uri(), Native.name()).await;
     match identity {
         Ok(identity) => {
             crate::transport::ws::upgrade_admitted(Native, state, remote, req, identity)
@@ -330,7 +330,7 @@ impl<'a> Session<'a> {
             ));
         };
         let user = target.user().map(|u| u.as_ref());
-        crate::auth::verify_subscription(self.state, token, channel, user)
+        crate::auth::verify_subscription(self.state.keys(), token, channel, user)
     }
 
     /// An op on a client this node does not have (`e`): in a cluster, carried out by the
@@ -362,7 +362,7 @@ impl<'a> Session<'a> {
 
     /// `{"op":"auth","token":...}`: the admin key or a connection token, after connecting.
     fn authenticate(&self, token: &str) -> Result<serde_json::Value, HeraldError> {
-        let identity = crate::auth::verify(self.state, token)?;
+        let identity = crate::auth::verify(self.state.keys(), token)?;
         if let Some(user) = &identity.user {
             // Refused; the connection stays as it was (anonymous), like a refused handshake.
             if let Some(ban) = self.state.hub.banned_user(user) {
@@ -373,7 +373,7 @@ impl<'a> Session<'a> {
             if self.client.user().is_none() && !identity.admin && !self.client.is_admin() {
                 let ip = self.client.info.remote.map(|r| r.ip());
                 let ip = ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
-                if let Some(slot) = crate::limits::take_user_slot(self.state, ip, user)? {
+                if let Some(slot) = crate::limits::take_user_slot(self.state.guard(), ip, user)? {
                     let _ = self.user_slot.set(slot);
                 }
             }

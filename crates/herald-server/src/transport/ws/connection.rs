@@ -337,7 +337,7 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     /// replies already queued are out (the next flush performs the close).
     fn admit_by_rate(&mut self, event: &Incoming) -> bool {
         use crate::limits::Verdict;
-        match self.rate.check(self.state, self.client) {
+        match self.rate.check(self.state.guard(), self.client) {
             Verdict::Allow => true,
             Verdict::Drop => {
                 let message = match event {

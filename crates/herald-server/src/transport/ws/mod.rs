@@ -87,8 +87,8 @@ pub fn upgrade_to<D: Dialect>(
     remote: SocketAddr,
     req: Request,
 ) -> Response {
-    if let Err(refusal) = crate::limits::check_attempt(&state, remote.ip(), req.headers()) {
-        return refusal;
+    if let Err(refusal) = crate::limits::check_attempt(state.guard(), remote.ip(), req.headers()) {
+        return refusal.into_response();
     }
     let identity = match admission::credential(
         dialect.takes_credentials(),
