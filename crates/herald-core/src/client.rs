@@ -172,7 +172,7 @@ pub struct ClientHandle {
     user: OnceLock<Arc<str>>,
     /// Per-client bytes a dialect keeps for [`WireFormat::for_recipient`] (a leaf lock: taken
     /// under a channel's state lock during fan-out, never the other way round).
-    pub dialect_state: Mutex<Bytes>,
+    pub format_state: Mutex<Bytes>,
     /// Frames (requests) received from the client.
     pub frames_in: AtomicU64,
     /// Deliveries queued to it.
@@ -201,7 +201,7 @@ impl ClientHandle {
             info,
             subscriptions: Mutex::new(Subscriptions::default()),
             admin: AtomicBool::new(false),
-            dialect_state: Mutex::new(Bytes::new()),
+            format_state: Mutex::new(Bytes::new()),
             frames_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
         }

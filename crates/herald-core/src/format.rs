@@ -79,7 +79,7 @@ pub trait WireFormat: Send + Sync + 'static {
     /// The frame one recipient gets from the shared encoding of [`WireFormat::message`].
     /// Formats whose deliveries carry per-recipient fields (WS-PushServer's uuid and
     /// subscription list) build them around the shared payload here, from the client's
-    /// [`ClientHandle::dialect_state`](crate::ClientHandle); the default shares the bytes.
+    /// [`ClientHandle::format_state`](crate::ClientHandle); the default shares the bytes.
     fn for_recipient(&self, shared: &Bytes, _client: &crate::ClientHandle) -> Bytes {
         shared.clone()
     }

@@ -18,6 +18,9 @@ use crate::{json, ws};
 
 pub const DIALECT: &str = "eventual";
 
+/// The channel whose subscribers get every publication (the firehose).
+pub const GLOBAL_CHANNEL: &str = "global";
+
 #[derive(Debug)]
 pub enum Request<'a> {
     Subscribe(Vec<ChannelName>),

@@ -182,7 +182,7 @@ impl WireFormat for WsPushWs {
     }
 
     fn for_recipient(&self, shared: &Bytes, client: &ClientHandle) -> Bytes {
-        let channels = client.dialect_state.lock().clone();
+        let channels = client.format_state.lock().clone();
         let mut data = format!("{{\"uuid\":\"{}\",\"subscribedChannels\":", client.id).into_bytes();
         data.extend_from_slice(if channels.is_empty() {
             b"[]"

@@ -43,9 +43,6 @@ use crate::secret;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{ChannelRecord, Store};
 
-/// The channel whose subscribers (through [`Hub::subscribe_firehose`]) get every publication.
-pub const FIREHOSE_CHANNEL: &str = "global";
-
 /// Limits and defaults the hub enforces (from the `[limits]` and `[channels]` config).
 #[derive(Clone, Debug)]
 pub struct HubConfig {

@@ -51,10 +51,10 @@ impl Hub {
         self.subscribe_creating(actor, client, channels, token, Create::Namespace, replay)
     }
 
-    /// Joins `client` to `room`, creating it (ephemeral) with `options` if it does not exist,
-    /// whatever `auto_create_channels` says: dialects with rooms that their clients create
-    /// (SimplySocket's `join-room` with a `playerlimit`). Returns whether it newly joined.
-    pub fn join_room(
+    /// Subscribes `client` to `room`, creating it (ephemeral) with `options` if it does not
+    /// exist, whatever `auto_create_channels` says: for channels whose options the client
+    /// sets when it creates them (e.g. a subscriber limit). Returns whether it newly joined.
+    pub fn subscribe_with_options(
         &self,
         actor: &Actor,
         client: &Arc<ClientHandle>,
@@ -169,15 +169,16 @@ impl Hub {
         }
     }
 
-    /// Adds `client` to the firehose: it receives every publication on every channel (once),
-    /// as Eventual's `global` subscribers do. Needs permission to subscribe to `global`.
+    /// Adds `client` to the firehose: it receives every publication on every channel (once).
+    /// It is subscribed to `channel` too, which it needs permission for (the dialect's name
+    /// for the firehose, e.g. Eventual's `global`).
     pub fn subscribe_firehose(
         &self,
         actor: &Actor,
         client: &Arc<ClientHandle>,
+        channel: &ChannelName,
     ) -> Result<(), HeraldError> {
-        let global = ChannelName::parse(FIREHOSE_CHANNEL)?;
-        self.subscribe(actor, client, std::slice::from_ref(&global), None)?;
+        self.subscribe(actor, client, std::slice::from_ref(channel), None)?;
         let subs = client.subscriptions.lock();
         if !subs.closed {
             self.registry.add_firehose(client.clone());

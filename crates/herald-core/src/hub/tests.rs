@@ -451,7 +451,7 @@ async fn firehose_gets_every_publication_once() {
     let hub = hub();
     let fire = connect(&hub);
     let plain = connect(&hub);
-    hub.subscribe_firehose(&Actor::Client(fire.clone()), &fire)
+    hub.subscribe_firehose(&Actor::Client(fire.clone()), &fire, &ch("global"))
         .unwrap();
     hub.subscribe(&Actor::Admin, &fire, &[ch("a")], None)
         .unwrap();

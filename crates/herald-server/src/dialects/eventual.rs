@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use herald_core::hub::{FIREHOSE_CHANNEL, PublishRequest};
+use herald_core::hub::PublishRequest;
 use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::eventual::{self, BadRequest, EVENTUAL_WS, Request};
 
@@ -130,16 +130,19 @@ impl Session<'_> {
             Request::Subscribe(channels) => {
                 let (global, others): (Vec<_>, Vec<_>) = channels
                     .into_iter()
-                    .partition(|c| c.as_str() == FIREHOSE_CHANNEL);
+                    .partition(|c| c.as_str() == eventual::GLOBAL_CHANNEL);
                 if !others.is_empty() {
                     hub.subscribe(&self.actor, self.client, &others, None)?;
                 }
                 if !global.is_empty() {
-                    hub.subscribe_firehose(&self.actor, self.client)?;
+                    hub.subscribe_firehose(&self.actor, self.client, &global[0])?;
                 }
             }
             Request::Unsubscribe(channels) => {
-                if channels.iter().any(|c| c.as_str() == FIREHOSE_CHANNEL) {
+                if channels
+                    .iter()
+                    .any(|c| c.as_str() == eventual::GLOBAL_CHANNEL)
+                {
                     hub.unsubscribe_firehose(self.client);
                 }
                 hub.unsubscribe(self.client, &channels)?;

@@ -80,7 +80,10 @@ impl Dialect for SimplySocket {
             max_subscribers: None,
             ..Default::default()
         };
-        if let Err(e) = state.hub.join_room(&Actor::Admin, client, &global, &open) {
+        if let Err(e) = state
+            .hub
+            .subscribe_with_options(&Actor::Admin, client, &global, &open)
+        {
             tracing::warn!(client = %client.id, error = %e, "could not join mesh-global");
         }
         Session {
@@ -156,7 +159,7 @@ impl Session<'_> {
                     admin_only_subscribe: false,
                     ..hub.config().defaults_for(&room).clone()
                 };
-                if hub.join_room(&self.actor, self.client, &room, &options)?
+                if hub.subscribe_with_options(&self.actor, self.client, &room, &options)?
                     && room.as_str() != GLOBAL_ROOM
                 {
                     self.announce(&room, "client-joined-room").await;

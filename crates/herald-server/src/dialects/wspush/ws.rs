@@ -114,7 +114,7 @@ impl DialectSession for Session<'_> {
             return Some(error_frame(status, message, &e.message));
         }
         let channels = self.client.subscriptions();
-        *self.client.dialect_state.lock() = wspush::channel_list(&channels);
+        *self.client.format_state.lock() = wspush::channel_list(&channels);
         let ack = if subscribe {
             "Subscribed"
         } else {
