@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use herald_core::client::{ClientInfo, ConnectExtras};
 use herald_core::{Actor, ClientHandle, ErrorCode, EventMask, EventType, HeraldError};
 
 use crate::auth::{self, Identity};
-use crate::error::ApiError;
+use crate::error::Refusal;
 use crate::state::AppState;
 
 /// Checks the handshake's credential (dialects that take one).
@@ -56,14 +55,13 @@ pub struct Seat {
 /// Bans (of the address, unless the credential is the admin's, and of the user) and, for
 /// transports that ask it, the same-origin rule. Returns the ban generation read before the
 /// checks, for [`Admission::bans_seen`].
-#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
 pub fn screen(
     state: &AppState,
     remote: SocketAddr,
     headers: &HeaderMap,
     identity: &Identity,
     same_origin_only: bool,
-) -> Result<u64, Response> {
+) -> Result<u64, Refusal> {
     // Read before the checks: a ban added after this is caught once the client is listed.
     let bans_seen = state.hub.ban_generation();
     // Admin credentials pass address bans, so an operator cannot lock themselves out.
@@ -76,19 +74,20 @@ pub fn screen(
     };
     if let Some(ban) = ip_ban.or_else(user_ban) {
         tracing::info!(%remote, user = ?identity.user, "banned connection refused");
-        return Err(ApiError::new(ErrorCode::Banned, ban.message()).into_response());
+        return Err(HeraldError::new(ErrorCode::Banned, ban.message()).into());
     }
     if same_origin_only && !same_origin(headers) {
-        let mut resp =
-            ApiError::new(ErrorCode::Forbidden, "cross-origin WebSocket refused").into_response();
-        *resp.status_mut() = StatusCode::FORBIDDEN;
-        return Err(resp);
+        let why = "cross-origin WebSocket refused";
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            why,
+        ));
     }
     Ok(bans_seen)
 }
 
 /// Takes the connection's slots and builds its [`Admission`]; refused (503, 429) at a limit.
-#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
 pub fn seat(
     state: &Arc<AppState>,
     remote: SocketAddr,
@@ -96,7 +95,7 @@ pub fn seat(
     dialect: &'static str,
     identity: Identity,
     bans_seen: u64,
-) -> Result<(Box<Admission>, Seat), Response> {
+) -> Result<(Box<Admission>, Seat), Refusal> {
     let info = ClientInfo::new(Some(remote), dialect);
     let extras = ConnectExtras {
         user: identity.user.clone(),
@@ -112,10 +111,12 @@ pub fn seat(
     let Some(connection) = ConnectionSlot::take(state) else {
         let kind = crate::limits::Refused::MaxConnections;
         crate::limits::count_refusal(state.guard(), kind, remote.ip(), "limits.max_connections");
-        let mut resp = ApiError::new(ErrorCode::TooMany, "the server is at its connection limit")
-            .into_response();
-        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        return Err(resp);
+        let why = "the server is at its connection limit";
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::TooMany,
+            why,
+        ));
     };
     let limits = crate::limits::take_slots(state.guard(), remote.ip(), &admission.identity)?;
     Ok((
@@ -241,7 +242,6 @@ pub struct Admitted {
 /// Admits an HTTP transport's request as a handshake of `dialect` would be (the auth hook
 /// when on and the dialect takes credentials, else [`credential`]; [`screen`], [`seat`]) and
 /// registers its client, encoded by `format`.
-#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
 pub async fn admit_http(
     state: &Arc<AppState>,
     remote: SocketAddr,
@@ -250,14 +250,14 @@ pub async fn admit_http(
     dialect: &'static str,
     takes_credentials: bool,
     format: &'static dyn herald_core::WireFormat,
-) -> Result<Admitted, Response> {
+) -> Result<Admitted, Refusal> {
     crate::limits::check_attempt(state.guard(), remote.ip(), headers)?;
     let identity = if takes_credentials && state.auth_hook.enabled() {
         Box::pin(hook_admit(state, remote, headers, uri, dialect)).await
     } else {
         credential(takes_credentials, state, headers, uri)
     };
-    let identity = identity.map_err(|e| ApiError(e).into_response())?;
+    let identity = identity?;
     let bans_seen = screen(state, remote, headers, &identity, false)?;
     let (admission, seat) = seat(state, remote, headers, dialect, identity, bans_seen)?;
     let Admission {
@@ -274,8 +274,7 @@ pub async fn admit_http(
         state
             .hub
             .disconnect(&client, herald_core::client::DisconnectReason::Banned);
-        let e = HeraldError::new(ErrorCode::Banned, ban.message());
-        return Err(ApiError(e).into_response());
+        return Err(HeraldError::new(ErrorCode::Banned, ban.message()).into());
     }
     Ok(Admitted {
         client,

@@ -71,6 +71,18 @@ impl Refusal {
     }
 }
 
+impl From<HeraldError> for Refusal {
+    /// The error with its code's status.
+    fn from(error: HeraldError) -> Refusal {
+        Refusal {
+            status: StatusCode::from_u16(error.code.http_status())
+                .unwrap_or(StatusCode::BAD_REQUEST),
+            error,
+            retry_after_secs: None,
+        }
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut resp = ApiError(self.error).into_response();

@@ -324,7 +324,6 @@ pub fn count_refusal(guard: Guard, kind: Refused, ip: IpAddr, detail: &str) {
 
 /// The checks made before anything else at a handshake: the connection-attempt rate of the
 /// address (every attempt counts, refused or not), then the `Origin` allowlist.
-#[allow(clippy::result_large_err)]
 pub fn check_attempt(guard: Guard, ip: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
     let limits = guard.limits;
     if let Some(gcra) = &limits.connect
@@ -405,7 +404,6 @@ fn too_many(what: &str, held: usize, key: &str) -> String {
 }
 
 /// Takes the connection's per-IP and per-user slots (the admin key is exempt, as from bans).
-#[allow(clippy::result_large_err)]
 pub fn take_slots(
     guard: Guard,
     ip: IpAddr,

@@ -25,7 +25,7 @@ use herald_protocol::records::{self, Positions, Record};
 use serde_json::json;
 
 use crate::admission::{self, Admitted};
-use crate::error::ApiError;
+use crate::error::{ApiError, Refusal};
 use crate::state::AppState;
 use crate::transport::{self, Cutoff, Framing};
 
@@ -80,7 +80,7 @@ pub async fn poll(
         seat: _seat,
     } = match admit(&state, remote, req.headers(), req.uri()).await {
         Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let answer = async {
         admission::apply_identity(&state, &client, &identity)?;
@@ -183,13 +183,12 @@ fn wanted(headers: &HeaderMap, uri: &Uri) -> Result<Wanted, HeraldError> {
     })
 }
 
-#[allow(clippy::result_large_err)] // a refusal is the response itself, made once per refusal
 async fn admit(
     state: &Arc<AppState>,
     remote: SocketAddr,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<Admitted, Response> {
+) -> Result<Admitted, Refusal> {
     admission::admit_http(
         state,
         remote,
@@ -218,7 +217,7 @@ async fn open(
         seat,
     } = match admit(&state, remote, req.headers(), req.uri()).await {
         Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let cutoff = req
         .extensions()

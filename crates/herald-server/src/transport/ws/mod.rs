@@ -115,7 +115,7 @@ pub fn upgrade_admitted<D: Dialect>(
     let same_origin_only = dialect.same_origin_only();
     let bans_seen = match admission::screen(&state, remote, headers, &identity, same_origin_only) {
         Ok(seen) => seen,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
@@ -156,7 +156,7 @@ pub fn upgrade_admitted<D: Dialect>(
     let seated = admission::seat(&state, remote, headers, dialect.name(), identity, bans_seen);
     let (admission, seat) = match seated {
         Ok(seated) => seated,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.into_response(),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
