@@ -288,14 +288,19 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     remote: SocketAddr,
     served: Served,
     state: Arc<AppState>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     use crate::transport::direct::{self, Opening, Prefixed};
     let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
     let prefix = if served.streams.is_empty() {
         bytes::Bytes::new()
     } else {
-        match direct::open(&mut io, &served.streams, timeout).await {
+        // A peer that sends nothing must not hold the server at shutdown.
+        let opening = tokio::select! {
+            opening = direct::open(&mut io, &served.streams, timeout) => opening,
+            _ = shutdown.changed() => return,
+        };
+        match opening {
             Opening::Stream(req) => {
                 drop(state);
                 let cutoff = crate::transport::Cutoff::default();

@@ -674,3 +674,20 @@ async fn shutdown_closes_connections_with_1001() {
     closer.await.unwrap();
     let _ = ADMIN_KEY;
 }
+
+/// A connection that never sends a request does not hold the server at shutdown: its store
+/// is released at once and a new server starts on the same data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_by_a_silent_connection() {
+    let srv = TestServer::start().await;
+    let silent = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    // Let the server accept it (its first read is what shutdown must not wait for).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let TestServer { server, dir } = srv;
+    let dir = dir.unwrap();
+    server.shutdown(Duration::from_secs(2)).await;
+    let again = herald_server::start(common::config(dir.path())).await;
+    assert!(again.is_ok(), "the store was released: {:?}", again.err());
+    drop(silent);
+    again.unwrap().shutdown(Duration::from_secs(2)).await;
+}

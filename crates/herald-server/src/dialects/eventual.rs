@@ -21,17 +21,8 @@ pub const ENTRY: super::Entry = super::Entry {
 };
 
 /// On the main listener: its WebSocket on every path under `dialects.eventual.prefix`.
-fn mount(
-    router: axum::Router<Arc<AppState>>,
-    config: &crate::config::Config,
-) -> axum::Router<Arc<AppState>> {
-    let Some(prefix) = super::mounted(&config.dialects.eventual) else {
-        return router;
-    };
-    let upgrade = axum::routing::get(crate::transport::ws::upgrade::<Eventual>);
-    router
-        .route(prefix, upgrade.clone())
-        .route(&format!("{prefix}/{{*path}}"), upgrade)
+fn mount(router: super::Routes, config: &crate::config::Config) -> super::Routes {
+    super::mount_any_path::<Eventual>(router, &config.dialects.eventual)
 }
 
 /// Its own listener: its WebSocket on every path.
@@ -39,10 +30,7 @@ fn own(config: &crate::config::Config) -> Vec<super::OwnListener> {
     vec![super::OwnListener {
         name: "eventual",
         mount: config.dialects.eventual.clone(),
-        serve: |state| {
-            let upgrade = axum::routing::get(crate::transport::ws::upgrade::<Eventual>);
-            crate::transport::direct::Served::plain(crate::http::any_path_listener(upgrade, state))
-        },
+        serve: super::serve_any_path::<Eventual>,
     }]
 }
 

@@ -63,6 +63,26 @@ fn no_listeners(_: &Config) -> Vec<OwnListener> {
     Vec::new()
 }
 
+/// Mounts the WebSocket of `D` on every path under `mount`'s prefix (if mounted).
+fn mount_any_path<D: crate::transport::ws::Dialect + Default>(
+    router: Routes,
+    mount: &DialectMount,
+) -> Routes {
+    let Some(prefix) = mounted(mount) else {
+        return router;
+    };
+    let upgrade = axum::routing::get(crate::transport::ws::upgrade::<D>);
+    router
+        .route(prefix, upgrade.clone())
+        .route(&format!("{prefix}/{{*path}}"), upgrade)
+}
+
+/// A listener of its own where every path is the WebSocket of `D`.
+fn serve_any_path<D: crate::transport::ws::Dialect + Default>(state: Arc<AppState>) -> Served {
+    let upgrade = axum::routing::get(crate::transport::ws::upgrade::<D>);
+    Served::plain(crate::http::any_path_listener(upgrade, state))
+}
+
 /// `mount`'s prefix when the dialect is mounted on the main listener.
 fn mounted(mount: &DialectMount) -> Option<&str> {
     (mount.enabled && !mount.prefix.is_empty()).then_some(mount.prefix.as_str())

@@ -24,17 +24,8 @@ pub const ENTRY: super::Entry = super::Entry {
 };
 
 /// On the main listener: its WebSocket on every path under `dialects.simplysocket.prefix`.
-fn mount(
-    router: axum::Router<Arc<AppState>>,
-    config: &crate::config::Config,
-) -> axum::Router<Arc<AppState>> {
-    let Some(prefix) = super::mounted(&config.dialects.simplysocket) else {
-        return router;
-    };
-    let upgrade = axum::routing::get(crate::transport::ws::upgrade::<SimplySocket>);
-    router
-        .route(prefix, upgrade.clone())
-        .route(&format!("{prefix}/{{*path}}"), upgrade)
+fn mount(router: super::Routes, config: &crate::config::Config) -> super::Routes {
+    super::mount_any_path::<SimplySocket>(router, &config.dialects.simplysocket)
 }
 
 /// Its own listener: its WebSocket on every path.
@@ -42,10 +33,7 @@ fn own(config: &crate::config::Config) -> Vec<super::OwnListener> {
     vec![super::OwnListener {
         name: "simplysocket",
         mount: config.dialects.simplysocket.clone(),
-        serve: |state| {
-            let upgrade = axum::routing::get(crate::transport::ws::upgrade::<SimplySocket>);
-            crate::transport::direct::Served::plain(crate::http::any_path_listener(upgrade, state))
-        },
+        serve: super::serve_any_path::<SimplySocket>,
     }]
 }
 

@@ -52,12 +52,7 @@ fn own(config: &Config) -> Vec<super::OwnListener> {
         super::OwnListener {
             name: "wspush",
             mount: config.dialects.wspush.mount(),
-            serve: |state| {
-                Served::plain(crate::http::any_path_listener(
-                    get(upgrade::<ws::WsPush>),
-                    state,
-                ))
-            },
+            serve: super::serve_any_path::<ws::WsPush>,
         },
         super::OwnListener {
             name: "wspush-http",
