@@ -76,6 +76,10 @@ pub trait WireFormat: Send + Sync + 'static {
     }
     /// A keep-alive probe; the transport's answer counts as activity.
     fn keepalive(&self) -> Bytes;
+    /// The transport its connections use, for metrics: `"websocket"` or `"http"`.
+    fn transport(&self) -> &'static str {
+        "websocket"
+    }
     /// The frame one recipient gets from the shared encoding of [`WireFormat::message`].
     /// Formats whose deliveries carry per-recipient fields (WS-PushServer's uuid and
     /// subscription list) build them around the shared payload here, from the client's

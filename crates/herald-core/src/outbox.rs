@@ -7,6 +7,7 @@
 //! no heap memory (a `VecDeque` allocates on first push), which keeps idle connections small.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -34,6 +35,9 @@ struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
     closing: Option<Disconnect>,
+    /// When the first frame of what is queued was published (a publication pushed into an
+    /// empty queue), for the publish-to-write latency.
+    since: Option<Instant>,
 }
 
 /// What the writer gets from one [`Outbox::drain`].
@@ -42,6 +46,9 @@ pub struct Drained {
     pub bytes: usize,
     /// Set when the connection must be closed after writing what was drained.
     pub closing: Option<Disconnect>,
+    /// When the first of the drained frames was published, if it was a publication pushed
+    /// into an empty queue (a sample of the publish-to-write latency).
+    pub since: Option<Instant>,
 }
 
 impl Default for Outbox {
@@ -60,6 +67,12 @@ impl Outbox {
 
     /// Queues `frame` unless that would take the outbox over `limit` bytes.
     pub fn push(&self, frame: Bytes, limit: usize) -> Push {
+        self.push_since(frame, limit, None)
+    }
+
+    /// [`Outbox::push`] of a publication made at `published` (remembered when the queue was
+    /// empty, for [`Drained::since`]).
+    pub fn push_since(&self, frame: Bytes, limit: usize, published: Option<Instant>) -> Push {
         let mut st = self.state.lock();
         if st.closing.is_some() {
             return Push::Closed;
@@ -68,6 +81,9 @@ impl Outbox {
             return Push::Full;
         }
         let was_empty = st.frames.is_empty();
+        if was_empty {
+            st.since = published;
+        }
         st.bytes += frame.len();
         st.frames.push_back(frame);
         drop(st);
@@ -144,6 +160,7 @@ impl Outbox {
             frames,
             bytes,
             closing,
+            since: if frames > 0 { st.since.take() } else { None },
         }
     }
 
@@ -205,5 +222,22 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(ob.drain(&mut out, 5).frames, 1);
         assert!(ob.has_pending());
+    }
+
+    #[test]
+    fn the_publish_time_of_the_first_frame_of_a_batch_is_reported_once() {
+        let ob = Outbox::new();
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(5);
+        ob.push_since(Bytes::from_static(b"a"), 1024, Some(t0));
+        // Not into an empty queue: the batch keeps its first frame's time.
+        ob.push_since(Bytes::from_static(b"b"), 1024, Some(t1));
+        assert_eq!(ob.drain(&mut out, 1024).since, Some(t0));
+        // A frame that is not a publication carries no time.
+        ob.push(Bytes::from_static(b"c"), 1024);
+        assert_eq!(ob.drain(&mut out, 1024).since, None);
+        // Reported once: an empty drain has none.
+        assert_eq!(ob.drain(&mut out, 1024).since, None);
     }
 }

@@ -573,6 +573,10 @@ impl WireFormat for NativeFormat {
         self.name
     }
 
+    fn transport(&self) -> &'static str {
+        if self.lines { "http" } else { "websocket" }
+    }
+
     fn message(&self, m: &Message) -> Bytes {
         let capacity = 120 + m.channel.as_str().len() + m.data.len();
         let write = |b: &mut Vec<u8>| {

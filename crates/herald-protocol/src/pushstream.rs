@@ -216,6 +216,10 @@ impl WireFormat for PushStreamHttp {
         self.name
     }
 
+    fn transport(&self) -> &'static str {
+        "http"
+    }
+
     fn message(&self, m: &Message) -> Bytes {
         let text = data_to_text(&m.data);
         records::message(m, 96 + m.channel.as_str().len() + text.len(), |b| {

@@ -83,11 +83,15 @@ pub struct AuthHook {
     headers: Vec<HeaderName>,
     client: Client<HttpConnector, Full<Bytes>>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Where each answer's time goes (`herald_auth_hook_seconds`).
+    timer: metrics::Histogram,
 }
 
 impl AuthHook {
-    pub fn new(config: &AuthHookConfig) -> AuthHook {
+    /// The hook of `config`; each answer's time is recorded in `timer`.
+    pub fn new(config: &AuthHookConfig, timer: metrics::Histogram) -> AuthHook {
         AuthHook {
+            timer,
             config: config.clone(),
             headers: config
                 .headers
@@ -128,6 +132,8 @@ impl AuthHook {
             request = request.header(name, value);
         }
         let request = request.body(Full::new(body)).map_err(|_| "bad request")?;
+        let started = std::time::Instant::now();
+        let _timed = Timed(&self.timer, started);
         let answer = async {
             let resp = self
                 .client
@@ -361,4 +367,13 @@ fn identity(answer: Answer) -> Result<Identity, HeraldError> {
         user,
         channels,
     })
+}
+
+/// Records the time since its start when dropped (however the question ended).
+struct Timed<'a>(&'a metrics::Histogram, std::time::Instant);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.0.record(self.1.elapsed().as_secs_f64());
+    }
 }

@@ -43,6 +43,9 @@ pub struct Config {
     pub history: HistoryConfig,
     /// This node's name in a cluster. Empty: the host name and the listen port.
     pub node_name: String,
+    /// A listener of its own for `GET /metrics` (Prometheus), without the admin key, e.g.
+    /// "127.0.0.1:9091". Empty: none (the main listener serves `/metrics` with the key).
+    pub metrics_listen: String,
     /// How nodes of a cluster reach each other (docs/scaling.md).
     pub broker: BrokerConfig,
     /// `[[ingress]]`: queues whose messages Herald publishes (a Redis stream, a NATS subject).
@@ -991,6 +994,7 @@ impl Default for Config {
             auth_hook: Default::default(),
             history: HistoryConfig::default(),
             node_name: String::new(),
+            metrics_listen: String::new(),
             broker: BrokerConfig::default(),
             ingress: Vec::new(),
         }
@@ -1112,6 +1116,12 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "metrics_listen",
+                "must be an address like \"127.0.0.1:9091\" (or empty)",
+            );
+        }
         let ws = &self.websocket;
         if ws.ping_interval_secs == 0 {
             return bad("websocket.ping_interval_secs", "must be at least 1");

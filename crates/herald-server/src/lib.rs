@@ -34,6 +34,7 @@ pub mod http;
 pub mod ingress;
 pub mod jwt;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;

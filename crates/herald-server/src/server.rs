@@ -110,10 +110,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             }
         }
     }
+    let metrics_listener = match config.metrics_listen.as_str() {
+        "" => None,
+        addr => {
+            let addr: SocketAddr = addr.parse().map_err(|_| {
+                anyhow::anyhow!("metrics_listen: {addr:?} is not an address like 127.0.0.1:9091")
+            })?;
+            let bound = TcpListener::bind(addr).await;
+            Some(bound.with_context(|| format!("metrics_listen: cannot listen on {addr}"))?)
+        }
+    };
     let webhooks = Webhooks::start(&config.webhooks, &hub)?;
     let jwt = crate::jwt::JwtVerifier::from_config(&config.jwt)?;
     let limits = Arc::new(crate::limits::Limits::new(&config));
-    let auth_hook = crate::auth_hook::AuthHook::new(&config.auth_hook);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let auth_hook =
+        crate::auth_hook::AuthHook::new(&config.auth_hook, metrics.auth_hook_seconds.clone());
     let state = Arc::new(AppState {
         hub,
         config,
@@ -124,6 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         auth_hook,
         node_name,
         cluster: cluster.clone(),
+        metrics,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = Served {
@@ -160,6 +173,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         )));
     }
     let mut dialect_addrs = Vec::new();
+    if let Some(listener) = metrics_listener {
+        dialect_addrs.push(("metrics", listener.local_addr()?));
+        let served = Served::plain(crate::http::metrics::listener(state.clone()));
+        let accept = accept_loop(listener, None, served, state.clone(), shutdown_rx.clone());
+        tasks.push(tokio::spawn(accept));
+    }
     for (own, listener) in own_listeners {
         dialect_addrs.push((own.name, listener.local_addr()?));
         let served = (own.serve)(state.clone());

@@ -24,6 +24,8 @@ pub struct AppState {
     pub node_name: String,
     /// The control plane joining this node to a cluster, if any.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Prometheus metrics (`GET /metrics`) and the handles the hot path records into.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {

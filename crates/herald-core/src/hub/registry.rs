@@ -366,7 +366,20 @@ impl Registry {
     /// Queues `frame` for `client`; closes it as a slow consumer when its outbox is full.
     /// Returns whether the frame was queued.
     pub fn push_or_close(&self, client: &ClientHandle, frame: bytes::Bytes) -> bool {
-        match client.outbox.push(frame, self.outbox_limit) {
+        self.push_or_close_since(client, frame, None)
+    }
+
+    /// [`Registry::push_or_close`] of a publication made at `published`.
+    fn push_or_close_since(
+        &self,
+        client: &ClientHandle,
+        frame: bytes::Bytes,
+        published: Option<std::time::Instant>,
+    ) -> bool {
+        match client
+            .outbox
+            .push_since(frame, self.outbox_limit, published)
+        {
             Push::Queued => true,
             Push::Full => {
                 if client.outbox.close(Disconnect::slow_consumer()) {
@@ -1159,6 +1172,7 @@ impl Registry {
         skip: Option<ClientId>,
     ) -> u64 {
         Stats::add(&self.stats.publications, 1);
+        let published = Some(std::time::Instant::now());
         let mut cache = EncodeCache::new(msg);
         let mut delivered = 0u64;
         let mut once = once.map(|m| m.lock());
@@ -1174,7 +1188,7 @@ impl Registry {
             let frame = client
                 .format
                 .for_recipient(&cache.frame(client.format), client);
-            if self.push_or_close(client, frame) {
+            if self.push_or_close_since(client, frame, published) {
                 delivered += 1;
                 client
                     .messages_out

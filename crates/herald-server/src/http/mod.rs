@@ -3,6 +3,7 @@
 //! (`/healthz`, the JSON 404).
 
 mod auth;
+pub mod metrics;
 mod routes;
 
 pub use crate::error::ApiError;
@@ -112,6 +113,7 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     dialects
         .nest("/api/v1", api)
         .route("/healthz", get(routes::healthz))
+        .route("/metrics", get(metrics::with_key))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -170,6 +170,7 @@ impl Feed {
     /// client was closed.
     async fn run(mut self, tx: tokio::sync::mpsc::Sender<Bytes>) {
         let mut pending: Option<Bytes> = None;
+        let mut since = None;
         loop {
             if pending.is_none() {
                 let mut batch = Vec::new();
@@ -180,12 +181,15 @@ impl Feed {
                 }
                 if !batch.is_empty() {
                     pending = Some(self.frame(&batch));
+                    since = drained.since;
                 }
             }
             tokio::select! {
                 permit = tx.reserve(), if pending.is_some() => match permit {
                     Ok(permit) => {
-                        permit.send(pending.take().expect("pending"));
+                        let chunk = pending.take().expect("pending");
+                        self.written(chunk.len(), since.take());
+                        permit.send(chunk);
                         // The HTTP layer took the previous chunk: the reader is alive.
                         self.client.touch(now_ms());
                     }
@@ -222,10 +226,11 @@ impl Feed {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut pending = BytesMut::from(&head[..]);
         drop(head);
+        let mut since = None;
         if !self.client.outbox.is_closing() {
             // The first records (a greeting, the subscription) leave with the head.
             let mut batch = Vec::new();
-            self.client.outbox.drain(&mut batch, CHUNK);
+            since = self.client.outbox.drain(&mut batch, CHUNK).since;
             self.frame_chunk(&mut pending, &batch, chunked);
         }
         let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
@@ -241,11 +246,13 @@ impl Feed {
                 if written > 0 {
                     // The reader took what it had: it is alive.
                     self.client.touch(now_ms());
+                    self.written(written, since.take());
                 }
                 pending.clear();
                 written = 0;
                 let mut batch = Vec::new();
                 let drained = self.client.outbox.drain(&mut batch, CHUNK);
+                since = drained.since;
                 if drained.closing.is_some() {
                     let last = self.last_records(batch);
                     self.frame_chunk(&mut pending, &last, chunked);
@@ -285,6 +292,15 @@ impl Feed {
                     return;
                 }
             }
+        }
+    }
+
+    /// Counts a write of `bytes`, and the publish-to-write time of its first publication.
+    fn written(&self, bytes: usize, since: Option<std::time::Instant>) {
+        let metrics = &self.state.metrics;
+        metrics.bytes_written.increment(bytes as u64);
+        if let Some(t) = since {
+            metrics.publish_to_write.record(t.elapsed().as_secs_f64());
         }
     }
 

@@ -152,6 +152,15 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
         }
     }
 
+    /// Counts a write of `bytes`, and the publish-to-write time of its first publication.
+    fn written(&self, bytes: usize, since: Option<std::time::Instant>) {
+        let metrics = &self.state.metrics;
+        metrics.bytes_written.increment(bytes as u64);
+        if let Some(t) = since {
+            metrics.publish_to_write.record(t.elapsed().as_secs_f64());
+        }
+    }
+
     /// Writes everything queued; performs a requested close once the queue is empty.
     async fn flush(&mut self) -> Step {
         loop {
@@ -159,7 +168,7 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             let drained = self.client.outbox.drain(&mut batch, WRITE_BATCH);
             if !batch.is_empty() {
                 match self.write_all(&batch).await {
-                    Ok(()) => {}
+                    Ok(()) => self.written(batch.len(), drained.since),
                     Err(Stopped::Closing(disconnect, written)) => {
                         self.close(&disconnect, &batch[written..]).await;
                         return Err(disconnect.reason);
