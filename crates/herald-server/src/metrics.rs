@@ -419,4 +419,41 @@ mod tests {
         let text = m.render(&stats, &conns, None);
         assert!(text.contains("herald_publications_total 7"), "{text}");
     }
+
+    /// The Grafana dashboard in docs/ queries only metrics that exist.
+    #[test]
+    fn the_dashboard_uses_only_exported_metrics() {
+        let m = Metrics::new();
+        m.auth_hook_seconds.record(0.01);
+        m.publish_to_write.record(0.001);
+        let broker = BrokerHealth {
+            up: true,
+            nodes: 2,
+            round_trip_seconds: Some(0.001),
+        };
+        let conns = [ConnectionCount {
+            dialect: "native",
+            transport: "websocket",
+            connections: 1,
+        }];
+        let text = m.render(&StatsSnapshot::default(), &conns, Some(&broker));
+        let dashboard = include_str!("../../../docs/grafana/herald.json");
+        let mut checked = 0;
+        for (i, _) in dashboard.match_indices("herald_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let name = name.strip_suffix("_bucket").unwrap_or(&name);
+            if name == "herald_" {
+                continue; // The dashboard's own uid and tags.
+            }
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "the dashboard queries {name}, which is not exported"
+            );
+            checked += 1;
+        }
+        assert!(checked > 15, "{checked}");
+    }
 }
