@@ -1069,6 +1069,7 @@ const KNOWN_KEYS: &[&str] = &[
     "namespaces",
     "history",
     "node_name",
+    "metrics_listen",
     "broker",
     "limits",
     "events",
