@@ -3,9 +3,11 @@
 //!
 //! The hot path pays nothing new for the counters: they are the hub's own `Stats` atomics
 //! (and the gauges its live figures), copied into the recorder when a scrape renders. Three
-//! things are measured where they happen, through handles cached here: bytes written and the
-//! publish-to-write latency (one record per write batch, by the connection that writes it:
-//! the batch's first publication, timed from its fan-out), and the auth hook's answer time.
+//! things are measured where they happen, through handles cached here: bytes written (per
+//! write batch), the publish-to-write latency (one publication-led write batch in [`SAMPLE_EVERY`] per
+//! connection: the batch's first publication, timed from its fan-out), and the auth hook's
+//! answer time. The samples are folded into their histograms every second ([`Metrics::upkeep`]),
+//! so they never pile up between scrapes.
 
 use std::sync::Arc;
 
@@ -14,6 +16,10 @@ use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 static META: Metadata<'static> = Metadata::new("herald", Level::INFO, None);
+
+/// One write batch in this many, per connection, is timed for the publish-to-write
+/// histogram (a fan-out to many connections would otherwise record one sample per delivery).
+pub const SAMPLE_EVERY: u32 = 16;
 
 /// Latency buckets, in seconds (100 µs to 10 s).
 const BUCKETS: &[f64] = &[
@@ -329,6 +335,17 @@ impl Metrics {
             publish_to_write,
             auth_hook_seconds,
         }
+    }
+
+    /// Folds the latency samples recorded since the last call into their histograms (run
+    /// every second, so samples never pile up between scrapes).
+    pub fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
+
+    /// Whether the `n`-th write of a connection is timed: one in [`SAMPLE_EVERY`].
+    pub fn sampled(n: u32) -> bool {
+        n.is_multiple_of(SAMPLE_EVERY)
     }
 
     /// The Prometheus text exposition of `stats`, the connections by transport and, on a

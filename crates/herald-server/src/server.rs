@@ -154,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(pinger(state.clone(), shutdown_rx.clone())),
+        tokio::spawn(metrics_upkeep(state.clone(), shutdown_rx.clone())),
         tokio::spawn(crate::history_store::sweeper(
             state.clone(),
             shutdown_rx.clone(),
@@ -377,6 +378,18 @@ async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     };
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Folds the metrics' latency samples into their histograms every second.
+async fn metrics_upkeep(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => state.metrics.upkeep(),
+        }
     }
 }
 

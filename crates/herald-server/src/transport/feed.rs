@@ -79,6 +79,7 @@ pub fn respond(state: Arc<AppState>, stream: Stream, cutoff: Cutoff) -> Response
         positions,
         closing,
         cutoff,
+        writes: 0,
         _seat: seat,
     };
     // The connection's writer takes the feed: `transport::direct` runs it on the socket
@@ -162,6 +163,8 @@ pub struct Feed {
     positions: Positions,
     closing: fn(&Disconnect) -> Option<Bytes>,
     cutoff: Cutoff,
+    /// Writes led by a publication so far (to time one in `metrics::SAMPLE_EVERY`).
+    writes: u32,
     _seat: Seat,
 }
 
@@ -296,10 +299,16 @@ impl Feed {
     }
 
     /// Counts a write of `bytes`, and the publish-to-write time of its first publication.
-    fn written(&self, bytes: usize, since: Option<std::time::Instant>) {
+    fn written(&mut self, bytes: usize, since: Option<std::time::Instant>) {
         let metrics = &self.state.metrics;
         metrics.bytes_written.increment(bytes as u64);
         if let Some(t) = since {
+            // One publication-led write in `SAMPLE_EVERY` is timed.
+            let timed = crate::metrics::Metrics::sampled(self.writes);
+            self.writes = self.writes.wrapping_add(1);
+            if !timed {
+                return;
+            }
             metrics.publish_to_write.record(t.elapsed().as_secs_f64());
         }
     }

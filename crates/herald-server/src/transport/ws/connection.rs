@@ -53,6 +53,7 @@ pub async fn run<D: Dialect, T: Transport>(
     let read_buf = BytesMut::from(&leftover[..]);
     drop(leftover);
     let mut conn = Connection {
+        writes: 0,
         session: dialect.session(&state, &client),
         state: &state,
         client: &client,
@@ -105,6 +106,8 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
 }
 
 struct Connection<'a, S, T> {
+    /// Writes led by a publication so far (to time one in `metrics::SAMPLE_EVERY`).
+    writes: u32,
     session: S,
     state: &'a AppState,
     client: &'a Arc<ClientHandle>,
@@ -153,10 +156,16 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     }
 
     /// Counts a write of `bytes`, and the publish-to-write time of its first publication.
-    fn written(&self, bytes: usize, since: Option<std::time::Instant>) {
+    fn written(&mut self, bytes: usize, since: Option<std::time::Instant>) {
         let metrics = &self.state.metrics;
         metrics.bytes_written.increment(bytes as u64);
         if let Some(t) = since {
+            // One publication-led write in `SAMPLE_EVERY` is timed.
+            let timed = crate::metrics::Metrics::sampled(self.writes);
+            self.writes = self.writes.wrapping_add(1);
+            if !timed {
+                return;
+            }
             metrics.publish_to_write.record(t.elapsed().as_secs_f64());
         }
     }
