@@ -135,6 +135,7 @@ export class HeraldClient {
    * is ready; rejects if the client stops first. Requests made before are queued.
    */
   connect(): Promise<Welcome> {
+    if (this.ready && this.welcome) return Promise.resolve(this.welcome);
     const done = new Promise<Welcome>((resolve, reject) => {
       const offs = [
         this.on("connected", (w) => (offs.forEach((f) => f()), resolve(w))),
@@ -144,8 +145,6 @@ export class HeraldClient {
     if (this.stopped) {
       this.stopped = false;
       this.open();
-    } else if (this.ready && this.welcome) {
-      return Promise.resolve(this.welcome);
     }
     return done;
   }
@@ -268,12 +267,12 @@ export class HeraldClient {
     this.ws = ws;
     let opened = false;
     ws.onopen = () => {
-      if (gen !== this.gen) return;
       opened = true;
-      this.setUp(gen).catch((e) => this.emit("error", e));
     };
     ws.onmessage = (ev) => {
-      if (gen === this.gen && typeof ev.data === "string") this.onFrame(ev.data);
+      if (gen !== this.gen || typeof ev.data !== "string") return;
+      // The welcome frame is always the first: authenticate and resubscribe after it.
+      if (this.onFrame(ev.data) === "welcome") this.setUp(gen).catch((e) => this.emit("error", e));
     };
     ws.onerror = () => {}; // a close event follows
     ws.onclose = (ev) => {
@@ -314,7 +313,7 @@ export class HeraldClient {
     const queued = this.queue;
     this.queue = [];
     queued.forEach((r) => this.transmit(r));
-    if (this.welcome) this.emit("connected", this.welcome);
+    this.emit("connected", this.welcome!);
   }
 
   private async refresh(): Promise<string | null> {
@@ -392,18 +391,19 @@ export class HeraldClient {
 
   private onClose(code: number, reason: string): void {
     this.ready = false;
-    const inFlight = [...this.inFlight.values()];
-    this.inFlight.clear();
-    for (const r of inFlight) {
+    const again: Request[] = [];
+    for (const r of this.inFlight.values()) {
       clearTimeout(r.timer);
-      if (r.idempotent && !this.stopped && r.frame.op !== "auth") this.queue.unshift(r);
+      if (r.idempotent) again.push(r);
       else r.reject(new HeraldError("disconnected", `connection closed (${code}) before the reply`, r.frame));
     }
-    if (this.stopped) return;
+    this.inFlight.clear();
+    this.queue = [...again, ...this.queue];
     // 4000-4099: the server says don't reconnect (kicked for good, banned).
-    if (!this.opts.reconnect || (code >= 4000 && code < 4100)) return this.stop(code, reason);
-    this.emit("disconnected", { code, reason, reconnecting: true });
-    this.retry(code);
+    const reconnecting = this.opts.reconnect && !(code >= 4000 && code < 4100);
+    this.emit("disconnected", { code, reason, reconnecting });
+    if (reconnecting) this.retry(code);
+    else this.stop(code, reason);
   }
 
   private retry(code: number): void {
@@ -454,7 +454,8 @@ export class HeraldClient {
     ws.send(JSON.stringify({ ...req.frame, id }));
   }
 
-  private onFrame(text: string): void {
+  /** Handles one frame from the server; returns its op. */
+  private onFrame(text: string): string | void {
     let f: any;
     try {
       f = JSON.parse(text);
@@ -465,7 +466,7 @@ export class HeraldClient {
       case "welcome":
         this.welcome = f;
         this.clientId = f.client;
-        return;
+        return "welcome";
       case "reply": {
         const req = typeof f.id === "number" ? this.inFlight.get(f.id) : undefined;
         if (!req) {
