@@ -377,7 +377,7 @@ export class HeraldClient {
         .filter((c) => !this.positions.has(c))
         .map(async (channel) => {
           try {
-            const h = await this.call<HistoryResult>({ op: "history", channel, limit: 0 });
+            const h = await this.call<HistoryResult>({ op: "history", channel, limit: 1, reverse: true });
             const seen = this.positions.get(channel);
             if (h.epoch && this.subs.has(channel) && !(seen && seen.epoch === h.epoch && seen.offset >= h.offset)) {
               this.positions.set(channel, { epoch: h.epoch, offset: h.offset });
