@@ -282,7 +282,7 @@ export class HeraldClient {
       if (gen !== this.gen) return;
       this.ws = null;
       if (!opened) this.emit("error", new HeraldError("connect_failed", `cannot connect to ${this.opts.url} (close ${ev.code})`));
-      this.onClose(ev.code, ev.reason);
+      this.onClose(ev.code, ev.reason, opened);
     };
   }
 
@@ -389,7 +389,7 @@ export class HeraldClient {
     );
   }
 
-  private onClose(code: number, reason: string): void {
+  private onClose(code: number, reason: string, opened: boolean): void {
     this.ready = false;
     const again: Request[] = [];
     for (const r of this.inFlight.values()) {
@@ -401,7 +401,7 @@ export class HeraldClient {
     this.queue = [...again, ...this.queue];
     // 4000-4099: the server says don't reconnect (kicked for good, banned).
     const reconnecting = this.opts.reconnect && !(code >= 4000 && code < 4100);
-    this.emit("disconnected", { code, reason, reconnecting });
+    if (opened) this.emit("disconnected", { code, reason, reconnecting });
     if (reconnecting) this.retry(code);
     else this.stop(code, reason);
   }

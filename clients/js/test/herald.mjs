@@ -34,13 +34,16 @@ function freePort() {
   });
 }
 
-/** Starts `herald serve` with `config` (TOML) on a free port; resolves once it answers /healthz. */
-export async function startHerald(config) {
+/**
+ * Starts `herald serve` with `config` (TOML) on a free port; resolves once it answers /healthz.
+ * `again`: a stopped server's `{ port, dir }` to start it again on the same port and data.
+ */
+export async function startHerald(config, again) {
   if (!existsSync(HERALD_BIN)) throw new Error(`no herald binary at ${HERALD_BIN}: build it (cargo build -p herald) or set HERALD_BIN`);
-  const dir = mkdtempSync(join(tmpdir(), "herald-js-"));
+  const dir = again?.dir ?? mkdtempSync(join(tmpdir(), "herald-js-"));
   const configFile = join(dir, "herald.toml");
   writeFileSync(configFile, config);
-  const port = await freePort();
+  const port = again?.port ?? (await freePort());
   const env = { ...process.env };
   for (const k of Object.keys(env)) if (k.startsWith("HERALD_")) delete env[k];
   const child = spawn(HERALD_BIN, ["serve", "-c", configFile, "--listen", `127.0.0.1:${port}`, "--data-dir", join(dir, "data")], {
@@ -70,6 +73,8 @@ export async function startHerald(config) {
     url: `ws://127.0.0.1:${port}/ws`,
     http,
     adminKey,
+    port,
+    dir,
     /** Calls the HTTP API with the admin key; resolves with the parsed body, throws on non-2xx. */
     async api(method, path, body) {
       const res = await fetch(http + path, {
@@ -81,7 +86,8 @@ export async function startHerald(config) {
       if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${JSON.stringify(json)}`);
       return json;
     },
-    async stop() {
+    /** Stops the server; `keepData`: leave its directory to start it again. */
+    async stop({ keepData = false } = {}) {
       if (!exited) {
         const gone = new Promise((r) => child.once("exit", r));
         child.kill("SIGTERM");
@@ -89,7 +95,7 @@ export async function startHerald(config) {
         await gone;
         clearTimeout(t);
       }
-      rmSync(dir, { recursive: true, force: true });
+      if (!keepData) rmSync(dir, { recursive: true, force: true });
     },
   };
 }
