@@ -269,13 +269,13 @@ export class HeraldClient {
     ws.onopen = () => {
       opened = true;
     };
-    ws.onmessage = (ev) => {
+    ws.onmessage = (ev: { data: unknown }) => {
       if (gen !== this.gen || typeof ev.data !== "string") return;
       // The welcome frame is always the first: authenticate and resubscribe after it.
       if (this.onFrame(ev.data) === "welcome") this.setUp(gen).catch((e) => this.emit("error", e));
     };
     ws.onerror = () => {}; // a close event follows
-    ws.onclose = (ev) => {
+    ws.onclose = (ev: { code: number; reason: string }) => {
       const waiters = this.closeWaiters;
       this.closeWaiters = [];
       waiters.forEach((f) => f());

@@ -1,11 +1,15 @@
-/** The subset of the WebSocket API the client uses (browsers, Node 22+, and the `ws` package). */
+/**
+ * The subset of the WebSocket API the client uses (browsers, Node 22+, and the `ws` package).
+ * The handlers take `any` so that both the DOM's and `ws`'s event types fit; the client reads
+ * `data` (a string for text frames) of message events and `code`/`reason` of close events.
+ */
 export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
   onopen: ((ev: any) => void) | null;
-  onmessage: ((ev: { data: unknown }) => void) | null;
-  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onmessage: ((ev: any) => void) | null;
+  onclose: ((ev: any) => void) | null;
   onerror: ((ev: any) => void) | null;
 }
 
