@@ -418,8 +418,8 @@ export class HeraldClient {
   }
 
   private stop(code: number, reason: string): void {
-    if (this.stopped && !this.ws) return;
-    const wasUp = this.ready || this.ws !== null;
+    const wasRunning = !this.stopped || this.ws !== null;
+    const wasUp = this.ws?.readyState === 1; // OPEN
     this.stopped = true;
     this.ready = false;
     clearTimeout(this.retryTimer);
@@ -433,7 +433,7 @@ export class HeraldClient {
     this.queue = [];
     if (ws) ws.close(1000);
     if (wasUp) this.emit("disconnected", { code, reason, reconnecting: false });
-    this.emit("closed", { code, reason });
+    if (wasRunning) this.emit("closed", { code, reason });
   }
 
   // ---- frames ----

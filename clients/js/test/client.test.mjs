@@ -261,4 +261,10 @@ test("a kick with reconnect=false stops the client; close() rejects what waits",
   d.connect().catch(() => {});
   await d.close();
   await assert.rejects(waiting, (e) => e instanceof HeraldError && e.code === "closed");
+
+  const never = client(); // never connected: close() rejects what it queued, later requests too
+  const queued = never.ping();
+  await never.close();
+  await assert.rejects(queued, (e) => e instanceof HeraldError && e.code === "closed");
+  await assert.rejects(never.ping(), (e) => e instanceof HeraldError && e.code === "closed");
 });
