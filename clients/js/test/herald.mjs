@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** The herald binary: $HERALD_BIN, else the workspace's debug build. */
-export const HERALD_BIN = process.env.HERALD_BIN ?? resolve(here, "../../../target/debug/herald");
+export const HERALD_BIN = process.env.HERALD_BIN || resolve(here, "../../../target/debug/herald");
 export const JWT_SECRET = "js-client-tests-secret-0123456789abcdef";
 
 /** Polls `check` (sync or async) every 20 ms until it returns a truthy value; throws after `ms`. */
