@@ -300,7 +300,8 @@ export class HeraldClient {
             if (await this.refresh()) continue;
             if (gen !== this.gen) return;
           }
-          if (code === "disconnected" || code === "timeout") return this.ws?.close(4000 + 100, "auth timed out");
+          // Lost or stuck: close (4100, as the server does for trouble worth a back-off) and retry.
+          if (code === "disconnected" || code === "timeout") return this.ws?.close(4100, "auth timed out");
           this.emit("error", e as Error);
           return this.stop(4001, `auth refused: ${code}`);
         }
