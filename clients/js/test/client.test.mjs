@@ -268,3 +268,22 @@ test("a kick with reconnect=false stops the client; close() rejects what waits",
   await assert.rejects(queued, (e) => e instanceof HeraldError && e.code === "closed");
   await assert.rejects(never.ping(), (e) => e instanceof HeraldError && e.code === "closed");
 });
+
+test("a private channel joined with a subscription token is resubscribed with it", async () => {
+  const c = client({ token: mintToken("dave") });
+  await c.connect();
+  await assert.rejects(c.subscribe("private:room"), (e) => e instanceof HeraldError && e.code === "forbidden");
+  await c.subscribe("private:room", { token: mintToken("dave", "--channel", "private:room") });
+  await c.subscribe("open-room");
+  const messages = collect(c, "message");
+  const connects = collect(c, "connected");
+  const errors = collect(c, "error");
+  await kick(c);
+  await waitFor(() => connects.length === 1, "the reconnect");
+  assert.deepEqual(errors, []);
+  const info = await herald.api("GET", `/api/v1/clients/${c.clientId}`);
+  assert.deepEqual(info.channels.map((ch) => ch.name ?? ch.channel ?? ch).sort(), ["open-room", "private:room"]);
+  await publishHttp("private:room", "secret");
+  await waitFor(() => messages.length === 1, "the private message");
+  assert.equal(messages[0].data, "secret");
+});
