@@ -57,8 +57,11 @@ interface Request {
   timer?: ReturnType<typeof setTimeout>;
 }
 
+/** A channel token or JWT subscription token, or a function that gets a fresh one. */
+export type SubscriptionToken = string | (() => string | Promise<string>);
+
 interface Subscription {
-  token?: string;
+  token?: SubscriptionToken;
   /** The server accepted it once: resubscribed after every reconnect. */
   confirmed: boolean;
 }
@@ -160,13 +163,17 @@ export class HeraldClient {
     return closing;
   }
 
-  /** Subscribes to channels. `token`: a channel token or JWT subscription token (one channel). */
-  async subscribe(channels: string | string[], options: { token?: string } = {}): Promise<SubscribeResult> {
+  /**
+   * Subscribes to channels. `token`: a channel token or JWT subscription token (one channel),
+   * or a function returning one, called for this request and again at every resubscription
+   * (so that an expiring subscription token can be renewed).
+   */
+  async subscribe(channels: string | string[], options: { token?: SubscriptionToken } = {}): Promise<SubscribeResult> {
     const list = toList(channels);
     const added = list.filter((c) => !this.subs.has(c));
     for (const c of added) this.subs.set(c, { token: options.token, confirmed: false });
     const frame: Frame = { op: "subscribe", channels: list };
-    if (options.token !== undefined) frame.token = options.token;
+    if (options.token !== undefined) frame.token = await tokenOf(options.token);
     let result: SubscribeResult;
     try {
       result = await this.request<SubscribeResult>(frame);
@@ -330,7 +337,7 @@ export class HeraldClient {
 
   /** Subscribes again to every confirmed channel, recovering from the last position seen. */
   private async resubscribe(gen: number): Promise<void> {
-    const groups: { channels: string[]; token?: string }[] = [];
+    const groups: { channels: string[]; token?: SubscriptionToken }[] = [];
     let plain: string[] = [];
     for (const [channel, s] of this.subs) {
       if (!s.confirmed) continue;
@@ -338,33 +345,37 @@ export class HeraldClient {
       else if (plain.push(channel) === CHUNK) (groups.push({ channels: plain }), (plain = []));
     }
     if (plain.length) groups.push({ channels: plain });
-    await Promise.all(
-      groups.map(async ({ channels, token }) => {
-        const frame: Frame = { op: "subscribe", channels };
-        if (token !== undefined) frame.token = token;
-        const recover: Record<string, Position> = {};
-        for (const c of channels) {
-          const p = this.positions.get(c);
-          if (p) recover[c] = p;
-        }
-        if (Object.keys(recover).length) frame.recover = recover;
-        try {
-          const result = await this.call<SubscribeResult>(frame);
-          for (const [channel, r] of Object.entries(result.recovered ?? {})) {
-            this.positions.set(channel, { epoch: r.epoch, offset: r.offset });
-            this.emit("recovery", { channel, ...r });
-          }
-          await this.learnPositions(channels.filter((c) => !recover[c]));
-        } catch (e) {
-          if (gen !== this.gen || isClientCode((e as HeraldError).code)) return;
-          for (const c of channels) {
-            this.subs.delete(c);
-            this.positions.delete(c);
-          }
-          this.emit("error", e as Error);
-        }
-      }),
-    );
+    await Promise.all(groups.map(({ channels, token }) => this.subscribeAgain(gen, channels, token)));
+  }
+
+  /**
+   * Subscribes again to channels, recovering each from its last position. A refusal (e.g. an
+   * expired subscription token) drops the channels and is reported as an `error` event.
+   */
+  private async subscribeAgain(gen: number, channels: string[], token?: SubscriptionToken): Promise<void> {
+    const frame: Frame = { op: "subscribe", channels };
+    const recover: Record<string, Position> = {};
+    for (const c of channels) {
+      const p = this.positions.get(c);
+      if (p) recover[c] = p;
+    }
+    if (Object.keys(recover).length) frame.recover = recover;
+    try {
+      if (token !== undefined) frame.token = await tokenOf(token);
+      const result = await this.call<SubscribeResult>(frame);
+      for (const [channel, r] of Object.entries(result.recovered ?? {})) {
+        this.positions.set(channel, { epoch: r.epoch, offset: r.offset });
+        this.emit("recovery", { channel, ...r });
+      }
+      await this.learnPositions(channels.filter((c) => !recover[c]));
+    } catch (e) {
+      if (gen !== this.gen || isClientCode((e as HeraldError).code)) return;
+      for (const c of channels) {
+        this.subs.delete(c);
+        this.positions.delete(c);
+      }
+      this.emit("error", e as Error);
+    }
   }
 
   /**
@@ -492,18 +503,7 @@ export class HeraldClient {
       case "unsubscribed":
         if (f.reason === "broker_reconnected" && this.subs.has(f.channel)) {
           // Publications may have been lost in the cluster: subscribe again with recovery.
-          const s = this.subs.get(f.channel)!;
-          const p = this.positions.get(f.channel);
-          const frame: Frame = { op: "subscribe", channels: [f.channel] };
-          if (s.token !== undefined) frame.token = s.token;
-          if (p) frame.recover = { [f.channel]: p };
-          this.call<SubscribeResult>(frame).then(
-            (r) => Object.entries(r.recovered ?? {}).forEach(([channel, x]) => {
-              this.positions.set(channel, { epoch: x.epoch, offset: x.offset });
-              this.emit("recovery", { channel, ...x });
-            }),
-            (e) => this.emit("error", e),
-          );
+          void this.subscribeAgain(this.gen, [f.channel], this.subs.get(f.channel)!.token);
         } else {
           this.subs.delete(f.channel);
           this.positions.delete(f.channel);
@@ -526,6 +526,10 @@ export class HeraldClient {
       }
     }
   }
+}
+
+function tokenOf(token: SubscriptionToken): string | Promise<string> {
+  return typeof token === "function" ? token() : token;
 }
 
 function toList(channels: string | string[]): string[] {

@@ -269,11 +269,13 @@ test("a kick with reconnect=false stops the client; close() rejects what waits",
   await assert.rejects(never.ping(), (e) => e instanceof HeraldError && e.code === "closed");
 });
 
-test("a private channel joined with a subscription token is resubscribed with it", async () => {
+test("a private channel joined with a subscription token is resubscribed with a fresh one", async () => {
   const c = client({ token: mintToken("dave") });
   await c.connect();
   await assert.rejects(c.subscribe("private:room"), (e) => e instanceof HeraldError && e.code === "forbidden");
-  await c.subscribe("private:room", { token: mintToken("dave", "--channel", "private:room") });
+  let minted = 0; // a function gives a fresh subscription token at every resubscription
+  await c.subscribe("private:room", { token: () => (minted++, mintToken("dave", "--channel", "private:room")) });
+  assert.equal(minted, 1);
   await c.subscribe("open-room");
   const messages = collect(c, "message");
   const connects = collect(c, "connected");
@@ -281,6 +283,7 @@ test("a private channel joined with a subscription token is resubscribed with it
   await kick(c);
   await waitFor(() => connects.length === 1, "the reconnect");
   assert.deepEqual(errors, []);
+  assert.equal(minted, 2);
   const info = await herald.api("GET", `/api/v1/clients/${c.clientId}`);
   assert.deepEqual(info.channels.map((ch) => ch.name ?? ch.channel ?? ch).sort(), ["open-room", "private:room"]);
   await publishHttp("private:room", "secret");
