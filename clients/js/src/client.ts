@@ -173,9 +173,9 @@ export class HeraldClient {
     const added = list.filter((c) => !this.subs.has(c));
     for (const c of added) this.subs.set(c, { token: options.token, confirmed: false });
     const frame: Frame = { op: "subscribe", channels: list };
-    if (options.token !== undefined) frame.token = await tokenOf(options.token);
     let result: SubscribeResult;
     try {
+      if (options.token !== undefined) frame.token = await tokenOf(options.token);
       result = await this.request<SubscribeResult>(frame);
     } catch (e) {
       for (const c of added) if (!this.subs.get(c)?.confirmed) this.subs.delete(c);
