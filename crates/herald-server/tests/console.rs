@@ -156,6 +156,20 @@ async fn the_console_sees_a_client_publishes_to_it_and_kicks_it() {
         result.as_str().unwrap().starts_with("published to news"),
         "{result}"
     );
+    // The rate figure counts it, and the chart is drawn.
+    browser
+        .wait_for(
+            "a publication in the rate figure",
+            "return Number(document.getElementById('stat-publish-rate').textContent) > 0",
+        )
+        .await;
+    let drawn = browser
+        .eval(
+            "const c = document.getElementById('rate-chart');
+             return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v) => v > 0)",
+        )
+        .await;
+    assert_eq!(drawn, true, "the chart has something drawn");
 
     // Kicked from the console: the client is closed, and leaves the list.
     browser
@@ -244,4 +258,135 @@ async fn without_the_right_key_the_console_refuses_and_shows_nothing() {
         .eval("return document.getElementById('refusal').hidden")
         .await;
     assert_eq!(refusal_hidden, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_inspects_a_channel_and_a_client_bans_and_lifts() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let srv = TestServer::start_with(|c| {
+        c.channels.history_size = 10;
+        c.channels.presence = true;
+    })
+    .await;
+    open(&browser, &srv).await;
+    browser.eval(&sign_in(ADMIN_KEY)).await;
+    browser
+        .wait_for(
+            "the live event feed",
+            "return document.getElementById('events-status').textContent === 'live'",
+        )
+        .await;
+    let mut client = srv.client().await;
+    client.subscribe(&["room"]).await.unwrap();
+    let id = client.id().to_string();
+    for n in [1, 2] {
+        srv.admin()
+            .publish(&["room"], json!({ "n": n }))
+            .await
+            .unwrap();
+    }
+
+    // A channel's history and presence.
+    browser
+        .wait_for(
+            "room in the list",
+            "const b = document.querySelector(\"#channels tr[data-channel='room'] button\");
+             if (b) b.click();
+             return !!b",
+        )
+        .await;
+    let history = browser
+        .wait_for(
+            "room's history",
+            "const t = document.getElementById('channel-history').textContent;
+             return t.includes('{\"n\":2}') && t",
+        )
+        .await;
+    assert_eq!(history, "#2 {\"n\":2}\n#1 {\"n\":1}");
+    let presence = browser
+        .wait_for(
+            "room's presence",
+            "return document.getElementById('channel-presence').textContent",
+        )
+        .await;
+    assert_eq!(presence, id.as_str());
+
+    // A client's details.
+    let row = format!("#clients tr[data-client-id='{id}']");
+    browser
+        .wait_for(
+            "the client's details",
+            &format!(
+                "const b = document.querySelector(\"{row} button[aria-label^='Details']\");
+                 if (b) b.click();
+                 return !!b"
+            ),
+        )
+        .await;
+    let details = browser
+        .wait_for(
+            "the details shown",
+            "const t = document.getElementById('client-detail-body').textContent;
+             return t && JSON.parse(t)",
+        )
+        .await;
+    assert_eq!(details["id"], id.as_str());
+    assert_eq!(details["channels"], json!(["room"]));
+
+    // Banned from the console: closed with 4003, the ban listed, new connections refused.
+    browser
+        .eval(&format!(
+            "document.querySelector(\"{row} button[aria-label^='Ban']\").click(); return true;"
+        ))
+        .await;
+    let closed = loop {
+        match client.next_event(WAIT).await.expect("the client is closed") {
+            Event::Closed { code, .. } => break code,
+            Event::Frame(_) | Event::Text(_) => {}
+        }
+    };
+    assert_eq!(closed, 4003);
+    browser
+        .wait_for(
+            "the ban listed and its event",
+            "return !!document.querySelector(\"#bans tr[data-ban='ip:127.0.0.1']\")
+                && !!document.querySelector(\"#events li[data-type='client.banned']\")",
+        )
+        .await;
+    assert!(herald_client::Client::connect(&srv.ws_url()).await.is_err());
+
+    // Lifted from the console: connections are let in again.
+    browser
+        .eval(
+            "document.querySelector(\"#bans tr[data-ban='ip:127.0.0.1'] button\").click();
+             return true;",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the ban gone",
+            "return document.getElementById('ban-result').textContent.startsWith('lifted')
+                && !document.querySelector('#bans tbody tr')",
+        )
+        .await;
+    srv.client().await;
+
+    // The key stays for the tab's session: a reload is still signed in.
+    browser.goto(&format!("{}/console", srv.http())).await;
+    browser
+        .wait_for(
+            "the feed after a reload",
+            "return document.getElementById('events-status').textContent === 'live'",
+        )
+        .await;
+    let log = browser.eval("return window.log").await;
+    assert!(
+        !log.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("csp")),
+        "nothing blocked by the Content-Security-Policy: {log}"
+    );
 }

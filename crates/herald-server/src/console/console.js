@@ -43,6 +43,10 @@ function button(text, label, onClick) {
   return b;
 }
 
+// A blocked load or connection would break the page silently: say so in the log.
+document.addEventListener("securitypolicyviolation", (e) =>
+  note("csp blocked " + e.violatedDirective + " " + e.blockedURI));
+
 class Refused extends Error {}
 
 /** One API call with the key; a 401 or 403 ends the session. */
@@ -220,7 +224,7 @@ async function refreshChannels() {
       const row = el("tr", {},
         el("td", {}, c.name), el("td", {}, c.subscribers),
         el("td", {}, c.persistent ? "yes" : "no"), el("td", {}, c.offset),
-        el("td", {}, button("Inspect", "Inspect channel " + c.name, () => inspectChannel(c.name))));
+        el("td", {}, button("Inspect", "Inspect channel " + c.name, () => inspectChannel(c.name).catch(report))));
       row.dataset.channel = c.name;
       return row;
     }),
