@@ -9,6 +9,7 @@ const STATS_EVERY_MS = 1000;
 const LISTS_EVERY_MS = 2000;
 const CHART_POINTS = 120;
 const MAX_EVENTS = 200;
+const MAX_ROWS = 500; // rows shown per list; a big server has more clients than a page can hold
 
 const $ = (id) => document.getElementById(id);
 // Test and debugging aid: what the page did, newest last (read by the browser tests).
@@ -25,6 +26,7 @@ let socket = null;
 let previous = null; // the last stats answer, with the time it came
 const rates = []; // [publications/s, deliveries/s], oldest first
 let openChannel = null;
+let clientsSoon = null; // a pending client-list refresh asked for by events
 
 /** Builds an element: `el("td", {className: "x"}, "text", child)`. */
 function el(tag, props, ...children) {
@@ -82,6 +84,8 @@ function stop() {
     socket.close();
     socket = null;
   }
+  clearTimeout(clientsSoon);
+  clientsSoon = null;
   previous = null;
   rates.length = 0;
 }
@@ -133,7 +137,9 @@ async function start(candidate) {
 }
 
 function report(e) {
-  if (!(e instanceof Refused)) note("error " + e.message);
+  if (e instanceof Refused) return;
+  note("error " + e.message);
+  $("auth-status").textContent = "Signed in; the last call failed: " + e.message;
 }
 
 // ---- figures and chart ------------------------------------------------------------------
@@ -201,34 +207,34 @@ async function refreshLists() {
   ]).catch(report);
 }
 
-function fill(tableId, rows) {
-  $(tableId).tBodies[0].replaceChildren(...rows);
+/** Shows the first MAX_ROWS of `items` in the table, each as `toRow` makes it. */
+function fill(tableId, items, toRow) {
+  $(tableId).tBodies[0].replaceChildren(...items.slice(0, MAX_ROWS).map(toRow));
+  const more = $(tableId + "-more");
+  if (more) {
+    more.textContent =
+      items.length > MAX_ROWS ? "Showing " + MAX_ROWS + " of " + items.length + "." : "";
+  }
 }
 
 async function refreshNodes() {
   const { nodes } = await api("GET", "/nodes");
-  fill(
-    "nodes",
-    nodes.map((n) =>
-      el("tr", {}, el("td", {}, n.name), el("td", {}, n.connections),
-        el("td", {}, n.subscriptions), el("td", {}, duration(n.uptime_seconds))),
-    ),
-  );
+  fill("nodes", nodes, (n) =>
+    el("tr", {}, el("td", {}, n.name), el("td", {}, n.connections),
+      el("td", {}, n.subscriptions), el("td", {}, duration(n.uptime_seconds))));
 }
 
 async function refreshChannels() {
   const { channels } = await api("GET", "/channels");
-  fill(
-    "channels",
-    channels.map((c) => {
-      const row = el("tr", {},
-        el("td", {}, c.name), el("td", {}, c.subscribers),
-        el("td", {}, c.persistent ? "yes" : "no"), el("td", {}, c.offset),
-        el("td", {}, button("Inspect", "Inspect channel " + c.name, () => inspectChannel(c.name).catch(report))));
-      row.dataset.channel = c.name;
-      return row;
-    }),
-  );
+  fill("channels", channels, (c) => {
+    const row = el("tr", {},
+      el("td", {}, c.name), el("td", {}, c.subscribers),
+      el("td", {}, c.persistent ? "yes" : "no"), el("td", {}, c.offset),
+      el("td", {}, button("Inspect", "Inspect channel " + c.name,
+        () => inspectChannel(c.name).catch(report))));
+    row.dataset.channel = c.name;
+    return row;
+  });
   if (openChannel) inspectChannel(openChannel).catch(report);
 }
 
@@ -256,21 +262,18 @@ function shown(answer, format) {
 
 async function refreshClients() {
   const { clients } = await api("GET", "/clients");
-  fill(
-    "clients",
-    clients.map((c) => {
-      const row = el("tr", {},
-        el("td", { className: "id" }, c.id), el("td", {}, c.dialect), el("td", {}, c.remote),
-        el("td", {}, c.admin ? "yes" : "no"), el("td", {}, c.subscriptions),
-        el("td", {}, c.messages_in + " / " + c.messages_out),
-        el("td", {},
-          button("Details", "Details of client " + c.id, () => clientDetails(c.id).catch(report)),
-          button("Kick", "Kick client " + c.id, () => kick(c.id)),
-          button("Ban", "Ban client " + c.id, () => banClient(c.id))));
-      row.dataset.clientId = c.id;
-      return row;
-    }),
-  );
+  fill("clients", clients, (c) => {
+    const row = el("tr", {},
+      el("td", { className: "id" }, c.id), el("td", {}, c.dialect), el("td", {}, c.remote),
+      el("td", {}, c.admin ? "yes" : "no"), el("td", {}, c.subscriptions),
+      el("td", {}, c.messages_in + " / " + c.messages_out),
+      el("td", {},
+        button("Details", "Details of client " + c.id, () => clientDetails(c.id).catch(report)),
+        button("Kick", "Kick client " + c.id, () => kick(c.id)),
+        button("Ban", "Ban client " + c.id, () => banClient(c.id))));
+    row.dataset.clientId = c.id;
+    return row;
+  });
 }
 
 async function clientDetails(id) {
@@ -304,19 +307,16 @@ function banClient(id) {
 
 async function refreshBans() {
   const { bans } = await api("GET", "/bans");
-  fill(
-    "bans",
-    bans.map((b) => {
-      const row = el("tr", {},
-        el("td", {}, b.id), el("td", {}, b.reason),
-        el("td", {}, b.expires_at_ms ? new Date(b.expires_at_ms).toLocaleString() : "until lifted"),
-        el("td", {}, button("Lift", "Lift ban " + b.id, () =>
-          act("ban-result", "lifted " + b.id, () =>
-            api("DELETE", "/bans/" + encodeURIComponent(b.id))))));
-      row.dataset.ban = b.id;
-      return row;
-    }),
-  );
+  fill("bans", bans, (b) => {
+    const row = el("tr", {},
+      el("td", {}, b.id), el("td", {}, b.reason),
+      el("td", {}, b.expires_at_ms ? new Date(b.expires_at_ms).toLocaleString() : "until lifted"),
+      el("td", {}, button("Lift", "Lift ban " + b.id, () =>
+        act("ban-result", "lifted " + b.id, () =>
+          api("DELETE", "/bans/" + encodeURIComponent(b.id))))));
+    row.dataset.ban = b.id;
+    return row;
+  });
 }
 
 // ---- forms --------------------------------------------------------------------------------
@@ -360,7 +360,11 @@ function connectEvents() {
     } else if (m.op === "event") {
       showEvent(m);
       if (m.type === "client.connected" || m.type === "client.disconnected") {
-        refreshClients().catch(report);
+        // At most one list refresh per half second, however many clients come and go.
+        clientsSoon = clientsSoon || setTimeout(() => {
+          clientsSoon = null;
+          refreshClients().catch(report);
+        }, 500);
       }
     }
   };
