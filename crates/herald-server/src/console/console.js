@@ -181,10 +181,11 @@ function draw() {
   g.font = "11px sans-serif";
   g.fillText(top.toFixed(1) + "/s", 4, 12);
   const step = width / (CHART_POINTS - 1);
-  const colors = ["#1f6feb", "#b35900"];
-  colors.forEach((color, series) => {
+  // Deliveries wide underneath, publications narrow on top: both stay visible when equal.
+  const lines = [[1, "#b35900", 4], [0, "#1f6feb", 1.5]];
+  lines.forEach(([series, color, lineWidth]) => {
     g.strokeStyle = color;
-    g.lineWidth = 2;
+    g.lineWidth = lineWidth;
     g.beginPath();
     rates.forEach((r, i) => {
       const x = (CHART_POINTS - rates.length + i) * step;
