@@ -71,6 +71,15 @@ async fn the_console_is_served_without_a_credential_with_a_strict_policy() {
     assert!(!page.contains("<script>") && !page.contains("<style") && !page.contains("style="));
 }
 
+#[test]
+fn a_dialect_cannot_take_the_console_s_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.dialects.subsocket.prefix = "/console".into();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains("dialects.subsocket.prefix"), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_sees_a_client_publishes_to_it_and_kicks_it() {
     let Some(browser) = Browser::start().await else {
