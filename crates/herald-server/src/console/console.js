@@ -97,8 +97,18 @@ function refuse(code) {
   sessionStorage.removeItem(KEY_ITEM);
   for (const id of ["nodes", "channels", "clients", "bans"]) {
     $(id).tBodies[0].replaceChildren();
+    if ($(id + "-more")) $(id + "-more").textContent = "";
   }
+  for (const figure of $("stats").querySelectorAll("dd")) figure.textContent = "–";
+  for (const id of ["channel-detail", "client-detail"]) $(id).hidden = true;
+  for (const id of ["channel-history", "channel-presence", "client-detail-body",
+    "publish-result", "client-result", "ban-result"]) {
+    $(id).textContent = "";
+  }
+  openChannel = null;
   $("events").replaceChildren();
+  const canvas = $("rate-chart");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
   $("console").hidden = true;
   $("logout-button").hidden = true;
   $("login-form").hidden = false;
