@@ -771,7 +771,7 @@ impl DialectMount {
                 "must look like \"/name\" (leading slash, no trailing slash) or be empty",
             );
         }
-        if ["/api", "/ws", "/healthz"]
+        if ["/api", "/ws", "/healthz", "/console"]
             .iter()
             .any(|p| self.prefix == *p)
         {

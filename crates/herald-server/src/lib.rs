@@ -3,6 +3,7 @@
 //! - [`server`]: builds the hub from the [`config::Config`], binds the listeners, runs the
 //!   accept loop (hyper HTTP/1.1 with upgrades), the keep-alive pinger and graceful shutdown.
 //! - [`http`]: the HTTP API under `/api/v1` (axum), `/healthz`, the OpenAPI document.
+//! - [`console`]: the embedded web admin console at `/console`.
 //! - [`transport`]: the WebSocket transport (handshake, per-connection task) and the HTTP
 //!   ones (SSE, streaming, long-polling), for any dialect.
 //! - [`dialects`]: each protocol in one home (sessions, routes, mount), and their table.
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod auth_hook;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod dialects;
 pub mod error;
 pub mod history_store;

@@ -1,5 +1,5 @@
 //! The HTTP side of the main listener: the API under `/api/v1`, `/healthz`, the OpenAPI
-//! document, around the dialects' routes; and what every dialect's own listener has
+//! document, the admin console (`crate::console`), around the dialects' routes; and what every dialect's own listener has
 //! (`/healthz`, the JSON 404).
 
 mod auth;
@@ -66,7 +66,7 @@ pub fn any_path_listener(upgrade: MethodRouter<Arc<AppState>>, state: Arc<AppSta
         .with_state(state)
 }
 
-/// The main listener: the API, `/healthz`, and `dialects` (the dialects' routes, mounted
+/// The main listener: the API, `/healthz`, the console, and `dialects` (the dialects' routes, mounted
 /// where their configuration says).
 pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
@@ -112,6 +112,7 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi_json));
     dialects
         .nest("/api/v1", api)
+        .merge(crate::console::routes())
         .route("/healthz", get(routes::healthz))
         .route("/metrics", get(metrics::with_key))
         .fallback(routes::not_found)
