@@ -771,10 +771,10 @@ impl DialectMount {
                 "must look like \"/name\" (leading slash, no trailing slash) or be empty",
             );
         }
-        if ["/api", "/ws", "/healthz", "/console"]
-            .iter()
-            .any(|p| self.prefix == *p)
-        {
+        let own = [
+            "/api", "/ws", "/healthz", "/console", "/metrics", "/sse", "/stream", "/poll",
+        ];
+        if own.iter().any(|p| self.prefix == *p) {
             return bad("prefix", "clashes with one of Herald's own routes");
         }
         if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
