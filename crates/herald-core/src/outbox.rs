@@ -93,6 +93,23 @@ impl Outbox {
         Push::Queued
     }
 
+    /// Queues `frame` ahead of everything queued (a greeting that must be the first frame the
+    /// client reads, built after what it announces was done).
+    pub fn push_front(&self, frame: Bytes) -> Push {
+        let mut st = self.state.lock();
+        if st.closing.is_some() {
+            return Push::Closed;
+        }
+        let was_empty = st.frames.is_empty();
+        st.bytes += frame.len();
+        st.frames.push_front(frame);
+        drop(st);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Push::Queued
+    }
+
     /// Asks the writer to close the connection. The first request wins; returns whether this
     /// one did. Slow consumers lose what was queued (it is what they could not take); other
     /// closes first flush what is queued, so e.g. an `unsubscribed` notice precedes a kick.
@@ -239,5 +256,15 @@ mod tests {
         assert_eq!(ob.drain(&mut out, 1024).since, None);
         // Reported once: an empty drain has none.
         assert_eq!(ob.drain(&mut out, 1024).since, None);
+    }
+
+    #[test]
+    fn a_frame_pushed_in_front_is_read_first() {
+        let ob = Outbox::new();
+        let mut out = Vec::new();
+        ob.push(Bytes::from_static(b"message"), 1024);
+        ob.push_front(Bytes::from_static(b"welcome;"));
+        ob.drain(&mut out, 1024);
+        assert_eq!(out, b"welcome;message");
     }
 }

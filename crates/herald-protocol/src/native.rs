@@ -488,6 +488,42 @@ pub fn welcome(
     })
 }
 
+/// The welcome of a connection that named channels in its URL (`/ws?channels=a,b`): the
+/// channels it was subscribed to, and why each other one was refused.
+pub fn welcome_subscribed(
+    client: ClientId,
+    ping_interval_ms: u64,
+    max_message_bytes: usize,
+    max_payload_bytes: usize,
+    subscribed: &[ChannelName],
+    errors: &[(ChannelName, HeraldError)],
+) -> Bytes {
+    let errors: serde_json::Map<String, serde_json::Value> = errors
+        .iter()
+        .map(|(c, e)| {
+            let error = serde_json::json!({"code": e.code.as_str(), "message": e.message});
+            (c.to_string(), error)
+        })
+        .collect();
+    let mut value = serde_json::json!({
+        "op": "welcome",
+        "client": client.to_string(),
+        "server": "herald",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": 1,
+        "ping_interval_ms": ping_interval_ms,
+        "max_message_bytes": max_message_bytes,
+        "max_payload_bytes": max_payload_bytes,
+        "subscribed": subscribed,
+    });
+    if !errors.is_empty() {
+        value["errors"] = serde_json::Value::Object(errors);
+    }
+    text_frame(256, |b| {
+        serde_json::to_writer(&mut *b, &value).expect("a JSON value serializes");
+    })
+}
+
 /// A success reply, only for requests that carried an `id`.
 pub fn reply_ok(id: &RawValue, result: &impl serde::Serialize) -> Bytes {
     text_frame(64, |b| {

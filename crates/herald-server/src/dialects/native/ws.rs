@@ -10,7 +10,7 @@ use herald_core::client::{Disconnect, DisconnectReason, close_code};
 use herald_core::history::Replay;
 use herald_core::hub::{HistoryQuery, PublishRequest};
 use herald_core::stats::Stats;
-use herald_core::{Actor, ClientHandle, ErrorCode, HeraldError, WireFormat};
+use herald_core::{Actor, ChannelName, ClientHandle, ErrorCode, HeraldError, WireFormat};
 use herald_protocol::native::{self, NATIVE_WS, Op, Recipient};
 use serde_json::json;
 
@@ -19,8 +19,44 @@ use crate::state::AppState;
 use crate::transport::ws::{Dialect, DialectSession};
 
 /// Herald's own protocol at `/ws`.
+/// A native connection: the channels its URL named (`/ws?channels=a,b`), subscribed before
+/// its welcome.
 #[derive(Default)]
-pub struct Native;
+pub struct Native {
+    channels: Vec<ChannelName>,
+}
+
+/// The channels of `?channels=a,b` (comma-separated, each percent-encoded): 400 before the
+/// upgrade for an empty or invalid name, or more than `limits.max_channels_per_request`.
+fn url_channels(uri: &axum::http::Uri, max: usize) -> Result<Vec<ChannelName>, HeraldError> {
+    let Some(query) = uri.query() else {
+        return Ok(Vec::new());
+    };
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if key != "channels" {
+            continue;
+        }
+        for name in value.split(',') {
+            if name.is_empty() {
+                return Err(HeraldError::bad_request(
+                    "channels: an empty channel name (channels=a,b)",
+                ));
+            }
+            let channel = ChannelName::parse(name)?;
+            if !channels.contains(&channel) {
+                channels.push(channel);
+            }
+        }
+    }
+    if channels.len() > max {
+        return Err(HeraldError::new(
+            ErrorCode::TooMany,
+            format!("channels: at most {max} (limits.max_channels_per_request)"),
+        ));
+    }
+    Ok(channels)
+}
 
 /// `GET /ws`: the native protocol. With `[auth_hook]` on, a handshake without a credential
 /// Herald knows waits for the app backend's answer before it is upgraded or refused.
@@ -30,17 +66,22 @@ pub async fn upgrade(
     req: axum::extract::Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let max = state.config.limits.max_channels_per_request;
+    let native = match url_channels(req.uri(), max) {
+        Ok(channels) => Native { channels },
+        Err(e) => return crate::error::ApiError(e).into_response(),
+    };
     if !state.auth_hook.enabled() {
-        return crate::transport::ws::upgrade_to(Native, state, remote, req);
+        return crate::transport::ws::upgrade_to(native, state, remote, req);
     }
     if let Err(refusal) = crate::limits::check_attempt(state.guard(), remote.ip(), req.headers()) {
         return refusal.into_response();
     }
     let identity =
-        crate::admission::hook_admit(&state, remote, req.headers(), req.uri(), Native.name()).await;
+        crate::admission::hook_admit(&state, remote, req.headers(), req.uri(), native.name()).await;
     match identity {
         Ok(identity) => {
-            crate::transport::ws::upgrade_admitted(Native, state, remote, req, identity)
+            crate::transport::ws::upgrade_admitted(native, state, remote, req, identity)
         }
         Err(e) => crate::error::ApiError(e).into_response(),
     }
@@ -65,7 +106,14 @@ impl Dialect for Native {
         Some(native::reply_error(None, error))
     }
 
+    fn greets_late(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
     fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes> {
+        if self.greets_late() {
+            return None; // After the URL's subscriptions (`Session::on_open`).
+        }
         let config = &state.config;
         Some(native::welcome(
             client.id,
@@ -80,11 +128,51 @@ impl Dialect for Native {
         state: &'a Arc<AppState>,
         client: &'a Arc<ClientHandle>,
     ) -> Session<'a> {
-        Session::new(state, client)
+        let mut session = Session::new(state, client);
+        session.url_channels = &self.channels;
+        session
     }
 }
 
 impl DialectSession for Session<'_> {
+    /// Subscribes the URL's channels, each with exactly the checks of a `subscribe` request
+    /// (without a channel token), then greets with the outcome.
+    async fn on_open(&mut self) -> Option<Bytes> {
+        let hub = &self.state.hub;
+        let mut subscribed = Vec::new();
+        let mut errors = Vec::new();
+        for channel in self.url_channels {
+            let one = std::slice::from_ref(channel);
+            // As a `subscribe` request: the app backend first when it is asked about
+            // subscriptions (then on its authority), else the client itself.
+            let hooked = self.state.auth_hook.asks(HookEvent::Subscribe, self.client);
+            let (asked, actor) = if hooked {
+                let hook = &self.state.auth_hook;
+                let answer = hook.authorize(HookEvent::Subscribe, self.client, one).await;
+                (answer, Actor::Issuer)
+            } else {
+                (Ok(()), self.actor.clone())
+            };
+            match asked.and_then(|()| hub.subscribe(&actor, self.client, one, None)) {
+                Ok(_) => subscribed.push(channel.clone()),
+                Err(e) => errors.push((channel.clone(), e)),
+            }
+        }
+        // In a cluster: greet once every node's publications reach this one.
+        if let Err(e) = hub.broker_ready(&subscribed).await {
+            errors.extend(subscribed.drain(..).map(|c| (c, e.clone())));
+        }
+        let config = &self.state.config;
+        Some(native::welcome_subscribed(
+            self.client.id,
+            config.websocket.ping_interval_secs * 1000,
+            config.websocket.max_message_bytes,
+            config.limits.max_payload_bytes,
+            &subscribed,
+            &errors,
+        ))
+    }
+
     async fn on_text(&mut self, text: Bytes) -> Option<Bytes> {
         self.handle_text(text).await
     }
@@ -119,6 +207,8 @@ pub struct Session<'a> {
     actor: Actor,
     /// The `limits.max_connections_per_user` slot taken when `auth` named the user.
     user_slot: std::sync::OnceLock<crate::limits::Slot>,
+    /// The channels the URL named, subscribed at open.
+    url_channels: &'a [ChannelName],
 }
 
 impl<'a> Session<'a> {
@@ -128,6 +218,7 @@ impl<'a> Session<'a> {
             client,
             actor: Actor::Client(client.clone()),
             user_slot: std::sync::OnceLock::new(),
+            url_channels: &[],
         }
     }
 

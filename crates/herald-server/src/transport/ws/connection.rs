@@ -63,6 +63,12 @@ pub async fn run<D: Dialect, T: Transport>(
         rate: Default::default(),
         linger_until: None,
     };
+    if dialect.greets_late() {
+        // Boxed: a rare path, which would otherwise size every connection's task.
+        if let Some(greeting) = Box::pin(conn.session.on_open()).await {
+            push_greeting(&client, greeting);
+        }
+    }
     let reason = conn.serve().await;
     conn.session.on_close().await;
     state.hub.disconnect(&client, reason);
@@ -92,10 +98,11 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
             ban.message(),
         ));
     }
+    let applied = crate::admission::apply_identity(state, &client, &identity);
     if let Some(greeting) = dialect.greeting(state, &client) {
-        state.hub.registry().push_or_close(&client, greeting);
+        push_greeting(&client, greeting);
     }
-    if let Err(e) = crate::admission::apply_identity(state, &client, &identity) {
+    if let Err(e) = applied {
         // The greeting is out: tell the client why its token's channels were refused.
         tracing::debug!(client = %client.id, error = %e.message, "connect-time subscription refused");
         if let Some(frame) = dialect.error_frame(&e) {
@@ -103,6 +110,12 @@ fn open<D: Dialect>(dialect: &D, state: &AppState, admission: Admission) -> Arc<
         }
     }
     client
+}
+
+/// Queues the greeting ahead of anything the subscriptions made before it already queued
+/// (dropped if the connection is already closing).
+fn push_greeting(client: &ClientHandle, greeting: Bytes) {
+    let _ = client.outbox.push_front(greeting);
 }
 
 struct Connection<'a, S, T> {

@@ -40,6 +40,11 @@ pub trait Dialect: Send + Sync + 'static {
     }
     /// A frame to queue right after the handshake, if the protocol has one.
     fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes>;
+    /// Whether the greeting comes from [`DialectSession::on_open`] instead (it reports on
+    /// requests carried out first, e.g. subscriptions named in the URL).
+    fn greets_late(&self) -> bool {
+        false
+    }
     /// The per-connection state.
     fn session<'a>(
         &'a self,
@@ -58,6 +63,11 @@ pub trait DialectSession {
     /// client so, if the protocol has one.
     fn on_dropped(&mut self, _message: &[u8], _error: &HeraldError) -> Option<Bytes> {
         None
+    }
+    /// Before anything else, when the dialect [`greets_late`](Dialect::greets_late): carries
+    /// out what the handshake asked and returns the greeting, queued ahead of everything.
+    fn on_open(&mut self) -> impl Future<Output = Option<Bytes>> + Send {
+        async { None }
     }
     /// The connection is ending; its subscriptions are still in place.
     fn on_close(&mut self) -> impl Future<Output = ()> + Send {
