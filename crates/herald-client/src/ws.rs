@@ -292,6 +292,28 @@ impl Client {
         Self::connect_with_headers(url, &[]).await
     }
 
+    /// Connects subscribed to `channels` in one round trip (`/ws?channels=a,b`: the server
+    /// subscribes before its welcome). Fails, naming the channel and the server's error, if
+    /// any was refused.
+    pub async fn connect_subscribed(url: &str, channels: &[&str]) -> anyhow::Result<Client> {
+        let list: Vec<String> = channels
+            .iter()
+            .map(|c| form_urlencoded::byte_serialize(c.as_bytes()).collect())
+            .collect();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let url = format!("{url}{separator}channels={}", list.join(","));
+        let client = Self::connect(&url).await?;
+        if let Some((channel, error)) = client
+            .welcome()
+            .get("errors")
+            .and_then(Value::as_object)
+            .and_then(|errors| errors.iter().next())
+        {
+            anyhow::bail!("subscribing to {channel} was refused: {error}");
+        }
+        Ok(client)
+    }
+
     /// Like [`Client::connect`], with extra HTTP headers on the upgrade request (e.g.
     /// `("authorization", "Bearer ...")`, `("origin", ...)`). `Host`, `Upgrade`, `Connection`
     /// and the `Sec-WebSocket-Key`/`-Version` headers cannot be overridden.

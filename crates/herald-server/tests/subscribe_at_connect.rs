@@ -122,3 +122,32 @@ async fn jwt_channels_and_url_channels_together_and_a_banned_user_refused() {
         RawPeer::handshake_status(srv.addr(), &format!("/ws?channels=news&token={bob}"), "").await;
     assert!(status.contains("403"), "{status}");
 }
+
+/// The Rust client subscribes in the URL when it is given channels up front, and says which
+/// channel was refused and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_connects_subscribed() {
+    let srv = TestServer::start().await;
+    let mut client = herald_client::Client::connect_subscribed(&srv.ws_url(), &["news", "chat:a"])
+        .await
+        .unwrap();
+    assert_eq!(client.welcome()["subscribed"], json!(["news", "chat:a"]));
+    srv.admin().publish(&["chat:a"], json!("hi")).await.unwrap();
+    let message = client.next_op("message", common::WAIT).await.unwrap();
+    assert_eq!(message["data"], "hi");
+
+    srv.admin()
+        .request_ok(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!({"name": "locked", "public": false})),
+        )
+        .await
+        .unwrap();
+    let refused = herald_client::Client::connect_subscribed(&srv.ws_url(), &["news", "locked"])
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("locked"), "{refused}");
+    assert!(refused.to_string().contains("forbidden"), "{refused}");
+}

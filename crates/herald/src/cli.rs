@@ -326,12 +326,21 @@ async fn publish(args: PubArgs) -> anyhow::Result<()> {
 }
 
 async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
-    let mut client = Client::connect(&args.url).await?;
-    let mut req = serde_json::json!({"op": "subscribe", "channels": args.channels});
-    if let Some(token) = &args.token {
-        req["token"] = serde_json::Value::String(token.clone());
-    }
-    client.request_ok(req).await?;
+    let mut client = match &args.token {
+        // A channel token goes in a subscribe request; otherwise subscribe in the URL (one
+        // round trip).
+        Some(token) => {
+            let mut client = Client::connect(&args.url).await?;
+            let req =
+                serde_json::json!({"op": "subscribe", "channels": args.channels, "token": token});
+            client.request_ok(req).await?;
+            client
+        }
+        None => {
+            let channels: Vec<&str> = args.channels.iter().map(String::as_str).collect();
+            Client::connect_subscribed(&args.url, &channels).await?
+        }
+    };
     eprintln!(
         "subscribed to {} as {}",
         args.channels.join(", "),
