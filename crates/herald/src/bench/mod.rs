@@ -155,6 +155,10 @@ pub struct BenchArgs {
     /// port); fanout, idle and connect.
     #[arg(long, value_enum, default_value = "ws")]
     pub transport: Transport,
+    /// Subscribe in the WebSocket URL (`/ws?channels=<channel>`: subscribed by the welcome)
+    /// instead of with a subscribe request after it.
+    #[arg(long)]
+    pub subscribe_in_url: bool,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -261,7 +265,14 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .admin_key
         .as_deref()
         .map(|key| Api::new(&api_base, Some(key)));
-    let builder = ws_builder(&args, &args.url)?;
+    let ws_url = if args.subscribe_in_url {
+        let channel: String = form_urlencoded::byte_serialize(args.channel.as_bytes()).collect();
+        let separator = if args.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}channels={channel}", args.url)
+    } else {
+        args.url.clone()
+    };
+    let builder = ws_builder(&args, &ws_url)?;
     let mut others = Vec::new();
     for url in &args.node_urls {
         let addr = herald_client::ws::resolve_ws_url(url).await?;
@@ -287,6 +298,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         subscribe_frame: json!({"op": "subscribe", "channels": [args.channel], "id": 1})
             .to_string(),
         sse_request: (args.transport == Transport::Sse).then(|| sse_request(&args, addr)),
+        subscribe_in_url: args.subscribe_in_url,
         concurrency: args.concurrency,
         others,
     });
@@ -683,6 +695,7 @@ async fn idle(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_deadl
 /// connect: connection + subscribe rate.
 async fn connect(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_deadline: Instant) {
     let cpu0 = ctx.probe.cpu_seconds().await;
+    let split0 = ctx.probe.cpu_split();
     let t0 = Instant::now();
     connect_phase(ctx, tasks, report, run_deadline).await;
     let wall = t0.elapsed().as_secs_f64();
@@ -694,6 +707,16 @@ async fn connect(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_de
         if wall > 0.0 {
             report.set("server_cpu_pct", round(cpu / wall * 100.0, 1));
         }
+    }
+    // Per connection, split user / system (needs --server-pid).
+    let subscribed = ctx.shared.subscribed.load(Relaxed) as f64;
+    if let (Some((u0, s0)), Some((u1, s1))) = (split0, ctx.probe.cpu_split())
+        && subscribed > 0.0
+    {
+        let per = |a: f64, b: f64| round((b - a).max(0.0) * 1e6 / subscribed, 1);
+        report.set("server_cpu_us_per_conn", per(u0 + s0, u1 + s1));
+        report.set("server_user_us_per_conn", per(u0, u1));
+        report.set("server_sys_us_per_conn", per(s0, s1));
     }
 }
 

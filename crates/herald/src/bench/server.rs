@@ -8,6 +8,11 @@ use serde_json::Value;
 
 /// CPU seconds (user + system) of `/proc/<pid>/stat` (`pid` may be `"self"`).
 pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
+    proc_cpu_split(pid).map(|(user, sys)| user + sys)
+}
+
+/// User and system CPU seconds of `/proc/<pid>/stat` (utime, stime).
+pub fn proc_cpu_split(pid: &str) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the ")" that ends the command name; utime and stime are fields 14 and 15
     // of the whole line, i.e. indexes 11 and 12 after the name.
@@ -15,7 +20,8 @@ pub fn proc_cpu_seconds(pid: &str) -> Option<f64> {
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) as f64 / herald_client::os::clock_ticks_per_second() as f64)
+    let hz = herald_client::os::clock_ticks_per_second() as f64;
+    Some((utime as f64 / hz, stime as f64 / hz))
 }
 
 /// `VmRSS` of `/proc/<pid>/status` in kB (`pid` may be `"self"`).
@@ -48,6 +54,11 @@ impl ServerProbe {
             "cpu",
             &[("_us", 1e-6), ("_ms", 1e-3), ("seconds", 1.0), ("_s", 1.0)],
         )
+    }
+
+    /// Server user and system CPU seconds so far (needs the PID).
+    pub fn cpu_split(&self) -> Option<(f64, f64)> {
+        proc_cpu_split(&self.pid?.to_string())
     }
 
     /// Server RSS in kB: from `/proc` with a PID, else from a stats field whose name mentions

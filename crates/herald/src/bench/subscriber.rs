@@ -36,6 +36,8 @@ pub struct Target {
     pub subscribe_frame: String,
     /// Subscribe over Server-Sent Events with this request instead of a WebSocket.
     pub sse_request: Option<String>,
+    /// The WebSocket URL subscribes (`?channels=`): the welcome says so, no request follows.
+    pub subscribe_in_url: bool,
     /// Concurrent handshakes allowed.
     pub concurrency: usize,
     /// More nodes of a cluster (`--node-url`): connection `i` goes to node `i % (1 + len)`,
@@ -149,6 +151,13 @@ async fn handshake(
         return Err(format!("expected welcome, got {welcome:.200}"));
     }
     shared.connected.fetch_add(1, Relaxed);
+    if target.subscribe_in_url {
+        if !welcome.contains("\"subscribed\":[\"") {
+            return Err(format!("the welcome subscribed nothing: {welcome:.200}"));
+        }
+        ws.get_mut().set_tolerant(true);
+        return Ok(ws);
+    }
     ws.send(Message::text(target.subscribe_frame.clone()))
         .await
         .map_err(|e| format!("send subscribe: {e}"))?;
