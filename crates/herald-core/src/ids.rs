@@ -10,8 +10,11 @@ use crate::error::{ErrorCode, HeraldError};
 pub struct ClientId(uuid::Uuid);
 
 impl ClientId {
+    /// A fresh random (v4) id, from the thread's CSPRNG (seeded from the OS once per
+    /// thread, reseeded as it goes): no `getrandom` system call per connection.
     pub fn random() -> Self {
-        ClientId(uuid::Uuid::new_v4())
+        let bytes: [u8; 16] = rand::random();
+        ClientId(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
     /// Parses a client id as sent by a user, with an `invalid_client_id` error otherwise.
@@ -81,6 +84,16 @@ mod tests {
         assert_eq!(ClientId::parse(&id.to_string()).unwrap(), id);
         let err = ClientId::parse("not-a-uuid").unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidClientId);
+    }
+
+    #[test]
+    fn random_ids_are_version_4_and_distinct() {
+        let ids: std::collections::HashSet<ClientId> =
+            (0..1000).map(|_| ClientId::random()).collect();
+        assert_eq!(ids.len(), 1000);
+        let one = ids.iter().next().unwrap();
+        assert_eq!(one.0.get_version_num(), 4);
+        assert_eq!(one.0.get_variant(), uuid::Variant::RFC4122);
     }
 
     #[test]
