@@ -348,6 +348,20 @@ impl Metrics {
         n.is_multiple_of(SAMPLE_EVERY)
     }
 
+    /// A connection wrote `bytes`; `since` is when the first publication of the batch was
+    /// fanned out. `writes` is the connection's count of publication-led writes, of which one
+    /// in [`SAMPLE_EVERY`] is timed.
+    pub fn written(&self, writes: &mut u32, bytes: usize, since: Option<std::time::Instant>) {
+        self.bytes_written.increment(bytes as u64);
+        if let Some(t) = since {
+            let timed = Self::sampled(*writes);
+            *writes = writes.wrapping_add(1);
+            if timed {
+                self.publish_to_write.record(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+
     /// The Prometheus text exposition of `stats`, the connections by transport and, on a
     /// cluster, the broker's health.
     pub fn render(

@@ -300,17 +300,7 @@ impl Feed {
 
     /// Counts a write of `bytes`, and the publish-to-write time of its first publication.
     fn written(&mut self, bytes: usize, since: Option<std::time::Instant>) {
-        let metrics = &self.state.metrics;
-        metrics.bytes_written.increment(bytes as u64);
-        if let Some(t) = since {
-            // One publication-led write in `SAMPLE_EVERY` is timed.
-            let timed = crate::metrics::Metrics::sampled(self.writes);
-            self.writes = self.writes.wrapping_add(1);
-            if !timed {
-                return;
-            }
-            metrics.publish_to_write.record(t.elapsed().as_secs_f64());
-        }
+        self.state.metrics.written(&mut self.writes, bytes, since);
     }
 
     /// A closed client's last records (to frame): `batch`, what the outbox still holds (a
