@@ -141,9 +141,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let main_router = Served {
         router: crate::http::router(crate::dialects::main_routes(&state.config), state.clone()),
-        streams: Arc::new(crate::transport::direct::StreamPaths::new(
-            crate::dialects::main_stream_paths(&state.config),
-        )),
+        streams: Arc::new(
+            crate::transport::direct::StreamPaths::new(crate::dialects::main_stream_paths(
+                &state.config,
+            ))
+            .with_upgrades(["/ws".to_string()]),
+        ),
     };
     let mut tasks = vec![
         tokio::spawn(accept_loop(
@@ -325,6 +328,16 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 drop(state);
                 let cutoff = crate::transport::Cutoff::default();
                 direct::serve(io, fd, *req, served.router, remote, cutoff).await;
+                return;
+            }
+            Opening::Upgrade(req, rest) => {
+                drop(state);
+                // Plain TCP only: a TLS connection's upgrade goes through hyper as before.
+                let io: Box<dyn std::any::Any + Send> = Box::new(io);
+                match io.downcast::<TcpStream>() {
+                    Ok(tcp) => direct::upgrade(*tcp, fd, *req, rest, served.router, remote).await,
+                    Err(_) => tracing::error!("an upgrade served directly on a TLS stream"),
+                }
                 return;
             }
             Opening::Other(bytes) => bytes,

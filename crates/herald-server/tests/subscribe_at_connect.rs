@@ -152,3 +152,30 @@ async fn the_rust_client_connects_subscribed() {
     assert!(refused.to_string().contains("locked"), "{refused}");
     assert!(refused.to_string().contains("forbidden"), "{refused}");
 }
+
+/// On plain TCP the 101 answer and the welcome leave in one write: the client's first read
+/// holds both (and, in the URL form, the subscription too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_101_and_the_welcome_arrive_together() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await;
+    let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let req = "GET /ws?channels=news HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(common::WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]);
+    assert!(first.starts_with("HTTP/1.1 101"), "{first}");
+    assert!(
+        first.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the accept key: {first}"
+    );
+    assert!(
+        first.contains(r#""op":"welcome""#),
+        "one read, both: {first}"
+    );
+    assert!(first.contains(r#""subscribed":["news"]"#), "{first}");
+}

@@ -33,18 +33,30 @@ const FIRST_READ: usize = 4096;
 /// Most headers a streaming request may carry.
 const MAX_HEADERS: usize = 48;
 
-/// The paths of a listener whose requests are streams: an entry ending in `/` matches every
-/// path under it, any other exactly.
+/// The paths of a listener served here: those whose requests are streams (an entry ending in
+/// `/` matches every path under it, any other exactly), and the WebSocket upgrade paths
+/// (exact) whose 101 this module writes with the greeting.
 #[derive(Clone, Debug, Default)]
-pub struct StreamPaths(Vec<String>);
+pub struct StreamPaths(Vec<String>, Vec<String>);
 
 impl StreamPaths {
     pub fn new(paths: impl IntoIterator<Item = String>) -> StreamPaths {
-        StreamPaths(paths.into_iter().collect())
+        StreamPaths(paths.into_iter().collect(), Vec::new())
+    }
+
+    /// With these WebSocket upgrade paths too.
+    pub fn with_upgrades(mut self, paths: impl IntoIterator<Item = String>) -> StreamPaths {
+        self.1 = paths.into_iter().collect();
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
+    }
+
+    /// Whether `path` is an upgrade path served here.
+    pub fn upgrades(&self, path: &str) -> bool {
+        self.1.iter().any(|p| p == path)
     }
 
     pub fn matches(&self, path: &str) -> bool {
@@ -62,6 +74,9 @@ impl StreamPaths {
 pub enum Opening {
     /// A streaming request, to [`serve`].
     Stream(Box<Request<Body>>),
+    /// A WebSocket upgrade of one of the listener's upgrade paths (and what the client sent
+    /// after the request, already read), to [`upgrade`].
+    Upgrade(Box<Request<Body>>, Bytes),
     /// Anything else: the bytes read so far, for hyper.
     Other(Bytes),
     /// Nothing within the time allowed, or the peer went.
@@ -69,19 +84,112 @@ pub enum Opening {
 }
 
 /// Reads the connection's first bytes (within `timeout`) and sorts the request.
-pub async fn open<I: AsyncRead + Unpin>(
+pub async fn open<I: AsyncRead + Unpin + 'static>(
     io: &mut I,
     paths: &StreamPaths,
     timeout: Duration,
 ) -> Opening {
+    // Upgrades are served here on plain TCP only (a TLS connection's go through hyper).
+    let plain = std::any::TypeId::of::<I>() == std::any::TypeId::of::<tokio::net::TcpStream>();
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     match tokio::time::timeout(timeout, io.read_buf(&mut buf)).await {
         Ok(Ok(n)) if n > 0 => {}
         _ => return Opening::Closed,
     }
-    match stream_request(&buf, paths) {
-        Some(req) => Opening::Stream(Box::new(req)),
+    if let Some(req) = stream_request(&buf, paths) {
+        return Opening::Stream(Box::new(req));
+    }
+    match upgrade_request(&buf, paths).filter(|_| plain) {
+        Some((req, len)) => {
+            let rest = buf.split_off(len).freeze();
+            Opening::Upgrade(Box::new(req), rest)
+        }
         None => Opening::Other(buf.freeze()),
+    }
+}
+
+/// The WebSocket upgrade in `bytes` (a whole bodiless GET with `Upgrade: websocket` for one
+/// of `paths`' upgrade paths), and the length of its head.
+fn upgrade_request(bytes: &[u8], paths: &StreamPaths) -> Option<(Request<Body>, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(len) = parsed.parse(bytes).ok()? else {
+        return None;
+    };
+    let path = parsed.path?;
+    if parsed.method? != "GET" || parsed.version? != 1 {
+        return None;
+    }
+    if !paths.upgrades(path.split('?').next().unwrap_or(path)) {
+        return None;
+    }
+    let mut req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .version(Version::HTTP_11);
+    let mut websocket = false;
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return None;
+        }
+        if h.name.eq_ignore_ascii_case("upgrade") {
+            websocket |= std::str::from_utf8(h.value)
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        }
+        req = req.header(h.name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    if !websocket {
+        return None;
+    }
+    Some((req.body(Body::empty()).ok()?, len))
+}
+
+/// Spawns a WebSocket connection's task on a plain TCP socket: the socket, what the client
+/// sent after its request, and the 101 answer to write first.
+pub type Starter = Box<dyn FnOnce(tokio::net::TcpStream, Bytes, Bytes) + Send>;
+
+/// Put in an upgrade request served here: the upgrade handler hands over how to start the
+/// connection instead of waiting for hyper's upgrade.
+#[derive(Clone, Default)]
+pub struct DirectUpgrade(Arc<parking_lot::Mutex<Option<Starter>>>);
+
+impl DirectUpgrade {
+    pub fn hand_over(&self, starter: Starter) {
+        *self.0.lock() = Some(starter);
+    }
+
+    fn take(&self) -> Option<Starter> {
+        self.0.lock().take()
+    }
+}
+
+/// Serves a WebSocket upgrade on a plain TCP connection itself: the router judges it as
+/// any handshake; a 101 starts the connection's task here, whose first write carries the
+/// 101 and the greeting together; a refusal is written and the connection closed.
+pub async fn upgrade(
+    stream: tokio::net::TcpStream,
+    fd: std::os::fd::RawFd,
+    mut req: Request<Body>,
+    rest: Bytes,
+    router: axum::Router,
+    remote: SocketAddr,
+) {
+    let slot = DirectUpgrade::default();
+    req.extensions_mut().insert(ConnectInfo(remote));
+    req.extensions_mut().insert(Cutoff::default());
+    req.extensions_mut().insert(slot.clone());
+    let Ok(resp) = router.oneshot(req).await;
+    match slot.take() {
+        Some(start) if resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS => {
+            let head = response_head(&resp, Version::HTTP_11, false, None);
+            drop(resp);
+            // A task of its own, so this (larger) one ends and holds nothing for the
+            // connection's life.
+            start(stream, rest, Bytes::from(head));
+        }
+        _ => write_response(stream, fd, resp, Version::HTTP_11, Cutoff::default()).await,
     }
 }
 
@@ -132,23 +240,29 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     req.extensions_mut().insert(ConnectInfo(remote));
     req.extensions_mut().insert(cutoff.clone());
     let Ok(resp) = router.oneshot(req).await;
-    let (parts, mut body) = resp.into_parts();
-    let chunked =
-        version == Version::HTTP_11 && !parts.headers.contains_key(header::CONTENT_LENGTH);
-    let length = (!chunked)
-        .then(|| http_body::Body::size_hint(&body).exact())
-        .flatten();
-    let mut head = Vec::with_capacity(512);
+    write_response(io, fd, resp, version, cutoff).await;
+}
+
+/// A response's head as HTTP/1 writes it (with `transfer-encoding: chunked` when `chunked`,
+/// else the body's `length` if known).
+fn response_head(
+    resp: &axum::response::Response,
+    version: Version,
+    chunked: bool,
+    length: Option<u64>,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
     head.extend_from_slice(if version == Version::HTTP_10 {
         b"HTTP/1.0 "
     } else {
         b"HTTP/1.1 "
     });
-    head.extend_from_slice(parts.status.as_str().as_bytes());
+    let status = resp.status();
+    head.extend_from_slice(status.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in resp.headers() {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -156,10 +270,33 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
     }
     if chunked {
         head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if let Some(n) = length.filter(|_| !parts.headers.contains_key(header::CONTENT_LENGTH)) {
+    } else if let Some(n) = length.filter(|_| !resp.headers().contains_key(header::CONTENT_LENGTH))
+    {
         head.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
+    if status != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Writes `resp` on the connection (a client's stream by its feed, anything else chunk by
+/// chunk), then closes it.
+async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
+    io: I,
+    fd: std::os::fd::RawFd,
+    resp: axum::response::Response,
+    version: Version,
+    cutoff: Cutoff,
+) {
+    let chunked =
+        version == Version::HTTP_11 && !resp.headers().contains_key(header::CONTENT_LENGTH);
+    let length = (!chunked)
+        .then(|| http_body::Body::size_hint(resp.body()).exact())
+        .flatten();
+    let head = response_head(&resp, version, chunked, length);
+    let (parts, mut body) = resp.into_parts();
     let feed = parts
         .extensions
         .get::<super::feed::DirectFeed>()

@@ -39,12 +39,15 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 4096;
 
+/// Serves one WebSocket connection. `head`, when the transport writes the handshake's answer
+/// itself ([`crate::transport::direct`]), leaves in the same write as the greeting.
 pub async fn run<D: Dialect, T: Transport>(
     dialect: &D,
     state: Arc<AppState>,
     stream: T,
     leftover: Bytes,
     admission: Box<Admission>,
+    head: Option<Bytes>,
 ) {
     let ws_cfg = &state.config.websocket;
     // Synchronous, so nothing of the admission outlives it in this (per-connection) future.
@@ -68,6 +71,10 @@ pub async fn run<D: Dialect, T: Transport>(
         if let Some(greeting) = Box::pin(conn.session.on_open()).await {
             push_greeting(&client, greeting);
         }
+    }
+    if let Some(head) = head {
+        // Ahead of the greeting: the first write carries both.
+        push_greeting(&client, head);
     }
     let reason = conn.serve().await;
     conn.session.on_close().await;

@@ -70,7 +70,7 @@ async fn run_tls<D: Dialect>(
             match transport::TlsTransport::new(tcp, tls) {
                 Ok(stream) => {
                     let leftover = leftover(parts.read_buf, unread);
-                    connection::run(dialect, state, stream, leftover, admission).await
+                    connection::run(dialect, state, stream, leftover, admission, None).await
                 }
                 Err(e) => tracing::debug!(?remote, error = %e, "TLS error at the upgrade"),
             }
@@ -158,6 +158,20 @@ pub fn upgrade_admitted<D: Dialect>(
         Ok(seated) => seated,
         Err(refusal) => return refusal.into_response(),
     };
+    let direct = req
+        .extensions()
+        .get::<crate::transport::direct::DirectUpgrade>()
+        .cloned();
+    if let Some(direct) = direct {
+        // The connection's own task writes the 101 with the greeting, and serves it.
+        direct.hand_over(Box::new(move |stream, leftover, head| {
+            tokio::spawn(async move {
+                let _seat = seat;
+                connection::run(&dialect, state, stream, leftover, admission, Some(head)).await
+            });
+        }));
+        return switching(accept);
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let _seat = seat;
@@ -169,12 +183,17 @@ pub fn upgrade_admitted<D: Dialect>(
             Ok(parts) => {
                 let (stream, unread) = parts.io.into_inner().into_parts();
                 let leftover = leftover(parts.read_buf, unread);
-                connection::run(&dialect, state, stream, leftover, admission).await
+                connection::run(&dialect, state, stream, leftover, admission, None).await
             }
             // Boxed: this task stays as small as it was before TLS for plain connections.
             Err(upgraded) => Box::pin(run_tls(&dialect, state, upgraded, admission)).await,
         }
     });
+    switching(accept)
+}
+
+/// The 101 answer with its accept key.
+fn switching(accept: String) -> Response {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
