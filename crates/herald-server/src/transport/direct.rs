@@ -1,4 +1,4 @@
-//! Streaming responses served on the connection itself, without hyper.
+//! Streaming responses and WebSocket upgrades served on the connection itself, without hyper.
 //!
 //! A connection that opens with a streaming request (SSE, NDJSON, push-stream's `/ev` and
 //! `/sub`: the paths a listener lists in its [`StreamPaths`]) is one long response, and
@@ -7,9 +7,16 @@
 //! and its response is written here: a client's stream by its feed itself, on the socket
 //! ([`super::feed::Feed::run_on`]: no task, channel or buffer of its own), anything else
 //! (a refusal) chunk by chunk until the body ends, the reader goes or the response's
-//! [`Cutoff`] fires; then the connection closes. Anything else (another
-//! path, a request whose head did not arrive in one read, a body) is handed to hyper with
-//! the bytes already read in front ([`Prefixed`]), so nothing changes for it.
+//! [`Cutoff`] fires; then the connection closes.
+//!
+//! A plain-TCP WebSocket upgrade of one of the listener's upgrade paths (`/ws`) goes through
+//! the same router and handler ([`upgrade`]); the handler hands over a [`Starter`] instead of
+//! waiting for hyper's upgrade, and the connection's task (spawned: this one ends) writes
+//! the 101 and the greeting in its first write.
+//!
+//! Anything else (another path, TLS for upgrades, a request whose head did not arrive in one
+//! read, a body) is handed to hyper with the bytes already read in front ([`Prefixed`]), so
+//! nothing changes for it.
 
 use std::io;
 use std::net::SocketAddr;
