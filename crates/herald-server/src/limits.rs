@@ -2,7 +2,7 @@
 //! connection-attempt rate per IP, the `Origin` allowlist for browser handshakes, the
 //! message rate of each connection, and the rate of anonymous channel creation per IP (docs/configuration.md `[limits]`, docs/errors.md).
 //!
-//! The global `limits.max_connections` slot stays in [`crate::ws`], and the per-request limits
+//! The global `limits.max_connections` slot stays in [`crate::transport::ws`], and the per-request limits
 //! (channels per connection and request, payload size) stay in the hub; this module owns the
 //! rest. Every trip is refused or answered with a documented code, counted in
 //! [`herald_core::stats::Stats`] and logged (at most once a second per kind, with the number of

@@ -1,7 +1,7 @@
 //! TLS setup: loading `[tls]`'s certificate chain and private key (PEM) into a rustls
 //! `ServerConfig` (ring provider, TLS 1.2 and 1.3, ALPN `http/1.1`), with errors that name the
 //! configuration key. The handshake itself happens in `server.rs`; WebSocket connections over
-//! TLS are driven by [`crate::ws`]'s TLS transport.
+//! TLS are driven by [`crate::transport::ws`]'s TLS transport.
 
 use std::path::Path;
 use std::sync::Arc;

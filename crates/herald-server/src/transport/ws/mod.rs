@@ -1,7 +1,7 @@
 //! The WebSocket transport, for any [`Dialect`]: the upgrade (RFC 6455 handshake over
 //! hyper's upgrade mechanism, after [`crate::admission`] admitted the connection:
-//! [`upgrade_to`]) and the per-connection task in [`connection`], which feeds the dialect's
-//! codec and drains the client's outbox, over plain TCP or TLS ([`transport`]).
+//! [`upgrade_to`]) and the per-connection task in `connection`, which feeds the dialect's
+//! codec and drains the client's outbox, over plain TCP or TLS (`transport`).
 
 mod connection;
 mod dialect;
