@@ -1,10 +1,12 @@
 //! Abuse limits enforced at the edge, before the hub: connections per IP and per user, the
 //! connection-attempt rate per IP, the `Origin` allowlist for browser handshakes, the
-//! message rate of each connection, and the rate of anonymous channel creation per IP (docs/configuration.md `[limits]`, docs/errors.md).
+//! message rate of each connection, and the rate of anonymous channel creation per IP
+//! (docs/configuration.md `[limits]`, docs/errors.md).
 //!
-//! The global `limits.max_connections` slot stays in [`crate::transport::ws`], and the per-request limits
-//! (channels per connection and request, payload size) stay in the hub; this module owns the
-//! rest. Every trip is refused or answered with a documented code, counted in
+//! The global `limits.max_connections` slot stays in [`crate::admission`], and the
+//! per-request limits (channels per connection and request, payload size) stay in the hub;
+//! this module owns the rest. Checks take a [`Guard`] (the limits and the counters) and
+//! refuse with a typed [`Refusal`]. Every trip is refused or answered with a documented code, counted in
 //! [`herald_core::stats::Stats`] and logged (at most once a second per kind, with the number of
 //! trips not logged in between, so a flood cannot flood the log). A trip only ever affects the
 //! IP, user or connection that caused it.
