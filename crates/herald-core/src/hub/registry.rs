@@ -225,6 +225,9 @@ pub struct Registry {
     admins: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
     /// Clients that receive every publication on every channel (Eventual's `global`).
     firehose: RwLock<HashMap<ClientId, Arc<ClientHandle>>>,
+    /// How many are in `firehose`: publications read this (no write to a shared line) and
+    /// take the lock only when someone is there.
+    firehose_len: std::sync::atomic::AtomicUsize,
     channels: Sharded<ChannelName, Arc<Channel>>,
     outbox_limit: usize,
     stats: Arc<Stats>,
@@ -243,6 +246,7 @@ impl Registry {
             clients: Sharded::new(),
             admins: RwLock::new(HashMap::new()),
             firehose: RwLock::new(HashMap::new()),
+            firehose_len: Default::default(),
             channels: Sharded::new(),
             outbox_limit,
             stats,
@@ -330,11 +334,17 @@ impl Registry {
     }
 
     pub fn add_firehose(&self, client: Arc<ClientHandle>) {
-        self.firehose.write().insert(client.id, client);
+        let mut firehose = self.firehose.write();
+        firehose.insert(client.id, client);
+        self.firehose_len
+            .store(firehose.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn remove_firehose(&self, id: ClientId) {
-        self.firehose.write().remove(&id);
+        let mut firehose = self.firehose.write();
+        firehose.remove(&id);
+        self.firehose_len
+            .store(firehose.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn add_admin(&self, client: Arc<ClientHandle>) {
@@ -1203,8 +1213,9 @@ impl Registry {
                 .for_each(&mut deliver),
         }
         // Firehose clients get what their channels did not already bring them.
-        let firehose = self.firehose.read();
-        if !firehose.is_empty() {
+        let listened = self.firehose_len.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        let firehose = listened.then(|| self.firehose.read());
+        if let Some(firehose) = firehose.filter(|f| !f.is_empty()) {
             firehose
                 .values()
                 .filter(|c| !subscribers.contains_key(&c.id))
