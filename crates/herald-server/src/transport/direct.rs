@@ -44,30 +44,36 @@ const MAX_HEADERS: usize = 48;
 /// `/` matches every path under it, any other exactly), and the WebSocket upgrade paths
 /// (exact) whose 101 this module writes with the greeting.
 #[derive(Clone, Debug, Default)]
-pub struct StreamPaths(Vec<String>, Vec<String>);
+pub struct StreamPaths {
+    streams: Vec<String>,
+    upgrades: Vec<String>,
+}
 
 impl StreamPaths {
     pub fn new(paths: impl IntoIterator<Item = String>) -> StreamPaths {
-        StreamPaths(paths.into_iter().collect(), Vec::new())
+        StreamPaths {
+            streams: paths.into_iter().collect(),
+            upgrades: Vec::new(),
+        }
     }
 
     /// With these WebSocket upgrade paths too.
     pub fn with_upgrades(mut self, paths: impl IntoIterator<Item = String>) -> StreamPaths {
-        self.1 = paths.into_iter().collect();
+        self.upgrades = paths.into_iter().collect();
         self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty() && self.1.is_empty()
+        self.streams.is_empty() && self.upgrades.is_empty()
     }
 
     /// Whether `path` is an upgrade path served here.
     pub fn upgrades(&self, path: &str) -> bool {
-        self.1.iter().any(|p| p == path)
+        self.upgrades.iter().any(|p| p == path)
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        self.0.iter().any(|p| {
+        self.streams.iter().any(|p| {
             if p.ends_with('/') {
                 path.starts_with(p.as_str())
             } else {

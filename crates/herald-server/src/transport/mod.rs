@@ -16,4 +16,4 @@ pub mod subscribe;
 pub mod ws;
 
 pub use feed::{Cutoff, Framing, Stream, allow_origin, respond, wait};
-pub use subscribe::subscribe;
+pub use subscribe::{channel_list, subscribe};

@@ -147,14 +147,7 @@ fn wanted(headers: &HeaderMap, uri: &Uri) -> Result<Wanted, HeraldError> {
     let mut recover = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
-            "channels" | "channel" => {
-                for name in v.split(',').filter(|n| !n.is_empty()) {
-                    let name = ChannelName::parse(name)?;
-                    if !channels.contains(&name) {
-                        channels.push(name);
-                    }
-                }
-            }
+            "channels" | "channel" => transport::channel_list(&v, &mut channels, MAX_CHANNELS)?,
             "recover" => recover = Some(v.into_owned()),
             _ => {}
         }
@@ -163,11 +156,6 @@ fn wanted(headers: &HeaderMap, uri: &Uri) -> Result<Wanted, HeraldError> {
         return Err(HeraldError::bad_request(
             "name the channels to subscribe to: ?channels=a,b",
         ));
-    }
-    if channels.len() > MAX_CHANNELS {
-        return Err(HeraldError::bad_request(format!(
-            "at most {MAX_CHANNELS} channels"
-        )));
     }
     let last_event_id = headers
         .get("last-event-id")

@@ -34,26 +34,9 @@ fn url_channels(uri: &axum::http::Uri, max: usize) -> Result<Vec<ChannelName>, H
     };
     let mut channels: Vec<ChannelName> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key != "channels" {
-            continue;
+        if key == "channels" {
+            crate::transport::channel_list(&value, &mut channels, max)?;
         }
-        for name in value.split(',') {
-            if name.is_empty() {
-                return Err(HeraldError::bad_request(
-                    "channels: an empty channel name (channels=a,b)",
-                ));
-            }
-            let channel = ChannelName::parse(name)?;
-            if !channels.contains(&channel) {
-                channels.push(channel);
-            }
-        }
-    }
-    if channels.len() > max {
-        return Err(HeraldError::new(
-            ErrorCode::TooMany,
-            format!("channels: at most {max} (limits.max_channels_per_request)"),
-        ));
     }
     Ok(channels)
 }
