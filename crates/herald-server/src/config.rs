@@ -955,6 +955,8 @@ pub struct LimitsConfig {
     pub max_payload_bytes: usize,
     pub max_recipients: usize,
     pub max_http_body_bytes: usize,
+    /// Publications in one `POST /api/v1/batch`.
+    pub max_batch_publications: usize,
     /// Open WebSocket connections per IP address (IPv6: per /64). 0 = unlimited.
     pub max_connections_per_ip: usize,
     /// Open WebSocket connections per user. 0 = unlimited.
@@ -1041,6 +1043,7 @@ impl Default for LimitsConfig {
             max_payload_bytes: 64 * 1024,
             max_recipients: 1000,
             max_http_body_bytes: 1024 * 1024,
+            max_batch_publications: 1000,
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
             connect_rate_per_ip: 0,
@@ -1217,6 +1220,7 @@ impl Config {
             ("limits.max_payload_bytes", l.max_payload_bytes),
             ("limits.max_recipients", l.max_recipients),
             ("limits.max_http_body_bytes", l.max_http_body_bytes),
+            ("limits.max_batch_publications", l.max_batch_publications),
         ] {
             if v == 0 {
                 return bad(key, "must be at least 1");

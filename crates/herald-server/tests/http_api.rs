@@ -691,3 +691,105 @@ async fn shutdown_is_not_held_by_a_silent_connection() {
     drop(silent);
     again.unwrap().shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_answers_each_publication_in_order() {
+    let srv = TestServer::start_with(|c| c.limits.max_batch_publications = 4).await;
+    let api = srv.admin();
+    let mut a = srv.client().await;
+    a.request_ok(json!({"op":"subscribe","channels":["a","b"]}))
+        .await
+        .unwrap();
+    let batch = json!({"publications": [
+        {"channel": "a", "data": {"n": 1}},
+        {"channel": "a b", "data": 2},
+        {"channels": ["b", "c"], "data": 3},
+        {"channel": "a"},
+    ]});
+    let r = api
+        .request_ok("POST", "/api/v1/batch", Some(&batch))
+        .await
+        .unwrap();
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{r}");
+    assert_eq!(results[0]["channels"][0]["channel"], "a");
+    assert_eq!(results[0]["channels"][0]["offset"], 1);
+    assert_eq!(results[0]["channels"][0]["delivered"], 1);
+    assert_eq!(results[1]["error"]["code"], "invalid_channel");
+    assert_eq!(results[2]["channels"][0]["channel"], "b");
+    assert_eq!(results[2]["channels"][0]["delivered"], 1);
+    assert_eq!(results[2]["channels"][1]["channel"], "c");
+    assert_eq!(results[2]["channels"][1]["delivered"], 0);
+    assert_eq!(results[3]["error"]["code"], "missing_field");
+    // Delivered in the order of the batch, the refused ones nowhere.
+    let first = a.next_op("message", WAIT).await.unwrap();
+    assert_eq!(
+        (&first["channel"], &first["data"]),
+        (&json!("a"), &json!({"n": 1}))
+    );
+    let second = a.next_op("message", WAIT).await.unwrap();
+    assert_eq!(
+        (&second["channel"], &second["data"]),
+        (&json!("b"), &json!(3))
+    );
+
+    // The batch itself refused: nothing of it is published.
+    let five: Vec<_> = (0..5).map(|i| json!({"channel": "a", "data": i})).collect();
+    let refusals = [
+        (json!({"publications": five}), 400, "too_many"),
+        (json!({"publications": []}), 400, "bad_request"),
+        (
+            json!({"publications": {"channel": "a"}}),
+            400,
+            "bad_request",
+        ),
+        (json!({}), 400, "bad_request"),
+        (json!({"publications": [], "extra": 1}), 400, "bad_request"),
+        (json!([{"channel": "a", "data": 1}]), 400, "bad_request"),
+    ];
+    for (body, status, code) in refusals {
+        let (got, v) = api
+            .request("POST", "/api/v1/batch", Some(&body))
+            .await
+            .unwrap();
+        assert_eq!(
+            (got, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let (got, _, bytes) = api
+        .request_raw(
+            "POST",
+            "/api/v1/batch",
+            &[("content-type", "application/json")],
+            "{\"publications\":[".into(),
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (got, v["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let big = json!({"publications": [{"channel": "a", "data": "x".repeat(2 << 20)}]});
+    let (got, v) = api
+        .request("POST", "/api/v1/batch", Some(&big))
+        .await
+        .unwrap();
+    assert_eq!(
+        (got, v["error"]["code"].as_str()),
+        (413, Some("message_too_large"))
+    );
+    let (got, _) = srv
+        .anonymous()
+        .request("POST", "/api/v1/batch", Some(&batch))
+        .await
+        .unwrap();
+    assert_eq!(got, 401);
+    // Nothing of the refused batches reached "a": the next publication is its second.
+    let r = api.publish(&["a"], json!("last")).await.unwrap();
+    assert_eq!(r["channels"][0]["offset"], 2);
+    let next = a.next_op("message", WAIT).await.unwrap();
+    assert_eq!(next["data"], "last");
+}

@@ -22,7 +22,7 @@ use crate::state::AppState;
 #[openapi(
     info(title = "Herald HTTP API", description = "Publish and manage channels and clients. Errors are {\"error\":{\"code\",\"message\"}} with the codes of docs/errors.md."),
     paths(
-        routes::publish, routes::list_channels, routes::create_channel, routes::get_channel,
+        routes::publish, routes::batch, routes::list_channels, routes::create_channel, routes::get_channel,
         routes::delete_channel, routes::get_history, routes::delete_history,
         routes::get_presence, routes::get_presence_stats, routes::list_clients, routes::get_client, routes::subscribe_client,
         routes::unsubscribe_client, routes::send_to_client, routes::kick_client, routes::get_user,
@@ -72,6 +72,7 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_http_body_bytes;
     let api = Router::new()
         .route("/publish", post(routes::publish))
+        .route("/batch", post(routes::batch))
         .route(
             "/channels",
             get(routes::list_channels).post(routes::create_channel),

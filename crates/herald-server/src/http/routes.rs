@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use crate::admin::{BanBody, CreateChannelBody, KickBody};
 use crate::cluster::{Control, NodeInfo};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody, ErrorDetail};
 use crate::state::AppState;
 
 type St = State<Arc<AppState>>;
@@ -131,6 +131,164 @@ pub fn publish_request(body: &Bytes) -> Result<PublishRequest, HeraldError> {
         to: fields.recipients()?,
         once_per_client: false,
     })
+}
+
+/// Body of `POST /api/v1/batch`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only: the body is parsed by `batch_items`
+pub struct BatchBody {
+    /// Publications, each with the fields of `POST /api/v1/publish`; at most
+    /// `limits.max_batch_publications`.
+    publications: Vec<PublishBody>,
+}
+
+/// The answer to `POST /api/v1/batch`: one result per publication, in the order given.
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchResult>,
+}
+
+/// One publication's outcome: where it went, or why it was refused.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Published { channels: Vec<ChannelPublished> },
+    Refused { error: ErrorDetail },
+}
+
+/// Publish many publications in one request, each to its own channels. Each is checked and
+/// published on its own, in order: a refused one gets its error in its place and the others
+/// go ahead.
+#[utoipa::path(post, path = "/api/v1/batch", request_body = BatchBody,
+    responses((status = 200, description = "One result per publication, in order: where it went, or its error", body = BatchResponse), (status = "4XX", description = "The batch itself was refused (not JSON, no `publications` list, more than `limits.max_batch_publications`, body too large): nothing was published", body = ErrorBody)),
+    security(("bearer" = [])), tag = "publish")]
+pub async fn batch(
+    State(state): St,
+    Caller(actor): Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<BatchResponse>> {
+    let bytes = body_bytes(&body)?;
+    let items = batch_items(bytes, state.config.limits.max_batch_publications)?;
+    let mut results = Vec::with_capacity(items.len());
+    for item in items {
+        let outcome = match item {
+            Ok(req) => state.hub.publish(&actor, req).await,
+            Err(e) => Err(e),
+        };
+        results.push(match outcome {
+            Ok(channels) => BatchResult::Published { channels },
+            Err(e) => BatchResult::Refused {
+                error: ErrorDetail {
+                    code: e.code.as_str().to_string(),
+                    message: e.message,
+                },
+            },
+        });
+    }
+    Ok(Json(BatchResponse { results }))
+}
+
+/// The publications of a `POST /api/v1/batch` body, each parsed on its own (a bad one is an
+/// error in its place). The list is bounded as it is read: the `max + 1`th entry refuses the
+/// batch before anything more is parsed.
+fn batch_items(body: &Bytes, max: usize) -> ApiResult<Vec<Result<PublishRequest, HeraldError>>> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidJson, "body is not UTF-8"))?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raws = serde::de::DeserializeSeed::deserialize(BatchSeed { max }, &mut de)
+        .and_then(|raws| de.end().map(|()| raws))
+        .map_err(|e| {
+            if e.to_string().starts_with(TOO_MANY) {
+                let message = format!(
+                    "a batch holds at most {max} publications (limits.max_batch_publications)"
+                );
+                return ApiError::new(ErrorCode::TooMany, message);
+            }
+            let code = match e.classify() {
+                serde_json::error::Category::Data => ErrorCode::BadRequest,
+                _ => ErrorCode::InvalidJson,
+            };
+            ApiError::new(code, format!("invalid body: {e}"))
+        })?;
+    Ok(raws
+        .into_iter()
+        .map(|raw| publish_request(&body.slice_ref(raw.get().as_bytes())))
+        .collect())
+}
+
+/// The marker of the "too many publications" error inside serde's error.
+const TOO_MANY: &str = "batch: too many publications";
+
+/// Reads `{"publications":[…]}` into raw slices, refusing the list past `max` entries.
+struct BatchSeed {
+    max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for BatchSeed {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for BatchSeed {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#"an object {"publications": [...]}"#)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut list = None;
+        while let Some(key) = map.next_key::<&str>()? {
+            if key != "publications" {
+                return Err(A::Error::unknown_field(key, &["publications"]));
+            }
+            if list.is_some() {
+                return Err(A::Error::duplicate_field("publications"));
+            }
+            list = Some(map.next_value_seed(ListSeed { max: self.max })?);
+        }
+        list.ok_or_else(|| A::Error::missing_field("publications"))
+    }
+}
+
+/// The `publications` list itself.
+struct ListSeed {
+    max: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ListSeed {
+    type Value = Vec<&'de RawValue>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ListSeed {
+    type Value = Vec<&'de RawValue>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of publications")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while let Some(raw) = seq.next_element::<&RawValue>()? {
+            if out.len() == self.max {
+                return Err(A::Error::custom(TOO_MANY));
+            }
+            out.push(raw);
+        }
+        if out.is_empty() {
+            return Err(A::Error::invalid_length(0, &"at least one publication"));
+        }
+        Ok(out)
+    }
 }
 
 // ---- channels -----------------------------------------------------------------------------

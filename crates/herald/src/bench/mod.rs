@@ -8,6 +8,9 @@
 //! * `idle`: N subscribed connections that stay idle; reports server memory per connection.
 //! * `connect`: N connections + subscriptions as fast as `--concurrency` handshakes allow;
 //!   reports connect+subscribe per second and connect→subscribed latency.
+//! * `channels`: N subscribers, each on its own channel; M publications spread round robin
+//!   over the N channels, one per request or `--batch K` per `POST /api/v1/batch`; reports
+//!   server CPU per publication (user and system) besides what `fanout` reports.
 //!
 //! Every wait is bounded in count and time; `--max-seconds` is a watchdog over the whole run.
 //! The pieces: [`state`] (shared counters and histograms), [`subscriber`] (connections),
@@ -33,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_websockets::ClientBuilder;
 
-use publisher::{Pace, PublishPlan};
+use publisher::{Destinations, Pace, PublishPlan};
 use server::{ServerProbe, proc_cpu_seconds, proc_rss_kb};
 use state::{Shared, percentiles};
 use subscriber::Target;
@@ -58,6 +61,9 @@ pub enum Scenario {
     /// N subscribers that drop every --drop-every seconds and come back with recovery while
     /// a publisher sends at --rate for --duration seconds; reports losses and duplicates.
     Recover,
+    /// N subscribers, each on its own channel `<channel>-<i>`; M publications round robin
+    /// over them (one per request, or --batch per request); server CPU per publication.
+    Channels,
 }
 
 impl Scenario {
@@ -67,6 +73,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Connect => "connect",
             Scenario::Recover => "recover",
+            Scenario::Channels => "channels",
         }
     }
 }
@@ -104,6 +111,10 @@ pub struct BenchArgs {
     /// fanout: maximum publish requests in flight (both modes).
     #[arg(long, default_value_t = 8)]
     pub window: usize,
+    /// fanout and channels: publications per request; above 1 they go in one
+    /// `POST /api/v1/batch`.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// fanout: payload size in bytes (a string "p|<seq>|<ns>|xxx…").
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
@@ -219,6 +230,7 @@ const RESULT_KEYS: &[&str] = &[
     "latency_us",
     "server_cpu_pct",
     "server_cpu_us_per_delivery",
+    "server_cpu_us_per_publication",
     "server_rss_before_kb",
     "server_rss_after_kb",
     "bytes_per_conn",
@@ -266,9 +278,11 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|key| Api::new(&api_base, Some(key)));
     let ws_url = if args.subscribe_in_url {
-        let channel: String = form_urlencoded::byte_serialize(args.channel.as_bytes()).collect();
-        let separator = if args.url.contains('?') { '&' } else { '?' };
-        format!("{}{separator}channels={channel}", args.url)
+        let first = match args.scenario {
+            Scenario::Channels => subscriber::channel_of(&args.channel, 0),
+            _ => args.channel.clone(),
+        };
+        url_with_channels(&args.url, &first)
     } else {
         args.url.clone()
     };
@@ -279,7 +293,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         others.push((addr, ws_builder(&args, url)?));
     }
     report.set("node_urls", args.node_urls.clone());
-    let track_duplicates = args.scenario == Scenario::Fanout
+    let track_duplicates = matches!(args.scenario, Scenario::Fanout | Scenario::Channels)
         && (args.connections as u64).saturating_mul(args.messages.div_ceil(64) * 8)
             <= DUPLICATE_BITSET_BUDGET;
     let shared = Arc::new(Shared::new(args.messages, track_duplicates));
@@ -301,6 +315,7 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         subscribe_in_url: args.subscribe_in_url,
         concurrency: args.concurrency,
         others,
+        own_channels: (args.scenario == Scenario::Channels).then(|| own_channels(&args)),
     });
     let probe = ServerProbe {
         pid: args.server_pid,
@@ -329,7 +344,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     let run_deadline = Instant::now() + hard_limit;
     let fut = async {
         match args.scenario {
-            Scenario::Fanout => fanout(&ctx, &mut tasks, &mut report, run_deadline).await,
+            Scenario::Fanout | Scenario::Channels => {
+                fanout(&ctx, &mut tasks, &mut report, run_deadline).await
+            }
             Scenario::Idle => idle(&ctx, &mut tasks, &mut report, run_deadline).await,
             Scenario::Connect => connect(&ctx, &mut tasks, &mut report, run_deadline).await,
             Scenario::Recover => {
@@ -359,7 +376,9 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if report.get_u64("subscribed") == 0 {
         bail!("no connection could subscribe");
     }
-    if args.scenario == Scenario::Fanout && report.get_u64("published_ok") == 0 {
+    if matches!(args.scenario, Scenario::Fanout | Scenario::Channels)
+        && report.get_u64("published_ok") == 0
+    {
         bail!("no publish request succeeded");
     }
     Ok(())
@@ -391,10 +410,22 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
             bail!("{name} must be between 0 and 86400 seconds");
         }
     }
-    if matches!(args.scenario, Scenario::Fanout | Scenario::Recover) && args.admin_key.is_none() {
+    if matches!(
+        args.scenario,
+        Scenario::Fanout | Scenario::Recover | Scenario::Channels
+    ) && args.admin_key.is_none()
+    {
         bail!(
-            "fanout and recover publish over the HTTP API: give --admin-key or set HERALD_ADMIN_KEY"
+            "fanout, channels and recover publish over the HTTP API: give --admin-key or set HERALD_ADMIN_KEY"
         );
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.scenario == Scenario::Channels
+        && (args.transport != Transport::Ws || !args.node_urls.is_empty())
+    {
+        bail!("channels runs over the WebSocket transport of one node (--transport ws)");
     }
     if args.scenario == Scenario::Recover && args.drop_every < 0.1 {
         bail!("--drop-every must be at least 0.1 seconds");
@@ -430,6 +461,30 @@ fn api_base_from_ws(url: &str) -> anyhow::Result<String> {
         "http"
     };
     Ok(format!("{scheme}://{authority}"))
+}
+
+/// `channels`: connection `i` subscribes to `<channel>-<i>`; with `--subscribe-in-url` its
+/// upgrade request names that channel.
+fn own_channels(args: &BenchArgs) -> subscriber::OwnChannels {
+    let make_builder = args.subscribe_in_url.then(|| {
+        let args = args.clone();
+        Box::new(move |idx: usize| {
+            let channel = subscriber::channel_of(&args.channel, idx as u64);
+            let url = url_with_channels(&args.url, &channel);
+            ws_builder(&args, &url).expect("the same URL was accepted for connection 0")
+        }) as Box<dyn Fn(usize) -> ClientBuilder<'static> + Send + Sync>
+    });
+    subscriber::OwnChannels {
+        base: args.channel.clone(),
+        make_builder,
+    }
+}
+
+/// `url` with `channels=<channel>` added to its query.
+fn url_with_channels(url: &str, channel: &str) -> String {
+    let channel: String = form_urlencoded::byte_serialize(channel.as_bytes()).collect();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}channels={channel}")
 }
 
 /// The upgrade request builder: `url` plus `--ws-header`s.
@@ -503,7 +558,8 @@ async fn connect_phase(
     );
 }
 
-/// fanout: N subscribers on one channel, M messages over HTTP.
+/// fanout: N subscribers on one channel, M messages over HTTP. channels: N subscribers on a
+/// channel each, M publications round robin over them.
 async fn fanout(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_deadline: Instant) {
     let args = &ctx.args;
     let shared = &ctx.shared;
@@ -517,6 +573,7 @@ async fn fanout(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_dea
         report.set("rate", r);
     }
     report.set("messages", args.messages);
+    report.set("batch", args.batch as u64);
     report.set("window", args.window as u64);
     report.set("payload_bytes", args.payload_bytes as u64);
     report.set("duplicates_tracked", shared.track_duplicates);
@@ -535,11 +592,21 @@ async fn fanout(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_dea
     report.set("live_subscribers", live);
     let closed_before = shared.closed.load(Relaxed);
     let cpu0 = ctx.probe.cpu_seconds().await;
+    let split0 = ctx.probe.cpu_split();
     let self_cpu0 = proc_cpu_seconds("self");
     let phase_t0 = Instant::now();
+    let own_channels = args.scenario == Scenario::Channels;
     let plan = PublishPlan {
-        channel_json: json!(args.channel).to_string(),
+        destinations: if own_channels {
+            Destinations::RoundRobin {
+                base: args.channel.clone(),
+                n: args.connections as u64,
+            }
+        } else {
+            Destinations::One(args.channel.clone())
+        },
         messages: args.messages,
+        batch: args.batch,
         pace,
         window: args.window,
         payload_bytes: args.payload_bytes,
@@ -547,7 +614,15 @@ async fn fanout(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_dea
     };
     shared.phase_subscribers.store(live, Relaxed);
     let published = publisher::publish(shared, api, &plan).await;
-    let expected = live * published.ok;
+    // channels: each publication has one subscriber, if its connection is still there.
+    let expected = if !own_channels {
+        live * published.ok
+    } else if live == args.connections as u64 {
+        published.ok
+    } else {
+        shared.note_error("not every channel has its subscriber: expected is the server's count");
+        published.server_delivered
+    };
     report.set("published_ok", published.ok);
     report.set("publish_errors", published.errors);
     report.set("server_reported_delivered", published.server_delivered);
@@ -564,6 +639,7 @@ async fn fanout(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_dea
 
     let phase_s = phase_t0.elapsed().as_secs_f64();
     let cpu1 = ctx.probe.cpu_seconds().await;
+    let split1 = ctx.probe.cpu_split();
     let self_cpu1 = proc_cpu_seconds("self");
     let d = shared.deliveries();
     report.set("received", d.received);
@@ -607,6 +683,15 @@ async fn fanout(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, run_dea
                 round(cpu * 1e6 / d.received as f64, 2),
             );
         }
+    }
+    // Per publication, split user / system (needs --server-pid).
+    if let (Some((u0, s0)), Some((u1, s1))) = (split0, split1)
+        && published.ok > 0
+    {
+        let per = |a: f64, b: f64| round((b - a).max(0.0) * 1e6 / published.ok as f64, 2);
+        report.set("server_cpu_us_per_publication", per(u0 + s0, u1 + s1));
+        report.set("server_user_us_per_publication", per(u0, u1));
+        report.set("server_sys_us_per_publication", per(s0, s1));
     }
     if let (Some(a), Some(b)) = (self_cpu0, self_cpu1) {
         report.set("loadgen_cpu_pct", round((b - a) / phase_s * 100.0, 1));
@@ -728,7 +813,9 @@ fn finish(ctx: &Ctx, report: &mut Report) {
         report.set("subscribed", shared.subscribed.load(Relaxed) as u64);
     }
     report.set("subs_closed", shared.closed.load(Relaxed) as u64);
-    if ctx.args.scenario == Scenario::Fanout && !report.0.contains_key("received") {
+    if matches!(ctx.args.scenario, Scenario::Fanout | Scenario::Channels)
+        && !report.0.contains_key("received")
+    {
         // Cut short (watchdog): report what had arrived.
         let d = shared.deliveries();
         report.set("received", d.received);
@@ -765,8 +852,8 @@ fn summary(r: &Report) -> String {
         g("subs_closed"),
     );
     let body = match r.0.get("scenario").and_then(Value::as_str) {
-        Some("fanout") => format!(
-            "{} mode | published {} (errors {}) | received {}/{}, lost {}, extra {} | {} deliveries/s | latency ms p50 {} p90 {} p99 {} max {} | server cpu {}%, {} us/delivery",
+        Some("fanout" | "channels") => format!(
+            "{} mode | published {} (errors {}) | received {}/{}, lost {}, extra {} | {} deliveries/s | latency ms p50 {} p90 {} p99 {} max {} | server cpu {}%, {} us/delivery, {} us/publication (user {}, sys {})",
             g("mode"),
             g("published_ok"),
             g("publish_errors"),
@@ -781,6 +868,9 @@ fn summary(r: &Report) -> String {
             lat("max"),
             g("server_cpu_pct"),
             g("server_cpu_us_per_delivery"),
+            g("server_cpu_us_per_publication"),
+            g("server_user_us_per_publication"),
+            g("server_sys_us_per_publication"),
         ),
         Some("recover") => format!(
             "published {} | received {}/{}, lost {}, duplicates {} | drops {}, recovered {}, failed {} | recovery ms p50 {} p99 {}",

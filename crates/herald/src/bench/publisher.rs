@@ -1,8 +1,10 @@
-//! The publishing side of `herald bench fanout`: `POST /api/v1/publish` over keep-alive HTTP
+//! The publishing side of `herald bench fanout` and `channels`: `POST /api/v1/publish` (or
+//! `POST /api/v1/batch` with `--batch K` publications per request) over keep-alive HTTP
 //! connections (the pool opens up to `window` of them), either on a fixed-rate schedule or as
 //! fast as `window` in-flight requests allow. Each payload carries its send timestamp; in rate
 //! mode that is the *scheduled* send time, so a server that holds the publisher up is charged
-//! for it (no coordinated omission).
+//! for it (no coordinated omission). Publication `seq` goes to one channel, or in `channels`
+//! to channel `seq % n` (round robin over the subscribers' own channels).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -30,13 +32,33 @@ pub enum Pace {
     Max,
 }
 
+/// Where publication `seq` goes.
+pub enum Destinations {
+    /// Every publication to this channel.
+    One(String),
+    /// Publication `seq` to `channel_of(base, seq % n)`.
+    RoundRobin { base: String, n: u64 },
+}
+
+impl Destinations {
+    /// The JSON string (with quotes) of publication `seq`'s channel.
+    fn channel_json(&self, seq: u64) -> String {
+        match self {
+            Destinations::One(c) => serde_json::Value::from(c.as_str()).to_string(),
+            Destinations::RoundRobin { base, n } => {
+                serde_json::Value::from(super::subscriber::channel_of(base, seq % n)).to_string()
+            }
+        }
+    }
+}
+
 /// What the publisher did.
 pub struct Published {
-    /// Requests issued.
+    /// Publications issued.
     pub attempted: u64,
-    /// Requests answered with 2xx.
+    /// Publications accepted (a 2xx answer; in a batch, each publication's own answer).
     pub ok: u64,
-    /// Requests that failed.
+    /// Publications that failed.
     pub errors: u64,
     /// Sum of `delivered` over the 2xx answers (what the server says it fanned out to).
     pub server_delivered: u64,
@@ -48,11 +70,14 @@ pub struct Published {
 
 /// Publishing parameters.
 pub struct PublishPlan {
-    /// JSON-encoded channel name, e.g. `"bench"` with the quotes.
-    pub channel_json: String,
+    /// Where each publication goes.
+    pub destinations: Destinations,
     /// Messages to publish.
     pub messages: u64,
-    /// Pacing.
+    /// Publications per request: 1 is `POST /api/v1/publish`, more is `POST /api/v1/batch`.
+    pub batch: usize,
+    /// Pacing (in publications per second: a batch request is sent when its first
+    /// publication is due).
     pub pace: Pace,
     /// Maximum requests in flight.
     pub window: usize,
@@ -66,7 +91,7 @@ pub struct PublishPlan {
 /// has timed out (bounded by `plan.deadline` + the request timeout).
 pub async fn publish(shared: &Arc<Shared>, api: &Api, plan: &PublishPlan) -> Published {
     let window = Arc::new(Semaphore::new(plan.window.max(1)));
-    let mut inflight: JoinSet<(bool, u64)> = JoinSet::new();
+    let mut inflight: JoinSet<Booked> = JoinSet::new();
     let start = Instant::now();
     let mut out = Published {
         attempted: 0,
@@ -76,7 +101,9 @@ pub async fn publish(shared: &Arc<Shared>, api: &Api, plan: &PublishPlan) -> Pub
         first_ns: shared.ns_at(start.into_std()),
         done_ns: 0,
     };
-    for seq in 0..plan.messages {
+    let batch = plan.batch.max(1) as u64;
+    let mut seq = 0;
+    while seq < plan.messages {
         let scheduled_ns = match plan.pace {
             Pace::Rate(rate) => {
                 let at = start + Duration::from_secs_f64(seq as f64 / rate);
@@ -100,34 +127,53 @@ pub async fn publish(shared: &Arc<Shared>, api: &Api, plan: &PublishPlan) -> Pub
         }
         if out.ok == 0 && out.errors >= GIVE_UP_AFTER_ERRORS {
             shared.note_error(format!(
-                "publishing abandoned: the first {} requests all failed",
+                "publishing abandoned: the first {} publications all failed",
                 out.errors
             ));
             break;
         }
         let send_ns = scheduled_ns.unwrap_or_else(|| shared.now_ns());
-        let body = format!(
-            "{{\"channels\":[{}],\"data\":\"{}\"}}",
-            plan.channel_json,
-            make_payload(seq, send_ns, plan.payload_bytes)
-        );
+        let count = batch.min(plan.messages - seq);
+        let one = |seq: u64| {
+            format!(
+                "{{\"channels\":[{}],\"data\":\"{}\"}}",
+                plan.destinations.channel_json(seq),
+                make_payload(seq, send_ns, plan.payload_bytes)
+            )
+        };
+        let (path, body) = if plan.batch <= 1 {
+            ("/api/v1/publish", one(seq))
+        } else {
+            let items: Vec<String> = (seq..seq + count).map(one).collect();
+            (
+                "/api/v1/batch",
+                format!("{{\"publications\":[{}]}}", items.join(",")),
+            )
+        };
+        seq += count;
         let api = api.clone();
         let shared = shared.clone();
-        out.attempted += 1;
+        out.attempted += count;
         inflight.spawn(async move {
-            let r = publish_one(&api, body).await;
+            let r = publish_one(&api, path, body).await;
             drop(permit);
-            match r {
-                Ok(delivered) => {
-                    shared.published_ok.fetch_add(1, Relaxed);
-                    (true, delivered)
-                }
+            let booked = match r {
+                Ok(booked) => booked,
                 Err(e) => {
-                    shared.publish_errors.fetch_add(1, Relaxed);
                     shared.note_error(format!("publish: {e}"));
-                    (false, 0)
+                    Booked {
+                        ok: 0,
+                        errors: count,
+                        delivered: 0,
+                    }
                 }
+            };
+            if booked.errors > 0 && booked.ok > 0 {
+                shared.note_error("a batch had refused publications");
             }
+            shared.published_ok.fetch_add(booked.ok, Relaxed);
+            shared.publish_errors.fetch_add(booked.errors, Relaxed);
+            booked
         });
     }
     while let Some(r) = inflight.join_next().await {
@@ -137,22 +183,30 @@ pub async fn publish(shared: &Arc<Shared>, api: &Api, plan: &PublishPlan) -> Pub
     out
 }
 
+/// What one request did.
+struct Booked {
+    ok: u64,
+    errors: u64,
+    delivered: u64,
+}
+
 /// Adds one finished request to the totals.
-fn book(out: &mut Published, r: Result<(bool, u64), tokio::task::JoinError>) {
+fn book(out: &mut Published, r: Result<Booked, tokio::task::JoinError>) {
     match r {
-        Ok((true, delivered)) => {
-            out.ok += 1;
-            out.server_delivered += delivered;
+        Ok(b) => {
+            out.ok += b.ok;
+            out.errors += b.errors;
+            out.server_delivered += b.delivered;
         }
-        _ => out.errors += 1,
+        Err(_) => out.errors += 1,
     }
 }
 
-/// One publish request; returns the `delivered` count of the answer.
-async fn publish_one(api: &Api, body: String) -> anyhow::Result<u64> {
+/// One publish (or batch) request; what the answer says of its publications.
+async fn publish_one(api: &Api, path: &str, body: String) -> anyhow::Result<Booked> {
     let req = api.request_raw(
         "POST",
-        "/api/v1/publish",
+        path,
         &[("content-type", "application/json")],
         Bytes::from(body),
     );
@@ -162,15 +216,27 @@ async fn publish_one(api: &Api, body: String) -> anyhow::Result<u64> {
     if !(200..300).contains(&status) {
         anyhow::bail!("HTTP {status}: {:.200}", String::from_utf8_lossy(&answer));
     }
-    let delivered = serde_json::from_slice::<serde_json::Value>(&answer)
-        .ok()
-        .and_then(|v| {
-            v["channels"].as_array().map(|chs| {
-                chs.iter()
-                    .filter_map(|c| c["delivered"].as_u64())
-                    .sum::<u64>()
-            })
+    let v = serde_json::from_slice::<serde_json::Value>(&answer)
+        .map_err(|e| anyhow::anyhow!("answer is not JSON: {e}"))?;
+    let delivered = |one: &serde_json::Value| -> u64 {
+        one["channels"].as_array().map_or(0, |chs| {
+            chs.iter().filter_map(|c| c["delivered"].as_u64()).sum()
         })
-        .unwrap_or(0);
-    Ok(delivered)
+    };
+    Ok(match v["results"].as_array() {
+        // A batch: one answer per publication, in order.
+        Some(results) => {
+            let ok = results.iter().filter(|r| r.get("error").is_none()).count() as u64;
+            Booked {
+                ok,
+                errors: results.len() as u64 - ok,
+                delivered: results.iter().map(delivered).sum(),
+            }
+        }
+        None => Booked {
+            ok: 1,
+            errors: 0,
+            delivered: delivered(&v),
+        },
+    })
 }

@@ -43,6 +43,23 @@ pub struct Target {
     /// More nodes of a cluster (`--node-url`): connection `i` goes to node `i % (1 + len)`,
     /// 0 being `addr`.
     pub others: Vec<(SocketAddr, ClientBuilder<'static>)>,
+    /// `channels`: connection `i` subscribes to its own channel, `channel_of(i)`, with its own
+    /// upgrade request (`make_builder(i)`, when the URL names the channel).
+    pub own_channels: Option<OwnChannels>,
+}
+
+/// One channel per connection (`herald bench channels`).
+pub struct OwnChannels {
+    /// Channel `i` is `<base>-<i>`.
+    pub base: String,
+    /// The upgrade request of connection `i`, when it differs per connection.
+    #[allow(clippy::type_complexity)]
+    pub make_builder: Option<Box<dyn Fn(usize) -> ClientBuilder<'static> + Send + Sync>>,
+}
+
+/// The channel of connection `idx` in `herald bench channels`.
+pub fn channel_of(base: &str, idx: u64) -> String {
+    format!("{base}-{idx}")
 }
 
 impl Target {
@@ -106,7 +123,15 @@ async fn run(
 ) -> String {
     let t0 = shared.now_ns();
     let src = (!target.src.is_empty()).then(|| target.src[idx % target.src.len()]);
-    let (addr, builder) = target.node(idx);
+    let (addr, mut builder) = target.node(idx);
+    let own_builder = target
+        .own_channels
+        .as_ref()
+        .and_then(|own| own.make_builder.as_ref())
+        .map(|make| make(idx));
+    if let Some(b) = &own_builder {
+        builder = b;
+    }
     let stream = match timeout(
         TCP_CONNECT_TIMEOUT,
         herald_client::os::tcp_connect(addr, src),
@@ -124,7 +149,7 @@ async fn run(
         )
         .await;
     }
-    let mut ws = match timeout_at(deadline, handshake(shared, target, builder, stream)).await {
+    let mut ws = match timeout_at(deadline, handshake(shared, target, idx, builder, stream)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => return e,
         Err(_) => return "timed out before subscribed".into(),
@@ -139,6 +164,7 @@ async fn run(
 async fn handshake(
     shared: &Shared,
     target: &Target,
+    idx: usize,
     builder: &ClientBuilder<'static>,
     stream: TcpStream,
 ) -> Result<WebSocketStream<TolerantStream>, String> {
@@ -158,7 +184,16 @@ async fn handshake(
         ws.get_mut().set_tolerant(true);
         return Ok(ws);
     }
-    ws.send(Message::text(target.subscribe_frame.clone()))
+    let frame = match &target.own_channels {
+        Some(own) => serde_json::json!({
+            "op": "subscribe",
+            "channels": [channel_of(&own.base, idx as u64)],
+            "id": 1
+        })
+        .to_string(),
+        None => target.subscribe_frame.clone(),
+    };
+    ws.send(Message::text(frame))
         .await
         .map_err(|e| format!("send subscribe: {e}"))?;
     loop {
