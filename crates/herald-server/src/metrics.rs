@@ -1,10 +1,10 @@
 //! Prometheus metrics: what `GET /metrics` renders, through `metrics-exporter-prometheus`'s
 //! recorder (one per server, not the process-wide one, so servers in one process do not mix).
 //!
-//! The hot path pays nothing new for the counters: they are the hub's own `Stats` atomics
-//! (and the gauges its live figures), copied into the recorder when a scrape renders. Three
-//! things are measured where they happen, through handles cached here: bytes written (per
-//! write batch), the publish-to-write latency (one publication-led write batch in [`SAMPLE_EVERY`] per
+//! The hot path pays nothing new for the counters: they are the hub's own `Stats` counters
+//! (per core, see `herald_core::stats::Counter`; the gauges are its live figures), copied
+//! into the recorder when a scrape renders. Three things are measured where they happen:
+//! bytes written (per write batch, in a per-core counter of its own), the publish-to-write latency (one publication-led write batch in [`SAMPLE_EVERY`] per
 //! connection: the batch's first publication, timed from its fan-out), and the auth hook's
 //! answer time. The samples are folded into their histograms every second ([`Metrics::upkeep`]),
 //! so they never pile up between scrapes.
@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use herald_core::stats::StatsSnapshot;
-use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder, Unit};
+use metrics::{Histogram, Key, Label, Level, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 static META: Metadata<'static> = Metadata::new("herald", Level::INFO, None);
@@ -45,8 +45,9 @@ pub struct BrokerHealth {
 /// One server's metrics.
 pub struct Metrics {
     recorder: PrometheusRecorder,
-    /// Bytes written to clients (WebSocket and HTTP streams).
-    pub bytes_written: Counter,
+    /// Bytes written to clients (WebSocket and HTTP streams): counted per core, copied into
+    /// the recorder when a scrape renders.
+    pub bytes_written: herald_core::stats::Counter,
     /// From a publication's fan-out to the write of the batch it leads.
     pub publish_to_write: Histogram,
     /// The auth hook's answers (connect, subscribe, publish).
@@ -323,15 +324,13 @@ impl Metrics {
             "How long a question to every live node took to be answered, at the last scrape."
                 .into(),
         );
-        let bytes_written =
-            recorder.register_counter(&key("herald_bytes_written_total", &[]), &META);
         let publish_to_write =
             recorder.register_histogram(&key("herald_publish_to_write_seconds", &[]), &META);
         let auth_hook_seconds =
             recorder.register_histogram(&key("herald_auth_hook_seconds", &[]), &META);
         Metrics {
             recorder,
-            bytes_written,
+            bytes_written: Default::default(),
             publish_to_write,
             auth_hook_seconds,
         }
@@ -352,7 +351,7 @@ impl Metrics {
     /// fanned out. `writes` is the connection's count of publication-led writes, of which one
     /// in [`SAMPLE_EVERY`] is timed.
     pub fn written(&self, writes: &mut u32, bytes: usize, since: Option<std::time::Instant>) {
-        self.bytes_written.increment(bytes as u64);
+        self.bytes_written.add(bytes as u64);
         if let Some(t) = since {
             let timed = Self::sampled(*writes);
             *writes = writes.wrapping_add(1);
@@ -371,6 +370,8 @@ impl Metrics {
         broker: Option<&BrokerHealth>,
     ) -> String {
         let r = &self.recorder;
+        r.register_counter(&key("herald_bytes_written_total", &[]), &META)
+            .absolute(self.bytes_written.get());
         for (name, labels, _, read) in COUNTERS {
             r.register_counter(&key(name, labels), &META)
                 .absolute(read(stats));
@@ -416,7 +417,7 @@ mod tests {
             slow_consumers: 2,
             ..StatsSnapshot::default()
         };
-        m.bytes_written.increment(100);
+        m.bytes_written.add(100);
         m.publish_to_write.record(0.002);
         let conns = [ConnectionCount {
             dialect: "native",
