@@ -27,7 +27,19 @@ pub struct Identity {
 /// case-insensitive and may be followed by any run of spaces or tabs (RFC 7235); `None` for
 /// another scheme, an empty credential or a header that is not visible ASCII.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_value(headers.get(AUTHORIZATION)?.as_bytes())
+}
+
+/// The credential of an `Authorization` header's value, if it is `Bearer <credential>`.
+pub fn bearer_value(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?;
+    // What `HeaderValue::to_str` accepts: visible ASCII and spaces/tabs.
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return None;
+    }
     let (scheme, credential) = value.trim_start().split_once([' ', '\t'])?;
     let credential = credential.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)

@@ -35,8 +35,9 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The response's status and body.
+    pub fn into_parts(self) -> (StatusCode, ErrorBody) {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody {
@@ -45,6 +46,13 @@ impl IntoResponse for ApiError {
                 message: self.0.message,
             },
         };
+        (status, body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.into_parts();
         (status, Json(body)).into_response()
     }
 }

@@ -147,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             ))
             .with_upgrades(["/ws".to_string()]),
         ),
+        api: true,
     };
     let mut tasks = vec![
         tokio::spawn(accept_loop(
@@ -339,6 +340,17 @@ async fn serve_connection<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     Err(_) => tracing::error!("an upgrade served directly on a TLS stream"),
                 }
                 return;
+            }
+            Opening::Other(bytes) if served.api && crate::http::direct::wants(&bytes) => {
+                // Publish requests are served here until another kind of request comes.
+                use crate::http::direct::After;
+                match crate::http::direct::serve(io, bytes, &state, &mut shutdown, timeout).await {
+                    After::Hyper(rest_io, rest) => {
+                        io = rest_io;
+                        rest
+                    }
+                    After::Closed => return,
+                }
             }
             Opening::Other(bytes) => bytes,
             Opening::Closed => return,

@@ -681,6 +681,9 @@ async fn shutdown_closes_connections_with_1001() {
 async fn shutdown_is_not_held_by_a_silent_connection() {
     let srv = TestServer::start().await;
     let silent = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    // A publisher's keep-alive connection, idle after its request (served without hyper).
+    let publisher = srv.admin();
+    publisher.publish(&["x"], json!(1)).await.unwrap();
     // Let the server accept it (its first read is what shutdown must not wait for).
     tokio::time::sleep(Duration::from_millis(100)).await;
     let TestServer { server, dir } = srv;
@@ -688,7 +691,7 @@ async fn shutdown_is_not_held_by_a_silent_connection() {
     server.shutdown(Duration::from_secs(2)).await;
     let again = herald_server::start(common::config(dir.path())).await;
     assert!(again.is_ok(), "the store was released: {:?}", again.err());
-    drop(silent);
+    drop((silent, publisher));
     again.unwrap().shutdown(Duration::from_secs(2)).await;
 }
 
@@ -792,4 +795,117 @@ async fn batch_answers_each_publication_in_order() {
     assert_eq!(r["channels"][0]["offset"], 2);
     let next = a.next_op("message", WAIT).await.unwrap();
     assert_eq!(next["data"], "last");
+}
+
+/// A publisher's keep-alive connection: publish requests are answered without hyper (split,
+/// pipelined, refused), then another kind of request hands the connection to hyper, which
+/// answers it and the publish requests after it alike; `Connection: close` closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_connection_serves_every_request_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await;
+    let mut sub = srv.client().await;
+    sub.request_ok(json!({"op":"subscribe","channel":"k"}))
+        .await
+        .unwrap();
+    let publish = |n: u32, auth: &str, extra: &str| {
+        let body = format!(r#"{{"channel":"k","data":{n}}}"#);
+        format!(
+            "POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let mut got = String::new();
+    // Reads until `n` whole responses (by content-length) arrived; returns their bodies.
+    async fn responses(
+        s: &mut tokio::net::TcpStream,
+        got: &mut String,
+        n: usize,
+    ) -> Vec<(u16, serde_json::Value)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            while let Some(end) = got.find("\r\n\r\n") {
+                let head = &got[..end];
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_string)
+                    })
+                    .expect("content-length")
+                    .parse()
+                    .unwrap();
+                if got.len() < end + 4 + len {
+                    break;
+                }
+                let status = head[9..12].parse().unwrap();
+                let body = serde_json::from_str(&got[end + 4..end + 4 + len]).unwrap();
+                out.push((status, body));
+                got.drain(..end + 4 + len);
+            }
+            if out.len() >= n {
+                return out;
+            }
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) => panic!("closed after {out:?}"),
+                Ok(Ok(k)) => got.push_str(std::str::from_utf8(&buf[..k]).unwrap()),
+                other => panic!("{other:?} after {out:?}"),
+            }
+        }
+    }
+    // One request written a byte at a time.
+    for b in publish(1, ADMIN_KEY, "").bytes() {
+        s.write_all(&[b]).await.unwrap();
+    }
+    let r = responses(&mut s, &mut got, 1).await;
+    assert_eq!(r[0].0, 200);
+    assert_eq!(r[0].1["channels"][0]["offset"], 1);
+    // Three pipelined in one write: a good one, a refused credential, a good one.
+    let three =
+        publish(2, ADMIN_KEY, "") + &publish(99, "wrong-key", "") + &publish(3, ADMIN_KEY, "");
+    s.write_all(three.as_bytes()).await.unwrap();
+    let r = responses(&mut s, &mut got, 3).await;
+    assert_eq!(r[0].1["channels"][0]["offset"], 2);
+    assert_eq!(
+        (r[1].0, r[1].1["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(r[2].1["channels"][0]["offset"], 3);
+    // Another kind of request: hyper takes the connection (and what follows it).
+    let stats = format!(
+        "GET /api/v1/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n"
+    );
+    let rest = stats + &publish(4, ADMIN_KEY, "") + &publish(5, ADMIN_KEY, "Connection: close\r\n");
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let r = responses(&mut s, &mut got, 3).await;
+    assert_eq!(r[0].0, 200);
+    assert!(r[0].1["publications"].as_u64().unwrap() >= 3, "{}", r[0].1);
+    assert_eq!(r[1].1["channels"][0]["offset"], 4);
+    assert_eq!(r[2].1["channels"][0]["offset"], 5);
+    let mut tail = [0u8; 16];
+    let closed = tokio::time::timeout(WAIT, s.read(&mut tail)).await.unwrap();
+    assert!(matches!(closed, Ok(0)), "closed after Connection: close");
+    for n in [1, 2, 3, 4, 5] {
+        assert_eq!(sub.next_op("message", WAIT).await.unwrap()["data"], n);
+    }
+
+    // Connection: close on the direct path itself, and a batch there.
+    let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+    let body = r#"{"publications":[{"channel":"k","data":6},{"channel":"","data":7}]}"#;
+    let req = format!(
+        "POST /api/v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    let r = responses(&mut s, &mut got, 1).await;
+    assert_eq!(r[0].1["results"][0]["channels"][0]["offset"], 6);
+    assert_eq!(r[0].1["results"][1]["error"]["code"], "invalid_channel");
+    let closed = tokio::time::timeout(WAIT, s.read(&mut tail)).await.unwrap();
+    assert!(matches!(closed, Ok(0)));
+    assert_eq!(sub.next_op("message", WAIT).await.unwrap()["data"], 6);
 }

@@ -23,21 +23,29 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
-        if !parts.headers.contains_key(AUTHORIZATION) {
-            return Err(unauthorized(
-                "missing Authorization: Bearer <admin key or channel token>",
-            ));
-        }
-        let token = crate::auth::bearer(&parts.headers).ok_or_else(|| {
-            unauthorized("the Authorization header must be \"Bearer <credential>\"")
-        })?;
-        if secret::secrets_equal(token, &state.admin_key) {
-            return Ok(Caller(Actor::Admin));
-        }
-        if token.starts_with(CHANNEL_TOKEN_PREFIX) {
-            return Ok(Caller(Actor::ChannelToken(token.to_string())));
-        }
-        Err(unauthorized("unknown credential"))
+        caller(
+            parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()),
+            state,
+        )
+        .map(Caller)
     }
+}
+
+/// The caller an `Authorization` header's value names (the first such header, if several).
+pub fn caller(authorization: Option<&[u8]>, state: &AppState) -> Result<Actor, ApiError> {
+    let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
+    let Some(value) = authorization else {
+        return Err(unauthorized(
+            "missing Authorization: Bearer <admin key or channel token>",
+        ));
+    };
+    let token = crate::auth::bearer_value(value)
+        .ok_or_else(|| unauthorized("the Authorization header must be \"Bearer <credential>\""))?;
+    if secret::secrets_equal(token, &state.admin_key) {
+        return Ok(Actor::Admin);
+    }
+    if token.starts_with(CHANNEL_TOKEN_PREFIX) {
+        return Ok(Actor::ChannelToken(token.to_string()));
+    }
+    Err(unauthorized("unknown credential"))
 }

@@ -1,8 +1,10 @@
 //! The HTTP side of the main listener: the API under `/api/v1`, `/healthz`, the OpenAPI
 //! document, the admin console (`crate::console`), around the dialects' routes; and what every dialect's own listener has
-//! (`/healthz`, the JSON 404).
+//! (`/healthz`, the JSON 404). A publisher's keep-alive connection is served by [`direct`]
+//! (the same handlers, without hyper) until it sends another kind of request.
 
 mod auth;
+pub mod direct;
 pub mod metrics;
 mod routes;
 

@@ -45,13 +45,18 @@ fn body_bytes(body: &Result<Bytes, BytesRejection>) -> ApiResult<&Bytes> {
         }
         Err(e) => return Err(ApiError::new(ErrorCode::BadRequest, e.body_text())),
     };
-    if bytes.is_empty() {
+    non_empty(bytes)
+}
+
+/// `body`, or the error for an empty one.
+fn non_empty(body: &Bytes) -> ApiResult<&Bytes> {
+    if body.is_empty() {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
             "the request needs a JSON body",
         ));
     }
-    Ok(bytes)
+    Ok(body)
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(text: &'a str) -> ApiResult<T> {
@@ -113,9 +118,21 @@ pub async fn publish(
     Caller(actor): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<PublishResponse>> {
-    let req = publish_request(body_bytes(&body)?)?;
-    let channels = state.hub.publish(&actor, req).await?;
-    Ok(Json(PublishResponse { channels }))
+    Ok(Json(
+        publish_body(&state, &actor, body_bytes(&body)?).await?,
+    ))
+}
+
+/// What `POST /api/v1/publish` does with its body (also served without hyper:
+/// [`super::direct`]).
+pub async fn publish_body(
+    state: &AppState,
+    actor: &Actor,
+    body: &Bytes,
+) -> ApiResult<PublishResponse> {
+    let req = publish_request(non_empty(body)?)?;
+    let channels = state.hub.publish(actor, req).await?;
+    Ok(PublishResponse { channels })
 }
 
 /// Parses the body of `POST /api/v1/publish` (also what a `format = "herald"` ingress
@@ -167,12 +184,17 @@ pub async fn batch(
     Caller(actor): Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<BatchResponse>> {
-    let bytes = body_bytes(&body)?;
-    let items = batch_items(bytes, state.config.limits.max_batch_publications)?;
+    Ok(Json(batch_body(&state, &actor, body_bytes(&body)?).await?))
+}
+
+/// What `POST /api/v1/batch` does with its body (also served without hyper:
+/// [`super::direct`]).
+pub async fn batch_body(state: &AppState, actor: &Actor, body: &Bytes) -> ApiResult<BatchResponse> {
+    let items = batch_items(non_empty(body)?, state.config.limits.max_batch_publications)?;
     let mut results = Vec::with_capacity(items.len());
     for item in items {
         let outcome = match item {
-            Ok(req) => state.hub.publish(&actor, req).await,
+            Ok(req) => state.hub.publish(actor, req).await,
             Err(e) => Err(e),
         };
         results.push(match outcome {
@@ -185,7 +207,7 @@ pub async fn batch(
             },
         });
     }
-    Ok(Json(BatchResponse { results }))
+    Ok(BatchResponse { results })
 }
 
 /// The publications of a `POST /api/v1/batch` body, each parsed on its own (a bad one is an

@@ -397,6 +397,9 @@ fn encode(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
 pub struct Served {
     pub router: axum::Router,
     pub streams: Arc<StreamPaths>,
+    /// The router has the HTTP API, whose publish requests are served without hyper
+    /// (`crate::http::direct`).
+    pub api: bool,
 }
 
 impl Served {
@@ -405,6 +408,7 @@ impl Served {
         Served {
             router,
             streams: Default::default(),
+            api: false,
         }
     }
 }

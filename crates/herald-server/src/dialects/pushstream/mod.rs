@@ -51,6 +51,7 @@ fn own(config: &Config) -> Vec<super::OwnListener> {
         mount: config.dialects.pushstream.mount(),
         serve: |state| Served {
             router: crate::http::own_listener(routes(), state),
+            api: false,
             streams: Arc::new(StreamPaths::new(stream_paths(""))),
         },
     }]
