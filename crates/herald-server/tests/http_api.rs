@@ -217,8 +217,21 @@ async fn health_openapi_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+    // docs/openapi.json is the served document (HERALD_UPDATE_OPENAPI=1 rewrites it).
+    let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    if std::env::var_os("HERALD_UPDATE_OPENAPI").is_some() {
+        let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+        std::fs::write(committed, text).unwrap();
+    }
+    let on_disk: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(committed).unwrap()).unwrap();
+    assert!(
+        on_disk == doc,
+        "docs/openapi.json is not the served document: run HERALD_UPDATE_OPENAPI=1 cargo test -p herald-server --test http_api health_openapi"
+    );
     for path in [
         "/api/v1/publish",
+        "/api/v1/batch",
         "/api/v1/channels",
         "/api/v1/channels/{name}",
         "/api/v1/clients/{id}/send",
