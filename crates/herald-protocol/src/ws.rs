@@ -160,6 +160,11 @@ impl Decoder {
         }
     }
 
+    /// The largest message accepted; larger ones are skipped ([`Incoming::TooLarge`]).
+    pub fn max_message(&self) -> usize {
+        self.max_message
+    }
+
     /// Decodes the next event from `buf`, consuming what it used. `Ok(None)`: more bytes are
     /// needed (whatever is left in `buf` is an incomplete frame).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, ProtocolViolation> {

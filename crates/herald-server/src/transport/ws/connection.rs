@@ -62,7 +62,7 @@ pub async fn run<D: Dialect, T: Transport>(
         client: &client,
         stream,
         read_buf,
-        decoder: Decoder::new(ws_cfg.max_message_bytes),
+        decoder: Decoder::new(dialect.max_message_bytes(ws_cfg)),
         rate: Default::default(),
         linger_until: None,
     };
@@ -390,7 +390,7 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             Incoming::Text(text) => self.session.on_text(text).await,
             Incoming::Binary(data) => self.session.on_binary(data).await,
             Incoming::TooLarge { len } => {
-                let limit = self.state.config.websocket.max_message_bytes;
+                let limit = self.decoder.max_message();
                 self.session.on_too_large(len, limit)
             }
             Incoming::Ping(payload) => Some(ws::frame(ws::OP_PONG, &payload)),
