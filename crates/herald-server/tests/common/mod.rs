@@ -245,6 +245,17 @@ impl RawPeer {
 
     /// Sends a frame; `masked` false breaks the protocol on purpose.
     pub async fn send(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        let out = Self::encode(opcode, payload, masked);
+        self.tcp.write_all(&out).await.unwrap();
+    }
+
+    /// Sends bytes as they are, in one write (several frames arrive together).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// A final frame as a client sends it (masked unless `masked` is false).
+    pub fn encode(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
         let mut out = vec![0x80 | opcode];
         let mask_bit = if masked { 0x80 } else { 0 };
         match payload.len() {
@@ -265,7 +276,7 @@ impl RawPeer {
         } else {
             out.extend_from_slice(payload);
         }
-        self.tcp.write_all(&out).await.unwrap();
+        out
     }
 
     pub async fn send_json(&mut self, v: serde_json::Value) {
