@@ -1430,6 +1430,31 @@ mod tests {
     }
 
     #[test]
+    fn debug_echo_is_off_by_default_and_checked() {
+        assert!(!Config::default().debug.ws_echo);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        assert!(load("[debug]\nws_echo = true\n").unwrap().debug.ws_echo);
+        let err = load("[debug]\nws_echo = 1\n").unwrap_err().to_string();
+        assert!(err.contains("debug.ws_echo"), "{err}");
+        let err = load("[debug]\nws_eho = true\n").unwrap_err().to_string();
+        assert!(err.contains("ws_eho"), "{err}");
+        let clash = "[dialects.simplysocket]\nenabled = true\nprefix = \"/debug\"\n";
+        assert!(load(clash).is_ok(), "no clash while the echo is off");
+        let err = load(&format!("{clash}[debug]\nws_echo = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("debug.ws_echo") && err.contains("dialects.simplysocket.prefix"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redis_topologies_parse_and_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("herald.toml");

@@ -160,3 +160,17 @@ impl WireFormat for EchoWs {
         ws::ping_frame()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Off, nothing is served; on, its plain-TCP upgrades are served on the socket as `/ws`'s.
+    #[test]
+    fn upgrade_paths_follow_the_switch() {
+        let mut config = Config::default();
+        assert_eq!(super::super::main_upgrade_paths(&config), ["/ws"]);
+        config.debug.ws_echo = true;
+        assert_eq!(super::super::main_upgrade_paths(&config), ["/ws", PATH]);
+    }
+}
