@@ -15,7 +15,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-home="${AUTOBAHN_HOME:-$HOME/.cache/herald-autobahn}"
+home="${AUTOBAHN_HOME:-${HOME:-/root}/.cache/herald-autobahn}"
 wstest="$home/bin/wstest"
 timeout_secs="${AUTOBAHN_TIMEOUT:-900}"
 

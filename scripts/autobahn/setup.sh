@@ -12,7 +12,7 @@
 #          $AUTOBAHN_HOME/bin     python2.7 and wstest wrappers
 set -euo pipefail
 
-home="${AUTOBAHN_HOME:-$HOME/.cache/herald-autobahn}"
+home="${AUTOBAHN_HOME:-${HOME:-/root}/.cache/herald-autobahn}"
 prefix="$home/py27"
 site="$home/site"
 bin="$home/bin"
