@@ -105,7 +105,11 @@ if [ "$status" -ne 0 ]; then
   die "wstest exited with status $status"
 fi
 kill -0 "$herald_pid" 2>/dev/null || { cat "$work/herald.log" >&2; die "herald died during the run"; }
-echo "autobahn: the suite took ${elapsed}s; reports in $out"
+if [ -n "${AUTOBAHN_OUT:-}" ]; then
+  echo "autobahn: the suite took ${elapsed}s; reports in $out (index.html)"
+else
+  echo "autobahn: the suite took ${elapsed}s (set AUTOBAHN_OUT=DIR to keep the reports)"
+fi
 
 # The summary, from index.json (Python 3 if there is one, else the suite's Python 2.7).
 python="$(command -v python3 || echo "$home/bin/python2.7")"
@@ -152,7 +156,8 @@ for agent in agents:
             failed.append("%s %s" % (agent, case))
 print("")
 if failed:
-    print("autobahn: %d failed: %s" % (len(failed), ", ".join(failed)))
+    shown = ", ".join(failed[:20]) + (", ..." if len(failed) > 20 else "")
+    print("autobahn: %d failed: %s" % (len(failed), shown))
     sys.exit(1)
 print("autobahn: no case failed")
 PY
