@@ -104,7 +104,10 @@ if [ "$status" -ne 0 ]; then
   [ "$status" -eq 124 ] && die "the suite did not finish within ${timeout_secs}s"
   die "wstest exited with status $status"
 fi
-kill -0 "$herald_pid" 2>/dev/null || { cat "$work/herald.log" >&2; die "herald died during the run"; }
+if ! kill -0 "$herald_pid" 2>/dev/null; then
+  cat "$work/herald.log" >&2
+  die "herald died during the run"
+fi
 if [ -n "${AUTOBAHN_OUT:-}" ]; then
   echo "autobahn: the suite took ${elapsed}s; reports in $out (index.html)"
 else

@@ -80,7 +80,8 @@ SITE
 
 # 3. pip 20.3.4 (its wheel, downloaded with python3's pip, runs as a zip) installs itself,
 #    setuptools and wheel into $site, then autobahntestsuite and its pinned dependencies.
-export PYTHONPATH="$site"
+pip_opts=(-q --disable-pip-version-check --no-python-version-warning --no-warn-script-location
+  --upgrade --target "$site")
 if ! "$bin/python2.7" -m pip --version 2>/dev/null | grep -q "^pip $pip_version"; then
   wheels="$home/wheels"
   mkdir -p "$wheels"
@@ -95,16 +96,19 @@ if ! "$bin/python2.7" -m pip --version 2>/dev/null | grep -q "^pip $pip_version"
       --python-version 2.7 -d "$wheels"
   fi
   log "pip $pip_version, setuptools 44.0.0, wheel into $site"
-  "$bin/python2.7" "$whl/pip" install -q --disable-pip-version-check --no-python-version-warning --no-warn-script-location \
-    --upgrade --target "$site" "pip==$pip_version" "setuptools==44.0.0" wheel
+  "$bin/python2.7" "$whl/pip" install "${pip_opts[@]}" \
+    "pip==$pip_version" "setuptools==44.0.0" wheel
 fi
-log "autobahntestsuite $suite_version (builds C extensions: a minute or two)"
+log "autobahntestsuite $suite_version and its dependencies (C extensions are built)"
 CFLAGS="-I$prefix/usr/include/python2.7 -I$prefix/usr/include" \
-  "$bin/python2.7" -m pip install -q --disable-pip-version-check --no-python-version-warning --no-warn-script-location \
-  --upgrade --target "$site" "autobahntestsuite==$suite_version"
+  "$bin/python2.7" -m pip install "${pip_opts[@]}" "autobahntestsuite==$suite_version"
 cat >"$bin/wstest" <<WSTEST
 #!/bin/sh
-exec "$bin/python2.7" -c 'import sys; from autobahntestsuite.wstest import run; sys.argv[0] = "wstest"; sys.exit(run())' "\$@"
+exec "$bin/python2.7" -c '
+import sys
+from autobahntestsuite.wstest import run
+sys.argv[0] = "wstest"
+sys.exit(run())' "\$@"
 WSTEST
 chmod +x "$bin/wstest"
 if ! "$bin/wstest" --help >/dev/null; then
