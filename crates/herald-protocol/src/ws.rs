@@ -134,6 +134,11 @@ pub struct Decoder {
     skip: Option<Skip>,
     /// The rest of an oversized fragmented message is skipped too.
     skipping_message: Option<u64>,
+    /// Bytes of the payload of the text frame at the head of the buffer already unmasked (in
+    /// place) and checked as UTF-8 while the frame was still arriving.
+    checked: usize,
+    /// UTF-8 validation of the text message being received, piece by piece.
+    utf8: Utf8Check,
 }
 
 struct Skip {
@@ -157,7 +162,14 @@ impl Decoder {
             fragments: None,
             skip: None,
             skipping_message: None,
+            checked: 0,
+            utf8: Utf8Check::default(),
         }
+    }
+
+    /// The largest message accepted; larger ones are skipped ([`Incoming::TooLarge`]).
+    pub fn max_message(&self) -> usize {
+        self.max_message
     }
 
     /// Decodes the next event from `buf`, consuming what it used. `Ok(None)`: more bytes are
@@ -215,13 +227,34 @@ impl Decoder {
                 });
                 continue;
             }
-            if buf.len() < h.header_len + h.len as usize {
-                buf.reserve(h.header_len + h.len as usize - buf.len());
+            // Text is checked as it arrives, so invalid UTF-8 fails the connection at the
+            // byte that makes it invalid, not when the message ends (Autobahn 6.4).
+            let text = h.opcode == OP_TEXT
+                || (h.opcode == OP_CONTINUATION && matches!(self.fragments, Some((OP_TEXT, _))));
+            if h.opcode == OP_TEXT && self.checked == 0 {
+                self.utf8 = Utf8Check::default();
+            }
+            let len = h.len as usize;
+            let available = (buf.len() - h.header_len).min(len);
+            if text && available > self.checked {
+                let new = &mut buf[h.header_len + self.checked..h.header_len + available];
+                unmask_from(new, h.mask, self.checked);
+                if !self.utf8.feed(new) {
+                    return Err(invalid_utf8());
+                }
+                self.checked = available;
+            }
+            if available < len {
+                buf.reserve(h.header_len + len - buf.len());
                 return Ok(None);
             }
             buf.advance(h.header_len);
-            let mut payload = buf.split_to(h.len as usize);
-            unmask(&mut payload, h.mask);
+            let mut payload = buf.split_to(len);
+            if text {
+                self.checked = 0; // Unmasked and checked above.
+            } else {
+                unmask(&mut payload, h.mask);
+            }
             let (opcode, data) = match self.fragments.take() {
                 Some((op, mut acc)) => {
                     acc.extend_from_slice(&payload);
@@ -235,17 +268,73 @@ impl Decoder {
             }
             return Ok(Some(match opcode {
                 OP_TEXT => {
-                    if std::str::from_utf8(&data).is_err() {
-                        return Err(ProtocolViolation {
-                            close_code: 1007,
-                            reason: "invalid UTF-8 in a text message",
-                        });
+                    // Every byte was checked; a code point cut off by the end is not.
+                    if !self.utf8.is_complete() {
+                        return Err(invalid_utf8());
                     }
                     Incoming::Text(data.freeze())
                 }
                 _ => Incoming::Binary(data.freeze()),
             }));
         }
+    }
+}
+
+fn invalid_utf8() -> ProtocolViolation {
+    ProtocolViolation {
+        close_code: 1007,
+        reason: "invalid UTF-8 in a text message",
+    }
+}
+
+/// UTF-8 validation of a message arriving in pieces: a piece is invalid as soon as a byte in
+/// it cannot continue valid UTF-8 (`std`'s validator tells an invalid sequence from one cut
+/// off by the end of its input); a code point cut between pieces is kept until the next.
+#[derive(Default)]
+struct Utf8Check {
+    /// The start of a code point the last piece ended inside.
+    pending: [u8; 4],
+    pending_len: u8,
+}
+
+impl Utf8Check {
+    /// Checks the next piece of the message; `false`: it is not valid UTF-8.
+    fn feed(&mut self, mut piece: &[u8]) -> bool {
+        if self.pending_len > 0 {
+            let have = usize::from(self.pending_len);
+            let need = match self.pending[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (need - have).min(piece.len());
+            self.pending[have..have + take].copy_from_slice(&piece[..take]);
+            match std::str::from_utf8(&self.pending[..have + take]) {
+                Ok(_) => self.pending_len = 0,
+                Err(e) if e.error_len().is_some() => return false,
+                // Still cut off: the piece was too short to finish it.
+                Err(_) => {
+                    self.pending_len = (have + take) as u8;
+                    return true;
+                }
+            }
+            piece = &piece[take..];
+        }
+        match std::str::from_utf8(piece) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                let tail = &piece[e.valid_up_to()..];
+                self.pending[..tail.len()].copy_from_slice(tail);
+                self.pending_len = tail.len() as u8;
+                true
+            }
+        }
+    }
+
+    /// No code point is cut off.
+    fn is_complete(&self) -> bool {
+        self.pending_len == 0
     }
 }
 
@@ -327,6 +416,13 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, ProtocolViolation> {
         len,
         header_len: pos,
     }))
+}
+
+/// [`unmask`] for the part of a payload that starts `offset` bytes into it.
+fn unmask_from(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    let mut rotated = mask;
+    rotated.rotate_left(offset % 4);
+    unmask(data, rotated);
 }
 
 /// XORs the payload with the 4-byte mask, eight bytes at a time.
@@ -489,6 +585,107 @@ mod tests {
         }
     }
 
+    /// Feeds `wire` one byte at a time; returns the index of the byte at which decoding
+    /// failed (and the violation), or the events decoded if it never did.
+    fn feed_bytewise(
+        dec: &mut Decoder,
+        wire: &[u8],
+    ) -> Result<Vec<Incoming>, (usize, ProtocolViolation)> {
+        let mut buf = BytesMut::new();
+        let mut events = Vec::new();
+        for (i, b) in wire.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            loop {
+                match dec.decode(&mut buf) {
+                    Ok(Some(ev)) => events.push(ev),
+                    Ok(None) => break,
+                    Err(v) => return Err((i, v)),
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// Autobahn 6.4.1: a text message whose second fragment holds a code point past U+10FFFF
+    /// (F4 90 80 80) fails as soon as the byte making it invalid (0x90) arrives, not when
+    /// the message ends.
+    #[test]
+    fn invalid_utf8_fails_fast_in_the_fragment_that_breaks_it() {
+        let part1 = "κόσμε".as_bytes();
+        let part2 = [0xf4, 0x90, 0x80, 0x80];
+        let mut wire = client_frame(false, OP_TEXT, part1);
+        let bad_at = wire.len() + 6 + 1; // the second frame's header, then F4, then 0x90
+        wire.extend_from_slice(&client_frame(false, OP_CONTINUATION, &part2));
+        wire.extend_from_slice(&client_frame(true, OP_CONTINUATION, b"edited"));
+        let (at, v) = feed_bytewise(&mut Decoder::new(1024), &wire).unwrap_err();
+        assert_eq!((at, v.close_code), (bad_at, 1007));
+    }
+
+    /// Autobahn 6.4.3 and 6.4.4: the same inside one frame that arrives in pieces: it fails
+    /// at the invalid byte, before the frame is complete.
+    #[test]
+    fn invalid_utf8_fails_fast_inside_a_frame_still_arriving() {
+        let mut payload = "κόσμε".as_bytes().to_vec();
+        let bad_at = 6 + payload.len() + 1; // header and mask, part 1, F4, then 0x90
+        payload.extend_from_slice(&[0xf4, 0x90, 0x80, 0x80]);
+        payload.extend_from_slice(b"edited");
+        let wire = client_frame(true, OP_TEXT, &payload);
+        let (at, v) = feed_bytewise(&mut Decoder::new(1024), &wire).unwrap_err();
+        assert_eq!((at, v.close_code), (bad_at, 1007));
+        // A longer frame (16-bit length), invalid far from its start.
+        let mut payload = vec![b'a'; 300];
+        payload.extend_from_slice(&[0xed, 0xa0, 0x80]); // a surrogate: invalid at 0xA0
+        payload.extend_from_slice(&[b'b'; 100]);
+        let wire = client_frame(true, OP_TEXT, &payload);
+        let (at, v) = feed_bytewise(&mut Decoder::new(1024), &wire).unwrap_err();
+        assert_eq!((at, v.close_code), (8 + 300 + 1, 1007));
+    }
+
+    /// Autobahn 6.2.x: valid text cut into fragments at every byte (inside code points too),
+    /// each fragment arriving byte by byte, is one message.
+    #[test]
+    fn utf8_cut_between_fragments_at_every_byte_is_accepted() {
+        let text = "Hello-µ@ßöäüàá-UTF-8!! κόσμε 😀";
+        let bytes = text.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut wire = client_frame(false, OP_TEXT, &bytes[..cut]);
+            wire.extend_from_slice(&client_frame(true, OP_PING, b"p"));
+            wire.extend_from_slice(&client_frame(true, OP_CONTINUATION, &bytes[cut..]));
+            let events = feed_bytewise(&mut Decoder::new(1024), &wire).unwrap();
+            assert_eq!(
+                events,
+                vec![
+                    Incoming::Ping(Bytes::from("p")),
+                    Incoming::Text(Bytes::from(text))
+                ],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// A message ending inside a code point is invalid, at its last byte.
+    #[test]
+    fn text_ending_inside_a_code_point_is_invalid() {
+        let snowman = "☃".as_bytes();
+        let mut wire = client_frame(false, OP_TEXT, b"a");
+        wire.extend_from_slice(&client_frame(true, OP_CONTINUATION, &snowman[..2]));
+        let (at, v) = feed_bytewise(&mut Decoder::new(1024), &wire).unwrap_err();
+        assert_eq!((at, v.close_code), (wire.len() - 1, 1007));
+        // The next message starts clean after a valid one.
+        let mut dec = Decoder::new(1024);
+        let mut wire = client_frame(true, OP_TEXT, snowman);
+        wire.extend_from_slice(&client_frame(true, OP_BINARY, &[0xff]));
+        wire.extend_from_slice(&client_frame(true, OP_TEXT, b"ok"));
+        assert_eq!(
+            feed_bytewise(&mut dec, &wire).unwrap(),
+            vec![
+                Incoming::Text(Bytes::from("☃")),
+                Incoming::Binary(Bytes::from_static(&[0xff])),
+                Incoming::Text(Bytes::from("ok"))
+            ]
+        );
+    }
+
     /// A close code that must never be sent, is reserved or out of range fails the connection
     /// with 1002; valid ones are handed on (issue 9, item 7).
     #[test]
@@ -540,6 +737,25 @@ mod tests {
                 .collect();
             unmask(&mut masked, mask);
             assert_eq!(masked, data);
+        }
+    }
+
+    /// Unmasking a payload in two parts, the second from its offset, at every cut.
+    #[test]
+    fn unmask_from_an_offset_matches_unmasking_whole() {
+        let data: Vec<u8> = (0..37u8).collect();
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let masked: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        for cut in 0..=data.len() {
+            let mut parts = masked.clone();
+            let (head, tail) = parts.split_at_mut(cut);
+            unmask_from(head, mask, 0);
+            unmask_from(tail, mask, cut);
+            assert_eq!(parts, data, "cut at {cut}");
         }
     }
 }

@@ -50,6 +50,50 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// `[[ingress]]`: queues whose messages Herald publishes (a Redis stream, a NATS subject).
     pub ingress: Vec<IngressConfig>,
+    /// Test-only switches, off by default; never on in production.
+    pub debug: DebugConfig,
+}
+
+/// `[debug]`: switches for testing Herald itself (conformance suites), all off by default.
+/// Never turn them on in production.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// A WebSocket at `/debug/echo` on the main listener (plain and TLS) that sends every
+    /// text and binary message back as it came, through Herald's own WebSocket transport
+    /// (`crate::dialects::echo`): for Autobahn|Testsuite (docs/conformance.md). Anyone may
+    /// connect to it, and it takes messages up to 16 MiB.
+    pub ws_echo: bool,
+}
+
+impl DebugConfig {
+    fn validate(&self, dialects: &DialectsConfig) -> Result<(), ConfigError> {
+        if !self.ws_echo {
+            return Ok(());
+        }
+        // `/debug/echo` would sit inside a dialect mounted at `/debug`.
+        let d = dialects;
+        let mounts = [
+            ("subsocket", d.subsocket.enabled, &d.subsocket.prefix),
+            ("eventual", d.eventual.enabled, &d.eventual.prefix),
+            (
+                "simplysocket",
+                d.simplysocket.enabled,
+                &d.simplysocket.prefix,
+            ),
+            ("pushstream", d.pushstream.enabled, &d.pushstream.prefix),
+            ("wspush", d.wspush.enabled, &d.wspush.prefix),
+        ];
+        let clash = mounts
+            .iter()
+            .find(|(_, on, prefix)| *on && prefix.as_str() == "/debug");
+        match clash {
+            Some((name, ..)) => Err(ConfigError(format!(
+                "debug.ws_echo: /debug/echo clashes with dialects.{name}.prefix = \"/debug\""
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One `[[ingress]]`: a Redis stream read by a consumer group, or a NATS subject read by a
@@ -999,6 +1043,7 @@ impl Default for Config {
             metrics_listen: String::new(),
             broker: BrokerConfig::default(),
             ingress: Vec::new(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -1081,6 +1126,7 @@ const KNOWN_KEYS: &[&str] = &[
     "webhooks",
     "auth_hook",
     "ingress",
+    "debug",
 ];
 
 /// Whether `url` is an `http://` URL with a host (outgoing calls: hooks and webhooks; Herald
@@ -1190,6 +1236,7 @@ impl Config {
         self.dialects.pushstream.validate()?;
         self.dialects.wspush.validate()?;
         self.tls.validate()?;
+        self.debug.validate(&self.dialects)?;
         for (i, webhook) in self.webhooks.iter().enumerate() {
             webhook.validate(i)?;
         }
@@ -1384,6 +1431,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn debug_echo_is_off_by_default_and_checked() {
+        assert!(!Config::default().debug.ws_echo);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        let load = |toml: &str| {
+            std::fs::write(&path, toml).unwrap();
+            Config::load(Some(&path))
+        };
+        assert!(load("[debug]\nws_echo = true\n").unwrap().debug.ws_echo);
+        let err = load("[debug]\nws_echo = 1\n").unwrap_err().to_string();
+        assert!(err.contains("debug.ws_echo"), "{err}");
+        let err = load("[debug]\nws_eho = true\n").unwrap_err().to_string();
+        assert!(err.contains("ws_eho"), "{err}");
+        let clash = "[dialects.simplysocket]\nenabled = true\nprefix = \"/debug\"\n";
+        assert!(load(clash).is_ok(), "no clash while the echo is off");
+        let err = load(&format!("{clash}[debug]\nws_echo = true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("debug.ws_echo") && err.contains("dialects.simplysocket.prefix"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         None => None,
     };
     let ingresses = crate::ingress::prepare(&config.ingress)?;
+    if config.debug.ws_echo {
+        tracing::warn!(
+            path = crate::dialects::echo::PATH,
+            "debug.ws_echo is on: anyone may open the echo WebSocket; never in production"
+        );
+    }
     let key = admin_key::load_or_generate(&config.admin_key, &config.data_dir)
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
     // Bound first: the node's default name is the host name and the bound port.
@@ -145,7 +151,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             crate::transport::direct::StreamPaths::new(crate::dialects::main_stream_paths(
                 &state.config,
             ))
-            .with_upgrades(["/ws".to_string()]),
+            .with_upgrades(crate::dialects::main_upgrade_paths(&state.config)),
         ),
         api: true,
     };

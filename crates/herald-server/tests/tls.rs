@@ -449,6 +449,22 @@ async fn dialects_work_over_tls() {
     assert_eq!(hello["action"], "know-yourself", "{hello}");
 }
 
+/// The debug echo (`[debug] ws_echo`, Autobahn's target) over TLS: messages come back whole,
+/// small ones and ones spanning many TLS records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_echo_works_over_tls() {
+    let srv = TlsServer::start_with(|c| c.debug.ws_echo = true).await;
+    let mut ws = srv.wss("/debug/echo").await;
+    ws.send(Message::text("héllo")).await.unwrap();
+    let echo = next_message(&mut ws).await;
+    assert_eq!(echo.as_text(), Some("héllo"));
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let echo = next_message(&mut ws).await;
+    assert!(echo.is_binary());
+    assert_eq!(&echo.as_payload()[..], &big[..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_wss_connections_with_1001() {
     let srv = TlsServer::start().await;

@@ -246,6 +246,42 @@ async fn protocol_violation_closes_with_1002_and_others_carry_on() {
     assert_eq!(good.next_op("message", WAIT).await.unwrap()["data"], "fine");
 }
 
+/// Replies to requests that arrived before a protocol violation (in the same read) are
+/// written before the 1002 close frame, not dropped with the connection (Autobahn 3.2, 4.1.3,
+/// 5.15: the echo of the message before the bad frame was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_before_a_protocol_violation_go_out_before_the_close() {
+    let srv = TestServer::start().await;
+    let mut raw = RawPeer::connect(srv.addr()).await;
+    raw.json().await;
+    let mut wire = RawPeer::encode(1, br#"{"op":"ping","id":7}"#, true);
+    let mut bad = RawPeer::encode(1, b"x", true);
+    bad[0] |= 0x20; // RSV2: no extension was negotiated
+    wire.extend_from_slice(&bad);
+    wire.extend_from_slice(&RawPeer::encode(9, b"not answered", true));
+    raw.send_raw(&wire).await;
+    assert_eq!(raw.json().await["id"], 7);
+    assert_eq!(raw.close_code().await, Some(1002));
+}
+
+/// The same for the client's own close: what it asked before closing is answered first
+/// (Autobahn 7.1.6: the echo of a message sent just before the close frame was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_before_the_clients_close_go_out_before_the_close() {
+    let srv = TestServer::start().await;
+    let mut raw = RawPeer::connect(srv.addr()).await;
+    raw.json().await;
+    let mut wire = RawPeer::encode(1, br#"{"op":"ping","id":8}"#, true);
+    wire.extend_from_slice(&RawPeer::encode(8, &1000u16.to_be_bytes(), true));
+    wire.extend_from_slice(&RawPeer::encode(9, b"after the close", true));
+    raw.send_raw(&wire).await;
+    assert_eq!(raw.json().await["id"], 8);
+    assert_eq!(raw.close_code().await, Some(1000));
+    // Nothing after the close frame, and the server ends the connection.
+    assert_eq!(raw.frame().await, None);
+    wait_for(|| async { srv.server.state.hub.registry().client_count() == 0 }).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_closes_with_1007() {
     let srv = TestServer::start().await;

@@ -47,6 +47,10 @@ struct ServeArgs {
     /// Data directory (overrides `data_dir`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve the debug echo WebSocket at /debug/echo (sets `debug.ws_echo`): for conformance
+    /// suites only, never in production.
+    #[arg(long)]
+    debug_ws_echo: bool,
 }
 
 #[derive(Args)]
@@ -248,6 +252,9 @@ fn load_serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
+    if args.debug_ws_echo {
+        config.debug.ws_echo = true;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -273,6 +280,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let subsocket = &server.state.config.dialects.subsocket;
     if subsocket.enabled && !subsocket.prefix.is_empty() {
         eprintln!("  SubSocket:  ws://{addr}{}/socket", subsocket.prefix);
+    }
+    if server.state.config.debug.ws_echo {
+        let path = herald_server::dialects::echo::PATH;
+        eprintln!(
+            "  Debug echo: ws://{addr}{path} (debug.ws_echo: for tests, never in production)"
+        );
     }
     for (dialect, dialect_addr) in &server.dialect_addrs {
         eprintln!("  {dialect} (own listener): {dialect_addr}");

@@ -6,6 +6,7 @@
 //! server binds each one's listeners of its own ([`Entry::own`]), and streaming paths are
 //! served without hyper ([`Entry::streams`]).
 
+pub mod echo;
 pub mod eventual;
 pub mod native;
 pub mod pushstream;
@@ -33,6 +34,9 @@ pub struct Entry {
     pub streams: fn(&Config) -> Vec<String>,
     /// The listeners of its own it has (bound only when enabled with a `listen` address).
     pub own: fn(&Config) -> Vec<OwnListener>,
+    /// Its WebSocket paths on the main listener whose plain-TCP upgrades are served on the
+    /// socket ([`crate::transport::direct`]: the 101 leaves with the greeting).
+    pub upgrades: fn(&Config) -> Vec<String>,
 }
 
 /// A listener of a dialect's own.
@@ -51,10 +55,16 @@ pub const TABLE: &[Entry] = &[
     simplysocket::ENTRY,
     pushstream::ENTRY,
     wspush::ENTRY,
+    echo::ENTRY,
 ];
 
 /// No streaming paths.
 fn no_streams(_: &Config) -> Vec<String> {
+    Vec::new()
+}
+
+/// No upgrade paths served on the socket.
+fn no_upgrades(_: &Config) -> Vec<String> {
     Vec::new()
 }
 
@@ -93,6 +103,11 @@ pub fn main_routes(config: &Config) -> Routes {
     TABLE
         .iter()
         .fold(Router::new(), |router, d| (d.mount)(router, config))
+}
+
+/// The main listener's upgrade paths served on the socket ([`crate::transport::direct`]).
+pub fn main_upgrade_paths(config: &Config) -> Vec<String> {
+    TABLE.iter().flat_map(|d| (d.upgrades)(config)).collect()
 }
 
 /// The main listener's streaming paths ([`crate::transport::direct`]), as the dialects

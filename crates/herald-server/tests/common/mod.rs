@@ -113,6 +113,13 @@ impl RawPeer {
         Self::open(addr, path, extra_headers, None).await
     }
 
+    /// A WebSocket at `path` whose handshake is sent in two writes, a pause apart: its head
+    /// does not arrive in one read, so hyper serves the upgrade instead of the socket's own
+    /// code (`transport::direct`).
+    pub async fn connect_via_hyper(addr: SocketAddr, path: &str) -> RawPeer {
+        Self::open_with(addr, path, "", None, true).await
+    }
+
     /// The raw 101-or-not answer to an upgrade request at `path`.
     pub async fn handshake_status(addr: SocketAddr, path: &str, extra_headers: &str) -> String {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -139,13 +146,30 @@ impl RawPeer {
         extra_headers: &str,
         recv_buffer: Option<u32>,
     ) -> RawPeer {
+        Self::open_with(addr, path, extra_headers, recv_buffer, false).await
+    }
+
+    async fn open_with(
+        addr: SocketAddr,
+        path: &str,
+        extra_headers: &str,
+        recv_buffer: Option<u32>,
+        split: bool,
+    ) -> RawPeer {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut tcp = socket.connect(addr).await.unwrap();
         let req = Self::upgrade_request(addr, path, extra_headers);
-        tcp.write_all(req.as_bytes()).await.unwrap();
+        if split {
+            let (first, rest) = req.as_bytes().split_at(20);
+            tcp.write_all(first).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tcp.write_all(rest).await.unwrap();
+        } else {
+            tcp.write_all(req.as_bytes()).await.unwrap();
+        }
         let mut peer = RawPeer {
             tcp,
             buf: Vec::new(),
@@ -245,6 +269,17 @@ impl RawPeer {
 
     /// Sends a frame; `masked` false breaks the protocol on purpose.
     pub async fn send(&mut self, opcode: u8, payload: &[u8], masked: bool) {
+        let out = Self::encode(opcode, payload, masked);
+        self.tcp.write_all(&out).await.unwrap();
+    }
+
+    /// Sends bytes as they are, in one write (several frames arrive together).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).await.unwrap();
+    }
+
+    /// A final frame as a client sends it (masked unless `masked` is false).
+    pub fn encode(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
         let mut out = vec![0x80 | opcode];
         let mask_bit = if masked { 0x80 } else { 0 };
         match payload.len() {
@@ -265,7 +300,7 @@ impl RawPeer {
         } else {
             out.extend_from_slice(payload);
         }
-        self.tcp.write_all(&out).await.unwrap();
+        out
     }
 
     pub async fn send_json(&mut self, v: serde_json::Value) {

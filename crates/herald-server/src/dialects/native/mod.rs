@@ -19,6 +19,7 @@ pub const ENTRY: super::Entry = super::Entry {
     mount,
     streams,
     own: super::no_listeners,
+    upgrades,
 };
 
 /// Always on the main listener, at the root.
@@ -28,6 +29,11 @@ fn mount(router: Router<Arc<AppState>>, _: &Config) -> Router<Arc<AppState>> {
         .route("/sse", get(http::sse))
         .route("/stream", get(http::stream))
         .route("/poll", get(http::poll))
+}
+
+/// `/ws`'s plain-TCP upgrades are served on the socket.
+fn upgrades(_: &Config) -> Vec<String> {
+    vec!["/ws".to_string()]
 }
 
 fn streams(_: &Config) -> Vec<String> {

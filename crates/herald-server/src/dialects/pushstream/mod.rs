@@ -30,6 +30,7 @@ pub const ENTRY: super::Entry = super::Entry {
     mount,
     streams: main_streams,
     own,
+    upgrades: super::no_upgrades,
 };
 
 fn mount(router: Router<Arc<AppState>>, config: &Config) -> Router<Arc<AppState>> {

@@ -20,6 +20,7 @@ pub const ENTRY: super::Entry = super::Entry {
     mount,
     streams: super::no_streams,
     own,
+    upgrades: super::no_upgrades,
 };
 
 /// The original paths: `/socket`, `/api.v1/...` and `/static/`.

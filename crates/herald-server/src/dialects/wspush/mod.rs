@@ -21,6 +21,7 @@ pub const ENTRY: super::Entry = super::Entry {
     mount,
     streams: super::no_streams,
     own,
+    upgrades: super::no_upgrades,
 };
 
 /// The HTTP API's paths.

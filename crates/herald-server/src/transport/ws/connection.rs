@@ -16,6 +16,11 @@
 //! everything sent before the socket closes (closing with unread input would reset the
 //! connection and lose it). A peer that does neither in that time is cut off with a reset,
 //! which frees what the kernel holds for it at once.
+//!
+//! A protocol violation and the client's own close frame end reading at once, but the close
+//! is queued behind what is already in the outbox: the replies to everything that arrived
+//! before it are written first (RFC 6455 lets an endpoint send its pending data before its
+//! close frame; Autobahn's cases 3.2, 4.1.3, 5.15 and 7.1.6 expect it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +67,7 @@ pub async fn run<D: Dialect, T: Transport>(
         client: &client,
         stream,
         read_buf,
-        decoder: Decoder::new(ws_cfg.max_message_bytes),
+        decoder: Decoder::new(dialect.max_message_bytes(ws_cfg)),
         rate: Default::default(),
         linger_until: None,
     };
@@ -244,7 +249,11 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             Bytes::from([unsent, &frame[..]].concat())
         };
         match tokio::time::timeout_at(deadline, self.stream.finish(&last)).await {
-            Ok(Ok(())) => self.linger_until = Some(deadline),
+            // Then wait for the client's close frame, unless this answers it.
+            Ok(Ok(())) if disconnect.reason != DisconnectReason::ClosedByClient => {
+                self.linger_until = Some(deadline)
+            }
+            Ok(Ok(())) => {}
             _ => self.stream.abort(),
         }
     }
@@ -326,13 +335,14 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
                 Ok(None) => break,
                 Err(violation) => {
                     tracing::debug!(client = %self.client.id, reason = violation.reason, "protocol violation");
-                    let d = Disconnect::new(
+                    // Read no further; the next flush writes the replies to what came before
+                    // the violation, then the close frame.
+                    self.client.outbox.close(Disconnect::new(
                         DisconnectReason::ProtocolError,
                         violation.close_code,
                         violation.reason,
-                    );
-                    self.close(&d, &[]).await;
-                    return Err(d.reason);
+                    ));
+                    return Ok(());
                 }
             }
         }
@@ -390,23 +400,19 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             Incoming::Text(text) => self.session.on_text(text).await,
             Incoming::Binary(data) => self.session.on_binary(data).await,
             Incoming::TooLarge { len } => {
-                let limit = self.state.config.websocket.max_message_bytes;
+                let limit = self.decoder.max_message();
                 self.session.on_too_large(len, limit)
             }
             Incoming::Ping(payload) => Some(ws::frame(ws::OP_PONG, &payload)),
             Incoming::Pong => None,
             Incoming::Close(code, _) => {
                 // The decoder let only codes that may be sent through: echo it, or 1000 for a
-                // close without a code (1005 is never sent).
+                // close without a code (1005 is never sent). Read no further; the next flush
+                // writes the replies to what came before the close, then the close frame.
                 let echo = code.unwrap_or(close_code::NORMAL);
-                self.close(
-                    &Disconnect::new(DisconnectReason::ClosedByClient, echo, ""),
-                    &[],
-                )
-                .await;
-                // The client's close is in: nothing to wait for.
-                self.linger_until = None;
-                return Err(DisconnectReason::ClosedByClient);
+                let closed = Disconnect::new(DisconnectReason::ClosedByClient, echo, "");
+                self.client.outbox.close(closed);
+                return Ok(());
             }
         };
         if let Some(frame) = reply {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use herald_core::{ClientHandle, HeraldError, WireFormat};
 
+use crate::config::WebSocketConfig;
 use crate::state::AppState;
 
 /// A protocol spoken over WebSocket.
@@ -37,6 +38,11 @@ pub trait Dialect: Send + Sync + 'static {
     /// were refused at connect), if the protocol has one.
     fn error_frame(&self, _error: &HeraldError) -> Option<Bytes> {
         None
+    }
+    /// The largest message a client may send (`websocket.max_message_bytes` unless the
+    /// dialect says otherwise: the debug echo takes more, for Autobahn's section 9).
+    fn max_message_bytes(&self, websocket: &WebSocketConfig) -> usize {
+        websocket.max_message_bytes
     }
     /// A frame to queue right after the handshake, if the protocol has one.
     fn greeting(&self, state: &AppState, client: &ClientHandle) -> Option<Bytes>;
