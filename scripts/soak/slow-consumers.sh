@@ -7,6 +7,10 @@
 # for a peer that takes nothing). The healthy subscribers' latency, with and without the
 # storm, is reported (not judged: a shared 2-core machine).
 #
+# The stalled readers must be many enough for the kernel to stop buffering for them (on a
+# 24 GiB machine about 1000: below that, the kernel holds each one's 1.6 MB of the run in its
+# socket buffers and none reaches the outbox limit, which the check then reports as a failure).
+#
 # usage: scripts/soak/slow-consumers.sh            env: HERALD_BIN, STALLED (2000),
 #        HEALTHY (200), OUTBOX (262144 bytes), OUT (a new temporary directory)
 set -euo pipefail
