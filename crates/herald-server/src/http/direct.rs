@@ -13,9 +13,10 @@
 //! (`Hyper`), which sees an ordinary connection: nothing changes for any other request, and
 //! whatever this module does not serve gets hyper's own answer.
 //!
-//! Time limits are hyper's: a request head must arrive within the handshake timeout of the
-//! wait for it (so an idle keep-alive connection closes then), and at shutdown a connection
-//! waiting for its next request closes.
+//! Time limits: a request must arrive, head and body, within the handshake timeout of the
+//! wait for it (hyper limits the head alike, so an idle keep-alive connection closes then;
+//! hyper sets no limit on a body, this module does: a publisher that stalls mid-request
+//! goes), and at shutdown a connection waiting for its next request closes.
 
 use std::ops::Range;
 use std::time::Duration;
