@@ -117,7 +117,7 @@ pub const MAX_POSITIONS: usize = 100;
 
 /// A connection's position in each channel, as clients hand it back to resume (an SSE
 /// `Last-Event-ID`, a long-poll's `Etag`, `?recover=`): `offset,epoch,channel` entries
-/// separated by spaces.
+/// separated by spaces; epochs are visible ASCII without commas.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Positions(pub BTreeMap<ChannelName, (String, u64)>);
 
@@ -137,7 +137,12 @@ impl Positions {
                 return Err(bad());
             };
             let offset = offset.parse::<u64>().map_err(|_| bad())?;
-            if epoch.is_empty() || epoch.len() > 64 || epoch.contains([' ', ',']) {
+            // Visible ASCII, as the server makes them: the list is printed back into an SSE
+            // `id:` line and an `Etag`, where a line break or a NUL would break the framing.
+            if epoch.is_empty()
+                || epoch.len() > 64
+                || !epoch.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+            {
                 return Err(bad());
             }
             out.insert(ChannelName::parse(channel)?, (epoch.to_string(), offset));
@@ -270,5 +275,24 @@ mod tests {
         assert!(Positions::parse("").unwrap().is_empty());
         let many: Vec<String> = (0..=MAX_POSITIONS).map(|i| format!("1,e,c{i}")).collect();
         assert!(Positions::parse(&many.join(" ")).is_err());
+    }
+
+    /// A position list comes from the network (`?recover=` is percent-decoded) and is
+    /// printed back into an SSE `id:` line and an `Etag`: an epoch with a line break would
+    /// forge lines of the stream, a NUL makes browsers drop the id. Epochs are visible
+    /// ASCII, as the server makes them (found by fuzzing, `fuzz/fuzz_targets/records.rs`).
+    #[test]
+    fn position_epochs_with_control_characters_are_refused() {
+        for bad in [
+            "7,\0\0\0,c",
+            "1,e\ndata: forged,c",
+            "1,e\r,c",
+            "1,e\t,c",
+            "1,\u{7f},c",
+            "1,é,c",
+        ] {
+            assert!(Positions::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Positions::parse("1,AbC-_9~!,c").is_ok());
     }
 }
