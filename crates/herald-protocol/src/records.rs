@@ -8,8 +8,11 @@
 //! - `k<payload>\n`: a keep-alive (SSE sends a comment instead, long-polling drops it);
 //! - `d<payload>\n`: anything else (greetings, replies, notices, direct messages).
 //!
-//! Payloads never hold a `\n`: dialects write JSON (which escapes it) or escaped text.
-//! Channel names and epochs hold neither spaces nor commas.
+//! Payloads never hold a line break: the writers below turn any `\n` or `\r` a payload holds
+//! into a space. Dialects write JSON or escaped text, where a raw line break can only be
+//! whitespace between tokens (in `data` passed on verbatim), so nothing changes meaning; and
+//! SSE ends a `data:` line at a CR as well as at a LF. Channel names and epochs hold neither
+//! spaces nor commas.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -56,7 +59,9 @@ pub fn message(msg: &Message, capacity: usize, payload: impl FnOnce(&mut Vec<u8>
         "m{},{},{},{} ",
         msg.offset, msg.epoch, msg.time_ms, msg.channel
     );
+    let start = b.len();
     payload(&mut b);
+    one_line(&mut b[start..]);
     b.push(b'\n');
     Bytes::from(b)
 }
@@ -75,8 +80,16 @@ fn tagged(tag: u8, capacity: usize, payload: impl FnOnce(&mut Vec<u8>)) -> Bytes
     let mut b = Vec::with_capacity(capacity + 2);
     b.push(tag);
     payload(&mut b);
+    one_line(&mut b[1..]);
     b.push(b'\n');
     Bytes::from(b)
+}
+
+/// A payload as one line: its line breaks (JSON whitespace) as spaces.
+fn one_line(payload: &mut [u8]) {
+    for b in payload.iter_mut().filter(|b| matches!(**b, b'\n' | b'\r')) {
+        *b = b' ';
+    }
 }
 
 /// The records in `batch` (whole records, as an outbox drains them). Anything unreadable is
@@ -234,6 +247,22 @@ mod tests {
                 Record::Other(b"hello world"),
             ]
         );
+    }
+
+    /// A record is one line, whatever its payload holds (found by fuzzing).
+    #[test]
+    fn a_line_break_in_a_payload_never_splits_a_record() {
+        let mut batch = Vec::new();
+        batch.extend_from_slice(&message(&msg(), 8, |b| {
+            b.extend_from_slice(b"[1,\n2,\r\n3]")
+        }));
+        batch.extend_from_slice(&other(4, |b| b.extend_from_slice(b"{\"a\":\r1}")));
+        batch.extend_from_slice(&keepalive(b"\n"));
+        let records: Vec<Record> = parse(&batch).collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].payload(), b"[1, 2,  3]");
+        assert_eq!(records[1], Record::Other(b"{\"a\": 1}"));
+        assert_eq!(records[2], Record::Keepalive(b" "));
     }
 
     #[test]
