@@ -880,6 +880,35 @@ mod tests {
         );
     }
 
+    /// `data` is passed on verbatim, and JSON may hold line breaks between its tokens: over
+    /// the HTTP transports (one record per line, SSE `data:` lines) a delivery must stay one
+    /// record, holding the same JSON (found by fuzzing, `fuzz/fuzz_targets/native.rs`).
+    #[test]
+    fn line_breaks_in_data_stay_inside_one_record() {
+        let r =
+            parse_request("{\"op\":\"publish\",\"channel\":\"a\",\"data\":[1,\n2,\r\n3],\"id\":7}")
+                .unwrap();
+        let Op::Publish { data, .. } = r.op else {
+            panic!("{:?}", r.op)
+        };
+        let m = Message {
+            channel: ChannelName::parse("a").unwrap(),
+            offset: 1,
+            epoch: "e".into(),
+            from: None,
+            data: Bytes::copy_from_slice(data.get().as_bytes()),
+            time_ms: 0,
+        };
+        for batch in [NATIVE_LINES.message(&m), NATIVE_LINES.direct(None, &m.data)] {
+            let read: Vec<records::Record> = records::parse(&batch).collect();
+            assert_eq!(read.len(), 1, "{batch:?}");
+            let payload = read[0].payload();
+            assert!(!payload.contains(&b'\r'), "SSE ends a line at a CR too");
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(v["data"], serde_json::json!([1, 2, 3]));
+        }
+    }
+
     #[test]
     fn replies_echo_ids() {
         let id = RawValue::from_string("\"abc\"".into()).unwrap();

@@ -8,8 +8,11 @@
 //! - `k<payload>\n`: a keep-alive (SSE sends a comment instead, long-polling drops it);
 //! - `d<payload>\n`: anything else (greetings, replies, notices, direct messages).
 //!
-//! Payloads never hold a `\n`: dialects write JSON (which escapes it) or escaped text.
-//! Channel names and epochs hold neither spaces nor commas.
+//! Payloads never hold a line break: the writers below turn any `\n` or `\r` a payload holds
+//! into a space. Dialects write JSON or escaped text, where a raw line break can only be
+//! whitespace between tokens (in `data` passed on verbatim), so nothing changes meaning; and
+//! SSE ends a `data:` line at a CR as well as at a LF. Channel names and epochs hold neither
+//! spaces nor commas.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -56,7 +59,9 @@ pub fn message(msg: &Message, capacity: usize, payload: impl FnOnce(&mut Vec<u8>
         "m{},{},{},{} ",
         msg.offset, msg.epoch, msg.time_ms, msg.channel
     );
+    let start = b.len();
     payload(&mut b);
+    one_line(&mut b[start..]);
     b.push(b'\n');
     Bytes::from(b)
 }
@@ -75,8 +80,16 @@ fn tagged(tag: u8, capacity: usize, payload: impl FnOnce(&mut Vec<u8>)) -> Bytes
     let mut b = Vec::with_capacity(capacity + 2);
     b.push(tag);
     payload(&mut b);
+    one_line(&mut b[1..]);
     b.push(b'\n');
     Bytes::from(b)
+}
+
+/// A payload as one line: its line breaks (JSON whitespace) as spaces.
+fn one_line(payload: &mut [u8]) {
+    for b in payload.iter_mut().filter(|b| matches!(**b, b'\n' | b'\r')) {
+        *b = b' ';
+    }
 }
 
 /// The records in `batch` (whole records, as an outbox drains them). Anything unreadable is
@@ -117,7 +130,7 @@ pub const MAX_POSITIONS: usize = 100;
 
 /// A connection's position in each channel, as clients hand it back to resume (an SSE
 /// `Last-Event-ID`, a long-poll's `Etag`, `?recover=`): `offset,epoch,channel` entries
-/// separated by spaces.
+/// separated by spaces; epochs are visible ASCII without commas.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Positions(pub BTreeMap<ChannelName, (String, u64)>);
 
@@ -137,7 +150,12 @@ impl Positions {
                 return Err(bad());
             };
             let offset = offset.parse::<u64>().map_err(|_| bad())?;
-            if epoch.is_empty() || epoch.len() > 64 || epoch.contains([' ', ',']) {
+            // Visible ASCII, as the server makes them: the list is printed back into an SSE
+            // `id:` line and an `Etag`, where a line break or a NUL would break the framing.
+            if epoch.is_empty()
+                || epoch.len() > 64
+                || !epoch.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+            {
                 return Err(bad());
             }
             out.insert(ChannelName::parse(channel)?, (epoch.to_string(), offset));
@@ -231,6 +249,22 @@ mod tests {
         );
     }
 
+    /// A record is one line, whatever its payload holds (found by fuzzing).
+    #[test]
+    fn a_line_break_in_a_payload_never_splits_a_record() {
+        let mut batch = Vec::new();
+        batch.extend_from_slice(&message(&msg(), 8, |b| {
+            b.extend_from_slice(b"[1,\n2,\r\n3]")
+        }));
+        batch.extend_from_slice(&other(4, |b| b.extend_from_slice(b"{\"a\":\r1}")));
+        batch.extend_from_slice(&keepalive(b"\n"));
+        let records: Vec<Record> = parse(&batch).collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0].payload(), b"[1, 2,  3]");
+        assert_eq!(records[1], Record::Other(b"{\"a\": 1}"));
+        assert_eq!(records[2], Record::Keepalive(b" "));
+    }
+
     #[test]
     fn positions_advance_per_channel() {
         let mut p = Positions::default();
@@ -270,5 +304,24 @@ mod tests {
         assert!(Positions::parse("").unwrap().is_empty());
         let many: Vec<String> = (0..=MAX_POSITIONS).map(|i| format!("1,e,c{i}")).collect();
         assert!(Positions::parse(&many.join(" ")).is_err());
+    }
+
+    /// A position list comes from the network (`?recover=` is percent-decoded) and is
+    /// printed back into an SSE `id:` line and an `Etag`: an epoch with a line break would
+    /// forge lines of the stream, a NUL makes browsers drop the id. Epochs are visible
+    /// ASCII, as the server makes them (found by fuzzing, `fuzz/fuzz_targets/records.rs`).
+    #[test]
+    fn position_epochs_with_control_characters_are_refused() {
+        for bad in [
+            "7,\0\0\0,c",
+            "1,e\ndata: forged,c",
+            "1,e\r,c",
+            "1,e\t,c",
+            "1,\u{7f},c",
+            "1,é,c",
+        ] {
+            assert!(Positions::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Positions::parse("1,AbC-_9~!,c").is_ok());
     }
 }

@@ -1158,6 +1158,22 @@ impl Config {
             let first = key.as_str().split('.').next().unwrap_or_default();
             KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
         }));
+        Self::extract(fig)
+    }
+
+    /// Defaults, then the TOML `text` (no file, no environment), validated: what
+    /// [`Config::load`] makes of a file holding `text` when no `HERALD_*` variable is set.
+    /// Pure, so that it can be fuzzed (`fuzz/fuzz_targets/config.rs`).
+    #[doc(hidden)]
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::extract(
+            Figment::new()
+                .merge(Serialized::defaults(Config::default()))
+                .merge(Toml::string(text)),
+        )
+    }
+
+    fn extract(fig: Figment) -> Result<Config, ConfigError> {
         let config: Config = fig.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
@@ -1390,6 +1406,27 @@ mod tests {
         let parsed: Config = Figment::new().merge(Toml::file(&path)).extract().unwrap();
         let default = Config::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    /// The fuzzed entry point reads a text as `load` reads a file holding it.
+    #[test]
+    fn a_toml_text_loads_as_a_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herald.toml");
+        for text in [
+            DEFAULT_CONFIG_TOML,
+            "[limits]\nmax_connections = 7\n",
+            "[websocket]\nping_interval_secs = 0\n",
+            "[websocket]\nping_intervl_secs = 3\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let from_file = Config::load(Some(&path)).map(|c| format!("{c:?}"));
+            let from_text = Config::from_toml_str(text).map(|c| format!("{c:?}"));
+            assert_eq!(from_text.is_ok(), from_file.is_ok(), "{text}");
+            if let (Ok(a), Ok(b)) = (from_text, from_file) {
+                assert_eq!(a, b);
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,37 @@ async fn sse_delivers_and_recovers_exactly_through_last_event_id() {
     assert!(text.contains(r#""data":4"#));
 }
 
+/// `data` is passed on as it was published, and JSON may hold line breaks between tokens:
+/// each delivery is still one SSE event and one NDJSON line (found by fuzzing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_with_line_breaks_arrives_whole() {
+    let srv = TestServer::start().await;
+    let mut sse = get(&srv, "/sse?channels=news", "").await;
+    let mut lines = get(&srv, "/stream?channels=news", "").await;
+    read_until(&mut sse, |t| t.contains(r#""op":"subscribed""#)).await;
+    read_until(&mut lines, |t| t.contains(r#""op":"subscribed""#)).await;
+    let body = "{\"channel\":\"news\",\"data\":{\"a\":[1,\n2],\r\n\"b\":\"x\"}}";
+    let (status, _, answer) = srv
+        .admin()
+        .request_raw("POST", "/api/v1/publish", &[], body.into())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer:?}");
+    let text = read_until(&mut sse, |t| t.contains("\"b\":\"x\"}}\n\n")).await;
+    let message = events(&text)
+        .into_iter()
+        .find(|(_, v)| v["op"] == "message")
+        .unwrap_or_else(|| panic!("no whole message event in {text:?}"));
+    assert_eq!(message.1["data"], json!({"a": [1, 2], "b": "x"}));
+    let text = read_until(&mut lines, |t| t.contains("\"b\":\"x\"}}\n")).await;
+    let line = text
+        .lines()
+        .find(|l| l.contains(r#""op":"message""#))
+        .unwrap();
+    let message: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(message["data"], json!({"a": [1, 2], "b": "x"}));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndjson_streaming_delivers_and_recovers_with_a_position() {
     let srv = TestServer::start_with(|c| c.channels.history_size = 100).await;
@@ -120,6 +151,13 @@ async fn bad_requests_get_clear_refusals() {
         ("/sse", "", "400", "bad_request"),
         ("/sse?channels=bad%20name", "", "400", "invalid_channel"),
         ("/stream?channels=a&recover=x,y", "", "400", "bad_request"),
+        // An epoch that would forge lines of the SSE stream (found by fuzzing).
+        (
+            "/sse?channels=a&recover=1,e%0Adata:x,a",
+            "",
+            "400",
+            "bad_request",
+        ),
         (
             "/sse?channels=a",
             "Last-Event-ID: 1,e\r\n",

@@ -109,6 +109,13 @@ pub async fn open<I: AsyncRead + Unpin + 'static>(
         Ok(Ok(n)) if n > 0 => {}
         _ => return Opening::Closed,
     }
+    sort(buf, paths, plain)
+}
+
+/// Sorts a connection's first read (`plain`: on plain TCP, where upgrades are served here).
+/// Pure, so that it can be fuzzed (`fuzz/fuzz_targets/http_opening.rs`).
+#[doc(hidden)]
+pub fn sort(mut buf: BytesMut, paths: &StreamPaths, plain: bool) -> Opening {
     if let Some(req) = stream_request(&buf, paths) {
         return Opening::Stream(Box::new(req));
     }
