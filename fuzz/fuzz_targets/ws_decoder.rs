@@ -3,10 +3,11 @@
 //!
 //! Input: one byte choosing the message size limit and how many cuts, two bytes per cut,
 //! then the wire bytes. Asserts:
-//! - the events, the closing violation and the bytes left over are the same whole, cut at
+//! - the events, the closing violation and the number of bytes left over are the same whole, cut at
 //!   the chosen points, and (for short inputs) one byte at a time;
 //! - they are what a plain whole-buffer reading of RFC 6455 with Herald's rules gives (the
-//!   `reference` below: size limit skipping, interleaved control frames, close codes, UTF-8);
+//!   `reference` below: size limit skipping, interleaved control frames, close codes, UTF-8
+//!   judged as text arrives, before its frame or message is whole);
 //! - events keep their limits (text is UTF-8, messages fit the limit, pings and close reasons
 //!   fit a control frame) and `Ok(None)` asked again changes nothing;
 //! - no single allocation is larger than the buffered bytes and the message limit allow,
@@ -32,8 +33,10 @@ struct Outcome {
     events: Vec<Incoming>,
     /// The violation that ended the connection, if any.
     end: Option<ProtocolViolation>,
-    /// What is still buffered (without a violation).
-    left: Vec<u8>,
+    /// How many bytes are still buffered (without a violation). Only their number: the
+    /// decoder unmasks a frame's payload in place as it arrives (to check text as UTF-8
+    /// before the frame is whole), so what is buffered is its own state.
+    left: usize,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -86,7 +89,7 @@ fn decode(max: usize, pieces: &[&[u8]]) -> Outcome {
                     return Outcome {
                         events,
                         end: Some(violation),
-                        left: Vec::new(),
+                        left: 0,
                     };
                 }
             }
@@ -95,7 +98,7 @@ fn decode(max: usize, pieces: &[&[u8]]) -> Outcome {
     Outcome {
         events,
         end: None,
-        left: buf.to_vec(),
+        left: buf.len(),
     }
 }
 
@@ -138,14 +141,14 @@ fn reference(max: usize, wire: &[u8]) -> Outcome {
     let fail = |events, close_code, reason| Outcome {
         events,
         end: violation(close_code, reason),
-        left: Vec::new(),
+        left: 0,
     };
     loop {
         let rest = &wire[at..];
         let incomplete = |events, left: &[u8]| Outcome {
             events,
             end: None,
-            left: left.to_vec(),
+            left: left.len(),
         };
         // The header.
         if rest.len() < 2 {
@@ -247,7 +250,17 @@ fn reference(max: usize, wire: &[u8]) -> Outcome {
             }
             continue;
         }
+        // Text is judged as it arrives: bytes that cannot begin valid UTF-8 end the
+        // connection even before the frame or the message is whole.
+        let message_opcode = assembling.as_ref().map_or(opcode, |(op, _)| *op);
         if available < len {
+            if message_opcode == 1 {
+                let mut so_far = assembling.as_ref().map_or_else(Vec::new, |(_, b)| b.clone());
+                so_far.extend_from_slice(&unmask(available as usize));
+                if utf8_broken(&so_far) {
+                    return fail(events, 1007, "invalid UTF-8 in a text message");
+                }
+            }
             return incomplete(events, rest);
         }
         let payload = unmask(len as usize);
@@ -255,6 +268,9 @@ fn reference(max: usize, wire: &[u8]) -> Outcome {
         let (opcode, mut bytes) = assembling.take().unwrap_or((opcode, Vec::new()));
         bytes.extend_from_slice(&payload);
         if !fin {
+            if opcode == 1 && utf8_broken(&bytes) {
+                return fail(events, 1007, "invalid UTF-8 in a text message");
+            }
             assembling = Some((opcode, bytes));
             continue;
         }
@@ -267,6 +283,12 @@ fn reference(max: usize, wire: &[u8]) -> Outcome {
             Incoming::Binary(Bytes::from(bytes))
         });
     }
+}
+
+/// Whether `bytes` hold a sequence no continuation can make valid UTF-8 (a cut-off sequence
+/// at the end is not broken: its next bytes may complete it).
+fn utf8_broken(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_err_and(|e| e.error_len().is_some())
 }
 
 /// Server frames, masked as a client would send them, decode to what was framed.
@@ -301,7 +323,7 @@ fn round_trip(max: usize, long: bool, wire: &[u8], cuts: &[usize]) {
             Ok(event) => assert_eq!(got.events, [event]),
             Err(code) => assert_eq!(got.end.map(|e| e.close_code), Some(code)),
         }
-        assert!(got.left.is_empty());
+        assert_eq!(got.left, 0);
     }
     let code = u16::from_be_bytes([
         wire.first().copied().unwrap_or(3),
