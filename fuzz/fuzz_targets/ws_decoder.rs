@@ -255,7 +255,9 @@ fn reference(max: usize, wire: &[u8]) -> Outcome {
         let message_opcode = assembling.as_ref().map_or(opcode, |(op, _)| *op);
         if available < len {
             if message_opcode == 1 {
-                let mut so_far = assembling.as_ref().map_or_else(Vec::new, |(_, b)| b.clone());
+                let mut so_far = assembling
+                    .as_ref()
+                    .map_or_else(Vec::new, |(_, b)| b.clone());
                 so_far.extend_from_slice(&unmask(available as usize));
                 if utf8_broken(&so_far) {
                     return fail(events, 1007, "invalid UTF-8 in a text message");
