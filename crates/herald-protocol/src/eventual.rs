@@ -139,7 +139,7 @@ pub fn validate_event(raw: &RawValue) -> Result<(), HeraldError> {
                 }
             }
             ext => {
-                let valid_name = ext.len() <= 20
+                let valid_name = (1..=20).contains(&ext.len())
                     && ext
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -339,6 +339,16 @@ mod tests {
             ),
             (
                 r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":"1","source":"s","type":"t","ext":{"o":1}}}"#,
+                ErrorCode::BadRequest,
+            ),
+            // An empty extension name (found by fuzzing: it passed as "at most 20
+            // lowercase letters or digits").
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":"1","source":"s","type":"t","":"1"}}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"publish","channels":["a"],"event":{"specversion":"1.0","id":"1","source":"s","type":"t","abcdefghij0123456789x":"1"}}"#,
                 ErrorCode::BadRequest,
             ),
         ];
