@@ -139,7 +139,7 @@ pub fn validate_event(raw: &RawValue) -> Result<(), HeraldError> {
                 }
             }
             ext => {
-                let valid_name = ext.len() <= 20
+                let valid_name = (1..=20).contains(&ext.len())
                     && ext
                         .bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -347,6 +347,20 @@ mod tests {
                 Err(BadRequest::Invalid(e)) => assert_eq!(e.code, code, "{text}: {}", e.message),
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    /// An extension attribute's name has 1 to 20 lowercase letters or digits: an empty one
+    /// is refused like any other bad name (found by fuzzing, `fuzz/fuzz_targets/eventual.rs`).
+    #[test]
+    fn an_empty_extension_name_is_refused() {
+        let text = r#"{"type":"publish","channels":"a","event":{"specversion":"1.0","id":"x","source":"s","type":"t","":"1"}}"#;
+        match parse(text) {
+            Err(BadRequest::Invalid(e)) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("extension names"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
         }
     }
 
