@@ -360,6 +360,20 @@ mod tests {
         }
     }
 
+    /// An extension attribute's name has 1 to 20 lowercase letters or digits: an empty one
+    /// is refused like any other bad name (found by fuzzing, `fuzz/fuzz_targets/eventual.rs`).
+    #[test]
+    fn an_empty_extension_name_is_refused() {
+        let text = r#"{"type":"publish","channels":"a","event":{"specversion":"1.0","id":"x","source":"s","type":"t","":"1"}}"#;
+        match parse(text) {
+            Err(BadRequest::Invalid(e)) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("extension names"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn deliveries_are_the_cloudevent_itself() {
         let m = Message {
