@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Summarises the fuzz runs that scripts/fuzz.sh logged under a directory (its FUZZ_OUT;
 # default /work/fuzz-runs): per target and run, whether it is done or still going, its wall
-# time, executions, speed, coverage, corpus, peak memory and crashes (artifacts written since
-# the run started). docs/conformance.md, "Fuzzing".
+# time, executions, speed, coverage, corpus, peak memory and crashes (crash, oom, timeout and
+# leak artifacts written since the run started; a "slow-unit" is not one: a fuzzer paused with
+# SIGSTOP reports the input it was on as slow). docs/conformance.md, "Fuzzing".
 #
 #   scripts/fuzz-summary.sh [dir]
 set -euo pipefail
@@ -29,7 +30,7 @@ for log in "$dir"/*/fuzz-*.log; do
     secs=$(sed -nE 's/^Done [0-9]+ runs in ([0-9]+) second.*/\1/p' "$log" | tail -1)
     speed=$(sed -nE 's/^stat::average_exec_per_sec:[[:space:]]*([0-9]+).*/\1/p' "$log" | tail -1)
     rss=$(sed -nE 's/^stat::peak_rss_mb:[[:space:]]*([0-9]+).*/\1/p' "$log" | tail -1)
-  elif grep -aqE 'panicked at|==ERROR|ERROR: libFuzzer|deadly signal|out-of-memory|Test unit written' "$log"; then
+  elif grep -aqE 'panicked at|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)' "$log"; then
     state=crashed
     secs=$(($(stat -c %Y "$log") - start))
     speed=""
