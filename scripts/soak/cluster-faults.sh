@@ -50,14 +50,17 @@ api() { curl -s -H "Authorization: Bearer $KEY" "$@"; }
 # 1. Redis killed and restarted under traffic: subscribers on each node, fed by a publisher
 #    on the other (bench recover; each on its own channel, whose history covers what a
 #    subscriber misses while away).
-bench() { # subscribers' port, publisher's port, label
+#    Node a's subscribers drop every 2 s, so each drops during the outage (and is refused
+#    until the node is back); node b's every 8 s, so most are still subscribed when the node's
+#    pub/sub connection returns and are told `broker_reconnected`.
+bench() { # subscribers' port, publisher's port, label, drop period
   "$BIN" bench recover --url "ws://127.0.0.1:$1/ws" --api "http://127.0.0.1:$2" \
-    --admin-key "$KEY" -n 50 --rate 20 --duration "$DURATION" --drop-every 2 \
+    --admin-key "$KEY" -n 50 --rate 20 --duration "$DURATION" --drop-every "$4" \
     --channel "faults-$3" --max-seconds $((DURATION + 90)) \
     --quiet >"$OUT/recover-$3.json" 2>"$OUT/recover-$3.log" || true
 }
-bench "$APORT" "$BPORT" a & BA=$!
-bench "$BPORT" "$APORT" b & BB=$!
+bench "$APORT" "$BPORT" a 2 & BA=$!
+bench "$BPORT" "$APORT" b 8 & BB=$!
 sleep $(( DURATION / 3 ))
 kill -9 "$REDIS"; wait "$REDIS" 2>/dev/null || true
 sleep 3
@@ -118,11 +121,14 @@ for node in ("a", "b"):
         problems.append(f"node {node}: no result ({e})"); continue
     print(f"node {node}: published {r.get('published_ok')} (refused {r.get('publish_errors')} while Redis was down), "
           f"received {r.get('received')}, lost {r.get('lost')}, duplicates {r.get('duplicates')}, "
-          f"recovered {r.get('recovered')}, recover_failed {r.get('recover_failed')}, caught_up {r.get('caught_up')}/{r.get('subscribed')}")
+          f"recovered {r.get('recovered')}, recover_failed {r.get('recover_failed')}, "
+          f"subscribes refused {r.get('subscribe_refused_by_code')}, resubscribed {r.get('resubscribed')}, "
+          f"caught_up {r.get('caught_up')}/{r.get('subscribed')}")
     if r.get("duplicates") != 0: problems.append(f"node {node}: duplicates {r.get('duplicates')}")
     if r.get("caught_up") != r.get("subscribed"): problems.append(f"node {node}: caught up {r.get('caught_up')} of {r.get('subscribed')}")
     if not r.get("publish_errors"): problems.append(f"node {node}: no publication was refused: was Redis down at all?")
     if r.get("lost") != 0: problems.append(f"node {node}: lost {r.get('lost')}")
+    if node == "b" and not r.get("resubscribed"): problems.append("node b: no subscriber was told broker_reconnected")
 presence = open(f"{out}/presence.txt").read()
 print(presence.strip())
 if "PRESENCE OK" not in presence: problems.append("ghost presence after a node was killed")

@@ -873,15 +873,19 @@ fn summary(r: &Report) -> String {
             g("server_sys_us_per_publication"),
         ),
         Some("recover") => format!(
-            "published {} | received {}/{}, lost {}, duplicates {} | drops {}, recovered {}, failed {} | recovery ms p50 {} p99 {}",
+            "published {} | received {}/{}, lost {} (unrecovered {}, live {}), duplicates {} | drops {}, recovered {}, failed {}, resubscribed {}, refused {} | recovery ms p50 {} p99 {}",
             g("published_ok"),
             g("received"),
             g("expected"),
             g("lost"),
+            g("lost_unrecovered"),
+            g("lost_live"),
             g("duplicates"),
             g("drops"),
             g("recovered"),
             g("recover_failed"),
+            g("resubscribed"),
+            g("subscribe_refused"),
             r.0.get("recovery_us")
                 .and_then(|l| l.get("p50"))
                 .and_then(Value::as_f64)

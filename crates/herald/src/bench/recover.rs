@@ -28,11 +28,26 @@ struct Totals {
     drops: AtomicU64,
     recovered: AtomicU64,
     recover_failed: AtomicU64,
+    /// Of `lost`: missing from a recovery that failed, and gaps between live deliveries.
+    lost_unrecovered: AtomicU64,
+    lost_live: AtomicU64,
+    /// Subscriptions the server ended (`unsubscribed`), each subscribed again with recovery.
+    resubscribed: AtomicU64,
+    /// Subscribe requests refused, by error code (each retried on a new connection).
+    refused: Mutex<std::collections::BTreeMap<String, u64>>,
     connect_errors: AtomicU64,
     /// Subscribers that reached the last offset at the end.
     caught_up: AtomicU64,
     /// Microseconds from starting to reconnect until the subscribe reply.
     recovery_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl Totals {
+    fn refused(&self, code: &str) {
+        if let Ok(mut m) = self.refused.lock() {
+            *m.entry(code.to_string()).or_default() += 1;
+        }
+    }
 }
 
 /// What one subscriber has seen: the epoch and the last offset, in order.
@@ -133,6 +148,12 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
     report.set("drops", t.drops.load(Relaxed));
     report.set("recovered", t.recovered.load(Relaxed));
     report.set("recover_failed", t.recover_failed.load(Relaxed));
+    report.set("lost_unrecovered", t.lost_unrecovered.load(Relaxed));
+    report.set("lost_live", t.lost_live.load(Relaxed));
+    report.set("resubscribed", t.resubscribed.load(Relaxed));
+    let refused = t.refused.lock().map(|m| m.clone()).unwrap_or_default();
+    report.set("subscribe_refused", refused.values().sum::<u64>());
+    report.set("subscribe_refused_by_code", json!(refused));
     report.set("connect_errors", t.connect_errors.load(Relaxed));
     report.set("caught_up", t.caught_up.load(Relaxed));
     if let Some(h) = t
@@ -196,7 +217,10 @@ async fn publish(
 }
 
 /// One subscriber: connect and recover, read until its next drop, drop, again; after the
-/// publisher stops, recover once more and read up to the last offset.
+/// publisher stops, recover once more and read up to the last offset. As the native clients
+/// do, it subscribes again with recovery at once when the server ends its subscription
+/// (`unsubscribed`, e.g. `broker_reconnected` in a cluster), and after a refused subscribe it
+/// drops the connection and comes back a moment later.
 #[allow(clippy::too_many_arguments)]
 async fn subscriber(
     url: String,
@@ -210,7 +234,7 @@ async fn subscriber(
     totals: Arc<Totals>,
 ) {
     let mut next_drop = Instant::now() + phase;
-    loop {
+    'connection: loop {
         let finishing = Instant::now() >= stop_at;
         let t0 = Instant::now();
         let Ok(mut client) = Client::connect(&url).await else {
@@ -221,69 +245,97 @@ async fn subscriber(
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let reply = client
-            .request(json!({"op":"subscribe","channel":channel,
-                "recover":{ channel.clone(): {"epoch": seen.epoch, "offset": seen.last}}}))
-            .await;
-        let Ok(reply) = reply else {
-            totals.connect_errors.fetch_add(1, Relaxed);
-            continue;
-        };
-        if let Some(h) = totals
-            .recovery_us
-            .lock()
-            .ok()
-            .as_deref_mut()
-            .and_then(Option::as_mut)
-        {
-            let _ = h.record(t0.elapsed().as_micros() as u64);
-        }
-        let r = &reply["result"]["recovered"][&channel];
-        if r["recovered"] == true {
-            totals.recovered.fetch_add(1, Relaxed);
-        } else {
-            totals.recover_failed.fetch_add(1, Relaxed);
-            // Resynchronise: what is missing counts as lost.
-            if let (Some(e), Some(o)) = (r["epoch"].as_str(), r["offset"].as_u64()) {
-                if e == seen.epoch {
-                    totals.lost.fetch_add(o.saturating_sub(seen.last), Relaxed);
-                }
-                seen.epoch = e.to_string();
-                seen.last = seen.last.max(o);
-            }
-        }
-        // Read until the next drop (or, at the end, until the last offset).
-        let until = if finishing {
-            deadline
-        } else {
-            next_drop.min(deadline)
-        };
+        let mut since = t0;
         loop {
-            if finishing {
-                let target = last_offset.load(Relaxed);
-                if target > 0 && seen.last >= target {
-                    totals.caught_up.fetch_add(1, Relaxed);
-                    let _ = client.close().await;
+            let reply = client
+                .request(json!({"op":"subscribe","channel":channel,
+                    "recover":{ channel.clone(): {"epoch": seen.epoch, "offset": seen.last}}}))
+                .await;
+            let Ok(reply) = reply else {
+                totals.connect_errors.fetch_add(1, Relaxed);
+                continue 'connection;
+            };
+            if let Some(code) = reply["error"]["code"].as_str() {
+                // Refused (a cluster node without its broker answers 503-like errors): not a
+                // recovery that failed; the next attempt recovers from the same position.
+                totals.refused(code);
+                if Instant::now() >= deadline {
                     return;
                 }
+                drop(client);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'connection;
             }
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            if let Some(h) = totals
+                .recovery_us
+                .lock()
+                .ok()
+                .as_deref_mut()
+                .and_then(Option::as_mut)
+            {
+                let _ = h.record(since.elapsed().as_micros() as u64);
             }
-            let wait = left.min(Duration::from_millis(250));
-            match client.next_event(wait).await {
-                Ok(Event::Frame(v)) if v["op"] == "message" => count(&mut seen, &v, &totals),
-                Ok(Event::Closed { .. }) => break,
-                Ok(_) => {}
-                Err(e) if e.to_string().starts_with("timed out") => {
-                    if !finishing && Instant::now() >= stop_at {
-                        // The publisher stopped: go and catch up.
-                        break;
+            let r = &reply["result"]["recovered"][&channel];
+            if r["recovered"] == true {
+                totals.recovered.fetch_add(1, Relaxed);
+            } else {
+                totals.recover_failed.fetch_add(1, Relaxed);
+                // Resynchronise: what is missing counts as lost.
+                if let (Some(e), Some(o)) = (r["epoch"].as_str(), r["offset"].as_u64()) {
+                    if e == seen.epoch {
+                        let missed = o.saturating_sub(seen.last);
+                        totals.lost.fetch_add(missed, Relaxed);
+                        totals.lost_unrecovered.fetch_add(missed, Relaxed);
+                    }
+                    seen.epoch = e.to_string();
+                    seen.last = seen.last.max(o);
+                }
+            }
+            // Read until the next drop (or, at the end, until the last offset).
+            let finishing = finishing || Instant::now() >= stop_at;
+            let until = if finishing {
+                deadline
+            } else {
+                next_drop.min(deadline)
+            };
+            let mut ended = false;
+            loop {
+                if finishing {
+                    let target = last_offset.load(Relaxed);
+                    if target > 0 && seen.last >= target {
+                        totals.caught_up.fetch_add(1, Relaxed);
+                        let _ = client.close().await;
+                        return;
                     }
                 }
-                Err(_) => break,
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let wait = left.min(Duration::from_millis(250));
+                match client.next_event(wait).await {
+                    Ok(Event::Frame(v)) if v["op"] == "message" => count(&mut seen, &v, &totals),
+                    Ok(Event::Frame(v)) if v["op"] == "unsubscribed" && v["channel"] == channel => {
+                        totals.resubscribed.fetch_add(1, Relaxed);
+                        ended = true;
+                        break;
+                    }
+                    Ok(Event::Closed { .. }) => break,
+                    Ok(_) => {}
+                    Err(e) if e.to_string().starts_with("timed out") => {
+                        if !finishing && Instant::now() >= stop_at {
+                            // The publisher stopped: go and catch up.
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
             }
+            if !ended {
+                break;
+            }
+            // The server ended the subscription: subscribe again with recovery at once.
+            since = Instant::now();
         }
         if Instant::now() >= deadline {
             return;
@@ -310,6 +362,7 @@ fn count(seen: &mut Seen, msg: &Value, totals: &Totals) {
         return;
     }
     totals.lost.fetch_add(offset - seen.last - 1, Relaxed);
+    totals.lost_live.fetch_add(offset - seen.last - 1, Relaxed);
     totals.delivered.fetch_add(1, Relaxed);
     seen.last = offset;
 }

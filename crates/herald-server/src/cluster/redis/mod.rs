@@ -14,7 +14,12 @@
 //!
 //! - **History.** The same script keeps the channel's last `history_size` publications in a
 //!   Redis list. Before a recovery the node follows the channel and completes its local history
-//!   from that list ([`Broker::prepare`]), so a client recovers on any node.
+//!   from that list ([`Broker::prepare`]), so a client recovers on any node. The list is read
+//!   by a script that also publishes a *fence* on the channel, and the local history is
+//!   completed only when the fence comes back on the pub/sub connection: every publication
+//!   read from the list that this node's subscribers are owed has then been delivered to them
+//!   (without the fence the node took a publication it read for one it had delivered, and its
+//!   subscribers never got it).
 //!
 //! Keys ([`topology::Keys`]; in a Redis Cluster the channel is a hash tag instead,
 //! `<prefix>:{<channel>}:ch`, ...): `<prefix>:ch:<channel>` (hash: `epoch`, `offset`; expires
@@ -79,8 +84,23 @@ local nodes = redis.call(ARGV[7], KEYS[2], offset .. '\n' .. epoch .. '\n' .. AR
 return {offset, epoch, nodes}
 "#;
 
-/// A channel's position as Redis keeps it (`None` before its first publication).
-type Position = (Option<String>, Option<u64>);
+/// KEYS: position hash, pub/sub channel, history list (one slot in a cluster). ARGV: the
+/// fence message and the publishing command. Reads the channel's epoch, offset and kept
+/// publications and, if it has a position, publishes the fence on its pub/sub channel in the
+/// same step: whatever was published before the read reaches a follower before the fence.
+/// Returns `{epoch, offset, kept}` (`''` as the epoch: no position, nothing published).
+const READ_SCRIPT: &str = r#"
+local pos = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not pos[1] then
+  return {'', 0, {}}
+end
+local kept = redis.call('LRANGE', KEYS[3], 0, -1)
+redis.call(ARGV[2], KEYS[2], ARGV[1])
+return {pos[1], tonumber(pos[2] or '0'), kept}
+"#;
+
+/// The first line of a fence message (`fence\n<instance>\n<number>`).
+const FENCE: &str = "fence";
 
 enum Command {
     Follow(ChannelName),
@@ -94,7 +114,11 @@ pub struct RedisBroker {
     conn: Link,
     keys: Keys,
     script: redis::Script,
+    read_script: redis::Script,
     timeout: Duration,
+    /// Fences this node published and waits for ([`RedisBroker::read_behind_fence`]).
+    fences: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    next_fence: std::sync::atomic::AtomicU64,
     commands: mpsc::UnboundedSender<Command>,
     /// Taken by [`follow`] when it starts.
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
@@ -145,7 +169,10 @@ impl RedisBroker {
             topology,
             conn,
             script: redis::Script::new(PUBLISH_SCRIPT),
+            read_script: redis::Script::new(READ_SCRIPT),
             timeout,
+            fences: Mutex::new(HashMap::new()),
+            next_fence: std::sync::atomic::AtomicU64::new(1),
             commands,
             inbox: Mutex::new(Some(inbox)),
             presence_tx,
@@ -298,27 +325,59 @@ impl RedisBroker {
         channels: &[ChannelName],
     ) -> Result<(), HeraldError> {
         self.ready(channels).await?;
-        for channel in channels {
-            let mut conn = self.conn.clone();
-            let mut pipe = redis::pipe();
-            pipe.cmd("HMGET")
-                .arg(self.keys.position(channel))
-                .arg("epoch")
-                .arg("offset")
-                .lrange(self.keys.history(channel), 0, -1);
-            let answer = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
-            let ((epoch, offset), kept): (Position, Vec<Vec<u8>>) = match answer {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(unavailable(e)),
-                Err(_) => {
-                    return Err(unavailable(format!("no answer within {:?}", self.timeout)));
-                }
-            };
-            let Some(epoch) = epoch else { continue };
-            let entries = kept.iter().filter_map(|raw| kept_entry(raw)).collect();
-            local.backfill(channel, &epoch, offset.unwrap_or(0), entries);
+        let reads = channels.iter().map(|c| self.read_behind_fence(c));
+        let read = futures_util::future::join_all(reads).await;
+        for (channel, read) in channels.iter().zip(read) {
+            if let Some((epoch, offset, entries)) = read? {
+                local.backfill(channel, &epoch, offset, entries);
+            }
         }
         Ok(())
+    }
+
+    /// A followed channel's position and kept publications (`None`: never published), once
+    /// the pub/sub connection has delivered every publication made before they were read.
+    async fn read_behind_fence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Option<(String, u64, Vec<Entry>)>, HeraldError> {
+        let late = || unavailable(format!("no answer within {:?}", self.timeout));
+        let id = self
+            .next_fence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (passed, arrived) = oneshot::channel();
+        let _waiting = Waiting::new(&self.fences, id, passed);
+        let instance = self.instance.get().map_or("", String::as_str);
+        let mut conn = self.conn.clone();
+        let mut call = self.read_script.prepare_invoke();
+        call.key(self.keys.position(channel))
+            .key(self.keys.topic(channel))
+            .key(self.keys.history(channel))
+            .arg(format!("{FENCE}\n{instance}\n{id}"))
+            .arg(self.keys.publish_command());
+        let started = tokio::time::Instant::now();
+        let (epoch, offset, kept): (String, u64, Vec<Vec<u8>>) =
+            match tokio::time::timeout(self.timeout, call.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(unavailable(e)),
+                Err(_) => return Err(late()),
+            };
+        if epoch.is_empty() {
+            return Ok(None);
+        }
+        match tokio::time::timeout_at(started + self.timeout, arrived).await {
+            Ok(Ok(())) => {}
+            _ => return Err(late()),
+        }
+        let entries = kept.iter().filter_map(|raw| kept_entry(raw)).collect();
+        Ok(Some((epoch, offset, entries)))
+    }
+
+    /// A fence of this node's came back (from the pub/sub connection).
+    fn fence_arrived(&self, id: u64) {
+        if let Some(passed) = self.fences.lock().ok().and_then(|mut f| f.remove(&id)) {
+            let _ = passed.send(());
+        }
     }
 
     async fn publish_now(
@@ -617,7 +676,7 @@ pub async fn follow(
                             cluster.take_answer(m.get_payload_bytes());
                         }
                     }
-                    Incoming::Message(m) => deliver(registry, &instance, keys, m.get_channel_name(), m.get_payload_bytes()),
+                    Incoming::Message(m) => deliver(registry, &broker, &instance, m.get_channel_name(), m.get_payload_bytes()),
                     Incoming::Interrupted => {
                         tracing::warn!("broker: a Redis Cluster shard's pub/sub connection was re-established");
                         tell_subscribers_to_recover(&state);
@@ -646,6 +705,33 @@ pub async fn follow(
     }
 }
 
+/// A fence being waited for; forgotten when the wait ends, however it ends.
+struct Waiting<'a> {
+    fences: &'a Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    id: u64,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(
+        fences: &'a Mutex<HashMap<u64, oneshot::Sender<()>>>,
+        id: u64,
+        passed: oneshot::Sender<()>,
+    ) -> Self {
+        if let Ok(mut f) = fences.lock() {
+            f.insert(id, passed);
+        }
+        Waiting { fences, id }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.fences.lock() {
+            f.remove(&self.id);
+        }
+    }
+}
+
 /// A kept publication as the script stores it: `offset\ntime_ms\nenvelope`.
 fn kept_entry(raw: &[u8]) -> Option<Entry> {
     let text = std::str::from_utf8(raw).ok()?;
@@ -662,8 +748,23 @@ fn kept_entry(raw: &[u8]) -> Option<Entry> {
 }
 
 /// Hands one published message to the local fan-out; malformed ones are logged and dropped.
-/// `me`: this node's instance (its own join/leave notices were given when they happened).
-fn deliver(registry: &Registry, me: &str, keys: &Keys, topic: &str, payload: &[u8]) {
+/// `me`: this node's instance (its own join/leave notices were given when they happened, its
+/// fences are waited for; other nodes' fences mean nothing here).
+fn deliver(registry: &Registry, broker: &RedisBroker, me: &str, topic: &str, payload: &[u8]) {
+    let keys = &broker.keys;
+    if let Some(fence) = payload
+        .strip_prefix(FENCE.as_bytes())
+        .and_then(|rest| rest.strip_prefix(b"\n"))
+    {
+        if let Ok(fence) = std::str::from_utf8(fence)
+            && let Some((instance, id)) = fence.rsplit_once('\n')
+            && instance == me
+            && let Ok(id) = id.parse()
+        {
+            broker.fence_arrived(id);
+        }
+        return;
+    }
     // A join or leave notice of another node's subscriber.
     if let Some(channel) = keys
         .channel_of(topic)
