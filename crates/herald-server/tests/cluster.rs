@@ -144,6 +144,64 @@ async fn a_broker_that_goes_away_gives_broker_unavailable() {
     c.ping().await.unwrap();
 }
 
+/// A subscribe the broker cannot confirm (the node's pub/sub connection is down) is refused
+/// and leaves nothing behind, whichever way it came: the `subscribe` op, the URL's
+/// `?channels=`, the HTTP API. (Before, the client was refused but stayed subscribed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_the_broker_cannot_confirm_leaves_no_subscription() {
+    let Some(redis) = Redis::start() else { return };
+    let a = node_with(&redis, |c| c.broker.timeout_ms = 500).await;
+    let mut c = a.client().await;
+    c.subscribe(&["kept"]).await.unwrap();
+    drop(redis);
+    let channels_of = |id: String| {
+        let api = a.admin();
+        async move {
+            let body = api
+                .request_ok("GET", &format!("/api/v1/clients/{id}"), None)
+                .await
+                .unwrap();
+            body["channels"].clone()
+        }
+    };
+    let reply = c
+        .request(json!({"op":"subscribe","channels":["z1","z2"]}))
+        .await
+        .unwrap();
+    assert_eq!(reply["error"]["code"], "broker_unavailable", "{reply}");
+    assert_eq!(channels_of(c.id().to_string()).await, json!(["kept"]));
+
+    let u = Client::connect(&format!("{}?channels=z3", a.ws_url()))
+        .await
+        .unwrap();
+    let welcome = u.welcome().clone();
+    assert_eq!(
+        (
+            welcome["subscribed"].clone(),
+            welcome["errors"]["z3"]["code"].clone()
+        ),
+        (json!([]), json!("broker_unavailable")),
+        "{welcome}"
+    );
+    assert_eq!(channels_of(u.id().to_string()).await, json!([]));
+
+    let (status, body) = a
+        .admin()
+        .request(
+            "POST",
+            &format!("/api/v1/clients/{}/subscribe", u.id()),
+            Some(&json!({"channel":"z4"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("broker_unavailable")),
+        "{body}"
+    );
+    assert_eq!(channels_of(u.id().to_string()).await, json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_cannot_be_reached_fails_the_start_naming_the_key() {
     let port = free_port();

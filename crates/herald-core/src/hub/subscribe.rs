@@ -190,6 +190,22 @@ impl Hub {
         self.registry.remove_firehose(client.id);
     }
 
+    /// After a subscribe: resolves once this node receives every node's publications to the
+    /// channels `client` was just `added` to ([`Hub::broker_ready`]). If the broker cannot
+    /// confirm it, those subscriptions are taken back and the error returned: a refused
+    /// subscribe leaves nothing behind.
+    pub async fn confirm_subscribed(
+        &self,
+        client: &Arc<ClientHandle>,
+        added: &[ChannelName],
+    ) -> Result<(), HeraldError> {
+        if let Err(e) = self.broker_ready(added).await {
+            self.unsubscribe_because(client, added, "broker_unavailable")?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Removes `client` from `channels`; channels it was not in are ignored. Returns the
     /// channels it actually left.
     pub fn unsubscribe(

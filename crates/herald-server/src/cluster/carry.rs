@@ -71,8 +71,8 @@ pub async fn carry_out(state: &Arc<AppState>, request: ControlRequest) -> Option
                 Some(c) => Some(
                     async {
                         let channels = parse_channels(&channels)?;
-                        hub.broker_ready(&channels).await?;
                         let changed = hub.subscribe(&admin, &c, &channels, None)?;
+                        hub.confirm_subscribed(&c, &changed).await?;
                         Ok(serde_json::json!(changed))
                     }
                     .await,

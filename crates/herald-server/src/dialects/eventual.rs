@@ -121,7 +121,8 @@ impl Session<'_> {
                     .into_iter()
                     .partition(|c| c.as_str() == eventual::GLOBAL_CHANNEL);
                 if !others.is_empty() {
-                    hub.subscribe(&self.actor, self.client, &others, None)?;
+                    let added = hub.subscribe(&self.actor, self.client, &others, None)?;
+                    hub.confirm_subscribed(self.client, &added).await?;
                 }
                 if !global.is_empty() {
                     hub.subscribe_firehose(&self.actor, self.client, &global[0])?;

@@ -148,10 +148,12 @@ impl Session<'_> {
                     admin_only_subscribe: false,
                     ..hub.config().defaults_for(&room).clone()
                 };
-                if hub.subscribe_with_options(&self.actor, self.client, &room, &options)?
-                    && room.as_str() != GLOBAL_ROOM
-                {
-                    self.announce(&room, "client-joined-room").await;
+                if hub.subscribe_with_options(&self.actor, self.client, &room, &options)? {
+                    hub.confirm_subscribed(self.client, std::slice::from_ref(&room))
+                        .await?;
+                    if room.as_str() != GLOBAL_ROOM {
+                        self.announce(&room, "client-joined-room").await;
+                    }
                 }
             }
             Action::LeaveRoom { room } => {

@@ -573,8 +573,9 @@ pub async fn subscribe_client(
     let channels = body_channels(&body)?;
     let changed = match state.hub.client(&actor, id) {
         Ok(client) => {
-            state.hub.broker_ready(&channels).await?;
-            state.hub.subscribe(&actor, &client, &channels, None)?
+            let changed = state.hub.subscribe(&actor, &client, &channels, None)?;
+            state.hub.confirm_subscribed(&client, &changed).await?;
+            changed
         }
         Err(e) => {
             let control = Control::Subscribe {

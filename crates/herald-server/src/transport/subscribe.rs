@@ -61,7 +61,7 @@ pub async fn subscribe<'r>(
     let done = hub.subscribe_replaying(actor, client, channels, None, replay);
     hub.end_recovery(&replaying);
     let done = done?;
-    hub.broker_ready(&done.added).await?;
+    hub.confirm_subscribed(client, &done.added).await?;
     Ok(done)
 }
 

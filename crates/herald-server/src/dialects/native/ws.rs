@@ -142,7 +142,7 @@ impl DialectSession for Session<'_> {
             }
         }
         // In a cluster: greet once every node's publications reach this one.
-        if let Err(e) = hub.broker_ready(&subscribed).await {
+        if let Err(e) = hub.confirm_subscribed(self.client, &subscribed).await {
             errors.extend(subscribed.drain(..).map(|c| (c, e.clone())));
         }
         let config = &self.state.config;
@@ -284,7 +284,7 @@ impl<'a> Session<'a> {
                 hub.end_recovery(&recovering);
                 let done = done?;
                 // In a cluster: answer once every node's publications reach this one.
-                hub.broker_ready(&done.added).await?;
+                hub.confirm_subscribed(&target, &done.added).await?;
                 if recover.is_empty() {
                     return Ok(json!({ "channels": channels, "changed": done.added }));
                 }

@@ -115,7 +115,8 @@ impl Session<'_> {
         match command {
             Command::Sub(name) => {
                 let name = self.existing_channel(name)?;
-                hub.subscribe(&self.actor, self.client, &[name], None)?;
+                let added = hub.subscribe(&self.actor, self.client, &[name], None)?;
+                hub.confirm_subscribed(self.client, &added).await?;
             }
             Command::Unsub(name) => {
                 hub.unsubscribe(self.client, &[ChannelName::parse(name)?])?;

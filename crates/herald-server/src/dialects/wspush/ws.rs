@@ -99,8 +99,10 @@ impl DialectSession for Session<'_> {
             return Some(not_found());
         }
         let result = if subscribe {
-            hub.subscribe(&self.actor, self.client, &[name], None)
-                .map(|_| ())
+            match hub.subscribe(&self.actor, self.client, &[name], None) {
+                Ok(added) => hub.confirm_subscribed(self.client, &added).await,
+                Err(e) => Err(e),
+            }
         } else {
             hub.unsubscribe(self.client, &[name]).map(|_| ())
         };
