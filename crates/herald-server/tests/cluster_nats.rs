@@ -151,6 +151,71 @@ async fn recovery_is_per_node_and_honest_elsewhere() {
     );
 }
 
+/// A node follows a channel's subject only while it has subscribers there; a channel it
+/// keeps for its history meanwhile does not hear the other nodes' publications. A recovery
+/// across such a time must not claim to be complete: it answers `recovered: false`. (Before,
+/// the node answered `recovered: true` and the publications made meanwhile were silently
+/// missing.) The same holds across a lost connection to NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_across_a_time_the_node_did_not_follow_the_channel_is_not_claimed() {
+    let Some(nats) = Nats::start() else { return };
+    let with_history = |c: &mut herald_server::Config| c.channels.history_size = 100;
+    let a = node_with(&nats, "node-a", with_history).await;
+    let b = node_with(&nats, "node-b", with_history).await;
+    let mut c = a.client().await;
+    c.subscribe(&["u"]).await.unwrap();
+    b.admin().publish(&["u"], json!(1)).await.unwrap();
+    let m = c.next_op("message", WAIT).await.unwrap();
+    let (epoch, offset) = (m["epoch"].clone(), m["offset"].clone());
+    drop(c);
+    // Node a stops following "u" (its history stays); node b publishes meanwhile.
+    let mut published_unseen = false;
+    for i in 2..=40 {
+        b.admin().publish(&["u"], json!(i)).await.unwrap();
+        let channel = a
+            .admin()
+            .request_ok("GET", "/api/v1/channels/u", None)
+            .await
+            .unwrap();
+        if channel["subscribers"] == 0 && channel["offset"] == offset {
+            published_unseen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(published_unseen, "node a missed a publication of node b");
+    let mut back = a.client().await;
+    let reply = back
+        .request_ok(json!({"op":"subscribe","channel":"u",
+            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["u"]["recovered"], false,
+        "{reply}"
+    );
+    // From the position it answered, recovery works again (while the node follows the
+    // channel), and live publications arrive.
+    let now = reply["result"]["recovered"]["u"].clone();
+    b.admin().publish(&["u"], json!("live")).await.unwrap();
+    let live = back.next_op("message", WAIT).await.unwrap();
+    assert_eq!(live["data"], "live");
+    let mut again = a.client().await;
+    let reply = again
+        .request_ok(json!({"op":"subscribe","channel":"u",
+            "recover":{"u":{"epoch":now["epoch"],"offset":now["offset"]}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["u"]["recovered"], true,
+        "{reply}"
+    );
+    assert_eq!(
+        again.next_op("message", WAIT).await.unwrap()["data"],
+        "live"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_join_leave_across_nodes() {
     let Some(nats) = Nats::start() else { return };
@@ -318,7 +383,8 @@ async fn admin_operations_and_events_span_nodes() {
 }
 
 /// NATS going away: publishing answers 503 `broker_unavailable` at once; once it is back,
-/// subscribers are told to recover and publications flow again.
+/// subscribers are told to recover (a recovery across the outage answers `recovered: false`:
+/// core NATS keeps nothing for the node) and publications flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_that_goes_away_gives_broker_unavailable_then_subscribers_recover() {
     let port = free_port();
@@ -329,6 +395,8 @@ async fn a_nats_that_goes_away_gives_broker_unavailable_then_subscribers_recover
     let b = node(&nats, "node-b").await;
     let mut on_b = b.client().await;
     on_b.subscribe(&["y"]).await.unwrap();
+    a.admin().publish(&["y"], json!(0)).await.unwrap();
+    let seen = on_b.next_op("message", WAIT).await.unwrap();
     drop(nats);
     let api = Api::new(&a.http(), Some(ADMIN_KEY));
     let mut refused = false;
@@ -356,7 +424,16 @@ async fn a_nats_that_goes_away_gives_broker_unavailable_then_subscribers_recover
         .await
         .unwrap();
     assert_eq!(notice["reason"], "broker_reconnected", "{notice}");
-    on_b.subscribe(&["y"]).await.unwrap();
+    // Node b cannot know what it missed: a recovery across the outage is not claimed.
+    let reply = on_b
+        .request_ok(json!({"op":"subscribe","channel":"y",
+            "recover":{"y":{"epoch":seen["epoch"],"offset":seen["offset"]}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["y"]["recovered"], false,
+        "{reply}"
+    );
     let mut delivered = false;
     for _ in 0..100 {
         if a.admin().publish(&["y"], json!("again")).await.is_ok() {

@@ -577,6 +577,21 @@ impl Registry {
         st.offset = st.offset.max(offset);
     }
 
+    /// Publications to `name` may have gone by that this node did not receive (a broker
+    /// without history stopped delivering them for a while): the channel's position moves on
+    /// by one offset that no publication has, so a recovery from before it answers
+    /// `recovered: false` and a subscriber that checks offsets sees the hole. Nothing for a
+    /// channel that has no position yet.
+    pub fn skip_offset(&self, name: &ChannelName) {
+        let Some(channel) = self.lookup(name) else {
+            return;
+        };
+        let mut st = channel.state.lock();
+        if !st.removed && st.offset > 0 {
+            st.offset += 1;
+        }
+    }
+
     /// Drops every kept publication of `name` (the channel and its position stay).
     pub fn clear_history(&self, name: &ChannelName) -> usize {
         let Some(channel) = self.lookup(name) else {

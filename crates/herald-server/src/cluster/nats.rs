@@ -11,7 +11,10 @@
 //!   a subscriber is answered once NATS has its subscription ([`Broker::ready`]: a flush).
 //! - **Delivery.** Each node sequences what arrives from other nodes into its own channel
 //!   and history: offsets and epochs are per node, so a client recovers on the node it left
-//!   and gets `recovered: false` on another (nothing is lost silently).
+//!   and gets `recovered: false` on another (nothing is lost silently). Where the node may
+//!   have missed publications (it follows a channel again, or its connection to NATS came
+//!   back) the channel skips an offset ([`Registry::skip_offset`]), so a recovery across that
+//!   time answers `recovered: false` too.
 //! - **Presence** is asked of every live node when wanted (a control request), so a node
 //!   that died has no entries to leave behind; join/leave notices travel on the channel's
 //!   subject.
@@ -343,6 +346,16 @@ impl Broker for NatsBroker {
         Box::pin(self.presence_now(local, channel))
     }
 
+    /// NATS keeps no history: a recovery only waits until the node follows the channels, so
+    /// a hole where it did not (see the follow task) is in place before the replay.
+    fn prepare<'a>(
+        &'a self,
+        _local: &'a Registry,
+        channels: &'a [ChannelName],
+    ) -> BoxFuture<'a, Result<(), HeraldError>> {
+        self.ready(channels)
+    }
+
     fn ready<'a>(&'a self, _channels: &'a [ChannelName]) -> BoxFuture<'a, Result<(), HeraldError>> {
         Box::pin(async move {
             let (done, answered) = oneshot::channel();
@@ -467,6 +480,9 @@ pub async fn follow(
                     }
                     match subscribe(broker.topic(&channel)).await {
                         Ok(sub) => {
+                            // Not followed until now: what other nodes published meanwhile
+                            // never reached this node (a recovery across it is not claimed).
+                            state.hub.registry().skip_offset(&channel);
                             let task = deliver(state.clone(), broker.clone(), channel.clone(), sub);
                             followed.insert(channel, tokio::spawn(task));
                         }
@@ -503,7 +519,11 @@ pub async fn follow(
                 async_nats::Event::Connected if away => {
                     away = false;
                     tracing::info!("broker: connected to NATS again");
-                    // Publications made meanwhile never reached this node.
+                    // Publications made meanwhile never reached this node: a hole in each
+                    // followed channel's offsets, and its subscribers are told.
+                    for channel in followed.keys() {
+                        state.hub.registry().skip_offset(channel);
+                    }
                     tell_subscribers_to_recover(&state);
                 }
                 _ => {}
