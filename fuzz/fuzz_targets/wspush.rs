@@ -32,6 +32,8 @@ fn client_action(text: &str) {
         Ok(action) => {
             assert!(is_json(text.as_bytes()));
             let Some(v) = value else { return };
+            // The original's schema wants an object (serde would read a struct from an array).
+            assert!(v.is_object(), "{v}");
             let uuid = v.get("uuid").and_then(Value::as_str).map(str::to_string);
             match action {
                 ClientAction::Subscribe { uuid: u, channel } => {

@@ -102,19 +102,30 @@ pub enum Refused {
 
 pub fn parse_client(text: &str) -> Result<ClientAction, Refused> {
     #[derive(Deserialize)]
-    struct Inbound {
+    struct Inbound<'a> {
         #[serde(rename = "messageType")]
         message_type: String,
         #[serde(default)]
         uuid: Option<String>,
         #[serde(default)]
         action: Option<String>,
-        #[serde(default)]
-        data: Option<ChannelData>,
+        #[serde(default, borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
     }
     #[derive(Deserialize)]
     struct ChannelData {
         channel: String,
+    }
+    // serde reads a struct from a JSON array too; the original's schema wants objects.
+    let object = |json: &str| {
+        json.trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+    };
+    if !object(text) {
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Refused::Invalid,
+            Err(_) => Refused::BadJson,
+        });
     }
     // Read straight into the struct: serde refuses a repeated field, as every codec does.
     let msg: Inbound = serde_json::from_str(text).map_err(|e| match e.classify() {
@@ -129,7 +140,12 @@ pub fn parse_client(text: &str) -> Result<ClientAction, Refused> {
     if msg.uuid.as_deref().is_some_and(|u| uuid_like(u).is_none()) {
         return Err(Refused::Invalid);
     }
-    let channel = msg.data.ok_or(Refused::Invalid)?.channel;
+    let channel = msg
+        .data
+        .filter(|d| object(d.get()))
+        .and_then(|d| serde_json::from_str::<ChannelData>(d.get()).ok())
+        .ok_or(Refused::Invalid)?
+        .channel;
     match msg.action.as_deref() {
         Some("SUBSCRIBE") => Ok(ClientAction::Subscribe {
             uuid: msg.uuid,
@@ -216,6 +232,36 @@ impl WireFormat for WsPushWs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `wspush` fuzz target (long run): serde reads a struct from a JSON array
+    /// too, so `["CLIENT_ACTION",null,"SUBSCRIBE",{"channel":"x"}]` subscribed. The original's
+    /// schema wants an object: anything else that is JSON is an invalid message.
+    #[test]
+    fn only_an_object_is_a_message() {
+        for text in [
+            r#"["CLIENT_ACTION",null,"SUBSCRIBE",{"channel":"x"}]"#,
+            r#"{"messageType":"CLIENT_ACTION","action":"SUBSCRIBE","data":["x"]}"#,
+            "[\r\":+\"\r]",
+            "[]",
+            r#""CLIENT_ACTION""#,
+            "1",
+            "null",
+        ] {
+            assert_eq!(parse_client(text), Err(Refused::Invalid), "{text}");
+        }
+        for text in ["[", "", "nope", "{"] {
+            assert_eq!(parse_client(text), Err(Refused::BadJson), "{text}");
+        }
+        assert_eq!(
+            parse_client(
+                " \r\n{\"messageType\":\"CLIENT_ACTION\",\"action\":\"SUBSCRIBE\",\"data\":{\"channel\":\"x\"}}"
+            ),
+            Ok(ClientAction::Subscribe {
+                uuid: None,
+                channel: "x".into()
+            })
+        );
+    }
 
     #[test]
     fn gson_escaping() {

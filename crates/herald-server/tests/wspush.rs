@@ -196,6 +196,18 @@ async fn the_original_api_flow() {
     );
     assert_eq!(call(&base, "/channel/ping", "{oops").await, (400, r#"{"messageType":"ERROR","code":400,"message":"Bad Request","data":{"errorDetails":"{oops"}}"#.into()));
     assert_eq!(call(&base, "/push", &action("CREATE_CHANNEL", json!({"channel":"x"}))).await, (400, r#"{"messageType":"ERROR","code":400,"message":"Bad Request","data":{"errorDetails":"Invalid message"}}"#.into()));
+    // Objects only (serde would read the envelope, or its data, from an array).
+    let invalid = r#"{"messageType":"ERROR","code":400,"message":"Bad Request","data":{"errorDetails":"Invalid message"}}"#;
+    for body in [
+        r#"["SERVER_ACTION","CREATE_CHANNEL",{"channel":"arr"}]"#,
+        r#"{"messageType":"SERVER_ACTION","action":"CREATE_CHANNEL","data":["arr"]}"#,
+    ] {
+        assert_eq!(
+            call(&base, "/channel/create", body).await,
+            (400, invalid.into()),
+            "{body}"
+        );
+    }
 
     // sysadmin needs the admin key.
     assert_eq!(call(&base, "/sysadmin", "").await.0, 401);

@@ -59,25 +59,35 @@ fn not_found(channel: &str) -> Fail {
 }
 
 #[derive(Deserialize)]
-struct Envelope<T> {
+struct Envelope<'a> {
     #[serde(rename = "messageType")]
     message_type: String,
     action: String,
-    data: T,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
 }
 
-/// Parses the `SERVER_ACTION` envelope for `action` and its `data` as `T`, in one pass (a
-/// repeated field is refused, as everywhere): invalid JSON is a 400 with the raw body, a wrong
-/// shape a 400 `Invalid message`, as in the original.
+/// Parses the `SERVER_ACTION` envelope for `action` and its `data` as `T` (a repeated field
+/// is refused, as everywhere): invalid JSON is a 400 with the raw body, a wrong shape a 400
+/// `Invalid message`, as in the original. The envelope and its `data` must be objects (serde
+/// would read a struct from an array too; the original's schema does not).
 fn parse<'a, T: Deserialize<'a>>(text: &'a str, action: &str) -> Result<T, Fail> {
-    let env: Envelope<T> = serde_json::from_str(text).map_err(|e| match e.classify() {
+    let object = |json: &str| {
+        json.trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with('{')
+    };
+    let env: Envelope = serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => invalid(),
         _ => error(400, "Bad Request", text),
     })?;
-    if env.message_type != "SERVER_ACTION" || env.action != action {
+    if !object(text)
+        || !object(env.data.get())
+        || env.message_type != "SERVER_ACTION"
+        || env.action != action
+    {
         return Err(invalid());
     }
-    Ok(env.data)
+    serde_json::from_str(env.data.get()).map_err(|_| invalid())
 }
 
 fn ok(message: &str, data: &str) -> Answer {
