@@ -34,17 +34,16 @@ start_redis() {
     --appendfsync always --save "" >>"$OUT/redis.log" 2>&1 &
   REDIS=$!; PIDS+=("$REDIS"); wait_port "$RPORT"
 }
-start_node() { # name port
+start_node() { # name port; sets NODE_PID (not in a subshell: the cleanup must know it)
   HERALD_ADMIN_KEY="$KEY" HERALD_NODE_NAME="$1" HERALD_BROKER__TYPE=redis \
     HERALD_BROKER__URL="redis://127.0.0.1:$RPORT" HERALD_BROKER__TIMEOUT_MS=1000 \
     HERALD_BROKER__PRESENCE_TTL_SECS=$TTL \
     "$BIN" serve --listen "127.0.0.1:$2" --data-dir "$OUT/data-$1" >>"$OUT/node-$1.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid"); wait_port "$2" || { cat "$OUT/node-$1.log" >&2; exit 2; }
-  echo "$pid"
+  NODE_PID=$!; PIDS+=("$NODE_PID"); wait_port "$2" || { cat "$OUT/node-$1.log" >&2; exit 2; }
 }
 start_redis
-A=$(start_node a "$APORT")
-B=$(start_node b "$BPORT")
+start_node a "$APORT"; A=$NODE_PID
+start_node b "$BPORT"; B=$NODE_PID
 api() { curl -s -H "Authorization: Bearer $KEY" "$@"; }
 
 # 1. Redis killed and restarted under traffic: subscribers on each node, fed by a publisher
