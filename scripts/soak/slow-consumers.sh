@@ -7,9 +7,11 @@
 # for a peer that takes nothing). The healthy subscribers' latency, with and without the
 # storm, is reported (not judged: a shared 2-core machine).
 #
-# The stalled readers must be many enough for the kernel to stop buffering for them (on a
-# 24 GiB machine about 1000: below that, the kernel holds each one's 1.6 MB of the run in its
-# socket buffers and none reaches the outbox limit, which the check then reports as a failure).
+# Each stalled reader's kernel send buffer is bounded by websocket.send_buffer_bytes (128 KiB,
+# doubled by the kernel), so each reaches the outbox limit within a few messages. With
+# HERALD_WEBSOCKET__SEND_BUFFER_BYTES=0 (the kernel's sizing) the kernel holds up to 1.6 MB of
+# the run per stalled reader instead: fewer than about 1000 then never reach the outbox limit
+# (the check reports it), and 2000 push TCP into memory pressure, which slows the healthy ones.
 #
 # usage: scripts/soak/slow-consumers.sh            env: HERALD_BIN, STALLED (2000),
 #        HEALTHY (200), OUTBOX (262144 bytes), OUT (a new temporary directory)

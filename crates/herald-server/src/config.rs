@@ -850,6 +850,10 @@ pub struct WebSocketConfig {
     pub outbox_max_bytes: usize,
     /// Seconds a WebSocket handshake (and an HTTP request head) may take.
     pub handshake_timeout_secs: u64,
+    /// The kernel's send buffer of every connection Herald accepts (`SO_SNDBUF`, set on the
+    /// listening sockets; the kernel doubles it). Bounds what a reader that stalls holds in
+    /// the kernel besides its outbox. 0: the kernel's own sizing (up to `tcp_wmem`'s maximum).
+    pub send_buffer_bytes: usize,
     /// Origins browsers may open WebSockets from (`https://app.example.com`,
     /// `https://*.example.com`, `*`). Empty: any. Handshakes without `Origin` always pass.
     pub allowed_origins: Vec<String>,
@@ -1056,6 +1060,7 @@ impl Default for WebSocketConfig {
             max_message_bytes: 64 * 1024,
             outbox_max_bytes: 1024 * 1024,
             handshake_timeout_secs: 10,
+            send_buffer_bytes: 128 * 1024,
             allowed_origins: Vec::new(),
         }
     }
@@ -1217,6 +1222,12 @@ impl Config {
         }
         if ws.handshake_timeout_secs == 0 {
             return bad("websocket.handshake_timeout_secs", "must be at least 1");
+        }
+        if ws.send_buffer_bytes != 0 && !(4096..=64 * 1024 * 1024).contains(&ws.send_buffer_bytes) {
+            return bad(
+                "websocket.send_buffer_bytes",
+                "must be 0 (the kernel's sizing) or between 4096 and 67108864",
+            );
         }
         if let Some(h) = self
             .events

@@ -65,14 +65,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let key = admin_key::load_or_generate(&config.admin_key, &config.data_dir)
         .with_context(|| format!("admin key in {}", config.data_dir.display()))?;
     // Bound first: the node's default name is the host name and the bound port.
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let send_buffer = config.websocket.send_buffer_bytes;
+    let listener = bind(config.listen, send_buffer)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let tls_listener = match config.tls.listen_addr() {
         Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
+            bind(addr, send_buffer)
                 .with_context(|| format!("tls.listen: cannot listen on {addr}"))?,
         ),
         None => None,
@@ -111,7 +110,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let mut own_listeners = Vec::new();
     for dialect in crate::dialects::TABLE {
         for own in (dialect.own)(&config) {
-            if let Some(listener) = bind_dialect(&own.mount, own.name).await? {
+            if let Some(listener) = bind_dialect(&own.mount, own.name, send_buffer)? {
                 own_listeners.push((own, listener));
             }
         }
@@ -211,16 +210,36 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 }
 
 /// Binds a dialect's own listener, if it is enabled and has one.
-async fn bind_dialect(
+fn bind_dialect(
     mount: &crate::config::DialectMount,
     name: &str,
+    send_buffer: usize,
 ) -> anyhow::Result<Option<TcpListener>> {
     match mount.listen_addr().filter(|_| mount.enabled) {
-        Some(addr) => Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+        Some(addr) => Ok(Some(bind(addr, send_buffer).with_context(|| {
             format!("dialects.{name}.listen: cannot listen on {addr}")
         })?)),
         None => Ok(None),
     }
+}
+
+/// A listener for clients (as `TcpListener::bind`: address reuse, a backlog of 1024) whose
+/// accepted connections get a kernel send buffer of `send_buffer` bytes (0: the kernel's
+/// sizing). Set once here, since accepted sockets inherit it: no system call per
+/// connection. Without the bound, thousands of readers that stall each let the kernel grow
+/// its buffer to `tcp_wmem`'s maximum (4 MB) until TCP's memory pressure slows every
+/// connection (docs/conformance.md, slow-consumer storm).
+fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 impl RunningServer {
@@ -438,5 +457,62 @@ async fn pinger(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
                 state.hub.prune_bans().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel send buffer an accepted connection has (`SO_SNDBUF`, as the kernel reports
+    /// it: twice what was asked).
+    fn send_buffer_of(stream: &tokio::net::TcpStream) -> usize {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the stream's socket is open; SO_SNDBUF is an int of the given size.
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(stream),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value as usize
+    }
+
+    async fn accepted(send_buffer: usize) -> tokio::net::TcpStream {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), send_buffer).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        accepted.unwrap().0
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_send_buffer() {
+        assert_eq!(send_buffer_of(&accepted(64 * 1024).await), 128 * 1024);
+        assert_eq!(send_buffer_of(&accepted(128 * 1024).await), 256 * 1024);
+        // 0: the kernel sizes it itself (on loopback it has already grown it past 256 KiB).
+        assert_ne!(send_buffer_of(&accepted(0).await), 256 * 1024);
+    }
+
+    #[test]
+    fn a_listener_can_be_bound_again_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = bind("127.0.0.1:0".parse().unwrap(), 0).unwrap();
+            let addr = first.local_addr().unwrap();
+            let _conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (server_side, _) = first.accept().await.unwrap();
+            drop(server_side); // leaves a TIME_WAIT on the port
+            drop(first);
+            bind(addr, 0).expect("address reuse, as TcpListener::bind");
+        });
     }
 }
