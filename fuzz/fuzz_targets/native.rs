@@ -281,9 +281,13 @@ fn check_json_module(text: &str, grammar: bool, object: Option<&serde_json::Map<
                 .trim_start_matches([' ', '\t', '\n', '\r'])
                 .starts_with('{')
         ),
-        Err(hjson::ObjectError::Syntax(_)) => {
-            assert!(!grammar || !text.trim_start().starts_with('{'))
-        }
+        // JSON's grammar lets a string escape a lone surrogate (`"\udddd"`), which no UTF-8
+        // text can hold: Herald refuses it as serde_json's `Value` does (its `IgnoredAny`,
+        // which `grammar` uses, does not look).
+        Err(hjson::ObjectError::Syntax(_)) => assert!(
+            !grammar || !text.trim_start().starts_with('{') || lone_surrogate(text),
+            "{text:?}"
+        ),
     }
     match hjson::unique_object(text) {
         Ok(map) => {
@@ -304,4 +308,12 @@ fn check_json_module(text: &str, grammar: bool, object: Option<&serde_json::Map<
             assert!(object.is_none());
         }
     }
+}
+
+/// Whether serde_json refuses `text` for an escaped surrogate that has no pair.
+fn lone_surrogate(text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_err_and(|e| {
+        let e = e.to_string();
+        e.contains("surrogate") || e.contains("unicode code point")
+    })
 }
