@@ -126,7 +126,19 @@ impl Drop for Browser {
 /// One WebDriver request (HTTP/1.1, `Connection: close`) and its JSON answer.
 async fn call(port: u16, method: &str, path: &str, body: Option<Value>) -> Value {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // A busy chromedriver (two cores shared by parallel tests) has reset a connection now
+    // and then (once in CI): connecting is retried until the deadline.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("chromedriver on {port}: {e}; connecting again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("chromedriver on {port}: {e}"),
+        }
+    };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
