@@ -314,6 +314,7 @@ fn check_json_module(text: &str, grammar: bool, object: Option<&serde_json::Map<
 fn lone_surrogate(text: &str) -> bool {
     serde_json::from_str::<Value>(text).is_err_and(|e| {
         let e = e.to_string();
-        e.contains("surrogate") || e.contains("unicode code point")
+        // A trailing one alone, a leading one alone, a leading one not followed by `\u`.
+        e.contains("surrogate") || e.contains("unicode code point") || e.contains("hex escape")
     })
 }
