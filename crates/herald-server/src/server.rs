@@ -223,12 +223,16 @@ fn bind_dialect(
     }
 }
 
+/// Whether an accepted socket has the listener's `TCP_NODELAY` (Linux copies a listening
+/// socket's TCP options into the sockets it accepts; other systems may not).
+const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
+
 /// A listener for clients (as `TcpListener::bind`: address reuse, a backlog of 1024) whose
 /// accepted connections get a kernel send buffer of `send_buffer` bytes (0: the kernel's
-/// sizing). Set once here, since accepted sockets inherit it: no system call per
-/// connection. Without the bound, thousands of readers that stall each let the kernel grow
-/// its buffer to `tcp_wmem`'s maximum (4 MB) until TCP's memory pressure slows every
-/// connection (docs/conformance.md, slow-consumer storm).
+/// sizing) and `TCP_NODELAY`. Both are set once here, since on Linux accepted sockets inherit
+/// them: no system call per connection ([`NODELAY_INHERITED`]). Without the bound, thousands
+/// of readers that stall each let the kernel grow its buffer to `tcp_wmem`'s maximum (4 MB)
+/// until TCP's memory pressure slows every connection (docs/conformance.md, slow-consumer storm).
 fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -238,6 +242,7 @@ fn bind(addr: SocketAddr, send_buffer: usize) -> std::io::Result<TcpListener> {
     if send_buffer > 0 {
         socket.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
     }
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
@@ -283,7 +288,9 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
-                    let _ = tcp.set_nodelay(true);
+                    if !NODELAY_INHERITED {
+                        let _ = tcp.set_nodelay(true);
+                    }
                     let (router, state, shutdown) = (router.clone(), state.clone(), shutdown.clone());
                     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
                     match &tls {
@@ -497,6 +504,19 @@ mod tests {
         assert_eq!(send_buffer_of(&accepted(128 * 1024).await), 256 * 1024);
         // 0: the kernel sizes it itself (on loopback it has already grown it past 256 KiB).
         assert_ne!(send_buffer_of(&accepted(0).await), 256 * 1024);
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_without_a_call_of_their_own() {
+        // The accept loop sets nothing where the listener's option is inherited.
+        assert!(accepted(0).await.nodelay().unwrap());
+        assert!(accepted(64 * 1024).await.nodelay().unwrap());
+        // And the kernel does not report it for a socket that was not given it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_client, plain) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        assert!(!plain.unwrap().0.nodelay().unwrap());
     }
 
     #[test]

@@ -396,9 +396,13 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
     }
 
     async fn handle_frame(&mut self, event: Incoming) -> Step {
+        // A dialect's handling of a message is boxed: awaited inline, its largest case (a
+        // native publish or subscribe: about 1 KB) would size every idle connection's task
+        // for the whole life of the connection; boxed it costs one short-lived allocation
+        // per message received (`the_connection_task_stays_small`).
         let reply = match event {
-            Incoming::Text(text) => self.session.on_text(text).await,
-            Incoming::Binary(data) => self.session.on_binary(data).await,
+            Incoming::Text(text) => Box::pin(self.session.on_text(text)).await,
+            Incoming::Binary(data) => Box::pin(self.session.on_binary(data)).await,
             Incoming::TooLarge { len } => {
                 let limit = self.decoder.max_message();
                 self.session.on_too_large(len, limit)
@@ -420,5 +424,56 @@ impl<S: DialectSession + Send, T: Transport> Connection<'_, S, T> {
             self.state.hub.registry().push_or_close(self.client, frame);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialects;
+
+    /// The size of the future `f` returns, without calling it.
+    fn returned_size<A, B, C, D, E, F, R>(_: &impl FnOnce(A, B, C, D, E, F) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every idle connection is one task holding this future: what an await inside it holds
+    /// is paid per connection, all the time (docs/performance.md, idle memory).
+    #[test]
+    fn the_connection_task_stays_small() {
+        use tokio::net::TcpStream;
+        let sizes = [
+            (
+                "native",
+                returned_size(&run::<dialects::native::ws::Native, TcpStream>),
+            ),
+            (
+                "simplysocket",
+                returned_size(&run::<dialects::simplysocket::SimplySocket, TcpStream>),
+            ),
+            (
+                "eventual",
+                returned_size(&run::<dialects::eventual::Eventual, TcpStream>),
+            ),
+            (
+                "subsocket",
+                returned_size(&run::<dialects::subsocket::ws::SubSocket, TcpStream>),
+            ),
+            (
+                "wspush",
+                returned_size(&run::<dialects::wspush::ws::WsPush, TcpStream>),
+            ),
+            (
+                "pushstream",
+                returned_size(&run::<dialects::pushstream::ws::PushStream, TcpStream>),
+            ),
+        ];
+        eprintln!("{sizes:?}");
+        for (dialect, size) in sizes {
+            assert!(
+                size <= 1152,
+                "{dialect}: the connection's future is {size} bytes"
+            );
+        }
     }
 }
