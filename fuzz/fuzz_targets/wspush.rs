@@ -108,6 +108,12 @@ fn envelopes(input: &mut Input) {
     assert_eq!(direct["messageType"], "CLIENT_PUSH");
     assert_eq!(direct["data"]["message"], shared["message"]);
     if data.first() == Some(&b'"') {
-        assert_eq!(Some(&shared["message"]), json(&data).as_ref());
+        match json(&data) {
+            // A JSON string: its content is the message.
+            Some(content) => assert_eq!(shared["message"], content),
+            // One serde_json cannot hold (an escaped lone surrogate, which no UTF-8 text
+            // has): the message is the JSON text as it was sent.
+            None => assert_eq!(shared["message"], String::from_utf8_lossy(&data).as_ref()),
+        }
     }
 }

@@ -470,3 +470,69 @@ async fn a_nats_that_cannot_be_reached_fails_the_start_naming_the_key() {
         "the password is not shown: {error}"
     );
 }
+
+/// A TCP proxy to `upstream` on a port of its own that hands on what its client sends
+/// `delay` late (in order) and what the server answers at once: a NATS that reads one node's
+/// operations late.
+async fn slow_uplink(upstream: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            });
+            let (held, mut due) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                    let at = tokio::time::Instant::now() + delay;
+                    if held.send((at, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some((at, bytes)) = due.recv().await {
+                    tokio::time::sleep_until(at).await;
+                    if to_server.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A subscriber is answered only once NATS has its node's subscription, even when NATS reads
+/// that node's operations late (300 ms here): what another node publishes right after the
+/// answer arrives. A client flush only writes the subscription to the socket, so NATS could
+/// take the other node's publication first (seen on a loaded machine: the message was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_answered_once_nats_has_the_subscription_even_when_it_reads_late() {
+    let Some(nats) = Nats::start() else { return };
+    let slow = slow_uplink(nats.port, Duration::from_millis(300)).await;
+    let a = node(&nats, "node-a").await;
+    let b = node_with(&nats, "node-b", move |c| {
+        c.broker.url = herald_server::config::Secret(format!("nats://127.0.0.1:{slow}"));
+        c.broker.timeout_ms = 3000;
+    })
+    .await;
+    for i in 0..3 {
+        let channel = format!("late-{i}");
+        let mut x = b.client().await;
+        x.subscribe(&[channel.as_str()]).await.unwrap();
+        a.admin()
+            .publish(&[channel.as_str()], json!(i))
+            .await
+            .unwrap();
+        assert_eq!(x.next_op("message", WAIT).await.unwrap()["data"], i);
+    }
+}

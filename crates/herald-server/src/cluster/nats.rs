@@ -8,7 +8,8 @@
 //!   publications of two nodes may interleave differently on different nodes.
 //! - **Following.** Each node subscribes to the subjects of the channels that have local
 //!   subscribers only ([`Interest`]), one NATS subscription each, through an ordered queue;
-//!   a subscriber is answered once NATS has its subscription ([`Broker::ready`]: a flush).
+//!   a subscriber is answered once NATS has its subscription ([`Broker::ready`]: a marker
+//!   published on the node's own connection after it has come back).
 //! - **Delivery.** Each node sequences what arrives from other nodes into its own channel
 //!   and history: offsets and epochs are per node, so a client recovers on the node it left
 //!   and gets `recovered: false` on another (nothing is lost silently). Where the node may
@@ -440,6 +441,62 @@ impl Interest for Interested {
     }
 }
 
+/// Round trips through NATS on the node's own connection, for [`Command::Flush`]. NATS
+/// handles one connection's operations in order, so once a marker published after some
+/// subscriptions comes back on the node's own inbox, NATS has those subscriptions: a
+/// publication made anywhere after that reaches this node. (A client flush only writes them
+/// to the socket: NATS may still be reading them when another node publishes.)
+#[derive(Default)]
+struct Synced {
+    /// The last marker sent.
+    sent: u64,
+    /// Who waits for which marker, oldest first. Those that gave up (their `ready` timed out)
+    /// are dropped at the next marker, so this holds no more than the waits in progress.
+    waiting: std::collections::VecDeque<(u64, oneshot::Sender<bool>)>,
+}
+
+impl Synced {
+    /// Sends the next marker; `done` is answered `true` when it is back, `false` at once if
+    /// it cannot be sent.
+    async fn ask(&mut self, broker: &NatsBroker, subject: &str, done: oneshot::Sender<bool>) {
+        self.sent += 1;
+        let marker = Bytes::from(self.sent.to_string());
+        let sent = broker
+            .client
+            .publish(subject.to_string(), marker)
+            .await
+            .is_ok()
+            && matches!(
+                tokio::time::timeout(broker.timeout, broker.client.flush()).await,
+                Ok(Ok(()))
+            );
+        if !sent {
+            let _ = done.send(false);
+            return;
+        }
+        self.waiting.retain(|(_, d)| !d.is_closed());
+        self.waiting.push_back((self.sent, done));
+    }
+
+    /// A marker came back: answers everybody waiting for it or an earlier one (markers come
+    /// back in order). Whether anybody was waiting for it.
+    fn answered(&mut self, payload: &[u8]) -> bool {
+        let Some(n) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        let mut any = false;
+        while self.waiting.front().is_some_and(|(m, _)| *m <= n) {
+            if let Some((_, done)) = self.waiting.pop_front() {
+                any |= done.send(true).is_ok();
+            }
+        }
+        any
+    }
+}
+
 /// Follows the channels with local subscribers and the control subjects, and tells local
 /// subscribers to recover after NATS comes back, until `shutdown`.
 pub async fn follow(
@@ -456,15 +513,31 @@ pub async fn follow(
         let client = broker.client.clone();
         async move { client.subscribe(subject).await }
     };
-    let (Ok(mut control), Ok(mut answers), Ok(mut reports)) = (
+    // Round trips to this node's own connection (see `Synced`).
+    let sync_subject = broker.client.new_inbox();
+    let (Ok(mut control), Ok(mut answers), Ok(mut reports), Ok(mut sync)) = (
         subscribe(broker.control_subject()).await,
         subscribe(broker.answer_subject(&state.node_name)).await,
         subscribe(broker.nodes_subject()).await,
+        subscribe(sync_subject.clone()).await,
     ) else {
         tracing::error!("broker: cannot subscribe to the control subjects on NATS");
         return;
     };
-    if broker.client.flush().await.is_ok() {
+    let mut synced = Synced::default();
+    let (first, _first_back) = oneshot::channel();
+    synced.ask(&broker, &sync_subject, first).await;
+    let round_trip = async {
+        while let Some(m) = sync.next().await {
+            if synced.answered(&m.payload) {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(broker.timeout, round_trip)
+        .await
+        .is_ok()
+    {
         broker.hearing.send_replace(true);
     }
     let mut followed: HashMap<ChannelName, JoinHandle<()>> = HashMap::new();
@@ -499,11 +572,11 @@ pub async fn follow(
                         tracing::warn!("broker: a join/leave notice was not sent (NATS unavailable)");
                     }
                 }
-                Some(Command::Flush(done)) => {
-                    let flushed = tokio::time::timeout(broker.timeout, broker.client.flush()).await;
-                    let _ = done.send(matches!(flushed, Ok(Ok(()))));
-                }
+                Some(Command::Flush(done)) => synced.ask(&broker, &sync_subject, done).await,
             },
+            Some(m) = sync.next() => {
+                synced.answered(&m.payload);
+            }
             Some(m) = control.next() => receive(&state, &m.payload).await,
             Some(m) = answers.next() => {
                 if let Some(cluster) = &state.cluster {

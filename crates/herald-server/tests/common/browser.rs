@@ -126,50 +126,67 @@ impl Drop for Browser {
 /// One WebDriver request (HTTP/1.1, `Connection: close`) and its JSON answer.
 async fn call(port: u16, method: &str, path: &str, body: Option<Value>) -> Value {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    // A busy chromedriver (two cores shared by parallel tests) has reset a connection now
-    // and then (once in CI): connecting is retried until the deadline.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut s = loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) => break s,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                eprintln!("chromedriver on {port}: {e}; connecting again");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("chromedriver on {port}: {e}"),
-        }
-    };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    // The driver keeps the connection open: read the head, then Content-Length bytes.
-    let read = async {
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 16384];
-        loop {
-            let text = String::from_utf8_lossy(&answer).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if body.len() >= length {
-                    return body.to_string();
-                }
+    // A busy chromedriver (two cores shared by parallel tests) has now and then refused or
+    // reset a connection before answering (seen in CI, and once on `POST /session` under a
+    // loaded machine): a request that got no answer at all is sent again until the deadline.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout(PAGE_WAIT * 2, exchange(port, req.as_bytes())).await {
+            Ok(Ok(body)) => {
+                return serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
             }
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the driver closed early: {text}");
-            answer.extend_from_slice(&buf[..n]);
+            Ok(Err((e, false))) if tokio::time::Instant::now() < deadline => {
+                eprintln!(
+                    "chromedriver on {port}: {e} before answering {method} {path}; sending it again"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err((e, _))) => panic!("chromedriver on {port}, {method} {path}: {e}"),
+            Err(_) => panic!("chromedriver on {port} does not answer {method} {path}"),
         }
-    };
-    let body = tokio::time::timeout(PAGE_WAIT * 2, read)
+    }
+}
+
+/// Sends `req` on a new connection and reads the answer's body; on failure, the error and
+/// whether any of the answer had arrived.
+async fn exchange(port: u16, req: &[u8]) -> Result<String, (std::io::Error, bool)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
-        .expect("the driver answers");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        .map_err(|e| (e, false))?;
+    s.write_all(req).await.map_err(|e| (e, false))?;
+    // The driver keeps the connection open: read the head, then Content-Length bytes.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Ok(body.to_string());
+            }
+        }
+        let n = s
+            .read(&mut buf)
+            .await
+            .map_err(|e| (e, !answer.is_empty()))?;
+        if n == 0 {
+            let early = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed early: {text}"),
+            );
+            return Err((early, !answer.is_empty()));
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// Serves `pages` (path, content type, body) on 127.0.0.1 on a port of its own; stops when

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use super::dialect::{Dialect, DialectSession};
 use super::transport::Transport;
-use crate::admission::Admission;
+use crate::admission::{Admission, Seat};
 use crate::state::AppState;
 
 /// How long a close may take: writing the last bytes and the close frame, then waiting for
@@ -44,48 +44,63 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 4096;
 
-/// Serves one WebSocket connection. `head`, when the transport writes the handshake's answer
-/// itself ([`crate::transport::direct`]), leaves in the same write as the greeting.
-pub async fn run<D: Dialect, T: Transport>(
-    dialect: &D,
+/// Serves one WebSocket connection: the future to spawn as its task. `head`, when the
+/// transport writes the handshake's answer itself ([`crate::transport::direct`]), leaves in
+/// the same write as the greeting; `seat` is held until the connection is gone.
+///
+/// The client is registered here, synchronously, and the future captures only what the
+/// connection keeps (not the admission, nor what hyper read): every idle connection's task
+/// is this future, sized for its largest state (`the_connection_task_stays_small`). An
+/// `async fn` would keep each argument twice, as it was passed and where it was moved to.
+pub fn run<D: Dialect, T: Transport>(
+    dialect: D,
     state: Arc<AppState>,
     stream: T,
     leftover: Bytes,
-    admission: Box<Admission>,
+    admission: Admission,
     head: Option<Bytes>,
-) {
-    let ws_cfg = &state.config.websocket;
-    // Synchronous, so nothing of the admission outlives it in this (per-connection) future.
-    let client = open(dialect, &state, *admission);
+    seat: Seat,
+) -> impl Future<Output = ()> + Send {
+    let client = open(&dialect, &state, admission);
     // Copy what hyper read past the handshake and let go of hyper's (much larger) buffer.
     let read_buf = BytesMut::from(&leftover[..]);
     drop(leftover);
-    let mut conn = Connection {
-        writes: 0,
-        session: dialect.session(&state, &client),
-        state: &state,
-        client: &client,
-        stream,
-        read_buf,
-        decoder: Decoder::new(dialect.max_message_bytes(ws_cfg)),
-        rate: Default::default(),
-        linger_until: None,
-    };
-    if dialect.greets_late() {
-        // Boxed: a rare path, which would otherwise size every connection's task.
-        if let Some(greeting) = Box::pin(conn.session.on_open()).await {
-            push_greeting(&client, greeting);
-        }
-    }
-    if let Some(head) = head {
+    let head = match head {
         // Ahead of the greeting: the first write carries both.
-        push_greeting(&client, head);
+        Some(head) if !dialect.greets_late() => {
+            push_greeting(&client, head);
+            None
+        }
+        head => head,
+    };
+    async move {
+        let mut conn = Connection {
+            writes: 0,
+            session: dialect.session(&state, &client),
+            state: &state,
+            client: &client,
+            stream,
+            read_buf,
+            decoder: Decoder::new(dialect.max_message_bytes(&state.config.websocket)),
+            rate: Default::default(),
+            linger_until: None,
+        };
+        if dialect.greets_late() {
+            // Boxed: a rare path, which would otherwise size every connection's task.
+            if let Some(greeting) = Box::pin(conn.session.on_open()).await {
+                push_greeting(&client, greeting);
+            }
+            if let Some(head) = head {
+                push_greeting(&client, head);
+            }
+        }
+        let reason = conn.serve().await;
+        conn.session.on_close().await;
+        state.hub.disconnect(&client, reason);
+        // Boxed: once-per-connection state that would otherwise size every idle task.
+        Box::pin(conn.linger()).await;
+        drop(seat);
     }
-    let reason = conn.serve().await;
-    conn.session.on_close().await;
-    state.hub.disconnect(&client, reason);
-    // Boxed: this once-per-connection state would otherwise size every idle connection's task.
-    Box::pin(conn.linger()).await;
 }
 
 /// Registers the client, re-checks bans, queues the greeting and applies the credential.
@@ -433,7 +448,7 @@ mod tests {
     use crate::dialects;
 
     /// The size of the future `f` returns, without calling it.
-    fn returned_size<A, B, C, D, E, F, R>(_: &impl FnOnce(A, B, C, D, E, F) -> R) -> usize {
+    fn returned_size<A, B, C, D, E, F, G, R>(_: &impl FnOnce(A, B, C, D, E, F, G) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 

@@ -57,10 +57,11 @@ fn leftover(read_buf: bytes::Bytes, unread: bytes::Bytes) -> bytes::Bytes {
 
 /// The connection task of a WebSocket upgraded on a TLS connection.
 async fn run_tls<D: Dialect>(
-    dialect: &D,
+    dialect: D,
     state: Arc<AppState>,
     upgraded: hyper::upgrade::Upgraded,
     admission: Box<Admission>,
+    seat: admission::Seat,
 ) {
     let remote = admission.info.remote;
     match upgraded.downcast::<TokioIo<Prefixed<TlsStream<TcpStream>>>>() {
@@ -70,7 +71,7 @@ async fn run_tls<D: Dialect>(
             match transport::TlsTransport::new(tcp, tls) {
                 Ok(stream) => {
                     let leftover = leftover(parts.read_buf, unread);
-                    connection::run(dialect, state, stream, leftover, admission, None).await
+                    connection::run(dialect, state, stream, leftover, *admission, None, seat).await
                 }
                 Err(e) => tracing::debug!(?remote, error = %e, "TLS error at the upgrade"),
             }
@@ -165,16 +166,15 @@ pub fn upgrade_admitted<D: Dialect>(
     if let Some(direct) = direct {
         // The connection's own task writes the 101 with the greeting, and serves it.
         direct.hand_over(Box::new(move |stream, leftover, head| {
-            tokio::spawn(async move {
-                let _seat = seat;
-                connection::run(&dialect, state, stream, leftover, admission, Some(head)).await
-            });
+            let head = Some(head);
+            tokio::spawn(connection::run(
+                dialect, state, stream, leftover, *admission, head, seat,
+            ));
         }));
         return switching(accept);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
-        let _seat = seat;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
@@ -183,10 +183,10 @@ pub fn upgrade_admitted<D: Dialect>(
             Ok(parts) => {
                 let (stream, unread) = parts.io.into_inner().into_parts();
                 let leftover = leftover(parts.read_buf, unread);
-                connection::run(&dialect, state, stream, leftover, admission, None).await
+                connection::run(dialect, state, stream, leftover, *admission, None, seat).await
             }
             // Boxed: this task stays as small as it was before TLS for plain connections.
-            Err(upgraded) => Box::pin(run_tls(&dialect, state, upgraded, admission)).await,
+            Err(upgraded) => Box::pin(run_tls(dialect, state, upgraded, admission, seat)).await,
         }
     });
     switching(accept)
