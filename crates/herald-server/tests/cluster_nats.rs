@@ -76,14 +76,7 @@ async fn publications_on_any_node_reach_every_node_in_each_publishers_order() {
     // A subscriber is answered once NATS has its node's subscription: what is published on
     // another node right after the reply arrives.
     for i in 0..20 {
-        let channel = format!("fresh-{i}");
-        let mut x = b.client().await;
-        x.subscribe(&[channel.as_str()]).await.unwrap();
-        a.admin()
-            .publish(&[channel.as_str()], json!(i))
-            .await
-            .unwrap();
-        assert_eq!(x.next_op("message", WAIT).await.unwrap()["data"], i);
+        fresh_subscriber_gets_the_next_publication(&b, &a, &format!("fresh-{i}"), i).await;
     }
     // A node without subscribers of a channel does not follow it.
     assert!(
@@ -526,13 +519,27 @@ async fn a_subscriber_is_answered_once_nats_has_the_subscription_even_when_it_re
     })
     .await;
     for i in 0..3 {
-        let channel = format!("late-{i}");
-        let mut x = b.client().await;
-        x.subscribe(&[channel.as_str()]).await.unwrap();
-        a.admin()
-            .publish(&[channel.as_str()], json!(i))
-            .await
-            .unwrap();
-        assert_eq!(x.next_op("message", WAIT).await.unwrap()["data"], i);
+        fresh_subscriber_gets_the_next_publication(&b, &a, &format!("late-{i}"), i).await;
     }
+}
+
+/// A new client on `on` subscribes to `channel`; as soon as it is answered, `value` is
+/// published on `from`; the client gets it.
+async fn fresh_subscriber_gets_the_next_publication(
+    on: &TestServer,
+    from: &TestServer,
+    channel: &str,
+    value: u64,
+) {
+    let mut x = on.client().await;
+    x.subscribe(&[channel]).await.unwrap();
+    from.admin()
+        .publish(&[channel], json!(value))
+        .await
+        .unwrap();
+    assert_eq!(
+        x.next_op("message", WAIT).await.unwrap()["data"],
+        value,
+        "{channel}"
+    );
 }
