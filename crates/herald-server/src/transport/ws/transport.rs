@@ -1,7 +1,7 @@
 //! The byte stream under a WebSocket connection: [`Transport`] is the handful of non-blocking
 //! operations the connection task uses (readiness, `try_read`, `try_write`, the final
-//! close). Plain TCP implements it with `TcpStream`'s own methods, so the plain path is the
-//! same code as before TLS existed. [`TlsTransport`] drives a `rustls::ServerConnection` by
+//! close). Plain TCP implements it with `TcpStream`'s own methods, but for a read that empties
+//! the socket, which clears its readiness at once. [`TlsTransport`] drives a `rustls::ServerConnection` by
 //! hand over the same `TcpStream`: TLS records are read with `read_tls` and decrypted with
 //! `process_new_packets`, plaintext goes into `writer()` and out with `write_tls`, each with
 //! the socket's `try_read` / `try_write` semantics.
@@ -40,9 +40,45 @@ impl Transport for TcpStream {
         TcpStream::readable(self)
     }
 
-    #[inline]
+    /// A read that does not fill the room offered took everything the socket had, so the
+    /// socket's readiness is cleared with it, as a read that would block clears it: the task
+    /// does not make one more `recvfrom` only to be told EAGAIN. Without a race: tokio clears
+    /// readiness only if the driver saw no new event since the read began (data or a FIN
+    /// that comes later wakes the task as usual; a FIN already seen stays seen).
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        TcpStream::try_read_buf(self, buf)
+        use std::os::fd::AsRawFd;
+        let fd = self.as_raw_fd();
+        let spare = buf.spare_capacity_mut();
+        let room = spare.len();
+        if room == 0 {
+            return TcpStream::try_read_buf(self, buf);
+        }
+        let mut drained = 0;
+        let read = self.try_io(tokio::io::Interest::READABLE, || {
+            loop {
+                // SAFETY: `spare` is `room` bytes of writable memory owned by `buf`.
+                let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), room, 0) };
+                match usize::try_from(n) {
+                    Ok(n) if n > 0 && n < room => {
+                        drained = n;
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n) => return Ok(n),
+                    Err(_) => match io::Error::last_os_error() {
+                        e if e.kind() == io::ErrorKind::Interrupted => continue,
+                        e => return Err(e),
+                    },
+                }
+            }
+        });
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => drained,
+            Err(e) => return Err(e),
+        };
+        // SAFETY: `recv` initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        Ok(n)
     }
 
     #[inline]
@@ -233,5 +269,76 @@ impl Write for SocketIo<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Waits for readiness and reads once, as the connection task does.
+    async fn read_once(server: &mut TcpStream, buf: &mut BytesMut) -> usize {
+        tokio::time::timeout(Duration::from_secs(10), Transport::readable(server))
+            .await
+            .expect("readable")
+            .unwrap();
+        buf.reserve(4096);
+        Transport::try_read_buf(server, buf).unwrap()
+    }
+
+    /// A read that empties the socket clears its readiness, so nothing wakes the task for a
+    /// read that would only be told EAGAIN; what comes after, data or the end, still does.
+    #[tokio::test]
+    async fn a_read_that_empties_the_socket_clears_its_readiness() {
+        let (mut client, mut server) = pair().await;
+        let mut buf = BytesMut::new();
+        client.write_all(b"abc").await.unwrap();
+        assert_eq!(read_once(&mut server, &mut buf).await, 3);
+        // Nothing more: not readable (before, tokio kept the readiness until a read failed).
+        let idle =
+            tokio::time::timeout(Duration::from_millis(100), Transport::readable(&server)).await;
+        assert!(idle.is_err(), "still readable after the socket was emptied");
+        // More data wakes it.
+        client.write_all(b"def").await.unwrap();
+        assert_eq!(read_once(&mut server, &mut buf).await, 3);
+        assert_eq!(&buf[..], b"abcdef");
+        // Data and the end together: the data, then the end.
+        client.write_all(b"xyz").await.unwrap();
+        client.shutdown().await.unwrap();
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(read_once(&mut server, &mut buf).await, 3);
+        assert_eq!(read_once(&mut server, &mut buf).await, 0);
+        assert_eq!(&buf[..], b"abcdefxyz");
+    }
+
+    /// A read that fills the room offered leaves the socket readable: the rest is read next.
+    #[tokio::test]
+    async fn a_read_that_fills_the_buffer_keeps_the_readiness() {
+        let (mut client, mut server) = pair().await;
+        client.write_all(&[7u8; 10_000]).await.unwrap();
+        let mut buf = BytesMut::with_capacity(16);
+        tokio::time::timeout(Duration::from_secs(10), Transport::readable(&server))
+            .await
+            .unwrap()
+            .unwrap();
+        let first = Transport::try_read_buf(&mut server, &mut buf).unwrap();
+        assert_eq!(first, buf.capacity());
+        let mut total = first;
+        while total < 10_000 {
+            total += read_once(&mut server, &mut buf).await;
+        }
+        assert_eq!(total, 10_000);
     }
 }
