@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# Faults on a two-node cluster sharing one Redis (redis-server must be installed):
-#  1. Redis killed (SIGKILL) and restarted (from its append-only file) while subscribers on
-#     both nodes drop and recover and a publisher runs: afterwards every subscriber must have
-#     caught up, with nothing delivered twice; publications refused while Redis was down are
-#     reported (503 broker_unavailable), never half-done, so they are not losses.
+# Faults on a two-node cluster sharing one broker, Redis or NATS (redis-server or nats-server
+# must be installed):
+#  1. The broker killed (SIGKILL) and restarted while subscribers on both nodes drop and
+#     recover and a publisher runs (each publication numbered in its payload). Afterwards every
+#     subscriber must have caught up, with nothing delivered twice or out of order;
+#     publications refused while the broker was down are reported (503 broker_unavailable),
+#     never half-done, so they are not losses.
+#     - Redis (restarted from its append-only file) keeps the channel's history: nothing lost.
+#     - Core NATS keeps nothing: what a node did not hear while away is lost, but never
+#       silently: the subscriber is told (`broker_reconnected`, then `recovered: false`, or an
+#       offset that skips). A sequence gap without such a warning fails the run.
 #  2. A node killed (SIGKILL) with subscribers on a presence channel: the other node must stop
 #     listing them within the presence TTL (no ghost presence), and its own stay listed.
 #
-# usage: scripts/soak/cluster-faults.sh     env: HERALD_BIN, DURATION (30 s), OUT
+# usage: scripts/soak/cluster-faults.sh   env: BROKER (redis|nats), HERALD_BIN, DURATION (30 s), OUT
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PATH:/usr/sbin"
-command -v redis-server >/dev/null || { echo "cluster faults: redis-server is not installed" >&2; exit 2; }
+BROKER=${BROKER:-redis}
+case "$BROKER" in
+  redis|nats) command -v "$BROKER-server" >/dev/null || { echo "cluster faults: $BROKER-server is not installed" >&2; exit 2; } ;;
+  *) echo "cluster faults: BROKER must be redis or nats, not '$BROKER'" >&2; exit 2 ;;
+esac
 DURATION=${DURATION:-30}
 BIN=${HERALD_BIN:-}
 if [ -z "$BIN" ]; then
@@ -29,24 +39,29 @@ cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wa
 trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$OUT/redis" --appendonly yes \
-    --appendfsync always --save "" >>"$OUT/redis.log" 2>&1 &
-  REDIS=$!; PIDS+=("$REDIS"); wait_port "$RPORT"
+start_broker() { # sets BROKER_PID
+  if [ "$BROKER" = redis ]; then
+    redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$OUT/redis" --appendonly yes \
+      --appendfsync always --save "" >>"$OUT/broker.log" 2>&1 &
+  else
+    # JetStream (for the shared channels and bans) with its store on disk, kept over the kill.
+    nats-server -a 127.0.0.1 -p "$RPORT" -js -sd "$OUT/nats" >>"$OUT/broker.log" 2>&1 &
+  fi
+  BROKER_PID=$!; PIDS+=("$BROKER_PID"); wait_port "$RPORT"
 }
 start_node() { # name port; sets NODE_PID (not in a subshell: the cleanup must know it)
-  HERALD_ADMIN_KEY="$KEY" HERALD_NODE_NAME="$1" HERALD_BROKER__TYPE=redis \
-    HERALD_BROKER__URL="redis://127.0.0.1:$RPORT" HERALD_BROKER__TIMEOUT_MS=1000 \
+  HERALD_ADMIN_KEY="$KEY" HERALD_NODE_NAME="$1" HERALD_BROKER__TYPE="$BROKER" \
+    HERALD_BROKER__URL="$BROKER://127.0.0.1:$RPORT" HERALD_BROKER__TIMEOUT_MS=1000 \
     HERALD_BROKER__PRESENCE_TTL_SECS=$TTL \
     "$BIN" serve --listen "127.0.0.1:$2" --data-dir "$OUT/data-$1" >>"$OUT/node-$1.log" 2>&1 &
   NODE_PID=$!; PIDS+=("$NODE_PID"); wait_port "$2" || { cat "$OUT/node-$1.log" >&2; exit 2; }
 }
-start_redis
+start_broker
 start_node a "$APORT"; A=$NODE_PID
 start_node b "$BPORT"; B=$NODE_PID
 api() { curl -s -H "Authorization: Bearer $KEY" "$@"; }
 
-# 1. Redis killed and restarted under traffic: subscribers on each node, fed by a publisher
+# 1. The broker killed and restarted under traffic: subscribers on each node, fed by a publisher
 #    on the other (bench recover; each on its own channel, whose history covers what a
 #    subscriber misses while away).
 #    Node a's subscribers drop every 2 s, so each drops during the outage (and is refused
@@ -61,9 +76,9 @@ bench() { # subscribers' port, publisher's port, label, drop period
 bench "$APORT" "$BPORT" a 2 & BA=$!
 bench "$BPORT" "$APORT" b 8 & BB=$!
 sleep $(( DURATION / 3 ))
-kill -9 "$REDIS"; wait "$REDIS" 2>/dev/null || true
+kill -9 "$BROKER_PID"; wait "$BROKER_PID" 2>/dev/null || true
 sleep 3
-start_redis
+start_broker
 wait "$BA" "$BB" || true
 
 # 2. A node killed with subscribers on a presence channel.
@@ -109,28 +124,36 @@ print(f"listed after node b was killed: {n} (node a's 5) after {gone:.1f} s; pre
 print("PRESENCE " + ("OK" if n == 5 else "GHOST"))
 PY
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$BROKER" <<'PY'
 import json, sys
-out = sys.argv[1]
+out, broker = sys.argv[1], sys.argv[2]
 problems = []
 for node in ("a", "b"):
     try:
         r = json.load(open(f"{out}/recover-{node}.json"))
     except Exception as e:
         problems.append(f"node {node}: no result ({e})"); continue
-    print(f"node {node}: published {r.get('published_ok')} (refused {r.get('publish_errors')} while Redis was down), "
-          f"received {r.get('received')}, lost {r.get('lost')}, duplicates {r.get('duplicates')}, "
+    print(f"node {node}: published {r.get('published_ok')} (refused {r.get('publish_errors')} while {broker} was down), "
+          f"received {r.get('received')}, lost {r.get('lost')} by offset, by sequence: "
+          f"lost {r.get('seq_lost_warned')} with a warning and {r.get('seq_lost_silent')} silently, "
+          f"duplicates {r.get('seq_duplicates')}, "
           f"recovered {r.get('recovered')}, recover_failed {r.get('recover_failed')}, "
           f"subscribes refused {r.get('subscribe_refused_by_code')}, resubscribed {r.get('resubscribed')}, "
           f"caught_up {r.get('caught_up')}/{r.get('subscribed')}")
-    if r.get("duplicates") != 0: problems.append(f"node {node}: duplicates {r.get('duplicates')}")
+    if r.get("seq_duplicates") != 0: problems.append(f"node {node}: duplicates {r.get('seq_duplicates')}")
+    if r.get("seq_lost_silent") != 0: problems.append(f"node {node}: lost {r.get('seq_lost_silent')} without a warning")
+    if r.get("seq_refused_delivered") != 0: problems.append(f"node {node}: {r.get('seq_refused_delivered')} deliveries of refused publications")
     if r.get("caught_up") != r.get("subscribed"): problems.append(f"node {node}: caught up {r.get('caught_up')} of {r.get('subscribed')}")
-    if not r.get("publish_errors"): problems.append(f"node {node}: no publication was refused: was Redis down at all?")
-    if r.get("lost") != 0: problems.append(f"node {node}: lost {r.get('lost')}")
+    if not r.get("publish_errors"): problems.append(f"node {node}: no publication was refused: was {broker} down at all?")
+    if broker == "redis":
+        # Redis keeps the history: nothing may be lost, by offset or by sequence.
+        if r.get("duplicates") != 0: problems.append(f"node {node}: duplicate offsets {r.get('duplicates')}")
+        if r.get("lost") != 0: problems.append(f"node {node}: lost {r.get('lost')}")
+        if r.get("seq_lost_warned") != 0: problems.append(f"node {node}: lost {r.get('seq_lost_warned')} by sequence")
     if node == "b" and not r.get("resubscribed"): problems.append("node b: no subscriber was told broker_reconnected")
 presence = open(f"{out}/presence.txt").read()
 print(presence.strip())
 if "PRESENCE OK" not in presence: problems.append("ghost presence after a node was killed")
-print(("cluster faults: FAIL: " + "; ".join(problems)) if problems else "cluster faults: PASS")
+print((f"cluster faults ({broker}): FAIL: " + "; ".join(problems)) if problems else f"cluster faults ({broker}): PASS")
 sys.exit(1 if problems else 0)
 PY

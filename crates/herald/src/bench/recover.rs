@@ -4,6 +4,14 @@
 //! checks each channel offset it receives: a gap is a loss, an offset seen before a duplicate.
 //! At the end each subscriber recovers once more and must reach the last offset published.
 //!
+//! Each publication also carries its own sequence number (`{"seq": k}`), which every
+//! subscriber checks too: with NATS each node numbers a channel itself, so offsets seen on one
+//! node say nothing about the publisher's on another, while the sequence does. A sequence gap
+//! the server warned of (a recovery answered `recovered: false`, or an offset that skips) is a
+//! loss the client knows of; a gap without such a warning is a silent loss, which must never
+//! happen. Publications the server refused are not gaps (and must never arrive). The
+//! publisher starts once every subscriber's first subscribe is answered.
+//!
 //! Reports deliveries, losses, duplicates, recoveries that worked and failed, and recovery
 //! time (reconnect until the subscribe reply, replayed messages included).
 
@@ -36,8 +44,22 @@ struct Totals {
     /// Subscribe requests refused, by error code (each retried on a new connection).
     refused: Mutex<std::collections::BTreeMap<String, u64>>,
     connect_errors: AtomicU64,
-    /// Subscribers that reached the last offset at the end.
+    /// Subscribers that reached the last publication at the end.
     caught_up: AtomicU64,
+    /// By the publications' own sequence numbers: gaps the server had warned of (a recovery
+    /// that failed, an offset that skips), gaps without a warning, and sequences not above
+    /// the last one seen (twice, or out of order).
+    seq_lost_warned: AtomicU64,
+    seq_lost_silent: AtomicU64,
+    seq_duplicates: AtomicU64,
+    /// Deliveries of a publication the server had refused (it must not be half done).
+    seq_refused_delivered: AtomicU64,
+    /// The sequence numbers whose publication was refused, in order: not losses. The publisher
+    /// waits for each answer before the next, so a gap is judged after its refusals are known.
+    refused_seqs: Mutex<Vec<u64>>,
+    /// Subscribers whose first subscribe was answered (the publisher waits for all).
+    ready: AtomicU64,
+    ready_notify: tokio::sync::Notify,
     /// Microseconds from starting to reconnect until the subscribe reply.
     recovery_us: Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
@@ -50,10 +72,13 @@ impl Totals {
     }
 }
 
-/// What one subscriber has seen: the epoch and the last offset, in order.
+/// What one subscriber has seen: the epoch and the last offset, in order; the last sequence
+/// number, and whether the server has warned of a gap since the last delivery.
 struct Seen {
     epoch: String,
     last: u64,
+    seq: u64,
+    warned: bool,
 }
 
 pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, deadline: Instant) {
@@ -97,17 +122,20 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
         recovery_us: Mutex::new(hdrhistogram::Histogram::new(3).ok()),
         ..Totals::default()
     });
-    let last_offset = Arc::new(AtomicU64::new(0));
+    // The last sequence number published with success (0: the publisher has not finished).
+    let last_seq = Arc::new(AtomicU64::new(0));
     let stop_at = Instant::now() + duration;
     let n = args.connections;
     for i in 0..n {
         let url = args.url.clone();
         let channel = args.channel.clone();
         let totals = totals.clone();
-        let last_offset = last_offset.clone();
+        let last_seq = last_seq.clone();
         let seen = Seen {
             epoch: epoch.to_string(),
             last: start_offset,
+            seq: 0,
+            warned: false,
         };
         // Spread the drops: subscriber i drops first after a share of the period.
         let phase = drop_every.mul_f64(i as f64 / n as f64);
@@ -119,15 +147,35 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
             drop_every,
             stop_at,
             deadline,
-            last_offset,
+            last_seq,
             totals,
+        ));
+    }
+    // Publish once every subscriber follows the channel (bounded: a run whose subscribers cannot
+    // subscribe still publishes, and reports what they missed).
+    let everyone = async {
+        while totals.ready.load(Relaxed) < n as u64 {
+            let notified = totals.ready_notify.notified();
+            if totals.ready.load(Relaxed) >= n as u64 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), everyone)
+        .await
+        .is_err()
+    {
+        ctx.shared.note_error(format!(
+            "only {} of {n} subscribers were subscribed after 30 s; publishing anyway",
+            totals.ready.load(Relaxed)
         ));
     }
 
     let cpu0 = ctx.probe.cpu_seconds().await;
     let t0 = Instant::now();
-    let published = publish(&api, &args.channel, rate, stop_at, deadline).await;
-    last_offset.store(published.last.max(start_offset), Relaxed);
+    let published = publish(&api, &args.channel, rate, stop_at, deadline, &totals).await;
+    last_seq.store(published.last_seq, Relaxed);
     report.set("published_ok", published.ok);
     report.set("publish_errors", published.errors);
     // The subscribers catch up and end on their own (bounded by the run deadline).
@@ -156,6 +204,10 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
     report.set("subscribe_refused_by_code", json!(refused));
     report.set("connect_errors", t.connect_errors.load(Relaxed));
     report.set("caught_up", t.caught_up.load(Relaxed));
+    report.set("seq_lost_warned", t.seq_lost_warned.load(Relaxed));
+    report.set("seq_lost_silent", t.seq_lost_silent.load(Relaxed));
+    report.set("seq_duplicates", t.seq_duplicates.load(Relaxed));
+    report.set("seq_refused_delivered", t.seq_refused_delivered.load(Relaxed));
     if let Some(h) = t
         .recovery_us
         .lock()
@@ -180,7 +232,9 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
 struct Published {
     ok: u64,
     errors: u64,
+    /// The highest offset and sequence number published with success.
     last: u64,
+    last_seq: u64,
 }
 
 /// Publishes at `rate` until `stop_at`; one request at a time, on a fixed schedule.
@@ -190,11 +244,13 @@ async fn publish(
     rate: f64,
     stop_at: Instant,
     deadline: Instant,
+    totals: &Totals,
 ) -> Published {
     let mut out = Published {
         ok: 0,
         errors: 0,
         last: 0,
+        last_seq: 0,
     };
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut next = Instant::now();
@@ -206,11 +262,17 @@ async fn publish(
         match api.publish(&[channel], json!({ "seq": seq })).await {
             Ok(r) => {
                 out.ok += 1;
+                out.last_seq = seq;
                 out.last = out
                     .last
                     .max(r["channels"][0]["offset"].as_u64().unwrap_or(0));
             }
-            Err(_) => out.errors += 1,
+            Err(_) => {
+                out.errors += 1;
+                if let Ok(mut refused) = totals.refused_seqs.lock() {
+                    refused.push(seq);
+                }
+            }
         }
     }
     out
@@ -230,10 +292,11 @@ async fn subscriber(
     every: Duration,
     stop_at: Instant,
     deadline: Instant,
-    last_offset: Arc<AtomicU64>,
+    last_seq: Arc<AtomicU64>,
     totals: Arc<Totals>,
 ) {
     let mut next_drop = Instant::now() + phase;
+    let mut first = true;
     'connection: loop {
         let finishing = Instant::now() >= stop_at;
         let t0 = Instant::now();
@@ -275,11 +338,16 @@ async fn subscriber(
             {
                 let _ = h.record(since.elapsed().as_micros() as u64);
             }
+            if std::mem::take(&mut first) {
+                totals.ready.fetch_add(1, Relaxed);
+                totals.ready_notify.notify_one();
+            }
             let r = &reply["result"]["recovered"][&channel];
             if r["recovered"] == true {
                 totals.recovered.fetch_add(1, Relaxed);
             } else {
                 totals.recover_failed.fetch_add(1, Relaxed);
+                seen.warned = true;
                 // Resynchronise: what is missing counts as lost.
                 if let (Some(e), Some(o)) = (r["epoch"].as_str(), r["offset"].as_u64()) {
                     if e == seen.epoch {
@@ -301,8 +369,8 @@ async fn subscriber(
             let mut ended = false;
             loop {
                 if finishing {
-                    let target = last_offset.load(Relaxed);
-                    if target > 0 && seen.last >= target {
+                    let target = last_seq.load(Relaxed);
+                    if target > 0 && seen.seq >= target {
                         totals.caught_up.fetch_add(1, Relaxed);
                         let _ = client.close().await;
                         return;
@@ -352,17 +420,133 @@ fn count(seen: &mut Seen, msg: &Value, totals: &Totals) {
         return;
     };
     if epoch != seen.epoch {
+        // A new epoch: the channel's history was lost; whatever is missing was warned of.
         seen.epoch = epoch.to_string();
         seen.last = offset;
-        totals.delivered.fetch_add(1, Relaxed);
-        return;
-    }
-    if offset <= seen.last {
+        seen.warned = true;
+    } else if offset <= seen.last {
         totals.duplicates.fetch_add(1, Relaxed);
+    } else {
+        let skipped = offset - seen.last - 1;
+        totals.lost.fetch_add(skipped, Relaxed);
+        totals.lost_live.fetch_add(skipped, Relaxed);
+        seen.warned |= skipped > 0;
+        seen.last = offset;
+    }
+    count_seq(seen, msg["data"]["seq"].as_u64(), totals);
+}
+
+/// Checks a delivery's sequence number (none: the first publication, "start").
+fn count_seq(seen: &mut Seen, seq: Option<u64>, totals: &Totals) {
+    let Some(seq) = seq else { return };
+    if seq <= seen.seq {
+        totals.seq_duplicates.fetch_add(1, Relaxed);
         return;
     }
-    totals.lost.fetch_add(offset - seen.last - 1, Relaxed);
-    totals.lost_live.fetch_add(offset - seen.last - 1, Relaxed);
     totals.delivered.fetch_add(1, Relaxed);
-    seen.last = offset;
+    // Publications refused in between were never made: not missed.
+    let (refused_between, this_refused) = match totals.refused_seqs.lock() {
+        Ok(r) => (
+            r.partition_point(|&s| s < seq) - r.partition_point(|&s| s <= seen.seq),
+            r.binary_search(&seq).is_ok(),
+        ),
+        Err(_) => (0, false),
+    };
+    if this_refused {
+        totals.seq_refused_delivered.fetch_add(1, Relaxed);
+    }
+    let missed = seq - seen.seq - 1 - refused_between as u64;
+    if std::mem::take(&mut seen.warned) {
+        totals.seq_lost_warned.fetch_add(missed, Relaxed);
+    } else {
+        totals.seq_lost_silent.fetch_add(missed, Relaxed);
+    }
+    seen.seq = seq;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen() -> Seen {
+        Seen {
+            epoch: "e".into(),
+            last: 10,
+            seq: 0,
+            warned: false,
+        }
+    }
+
+    fn msg(offset: u64, seq: u64) -> Value {
+        json!({"op": "message", "epoch": "e", "offset": offset, "data": {"seq": seq}})
+    }
+
+    #[test]
+    fn deliveries_in_order_count_no_loss() {
+        let (mut s, t) = (seen(), Totals::default());
+        for i in 1..=3 {
+            count(&mut s, &msg(10 + i, i), &t);
+        }
+        assert_eq!(t.delivered.load(Relaxed), 3);
+        assert_eq!(t.seq_lost_silent.load(Relaxed) + t.seq_lost_warned.load(Relaxed), 0);
+        assert_eq!(t.lost.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_sequence_gap_with_consecutive_offsets_is_a_silent_loss() {
+        let (mut s, t) = (seen(), Totals::default());
+        count(&mut s, &msg(11, 1), &t);
+        count(&mut s, &msg(12, 4), &t);
+        assert_eq!(t.seq_lost_silent.load(Relaxed), 2);
+        assert_eq!(t.seq_lost_warned.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_sequence_gap_where_the_offset_skips_was_warned_of() {
+        let (mut s, t) = (seen(), Totals::default());
+        count(&mut s, &msg(11, 1), &t);
+        count(&mut s, &msg(13, 4), &t);
+        assert_eq!(t.seq_lost_warned.load(Relaxed), 2);
+        assert_eq!(t.seq_lost_silent.load(Relaxed), 0);
+        assert_eq!(t.lost_live.load(Relaxed), 1);
+        // The warning covers that one gap only.
+        count(&mut s, &msg(14, 6), &t);
+        assert_eq!(t.seq_lost_silent.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_failed_recovery_warns_of_the_next_gap_and_a_new_epoch_too() {
+        let (mut s, t) = (seen(), Totals::default());
+        s.warned = true; // as the subscriber sets it when `recovered` is false
+        count(&mut s, &msg(11, 3), &t);
+        assert_eq!(t.seq_lost_warned.load(Relaxed), 2);
+        let other = json!({"op": "message", "epoch": "f", "offset": 1, "data": {"seq": 5}});
+        count(&mut s, &other, &t);
+        assert_eq!(t.seq_lost_warned.load(Relaxed), 3);
+        assert_eq!(t.seq_lost_silent.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn refused_publications_are_not_missed_and_must_not_arrive() {
+        let (mut s, t) = (seen(), Totals::default());
+        *t.refused_seqs.lock().unwrap() = vec![2, 3, 6];
+        count(&mut s, &msg(11, 1), &t);
+        count(&mut s, &msg(12, 4), &t);
+        assert_eq!(t.seq_lost_silent.load(Relaxed), 0);
+        count(&mut s, &msg(13, 6), &t);
+        assert_eq!(t.seq_lost_silent.load(Relaxed), 1, "5 is missing; 6 was refused");
+        assert_eq!(t.seq_refused_delivered.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_sequence_seen_before_is_a_duplicate_and_not_a_delivery() {
+        let (mut s, t) = (seen(), Totals::default());
+        count(&mut s, &msg(11, 1), &t);
+        count(&mut s, &msg(12, 2), &t);
+        count(&mut s, &msg(12, 2), &t);
+        count(&mut s, &msg(13, 1), &t);
+        assert_eq!(t.delivered.load(Relaxed), 2);
+        assert_eq!(t.seq_duplicates.load(Relaxed), 2);
+        assert_eq!(t.duplicates.load(Relaxed), 1);
+    }
 }
