@@ -241,6 +241,10 @@ pub struct BrokerConfig {
     pub timeout_ms: u64,
     /// A node that stopped reporting is forgotten (nodes list, cluster stats) after this long.
     pub presence_ttl_secs: u64,
+    /// With `nats`: how long a node keeps following a channel it keeps (for its history)
+    /// after the channel's last local subscriber left, so that a subscriber back within that
+    /// time recovers there (0: stop at once).
+    pub follow_linger_secs: u64,
 }
 
 impl Default for BrokerConfig {
@@ -254,6 +258,7 @@ impl Default for BrokerConfig {
             prefix: "herald".into(),
             timeout_ms: 5000,
             presence_ttl_secs: 30,
+            follow_linger_secs: 60,
         }
     }
 }
@@ -361,6 +366,9 @@ impl BrokerConfig {
         }
         if !(3..=3600).contains(&self.presence_ttl_secs) {
             return bad("presence_ttl_secs", "must be between 3 and 3600");
+        }
+        if self.follow_linger_secs > 86_400 {
+            return bad("follow_linger_secs", "must be between 0 and 86400");
         }
         Ok(())
     }

@@ -149,20 +149,24 @@ async fn recovery_is_per_node_and_honest_elsewhere() {
 /// across such a time must not claim to be complete: it answers `recovered: false`. (Before,
 /// the node answered `recovered: true` and the publications made meanwhile were silently
 /// missing.) The same holds across a lost connection to NATS.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_across_a_time_the_node_did_not_follow_the_channel_is_not_claimed() {
-    let Some(nats) = Nats::start() else { return };
-    let with_history = |c: &mut herald_server::Config| c.channels.history_size = 100;
-    let a = node_with(&nats, "node-a", with_history).await;
-    let b = node_with(&nats, "node-b", with_history).await;
+/// Node a with history, node b, and a client of node a that got publication 1 on "u" and
+/// left, node a having seen it go: (a, b, the epoch and offset of 1).
+async fn a_subscriber_came_and_went(
+    nats: &Nats,
+    linger_secs: u64,
+) -> (TestServer, TestServer, serde_json::Value, serde_json::Value) {
+    let with_history = move |c: &mut herald_server::Config| {
+        c.channels.history_size = 100;
+        c.broker.follow_linger_secs = linger_secs;
+    };
+    let a = node_with(nats, "node-a", with_history).await;
+    let b = node_with(nats, "node-b", with_history).await;
     let mut c = a.client().await;
     c.subscribe(&["u"]).await.unwrap();
     b.admin().publish(&["u"], json!(1)).await.unwrap();
     let m = c.next_op("message", WAIT).await.unwrap();
     let (epoch, offset) = (m["epoch"].clone(), m["offset"].clone());
     drop(c);
-    // Node a stops following "u" (its history stays); node b publishes meanwhile, which
-    // node a cannot hear (and, whether or not it did, cannot know it heard everything).
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let channel = a
@@ -176,6 +180,56 @@ async fn recovery_across_a_time_the_node_did_not_follow_the_channel_is_not_claim
         assert!(std::time::Instant::now() < deadline, "{channel}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (a, b, epoch, offset)
+}
+
+/// Core NATS keeps nothing, so a node keeps following a channel a while after its last
+/// subscriber left (`follow_linger_secs`): a subscriber back within that time recovers there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_back_soon_recovers_on_a_node_it_was_alone_on() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b, epoch, offset) = a_subscriber_came_and_went(&nats, 60).await;
+    for i in 2..=4 {
+        b.admin().publish(&["u"], json!(i)).await.unwrap();
+    }
+    let mut back = a.client().await;
+    let reply = back
+        .request_ok(json!({"op":"subscribe","channel":"u",
+            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"]["u"]["recovered"], true, "{reply}");
+    // Each of 2..=4 once, in order: replayed, or live if node a heard it after the reply.
+    for i in 2..=4 {
+        assert_eq!(back.next_op("message", WAIT).await.unwrap()["data"], i);
+    }
+}
+
+/// Once the linger time is up the node stops following, and a recovery across the time it
+/// did not is not claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_linger_time_the_node_stops_following() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b, epoch, offset) = a_subscriber_came_and_went(&nats, 1).await;
+    // The rule under test is a time: wait it out (with a wide margin for a loaded machine).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.admin().publish(&["u"], json!(2)).await.unwrap();
+    let mut back = a.client().await;
+    let reply = back
+        .request_ok(json!({"op":"subscribe","channel":"u",
+            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["recovered"]["u"]["recovered"], false, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_across_a_time_the_node_did_not_follow_the_channel_is_not_claimed() {
+    let Some(nats) = Nats::start() else { return };
+    // Node a stops following "u" at once (no linger; its history stays); node b publishes
+    // meanwhile, which node a cannot hear (and, whether or not it did, cannot know it heard
+    // everything).
+    let (a, b, epoch, offset) = a_subscriber_came_and_went(&nats, 0).await;
     for i in 2..=4 {
         b.admin().publish(&["u"], json!(i)).await.unwrap();
     }

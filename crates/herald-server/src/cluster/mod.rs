@@ -19,6 +19,7 @@
 pub mod backplane;
 pub mod carry;
 pub mod control;
+pub mod linger;
 pub mod nats;
 pub mod nats_shared;
 pub mod redis;

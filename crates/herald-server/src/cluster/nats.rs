@@ -9,7 +9,9 @@
 //! - **Following.** Each node subscribes to the subjects of the channels that have local
 //!   subscribers only ([`Interest`]), one NATS subscription each, through an ordered queue;
 //!   a subscriber is answered once NATS has its subscription ([`Broker::ready`]: a marker
-//!   published on the node's own connection after it has come back).
+//!   published on the node's own connection after it has come back). A channel the node
+//!   keeps is followed `follow_linger_secs` longer after its last local subscriber left
+//!   ([`super::linger`]), so a subscriber back within that time recovers there.
 //! - **Delivery.** Each node sequences what arrives from other nodes into its own channel
 //!   and history: offsets and epochs are per node, so a client recovers on the node it left
 //!   and gets `recovered: false` on another (nothing is lost silently). Where the node may
@@ -44,10 +46,15 @@ use tokio::task::JoinHandle;
 
 use super::carry::{receive, tell_subscribers_to_recover};
 use super::control::Control;
+use super::linger::Linger;
 use super::wire::{Envelope, PresenceRecord};
 use super::{Cluster, ControlPlane, Report, redacted, unavailable};
 use crate::config::BrokerConfig;
 use crate::state::AppState;
+
+/// Most vacated channels a node keeps following at once (`follow_linger_secs`); beyond it
+/// the oldest is let go.
+const MAX_LINGERING: usize = 10_000;
 
 enum Command {
     Follow(ChannelName),
@@ -70,6 +77,8 @@ pub struct NatsBroker {
     prefix: String,
     timeout: Duration,
     presence_ttl: Duration,
+    /// How long a vacated channel that the node keeps is still followed.
+    follow_linger: Duration,
     commands: mpsc::UnboundedSender<Command>,
     /// Taken by [`follow`] when it starts.
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
@@ -132,6 +141,7 @@ impl NatsBroker {
             prefix: config.prefix.clone(),
             timeout,
             presence_ttl: Duration::from_secs(config.presence_ttl_secs),
+            follow_linger: Duration::from_secs(config.follow_linger_secs),
             commands,
             inbox: Mutex::new(Some(inbox)),
             events: Mutex::new(Some(events_rx)),
@@ -541,13 +551,30 @@ pub async fn follow(
         broker.hearing.send_replace(true);
     }
     let mut followed: HashMap<ChannelName, JoinHandle<()>> = HashMap::new();
+    let mut lingering = Linger::new(broker.follow_linger, MAX_LINGERING);
     let mut away = false;
     loop {
+        let next_expiry = lingering.next_expiry();
+        let expiry = async {
+            match next_expiry {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = expiry => {
+                for channel in lingering.expired(Instant::now()) {
+                    if let Some(task) = followed.remove(&channel) {
+                        task.abort();
+                    }
+                }
+            }
             command = inbox.recv() => match command {
                 None => break,
                 Some(Command::Follow(channel)) => {
+                    // Still followed (it was lingering): nothing was missed.
+                    lingering.occupied(&channel);
                     if followed.contains_key(&channel) {
                         continue;
                     }
@@ -563,8 +590,20 @@ pub async fn follow(
                     }
                 }
                 Some(Command::Unfollow(channel)) => {
-                    if let Some(task) = followed.remove(&channel) {
-                        task.abort(); // Dropping its subscription unsubscribes.
+                    // A channel the node keeps (for its history) is followed a while longer,
+                    // so that a subscriber coming back soon recovers here.
+                    let kept = followed.contains_key(&channel)
+                        && state.hub.registry().lookup(&channel).is_some();
+                    let (lingers, evicted) = if kept {
+                        lingering.vacated(&channel, Instant::now())
+                    } else {
+                        (false, Vec::new())
+                    };
+                    let stop = if lingers { None } else { Some(channel) };
+                    for channel in evicted.into_iter().chain(stop) {
+                        if let Some(task) = followed.remove(&channel) {
+                            task.abort(); // Dropping its subscription unsubscribes.
+                        }
                     }
                 }
                 Some(Command::Notice(subject, payload)) => {
