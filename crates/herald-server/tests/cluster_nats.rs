@@ -198,7 +198,10 @@ async fn a_subscriber_back_soon_recovers_on_a_node_it_was_alone_on() {
             "recover":{"u":{"epoch":epoch,"offset":offset}}}))
         .await
         .unwrap();
-    assert_eq!(reply["result"]["recovered"]["u"]["recovered"], true, "{reply}");
+    assert_eq!(
+        reply["result"]["recovered"]["u"]["recovered"], true,
+        "{reply}"
+    );
     // Each of 2..=4 once, in order: replayed, or live if node a heard it after the reply.
     for i in 2..=4 {
         assert_eq!(back.next_op("message", WAIT).await.unwrap()["data"], i);
@@ -220,7 +223,10 @@ async fn after_the_linger_time_the_node_stops_following() {
             "recover":{"u":{"epoch":epoch,"offset":offset}}}))
         .await
         .unwrap();
-    assert_eq!(reply["result"]["recovered"]["u"]["recovered"], false, "{reply}");
+    assert_eq!(
+        reply["result"]["recovered"]["u"]["recovered"], false,
+        "{reply}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,15 +140,7 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
         // Spread the drops: subscriber i drops first after a share of the period.
         let phase = drop_every.mul_f64(i as f64 / n as f64);
         tasks.spawn(subscriber(
-            url,
-            channel,
-            seen,
-            phase,
-            drop_every,
-            stop_at,
-            deadline,
-            last_seq,
-            totals,
+            url, channel, seen, phase, drop_every, stop_at, deadline, last_seq, totals,
         ));
     }
     // Publish once every subscriber follows the channel (bounded: a run whose subscribers cannot
@@ -207,7 +199,10 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
     report.set("seq_lost_warned", t.seq_lost_warned.load(Relaxed));
     report.set("seq_lost_silent", t.seq_lost_silent.load(Relaxed));
     report.set("seq_duplicates", t.seq_duplicates.load(Relaxed));
-    report.set("seq_refused_delivered", t.seq_refused_delivered.load(Relaxed));
+    report.set(
+        "seq_refused_delivered",
+        t.seq_refused_delivered.load(Relaxed),
+    );
     if let Some(h) = t
         .recovery_us
         .lock()
@@ -488,7 +483,10 @@ mod tests {
             count(&mut s, &msg(10 + i, i), &t);
         }
         assert_eq!(t.delivered.load(Relaxed), 3);
-        assert_eq!(t.seq_lost_silent.load(Relaxed) + t.seq_lost_warned.load(Relaxed), 0);
+        assert_eq!(
+            t.seq_lost_silent.load(Relaxed) + t.seq_lost_warned.load(Relaxed),
+            0
+        );
         assert_eq!(t.lost.load(Relaxed), 0);
     }
 
@@ -534,7 +532,11 @@ mod tests {
         count(&mut s, &msg(12, 4), &t);
         assert_eq!(t.seq_lost_silent.load(Relaxed), 0);
         count(&mut s, &msg(13, 6), &t);
-        assert_eq!(t.seq_lost_silent.load(Relaxed), 1, "5 is missing; 6 was refused");
+        assert_eq!(
+            t.seq_lost_silent.load(Relaxed),
+            1,
+            "5 is missing; 6 was refused"
+        );
         assert_eq!(t.seq_refused_delivered.load(Relaxed), 1);
     }
 
