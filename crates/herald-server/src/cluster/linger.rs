@@ -79,10 +79,6 @@ impl Linger {
         self.order.front().map(|(_, at)| *at + self.linger)
     }
 
-    pub fn len(&self) -> usize {
-        self.since.len()
-    }
-
     /// Takes the oldest live entry (stale ones are dropped on the way).
     fn pop_front(&mut self) -> Option<ChannelName> {
         while let Some((channel, at)) = self.order.pop_front() {
@@ -122,7 +118,7 @@ mod tests {
         assert_eq!(l.next_expiry(), Some(t0 + 10 * SEC));
         assert!(l.expired(t0 + 9 * SEC).is_empty());
         assert_eq!(l.expired(t0 + 10 * SEC), vec![name("a")]);
-        assert_eq!(l.len(), 0);
+        assert_eq!(l.since.len(), 0);
         assert_eq!(l.next_expiry(), None);
     }
 
@@ -156,7 +152,7 @@ mod tests {
         l.vacated(&name("a"), t0);
         l.vacated(&name("b"), t0 + SEC);
         assert_eq!(l.vacated(&name("c"), t0 + 2 * SEC), (true, vec![name("a")]));
-        assert_eq!(l.len(), 2);
+        assert_eq!(l.since.len(), 2);
         assert_eq!(l.expired(t0 + 11 * SEC), vec![name("b")]);
     }
 
@@ -164,7 +160,7 @@ mod tests {
     fn no_linger_time_means_no_lingering() {
         let mut l = Linger::new(Duration::ZERO, 100);
         assert_eq!(l.vacated(&name("a"), Instant::now()), (false, vec![]));
-        assert_eq!(l.len(), 0);
+        assert_eq!(l.since.len(), 0);
     }
 
     #[test]
