@@ -489,7 +489,9 @@ pub fn welcome(
 }
 
 /// The welcome of a connection that named channels in its URL (`/ws?channels=a,b`): the
-/// channels it was subscribed to, and why each other one was refused.
+/// channels it was subscribed to, and why each other one was refused (`errors`, present only
+/// when some were; each channel at most once in all). Written directly, as [`welcome`]: one
+/// is sent per connection.
 pub fn welcome_subscribed(
     client: ClientId,
     ping_interval_ms: u64,
@@ -498,29 +500,36 @@ pub fn welcome_subscribed(
     subscribed: &[ChannelName],
     errors: &[(ChannelName, HeraldError)],
 ) -> Bytes {
-    let errors: serde_json::Map<String, serde_json::Value> = errors
-        .iter()
-        .map(|(c, e)| {
-            let error = serde_json::json!({"code": e.code.as_str(), "message": e.message});
-            (c.to_string(), error)
-        })
-        .collect();
-    let mut value = serde_json::json!({
-        "op": "welcome",
-        "client": client.to_string(),
-        "server": "herald",
-        "version": env!("CARGO_PKG_VERSION"),
-        "protocol": 1,
-        "ping_interval_ms": ping_interval_ms,
-        "max_message_bytes": max_message_bytes,
-        "max_payload_bytes": max_payload_bytes,
-        "subscribed": subscribed,
-    });
-    if !errors.is_empty() {
-        value["errors"] = serde_json::Value::Object(errors);
-    }
-    text_frame(256, |b| {
-        serde_json::to_writer(&mut *b, &value).expect("a JSON value serializes");
+    let names: usize = subscribed.iter().map(|c| c.as_str().len() + 3).sum();
+    text_frame(224 + names + errors.len() * 96, |b| {
+        let _ = write!(
+            b,
+            "{{\"op\":\"welcome\",\"client\":\"{client}\",\"server\":\"herald\",\"version\":\"{}\",\"protocol\":1,\"ping_interval_ms\":{ping_interval_ms},\"max_message_bytes\":{max_message_bytes},\"max_payload_bytes\":{max_payload_bytes},\"subscribed\":[",
+            env!("CARGO_PKG_VERSION")
+        );
+        for (i, channel) in subscribed.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            write_json_str(b, channel.as_str());
+        }
+        b.push(b']');
+        if !errors.is_empty() {
+            b.extend_from_slice(b",\"errors\":{");
+            for (i, (channel, e)) in errors.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                write_json_str(b, channel.as_str());
+                b.extend_from_slice(b":{\"code\":");
+                write_json_str(b, e.code.as_str());
+                b.extend_from_slice(b",\"message\":");
+                write_json_str(b, &e.message);
+                b.push(b'}');
+            }
+            b.push(b'}');
+        }
+        b.push(b'}');
     })
 }
 
@@ -711,6 +720,34 @@ mod tests {
     fn payload(frame: &Bytes) -> serde_json::Value {
         let start = if frame[1] == 126 { 4 } else { 2 };
         serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn the_welcome_with_url_channels_is_the_welcome_plus_what_they_gave() {
+        let id = ClientId::random();
+        let c = |s: &str| ChannelName::parse(s).unwrap();
+        let plain = payload(&welcome(id, 25_000, 65_536, 32_768));
+        let w = payload(&welcome_subscribed(id, 25_000, 65_536, 32_768, &[], &[]));
+        let mut expected = plain.clone();
+        expected["subscribed"] = serde_json::json!([]);
+        assert_eq!(w, expected, "no errors key when none");
+        // Names and messages that need escaping, several of each, and a frame over 125 bytes.
+        let refused = HeraldError::new(ErrorCode::Forbidden, "no \"quotes\" \\ here\n");
+        let w = payload(&welcome_subscribed(
+            id,
+            25_000,
+            65_536,
+            32_768,
+            &[c("a"), c("news:sport")],
+            &[(c("b"), refused), (c("private-x"), HeraldError::bad_request("later"))],
+        ));
+        let mut expected = plain;
+        expected["subscribed"] = serde_json::json!(["a", "news:sport"]);
+        expected["errors"] = serde_json::json!({
+            "b": {"code": "forbidden", "message": "no \"quotes\" \\ here\n"},
+            "private-x": {"code": "bad_request", "message": "later"},
+        });
+        assert_eq!(w, expected);
     }
 
     #[test]
