@@ -739,7 +739,10 @@ mod tests {
             65_536,
             32_768,
             &[c("a"), c("news:sport")],
-            &[(c("b"), refused), (c("private-x"), HeraldError::bad_request("later"))],
+            &[
+                (c("b"), refused),
+                (c("private-x"), HeraldError::bad_request("later")),
+            ],
         ));
         let mut expected = plain;
         expected["subscribed"] = serde_json::json!(["a", "news:sport"]);

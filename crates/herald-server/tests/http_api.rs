@@ -922,3 +922,39 @@ async fn publish_connection_serves_every_request_in_order() {
     assert!(matches!(closed, Ok(0)));
     assert_eq!(sub.next_op("message", WAIT).await.unwrap()["data"], 6);
 }
+
+/// A request refused before its body was read (413: larger than `max_http_body_bytes`) is
+/// answered with `Connection: close`, and the connection closes: the unread body cannot be
+/// skipped, and a client that took the connection for reusable would send its next request
+/// into one the server is closing (seen as a failed publication after a 413, in this file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_oversized_body_closes_the_connection_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start_with(|c| c.limits.max_http_body_bytes = 64 * 1024).await;
+    for path in ["/api/v1/batch", "/api/v1/publish", "/api/v1/channels"] {
+        let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            1 << 20
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // More than the limit, not all of it: the answer must not wait for the rest.
+        s.write_all(&vec![b' '; 128 * 1024]).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 413"), "{path}: {text}");
+        assert!(text.contains("connection: close\r\n"), "{path}: {text}");
+        assert!(closed.is_ok(), "{path}: the connection stayed open: {text}");
+    }
+}

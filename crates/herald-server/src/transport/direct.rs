@@ -248,7 +248,7 @@ fn stream_request(bytes: &[u8], paths: &StreamPaths) -> Option<Request<Body>> {
 /// Serves a streaming request on the connection: the router's response, written as it
 /// comes (chunked for HTTP/1.1), until the body ends, the reader goes or `cutoff` fires
 /// (then the connection is reset, through `fd`). The connection closes after it.
-pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
+pub async fn serve<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     fd: std::os::fd::RawFd,
     mut req: Request<Body>,
@@ -302,8 +302,10 @@ fn response_head(
 }
 
 /// Writes `resp` on the connection (a client's stream by its feed, anything else chunk by
-/// chunk), then closes it.
-async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
+/// chunk), then closes it. A client's stream is served by a task of its own, holding only the
+/// feed's future: this one (routing, the response's body) would otherwise size the task of
+/// every open stream for its whole life (`an_open_stream_is_a_small_task`).
+async fn write_response<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     fd: std::os::fd::RawFd,
     resp: axum::response::Response,
@@ -326,7 +328,7 @@ async fn write_response<I: AsyncRead + AsyncWrite + Unpin>(
     if let Some(feed) = feed {
         // A client's stream: its feed writes to the socket itself.
         drop(body);
-        feed.run_on(rd, wr, fd, head, chunked).await;
+        tokio::spawn(feed.run_on(rd, wr, fd, head, chunked));
         return;
     }
     let mut out = head;
