@@ -112,8 +112,7 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .route("/bans/{id}", delete(routes::delete_ban))
         .route("/stats", get(routes::stats))
         .route("/nodes", get(routes::nodes))
-        .route("/openapi.json", get(openapi_json))
-        .layer(axum::middleware::map_response(close_after_refused_body));
+        .route("/openapi.json", get(openapi_json));
     dialects
         .nest("/api/v1", api)
         .merge(crate::console::routes())
@@ -123,19 +122,6 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// A request refused for its size (413) had its body left unread, which cannot be skipped:
-/// the connection closes after the answer, and says so, so that no client sends its next
-/// request into a connection the server is closing.
-async fn close_after_refused_body(mut resp: axum::response::Response) -> axum::response::Response {
-    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        resp.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    resp
 }
 
 /// A dialect's own listener: its `routes` at the root, with `/healthz` and the JSON 404.
