@@ -52,19 +52,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // Over HTTP, `message_too_large` is a body over `limits.max_http_body_bytes`, left
-        // unread, which cannot be skipped: the connection closes after the answer, and says
-        // so, so that no client sends its next request into a connection being closed.
-        let unread_body = self.0.code == ErrorCode::MessageTooLarge;
         let (status, body) = self.into_parts();
-        let mut resp = (status, Json(body)).into_response();
-        if unread_body {
-            resp.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-        }
-        resp
+        (status, Json(body)).into_response()
     }
 }
 

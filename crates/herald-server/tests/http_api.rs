@@ -927,11 +927,22 @@ async fn publish_connection_serves_every_request_in_order() {
 /// answered with `Connection: close`, and the connection closes: the unread body cannot be
 /// skipped, and a client that took the connection for reusable would send its next request
 /// into one the server is closing (seen as a failed publication after a 413, in this file).
+/// The same for every endpoint that takes a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_oversized_body_closes_the_connection_and_says_so() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let srv = TestServer::start_with(|c| c.limits.max_http_body_bytes = 64 * 1024).await;
-    for path in ["/api/v1/batch", "/api/v1/publish", "/api/v1/channels"] {
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_http_body_bytes = 64 * 1024;
+        c.dialects.pushstream.enabled = true;
+    })
+    .await;
+    // The API's endpoints, and a dialect's own (push-stream's publisher takes the raw body).
+    for path in [
+        "/api/v1/batch",
+        "/api/v1/publish",
+        "/api/v1/channels",
+        "/pushstream/pub?id=a",
+    ] {
         let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\

@@ -8,7 +8,8 @@
 //! only the bookkeeping (pure, tested below); the follow task in [`super::nats`] acts on it.
 //!
 //! Bounded twice: by time (each entry lives `linger`) and by count (at most `max` channels
-//! linger; the oldest goes first).
+//! linger, the oldest going first; the queue of vacate times, which keeps stale entries of
+//! channels taken again, is compacted to at most twice that and 64).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -43,6 +44,12 @@ impl Linger {
         }
         self.since.insert(channel.clone(), now);
         self.order.push_back((channel.clone(), now));
+        // Stale entries behind a live one leave only when it does: under churn, compact so
+        // that the queue stays within a small multiple of the lingering channels.
+        if self.order.len() > 2 * self.since.len() + 64 {
+            let since = &self.since;
+            self.order.retain(|(c, at)| since.get(c) == Some(at));
+        }
         let mut evicted = Vec::new();
         while self.since.len() > self.max {
             match self.pop_front() {
@@ -62,15 +69,17 @@ impl Linger {
     /// The channels whose time is up at `now`, no longer lingering: to stop following.
     pub fn expired(&mut self, now: Instant) -> Vec<ChannelName> {
         let mut out = Vec::new();
-        while let Some((_, at)) = self.order.front() {
-            if now < *at + self.linger {
-                break;
+        loop {
+            // The front's time is judged only once it is a live entry.
+            self.drop_stale();
+            match self.order.front() {
+                Some((_, at)) if now >= *at + self.linger => {}
+                _ => return out,
             }
             if let Some(c) = self.pop_front() {
                 out.push(c);
             }
         }
-        out
     }
 
     /// When the next lingering channel's time is up.
@@ -161,6 +170,35 @@ mod tests {
         let mut l = Linger::new(Duration::ZERO, 100);
         assert_eq!(l.vacated(&name("a"), Instant::now()), (false, vec![]));
         assert_eq!(l.since.len(), 0);
+    }
+
+    #[test]
+    fn a_stale_entry_does_not_let_a_later_one_expire_early() {
+        let mut l = Linger::new(10 * SEC, 100);
+        let t0 = Instant::now();
+        l.vacated(&name("a"), t0);
+        l.vacated(&name("b"), t0 + Duration::from_millis(1));
+        l.occupied(&name("b"));
+        l.vacated(&name("c"), t0 + 5 * SEC);
+        assert_eq!(
+            l.expired(t0 + 10 * SEC + Duration::from_millis(1)),
+            vec![name("a")]
+        );
+        assert_eq!(l.next_expiry(), Some(t0 + 15 * SEC));
+        assert_eq!(l.expired(t0 + 15 * SEC), vec![name("c")]);
+    }
+
+    #[test]
+    fn stale_entries_behind_a_live_one_do_not_pile_up() {
+        let mut l = Linger::new(10 * SEC, 100);
+        let t0 = Instant::now();
+        l.vacated(&name("first"), t0);
+        for i in 0..10_000 {
+            l.vacated(&name("a"), t0 + Duration::from_millis(i));
+            l.occupied(&name("a"));
+        }
+        assert!(l.order.len() <= 2 * l.since.len() + 65, "{}", l.order.len());
+        assert_eq!(l.expired(t0 + 60 * SEC), vec![name("first")]);
     }
 
     #[test]

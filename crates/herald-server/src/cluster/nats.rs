@@ -590,10 +590,12 @@ pub async fn follow(
                     }
                 }
                 Some(Command::Unfollow(channel)) => {
-                    // A channel the node keeps (for its history) is followed a while longer,
-                    // so that a subscriber coming back soon recovers here.
+                    // A channel with history is followed a while longer, so that a
+                    // subscriber coming back soon recovers here; any other stops at once.
                     let kept = followed.contains_key(&channel)
-                        && state.hub.registry().lookup(&channel).is_some();
+                        && state.hub.registry().lookup(&channel).is_some_and(|c| {
+                            c.view(|v| v.options.history_size > 0)
+                        });
                     let (lingers, evicted) = if kept {
                         lingering.vacated(&channel, Instant::now())
                     } else {

@@ -121,7 +121,24 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(close_after_413))
         .with_state(state)
+}
+
+/// A 413 (a body over `limits.max_http_body_bytes`, or a payload over its limit) closes the
+/// connection after the answer, and says so: a body refused for its size was left unread and
+/// cannot be skipped, and a client that took the connection for reusable would send its next
+/// request into one being closed. (A payload refused after its body was read closes too: one
+/// reconnection after a rare client error, for one rule everywhere, the dialects' own HTTP
+/// endpoints included.)
+async fn close_after_413(mut resp: axum::response::Response) -> axum::response::Response {
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// A dialect's own listener: its `routes` at the root, with `/healthz` and the JSON 404.
@@ -129,5 +146,6 @@ pub fn own_listener(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Rout
     routes
         .route("/healthz", get(routes::healthz))
         .fallback(routes::not_found)
+        .layer(axum::middleware::map_response(close_after_413))
         .with_state(state)
 }

@@ -5,7 +5,8 @@
 //! hyper would keep its read and write buffers (about 16 KB) for all of it. Such a request is
 //! recognised from the connection's first read ([`open`]): it goes through the same router,
 //! and its response is written here: a client's stream by its feed itself, on the socket
-//! ([`super::feed::Feed::run_on`]: no task, channel or buffer of its own), anything else
+//! ([`super::feed::Feed::run_on`], in a task holding only the feed: no channel or buffer of
+//! its own), anything else
 //! (a refusal) chunk by chunk until the body ends, the reader goes or the response's
 //! [`Cutoff`] fires; then the connection closes.
 //!
@@ -304,7 +305,7 @@ fn response_head(
 /// Writes `resp` on the connection (a client's stream by its feed, anything else chunk by
 /// chunk), then closes it. A client's stream is served by a task of its own, holding only the
 /// feed's future: this one (routing, the response's body) would otherwise size the task of
-/// every open stream for its whole life (`an_open_stream_is_a_small_task`).
+/// every open stream for its whole life (`tests/idle_memory.rs`).
 async fn write_response<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: I,
     fd: std::os::fd::RawFd,

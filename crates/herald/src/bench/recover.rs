@@ -9,8 +9,10 @@
 //! node say nothing about the publisher's on another, while the sequence does. A sequence gap
 //! the server warned of (a recovery answered `recovered: false`, or an offset that skips) is a
 //! loss the client knows of; a gap without such a warning is a silent loss, which must never
-//! happen. Publications the server refused are not gaps (and must never arrive). The
-//! publisher starts once every subscriber's first subscribe is answered.
+//! happen. A publication answered with an error (503 `broker_unavailable` while the broker is
+//! down) is no gap; if it arrives all the same (the broker did it, then died before
+//! answering) it is counted apart. The publisher starts, and its `--duration` runs, once every
+//! subscriber's first subscribe is answered.
 //!
 //! Reports deliveries, losses, duplicates, recoveries that worked and failed, and recovery
 //! time (reconnect until the subscribe reply, replayed messages included).
@@ -52,11 +54,15 @@ struct Totals {
     seq_lost_warned: AtomicU64,
     seq_lost_silent: AtomicU64,
     seq_duplicates: AtomicU64,
-    /// Deliveries of a publication the server had refused (it must not be half done).
-    seq_refused_delivered: AtomicU64,
-    /// The sequence numbers whose publication was refused, in order: not losses. The publisher
-    /// waits for each answer before the next, so a gap is judged after its refusals are known.
-    refused_seqs: Mutex<Vec<u64>>,
+    /// Deliveries of a publication answered with an error (a 503 may come after the broker
+    /// did it and died before answering): reported, neither a loss nor a fault.
+    seq_unconfirmed_delivered: AtomicU64,
+    /// The sequence numbers whose publication was answered with an error, in order: a gap
+    /// there is not a loss. The publisher waits for each answer before the next, so a gap is
+    /// judged after the answers before it are known.
+    unconfirmed_seqs: Mutex<Vec<u64>>,
+    /// When the publisher stops (set when it starts, once every subscriber is subscribed).
+    stop_at: Mutex<Option<Instant>>,
     /// Subscribers whose first subscribe was answered (the publisher waits for all).
     ready: AtomicU64,
     ready_notify: tokio::sync::Notify,
@@ -124,7 +130,6 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
     });
     // The last sequence number published with success (0: the publisher has not finished).
     let last_seq = Arc::new(AtomicU64::new(0));
-    let stop_at = Instant::now() + duration;
     let n = args.connections;
     for i in 0..n {
         let url = args.url.clone();
@@ -140,7 +145,7 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
         // Spread the drops: subscriber i drops first after a share of the period.
         let phase = drop_every.mul_f64(i as f64 / n as f64);
         tasks.spawn(subscriber(
-            url, channel, seen, phase, drop_every, stop_at, deadline, last_seq, totals,
+            url, channel, seen, phase, drop_every, deadline, last_seq, totals,
         ));
     }
     // Publish once every subscriber follows the channel (bounded: a run whose subscribers cannot
@@ -164,6 +169,10 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
         ));
     }
 
+    let stop_at = Instant::now() + duration;
+    if let Ok(mut at) = totals.stop_at.lock() {
+        *at = Some(stop_at);
+    }
     let cpu0 = ctx.probe.cpu_seconds().await;
     let t0 = Instant::now();
     let published = publish(&api, &args.channel, rate, stop_at, deadline, &totals).await;
@@ -200,8 +209,8 @@ pub async fn recover(ctx: &Ctx, tasks: &mut JoinSet<()>, report: &mut Report, de
     report.set("seq_lost_silent", t.seq_lost_silent.load(Relaxed));
     report.set("seq_duplicates", t.seq_duplicates.load(Relaxed));
     report.set(
-        "seq_refused_delivered",
-        t.seq_refused_delivered.load(Relaxed),
+        "seq_unconfirmed_delivered",
+        t.seq_unconfirmed_delivered.load(Relaxed),
     );
     if let Some(h) = t
         .recovery_us
@@ -264,8 +273,8 @@ async fn publish(
             }
             Err(_) => {
                 out.errors += 1;
-                if let Ok(mut refused) = totals.refused_seqs.lock() {
-                    refused.push(seq);
+                if let Ok(mut unconfirmed) = totals.unconfirmed_seqs.lock() {
+                    unconfirmed.push(seq);
                 }
             }
         }
@@ -285,15 +294,18 @@ async fn subscriber(
     mut seen: Seen,
     phase: Duration,
     every: Duration,
-    stop_at: Instant,
     deadline: Instant,
     last_seq: Arc<AtomicU64>,
     totals: Arc<Totals>,
 ) {
+    let stopped = || {
+        let at = totals.stop_at.lock().ok().and_then(|at| *at);
+        at.is_some_and(|at| Instant::now() >= at)
+    };
     let mut next_drop = Instant::now() + phase;
     let mut first = true;
     'connection: loop {
-        let finishing = Instant::now() >= stop_at;
+        let finishing = stopped();
         let t0 = Instant::now();
         let Ok(mut client) = Client::connect(&url).await else {
             totals.connect_errors.fetch_add(1, Relaxed);
@@ -355,7 +367,7 @@ async fn subscriber(
                 }
             }
             // Read until the next drop (or, at the end, until the last offset).
-            let finishing = finishing || Instant::now() >= stop_at;
+            let finishing = finishing || stopped();
             let until = if finishing {
                 deadline
             } else {
@@ -386,7 +398,7 @@ async fn subscriber(
                     Ok(Event::Closed { .. }) => break,
                     Ok(_) => {}
                     Err(e) if e.to_string().starts_with("timed out") => {
-                        if !finishing && Instant::now() >= stop_at {
+                        if !finishing && stopped() {
                             // The publisher stopped: go and catch up.
                             break;
                         }
@@ -439,18 +451,18 @@ fn count_seq(seen: &mut Seen, seq: Option<u64>, totals: &Totals) {
         return;
     }
     totals.delivered.fetch_add(1, Relaxed);
-    // Publications refused in between were never made: not missed.
-    let (refused_between, this_refused) = match totals.refused_seqs.lock() {
+    // Publications answered with an error in between: a gap there is not a loss.
+    let (unconfirmed_between, this_unconfirmed) = match totals.unconfirmed_seqs.lock() {
         Ok(r) => (
             r.partition_point(|&s| s < seq) - r.partition_point(|&s| s <= seen.seq),
             r.binary_search(&seq).is_ok(),
         ),
         Err(_) => (0, false),
     };
-    if this_refused {
-        totals.seq_refused_delivered.fetch_add(1, Relaxed);
+    if this_unconfirmed {
+        totals.seq_unconfirmed_delivered.fetch_add(1, Relaxed);
     }
-    let missed = seq - seen.seq - 1 - refused_between as u64;
+    let missed = seq - seen.seq - 1 - unconfirmed_between as u64;
     if std::mem::take(&mut seen.warned) {
         totals.seq_lost_warned.fetch_add(missed, Relaxed);
     } else {
@@ -525,9 +537,9 @@ mod tests {
     }
 
     #[test]
-    fn refused_publications_are_not_missed_and_must_not_arrive() {
+    fn publications_answered_with_an_error_are_not_missed_and_counted_if_they_arrive() {
         let (mut s, t) = (seen(), Totals::default());
-        *t.refused_seqs.lock().unwrap() = vec![2, 3, 6];
+        *t.unconfirmed_seqs.lock().unwrap() = vec![2, 3, 6];
         count(&mut s, &msg(11, 1), &t);
         count(&mut s, &msg(12, 4), &t);
         assert_eq!(t.seq_lost_silent.load(Relaxed), 0);
@@ -535,9 +547,9 @@ mod tests {
         assert_eq!(
             t.seq_lost_silent.load(Relaxed),
             1,
-            "5 is missing; 6 was refused"
+            "5 is missing; 6 was answered 503"
         );
-        assert_eq!(t.seq_refused_delivered.load(Relaxed), 1);
+        assert_eq!(t.seq_unconfirmed_delivered.load(Relaxed), 1);
     }
 
     #[test]
