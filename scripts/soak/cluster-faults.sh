@@ -55,7 +55,9 @@ start_node() { # name port; sets NODE_PID (not in a subshell: the cleanup must k
     HERALD_BROKER__URL="$BROKER://127.0.0.1:$RPORT" HERALD_BROKER__TIMEOUT_MS=1000 \
     HERALD_BROKER__PRESENCE_TTL_SECS=$TTL \
     "$BIN" serve --listen "127.0.0.1:$2" --data-dir "$OUT/data-$1" >>"$OUT/node-$1.log" 2>&1 &
-  NODE_PID=$!; PIDS+=("$NODE_PID"); wait_port "$2" || { cat "$OUT/node-$1.log" >&2; exit 2; }
+  NODE_PID=$!; PIDS+=("$NODE_PID")
+  disown "$NODE_PID" # killed on purpose later: no "Killed" notice from bash
+  wait_port "$2" || { cat "$OUT/node-$1.log" >&2; exit 2; }
 }
 start_broker
 start_node a "$APORT"; A=$NODE_PID
