@@ -71,7 +71,7 @@ pub trait WireFormat: Send + Sync + 'static {
     }
     /// For admin connections that asked for lifecycle events (`{"op":"events"}`): one event.
     /// `None` (the default): the protocol has no event frame.
-    fn event(&self, _event: &crate::events::Event) -> Option<Bytes> {
+    fn event(&self, _event: &crate::lifecycle::Event) -> Option<Bytes> {
         None
     }
     /// A keep-alive probe; the transport's answer counts as activity.

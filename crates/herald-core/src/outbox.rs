@@ -13,7 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::client::Disconnect;
+use crate::disconnect::Disconnect;
 
 /// Result of [`Outbox::push`].
 #[derive(Debug, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl Outbox {
         if st.closing.is_some() {
             return false;
         }
-        if disconnect.reason == crate::client::DisconnectReason::SlowConsumer {
+        if disconnect.reason == crate::disconnect::DisconnectReason::SlowConsumer {
             st.frames = VecDeque::new();
             st.bytes = 0;
         }
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(d.frames, 0);
         assert_eq!(
             d.closing.unwrap().reason,
-            crate::client::DisconnectReason::SlowConsumer
+            crate::disconnect::DisconnectReason::SlowConsumer
         );
     }
 

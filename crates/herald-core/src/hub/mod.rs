@@ -9,7 +9,7 @@ mod moderation;
 mod policy;
 mod presence;
 mod publish;
-mod registry;
+pub(crate) mod registry;
 mod subscribe;
 
 use std::collections::HashMap;
@@ -30,7 +30,7 @@ pub use registry::{Added, Channel, ChannelSummary, ChannelView, Registry};
 pub use subscribe::Subscribed;
 
 use crate::bans::{BanList, BanRecord, BanTarget};
-use crate::broker::{Broker, Publish, Published};
+use crate::broker::Broker;
 use crate::channel::{ChannelName, ChannelOptions};
 use crate::client::{
     ClientHandle, ClientInfo, ConnectExtras, Disconnect, DisconnectReason, close_code, now_ms,
@@ -39,6 +39,7 @@ use crate::error::{ErrorCode, HeraldError};
 use crate::events::{EventBus, EventMask, EventType};
 use crate::format::WireFormat;
 use crate::ids::ClientId;
+use crate::publication::{Publish, Published};
 use crate::secret;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{ChannelRecord, Store};

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::broker::{Interest, Publish, Published};
 use crate::channel::{ChannelName, ChannelOptions};
 use crate::client::{ClientHandle, Disconnect, now_ms};
 use crate::error::{ErrorCode, HeraldError};
@@ -24,6 +23,7 @@ use crate::format::{EncodeCache, Message};
 use crate::history::{Budget, Entry, History, HistoryOp, HistorySink, Recovered, Replay};
 use crate::ids::ClientId;
 use crate::outbox::Push;
+use crate::publication::{Interest, Publish, Published};
 use crate::secret;
 use crate::stats::Stats;
 
