@@ -183,6 +183,22 @@ async fn a_subscriber_came_and_went(
     (a, b, epoch, offset)
 }
 
+/// A new client of `node` subscribing to "u" with recovery from `epoch` and `offset`, and the
+/// subscribe's reply.
+async fn comes_back(
+    node: &TestServer,
+    epoch: &serde_json::Value,
+    offset: &serde_json::Value,
+) -> (Client, serde_json::Value) {
+    let mut back = node.client().await;
+    let reply = back
+        .request_ok(json!({"op":"subscribe","channel":"u",
+            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
+        .await
+        .unwrap();
+    (back, reply)
+}
+
 /// Core NATS keeps nothing, so a node keeps following a channel a while after its last
 /// subscriber left (`follow_linger_secs`): a subscriber back within that time recovers there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,12 +208,7 @@ async fn a_subscriber_back_soon_recovers_on_a_node_it_was_alone_on() {
     for i in 2..=4 {
         b.admin().publish(&["u"], json!(i)).await.unwrap();
     }
-    let mut back = a.client().await;
-    let reply = back
-        .request_ok(json!({"op":"subscribe","channel":"u",
-            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
-        .await
-        .unwrap();
+    let (mut back, reply) = comes_back(&a, &epoch, &offset).await;
     assert_eq!(
         reply["result"]["recovered"]["u"]["recovered"], true,
         "{reply}"
@@ -217,12 +228,7 @@ async fn after_the_linger_time_the_node_stops_following() {
     // The rule under test is a time: wait it out (with a wide margin for a loaded machine).
     tokio::time::sleep(Duration::from_secs(3)).await;
     b.admin().publish(&["u"], json!(2)).await.unwrap();
-    let mut back = a.client().await;
-    let reply = back
-        .request_ok(json!({"op":"subscribe","channel":"u",
-            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
-        .await
-        .unwrap();
+    let (_back, reply) = comes_back(&a, &epoch, &offset).await;
     assert_eq!(
         reply["result"]["recovered"]["u"]["recovered"], false,
         "{reply}"
@@ -239,12 +245,7 @@ async fn recovery_across_a_time_the_node_did_not_follow_the_channel_is_not_claim
     for i in 2..=4 {
         b.admin().publish(&["u"], json!(i)).await.unwrap();
     }
-    let mut back = a.client().await;
-    let reply = back
-        .request_ok(json!({"op":"subscribe","channel":"u",
-            "recover":{"u":{"epoch":epoch,"offset":offset}}}))
-        .await
-        .unwrap();
+    let (mut back, reply) = comes_back(&a, &epoch, &offset).await;
     assert_eq!(
         reply["result"]["recovered"]["u"]["recovered"], false,
         "{reply}"
