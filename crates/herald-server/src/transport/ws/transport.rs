@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::io::{self, Read, Write};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use rustls::ServerConnection;
@@ -17,8 +18,15 @@ use tokio::net::TcpStream;
 /// What the connection task needs from its socket. All methods have `TcpStream`'s semantics:
 /// the `try_` ones never wait and report `WouldBlock` when the socket is not ready.
 pub trait Transport: Send + Sync {
+    /// Ready when [`Transport::try_read_buf`] may make progress; else the task is woken then.
+    /// The waker goes into the socket's one reader slot (tokio's `poll_read_ready`), not a
+    /// list of waiters: a wait given up (the outbox woke the task first, as on every
+    /// delivery) costs nothing to drop.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Waits until [`Transport::try_read_buf`] may make progress.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::poll_fn(move |cx| self.poll_read_ready(cx))
+    }
     /// Appends received bytes to `buf`; `Ok(0)` is the end of the stream.
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
     /// Writes some of `buf` (possibly empty, to push out bytes the transport holds).
@@ -36,8 +44,8 @@ pub trait Transport: Send + Sync {
 
 impl Transport for TcpStream {
     #[inline]
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 
     /// A read that does not fill the room offered took everything the socket had, so the
@@ -165,11 +173,11 @@ impl TlsTransport {
 }
 
 impl Transport for TlsTransport {
-    async fn readable(&self) -> io::Result<()> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.plaintext > 0 {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        self.tcp.readable().await
+        self.tcp.poll_read_ready(cx)
     }
 
     fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
