@@ -267,4 +267,90 @@ mod tests {
         ob.drain(&mut out, 1024);
         assert_eq!(out, b"welcome;message");
     }
+
+    /// Polls `ob.ready()` once with `waker`: whether it resolved.
+    fn ready_now(ob: &Outbox, waker: &std::task::Waker) -> bool {
+        use std::future::Future;
+        let mut wait = std::pin::pin!(ob.ready());
+        let mut cx = std::task::Context::from_waker(waker);
+        wait.as_mut().poll(&mut cx).is_ready()
+    }
+
+    /// A waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn flag() -> (std::sync::Arc<Flag>, std::task::Waker) {
+        let flag = std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        (flag.clone(), std::task::Waker::from(flag))
+    }
+
+    fn woken(flag: &Flag) -> bool {
+        flag.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_writer_waiting_is_woken_by_a_push_into_the_empty_queue() {
+        let ob = Outbox::new();
+        let (flag, waker) = flag();
+        let mut wait = std::pin::pin!(ob.ready());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::future::Future::poll(wait.as_mut(), &mut cx).is_pending());
+        ob.push(Bytes::from_static(b"a"), 1024);
+        assert!(woken(&flag));
+        assert!(std::future::Future::poll(wait.as_mut(), &mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_push_before_the_writer_waits_is_not_missed_and_wakes_once() {
+        let ob = Outbox::new();
+        let noop = std::task::Waker::noop();
+        assert!(!ready_now(&ob, noop), "nothing happened yet");
+        ob.push(Bytes::from_static(b"a"), 1024);
+        assert!(ready_now(&ob, noop), "kept for the next wait");
+        assert!(!ready_now(&ob, noop), "one wake for it");
+    }
+
+    #[test]
+    fn pushes_behind_a_queued_frame_do_not_wake_again_until_the_queue_empties() {
+        let ob = Outbox::new();
+        let noop = std::task::Waker::noop();
+        ob.push(Bytes::from_static(b"a"), 1024);
+        assert!(ready_now(&ob, noop));
+        ob.push(Bytes::from_static(b"b"), 1024);
+        assert!(
+            !ready_now(&ob, noop),
+            "the writer drains everything once woken"
+        );
+        let mut out = Vec::new();
+        ob.drain(&mut out, 1024);
+        assert_eq!(out, b"ab");
+        ob.push(Bytes::from_static(b"c"), 1024);
+        assert!(
+            ready_now(&ob, noop),
+            "a push into the emptied queue wakes again"
+        );
+    }
+
+    #[test]
+    fn a_close_and_a_frame_in_front_wake_the_writer() {
+        let ob = Outbox::new();
+        let noop = std::task::Waker::noop();
+        ob.push_front(Bytes::from_static(b"welcome"));
+        assert!(ready_now(&ob, noop));
+        let (flag, waker) = flag();
+        let mut wait = std::pin::pin!(ob.ready());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::future::Future::poll(wait.as_mut(), &mut cx).is_pending());
+        assert!(ob.close(Disconnect::shutdown()));
+        assert!(
+            woken(&flag),
+            "a close wakes a writer even with frames queued"
+        );
+    }
 }
