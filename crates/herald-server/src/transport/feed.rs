@@ -264,7 +264,7 @@ impl Feed {
                 } else {
                     self.frame_chunk(&mut pending, &batch, chunked);
                 }
-                if pending.is_empty() && pending.capacity() > 1024 {
+                if pending.is_empty() && pending.capacity() > 0 {
                     pending = BytesMut::new(); // An idle connection keeps no buffer.
                 }
             }
