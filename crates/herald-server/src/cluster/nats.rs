@@ -9,8 +9,8 @@
 //! - **Following.** Each node subscribes to the subjects of the channels that have local
 //!   subscribers only ([`Interest`]), one NATS subscription each, through an ordered queue;
 //!   a subscriber is answered once NATS has its subscription ([`Broker::ready`]: a marker
-//!   published on the node's own connection after it has come back). A channel the node
-//!   keeps is followed `follow_linger_secs` longer after its last local subscriber left
+//!   published on the node's own connection after it has come back). A channel with
+//!   history is followed `follow_linger_secs` longer after its last local subscriber left
 //!   ([`super::linger`]), so a subscriber back within that time recovers there.
 //! - **Delivery.** Each node sequences what arrives from other nodes into its own channel
 //!   and history: offsets and epochs are per node, so a client recovers on the node it left
@@ -77,7 +77,7 @@ pub struct NatsBroker {
     prefix: String,
     timeout: Duration,
     presence_ttl: Duration,
-    /// How long a vacated channel that the node keeps is still followed.
+    /// How long a vacated channel with history is still followed.
     follow_linger: Duration,
     commands: mpsc::UnboundedSender<Command>,
     /// Taken by [`follow`] when it starts.

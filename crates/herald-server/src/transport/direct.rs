@@ -6,9 +6,8 @@
 //! recognised from the connection's first read ([`open`]): it goes through the same router,
 //! and its response is written here: a client's stream by its feed itself, on the socket
 //! ([`super::feed::Feed::run_on`], in a task holding only the feed: no channel or buffer of
-//! its own), anything else
-//! (a refusal) chunk by chunk until the body ends, the reader goes or the response's
-//! [`Cutoff`] fires; then the connection closes.
+//! its own), anything else (a refusal) chunk by chunk until the body ends, the reader goes
+//! or the response's [`Cutoff`] fires; then the connection closes.
 //!
 //! A plain-TCP WebSocket upgrade of one of the listener's upgrade paths (`/ws`) goes through
 //! the same router and handler ([`upgrade`]); the handler hands over a [`Starter`] instead of
