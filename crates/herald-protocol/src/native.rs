@@ -145,6 +145,7 @@ pub struct BadRequest<'a> {
 pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
     let env = Fields::read(text).map_err(|error| BadRequest { id: None, error })?;
     let id = match env.id {
+        Some(raw) if raw.get() == "null" => None,
         Some(raw) if is_valid_id(raw) => Some(raw),
         Some(_) => {
             return Err(BadRequest {
@@ -827,6 +828,17 @@ mod tests {
         }
         let err = parse_request(r#"{"op":"ping","id":{"a":1}}"#).unwrap_err();
         assert_eq!(err.error.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_null_id_counts_as_no_id() {
+        // As protocol.md says: clients that serialize a missing id as null are not refused.
+        let req = parse_request(r#"{"op":"subscribe","channel":"q","id":null}"#).unwrap();
+        assert!(req.id.is_none());
+        assert!(matches!(req.op, Op::Subscribe { .. }));
+        let err = parse_request(r#"{"op":"dance","id": null }"#).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::UnknownOp);
+        assert!(err.id.is_none());
     }
 
     /// Any valid JSON string works, escapes included, in values and keys (issue 9, item 5).

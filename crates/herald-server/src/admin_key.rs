@@ -38,7 +38,7 @@ pub fn load_or_generate(configured: &str, data_dir: &Path) -> std::io::Result<Ad
         Err(e) => return Err(e),
     }
     std::fs::create_dir_all(data_dir)?;
-    let key = secret::random_secret();
+    let key = secret::new_admin_key();
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -66,6 +66,7 @@ mod tests {
         let first = load_or_generate("", dir.path()).unwrap();
         assert!(first.generated);
         assert!(first.key.len() >= 32);
+        assert!(first.key.starts_with(secret::ADMIN_KEY_PREFIX));
         let again = load_or_generate("", dir.path()).unwrap();
         assert!(!again.generated);
         assert_eq!(again.key, first.key);

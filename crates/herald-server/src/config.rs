@@ -266,6 +266,26 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("broker.{key}: {why}")));
+        // The ranges hold whatever the type, so a file that is fine on one node stays fine
+        // when it joins a cluster.
+        if self.prefix.is_empty()
+            || self.prefix.len() > 64
+            || !self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return bad("prefix", "1 to 64 letters, digits, '-', '_', '.' or ':'");
+        }
+        if !(1..=60_000).contains(&self.timeout_ms) {
+            return bad("timeout_ms", "must be between 1 and 60000");
+        }
+        if !(3..=3600).contains(&self.presence_ttl_secs) {
+            return bad("presence_ttl_secs", "must be between 3 and 3600");
+        }
+        if self.follow_linger_secs > 86_400 {
+            return bad("follow_linger_secs", "must be between 0 and 86400");
+        }
         match self.kind.as_str() {
             "memory" => return Ok(()),
             "redis" | "nats" => {}
@@ -351,24 +371,6 @@ impl BrokerConfig {
                     }
                 ),
             );
-        }
-        if self.prefix.is_empty()
-            || self.prefix.len() > 64
-            || !self
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        {
-            return bad("prefix", "1 to 64 letters, digits, '-', '_', '.' or ':'");
-        }
-        if !(1..=60_000).contains(&self.timeout_ms) {
-            return bad("timeout_ms", "must be between 1 and 60000");
-        }
-        if !(3..=3600).contains(&self.presence_ttl_secs) {
-            return bad("presence_ttl_secs", "must be between 3 and 3600");
-        }
-        if self.follow_linger_secs > 86_400 {
-            return bad("follow_linger_secs", "must be between 0 and 86400");
         }
         Ok(())
     }
@@ -791,7 +793,6 @@ pub struct DialectMount {
     /// A listener of its own serving the original paths, e.g. "0.0.0.0:8081". Empty: none.
     pub listen: String,
     /// SubSocket only: a folder served at `/static/` (the original's test pages). Empty: none.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub static_dir: String,
 }
 
@@ -1427,6 +1428,50 @@ mod tests {
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
     }
 
+    /// Every key of the configuration appears in the file `herald config init` writes (set
+    /// or commented out), under its section's header.
+    #[test]
+    fn example_file_shows_every_key() {
+        fn walk(path: &str, value: &serde_json::Value, missing: &mut Vec<String>) {
+            let serde_json::Value::Object(map) = value else {
+                return;
+            };
+            let has_leaves = map.values().any(|v| !v.is_object());
+            if !path.is_empty()
+                && has_leaves
+                && !DEFAULT_CONFIG_TOML
+                    .lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("[{path}]")))
+            {
+                missing.push(format!("[{path}]"));
+            }
+            for (key, v) in map {
+                if v.is_object() {
+                    let sub = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    walk(&sub, v, missing);
+                } else if !DEFAULT_CONFIG_TOML.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim_start();
+                    // A list of tables, e.g. `[[webhooks]]`, is shown by an example table.
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[{key}]]"))
+                }) {
+                    missing.push(format!("{path}.{key}"));
+                }
+            }
+        }
+        let default = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        walk("", &default, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "not in herald.example.toml: {missing:?}"
+        );
+        assert!(DEFAULT_CONFIG_TOML.ends_with('\n'));
+    }
+
     /// The fuzzed entry point reads a text as `load` reads a file holding it.
     #[test]
     fn a_toml_text_loads_as_a_file_does() {
@@ -1554,6 +1599,14 @@ mod tests {
                 "type = \"nats\"\nurl = \"nats://a/\"\ncluster_nodes = [\"redis://a/\"]\n",
                 "broker.cluster_nodes",
             ),
+            // The ranges hold with the default (memory) broker too.
+            ("prefix = \"a b\"\n", "broker.prefix"),
+            ("timeout_ms = 0\n", "broker.timeout_ms"),
+            (
+                "type = \"memory\"\npresence_ttl_secs = 2\n",
+                "broker.presence_ttl_secs",
+            ),
+            ("follow_linger_secs = 86401\n", "broker.follow_linger_secs"),
         ] {
             let err = load(&format!("[broker]\n{toml}")).unwrap_err().to_string();
             assert!(err.contains(&format!("{key}:")), "{key}: {err}");

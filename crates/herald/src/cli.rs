@@ -27,7 +27,7 @@ enum Command {
     Pub(PubArgs),
     /// Subscribe to channels and print every message as a JSON line.
     Sub(SubArgs),
-    /// Load-test a running server (fanout, idle, connect).
+    /// Load-test a running server (fanout, idle, connect, recover, channels).
     Bench(bench::BenchArgs),
     /// Mint a JWT connection or subscription token (for testing; your backend mints real ones).
     Token(TokenArgs),
@@ -114,9 +114,10 @@ struct TokenArgs {
     /// Config file to read `[jwt]` from.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// `iss` and `aud` claims (default: `jwt.issuer` / `jwt.audience` of the config).
+    /// `iss` claim (default: `jwt.issuer` of the config).
     #[arg(long)]
     issuer: Option<String>,
+    /// `aud` claim (default: `jwt.audience` of the config).
     #[arg(long)]
     audience: Option<String>,
 }

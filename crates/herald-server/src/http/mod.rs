@@ -39,7 +39,7 @@ use crate::state::AppState;
         (name = "bans", description = "Bans by address, range or user"),
         (name = "server", description = "Health and counters"),
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ServerErrors)
 )]
 pub struct ApiDoc;
 
@@ -53,6 +53,38 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Gives every operation that documents its refusals (`4XX`) the server-side failures too:
+/// the same error body, with the codes that a store, broker or hook outage answers.
+struct ServerErrors;
+
+impl utoipa::Modify for ServerErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                let Some(RefOr::T(refused)) = responses.get("4XX") else {
+                    continue;
+                };
+                let mut failed = refused.clone();
+                failed.description = "The server could not carry it out: 503 `store_unavailable`, \
+                    `broker_unavailable` or `auth_unavailable`, 500 `internal` (docs/errors.md)"
+                    .into();
+                responses
+                    .entry("5XX".to_string())
+                    .or_insert(RefOr::T(failed));
+            }
+        }
     }
 }
 

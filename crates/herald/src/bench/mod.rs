@@ -118,8 +118,8 @@ pub struct BenchArgs {
     /// fanout: payload size in bytes (a string "p|<seq>|<ns>|xxx…").
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
-    /// PID of the server, for CPU (utime+stime) and RSS readings from /proc
-    /// [default: best effort from GET /api/v1/stats].
+    /// PID of the server, for CPU (utime+stime) and RSS readings from /proc. Without it the
+    /// server's CPU and memory figures are null (GET /api/v1/stats reports neither today).
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Concurrent connection handshakes (connect → subscribed).
