@@ -369,3 +369,29 @@ async fn http11_streams_are_chunked_whether_the_head_arrives_whole_or_split() {
         assert!(rest.ends_with("\r\n0\r\n\r\n"), "the last chunk: {rest:?}");
     }
 }
+
+/// A long-poll whose client goes away before the answer leaves the hub at once (native
+/// `/poll` and push-stream's `/lp`). It stayed for good before: in the channel (holding a
+/// seat under `max_subscribers`), in presence and in `/api/v1/clients`, and a kick could not
+/// remove it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_abandoned_by_its_client_leaves_the_hub() {
+    let srv = TestServer::start_with(|c| c.dialects.pushstream.enabled = true).await;
+    let clients = || async {
+        let list = srv.admin().request_ok("GET", "/api/v1/clients", None).await;
+        list.unwrap()["clients"].as_array().unwrap().len()
+    };
+    for path in ["/poll?channels=lp&timeout=60", "/pushstream/lp/lp"] {
+        let s = get(&srv, path, "").await;
+        common::wait_for_subscribers(&srv, "lp", 1).await;
+        drop(s);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while clients().await > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path}: the abandoned poll's client is still there"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

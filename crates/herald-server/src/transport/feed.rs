@@ -137,6 +137,31 @@ pub fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
     }
 }
 
+/// A long-poll's client, which leaves the hub when this is dropped: once the poll has its
+/// answer, or when the request's future is dropped because its reader went away (code after
+/// an `.await` in the handler then never runs).
+pub struct Polling {
+    state: Arc<AppState>,
+    client: Arc<ClientHandle>,
+}
+
+impl Polling {
+    pub fn new(state: &Arc<AppState>, client: &Arc<ClientHandle>) -> Self {
+        Polling {
+            state: state.clone(),
+            client: client.clone(),
+        }
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.state
+            .hub
+            .disconnect(&self.client, DisconnectReason::ClosedByClient);
+    }
+}
+
 /// One long-poll: waits up to `wait` for something to deliver (what a recovery replayed is
 /// there already) and takes the client's records.
 pub async fn wait(client: &ClientHandle, wait: Duration) -> Vec<u8> {

@@ -82,6 +82,7 @@ pub async fn poll(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
+    let polling = transport::Polling::new(&state, &client);
     let answer = async {
         admission::apply_identity(&state, &client, &identity)?;
         let subscribed = subscribe(&state, &client, &wanted).await?;
@@ -106,9 +107,7 @@ pub async fn poll(
         }))
     };
     let answer = Box::pin(answer).await;
-    state
-        .hub
-        .disconnect(&client, DisconnectReason::ClosedByClient);
+    drop(polling);
     match answer {
         Ok(body) => {
             let mut resp = axum::Json(body).into_response();

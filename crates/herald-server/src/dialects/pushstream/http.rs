@@ -354,6 +354,7 @@ pub async fn longpolling(
         Ok(o) => o,
         Err(refusal) => return refusal,
     };
+    let polling = transport::Polling::new(&state, &client);
     // A position that could not be recovered from (history no longer holds what follows
     // it) moves to where the channel is now.
     for (name, r) in recovered {
@@ -370,9 +371,7 @@ pub async fn longpolling(
         }
     }
     let batch = transport::wait(&client, wait).await;
-    state
-        .hub
-        .disconnect(&client, DisconnectReason::ClosedByClient);
+    drop(polling);
     let mut published = Vec::new();
     let mut notices = Vec::new();
     for record in records::parse(&batch) {
