@@ -51,6 +51,8 @@ pub enum ErrorCode {
     Banned,
     /// Too many requests or connection attempts in a short time; slow down and retry.
     RateLimited,
+    /// An HTTP request's body did not arrive within the time limit.
+    RequestTimeout,
     /// The durable store failed; the action was not done.
     StoreUnavailable,
     /// The cluster's broker (Redis) did not answer in time; the action was not done. Retry.
@@ -66,7 +68,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidJson,
         ErrorCode::UnknownOp,
@@ -88,6 +90,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::Banned,
         ErrorCode::RateLimited,
+        ErrorCode::RequestTimeout,
         ErrorCode::StoreUnavailable,
         ErrorCode::BrokerUnavailable,
         ErrorCode::AuthUnavailable,
@@ -119,6 +122,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Banned => "banned",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::BrokerUnavailable => "broker_unavailable",
             ErrorCode::AuthUnavailable => "auth_unavailable",
@@ -140,6 +144,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden | ErrorCode::Banned => 403,
             ErrorCode::RateLimited => 429,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::ChannelNotFound | ErrorCode::ClientNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::ChannelExists | ErrorCode::ChannelFull | ErrorCode::PresenceDisabled => 409,

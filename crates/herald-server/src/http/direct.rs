@@ -14,9 +14,10 @@
 //! whatever this module does not serve gets hyper's own answer.
 //!
 //! Time limits: a request must arrive, head and body, within the handshake timeout of the
-//! wait for it (hyper limits the head alike, so an idle keep-alive connection closes then;
-//! hyper sets no limit on a body, this module does: a publisher that stalls mid-request
-//! goes), and at shutdown a connection waiting for its next request closes.
+//! wait for it (hyper limits the head alike, so an idle keep-alive connection closes then; a
+//! publisher that stalls mid-body is answered 408 `request_timeout` and let go, as
+//! `super::body` does on the routed path), and at shutdown a connection waiting for its next
+//! request closes.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -110,11 +111,22 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        // Its body, under the same deadline (a peer that stalls mid-request goes).
+        // Its body, under the same deadline: a peer that stalls mid-request is answered 408
+        // and let go, as on the routed path (`super::body`).
         let total = head.len + head.body_len;
         while buf.len() < total {
             let want = total - buf.len();
             if !read_more(&mut io, &mut buf, want, deadline, shutdown).await {
+                if tokio::time::Instant::now() >= deadline {
+                    let body = format!(
+                        r#"{{"error":{{"code":"request_timeout","message":"the request body did not arrive within {} s"}}}}"#,
+                        timeout.as_secs()
+                    );
+                    out.clear();
+                    response(&mut out, 408, body.as_bytes(), true);
+                    let _ = io.write_all(&out).await;
+                    let _ = io.shutdown().await;
+                }
                 return After::Closed;
             }
         }

@@ -1,9 +1,11 @@
 //! The HTTP side of the main listener: the API under `/api/v1`, `/healthz`, the OpenAPI
 //! document, the admin console (`crate::console`), around the dialects' routes; and what every dialect's own listener has
 //! (`/healthz`, the JSON 404). A publisher's keep-alive connection is served by [`direct`]
-//! (the same handlers, without hyper) until it sends another kind of request.
+//! (the same handlers, without hyper) until it sends another kind of request. Request bodies
+//! on the routed path are bounded in size and time by [`body`] before any handler runs.
 
 mod auth;
+mod body;
 pub mod direct;
 pub mod metrics;
 mod routes;
@@ -153,6 +155,10 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::bounded,
+        ))
         .layer(axum::middleware::map_response(close_after_413))
         .with_state(state)
 }
@@ -178,6 +184,10 @@ pub fn own_listener(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Rout
     routes
         .route("/healthz", get(routes::healthz))
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::bounded,
+        ))
         .layer(axum::middleware::map_response(close_after_413))
         .with_state(state)
 }
