@@ -27,7 +27,10 @@ pub fn credential(
     if !takes_credentials {
         return Ok(Identity::default());
     }
-    let Some(credential) = auth::handshake_credential(headers, uri.query()) else {
+    let credential = auth::handshake_credential_strict(headers, uri.query()).inspect_err(|e| {
+        tracing::info!(error = %e.message, "connection refused: bad credential");
+    })?;
+    let Some(credential) = credential else {
         return Ok(Identity::default());
     };
     auth::verify(state.keys(), &credential).inspect_err(|e| {

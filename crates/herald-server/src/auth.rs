@@ -46,14 +46,46 @@ pub fn bearer_value(value: &[u8]) -> Option<&str> {
 }
 
 /// The credential a handshake carries: `Authorization: Bearer <credential>`, else the
-/// `token` query parameter (for browsers, which cannot set headers on a WebSocket).
+/// `token` query parameter (for browsers, which cannot set headers on a WebSocket). Lenient:
+/// another scheme counts as no credential (the auth hook judges those).
 pub fn handshake_credential(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    bearer(headers).map(str::to_string).or_else(|| {
-        form_urlencoded::parse(query?.as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
-            .filter(|t| !t.is_empty())
-    })
+    bearer(headers)
+        .map(str::to_string)
+        .or_else(|| query_token(query))
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// [`handshake_credential`], strict, for when Herald judges the credential itself: an
+/// `Authorization` header that is not `Bearer <credential>`, or a header and a `?token=`
+/// naming two different credentials, is refused rather than taken for no credential (a
+/// client that meant to authenticate learns it did not).
+pub fn handshake_credential_strict(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, HeraldError> {
+    let from_query = query_token(query);
+    let Some(header) = headers.get(AUTHORIZATION) else {
+        return Ok(from_query);
+    };
+    let Some(credential) = bearer_value(header.as_bytes()) else {
+        return Err(HeraldError::new(
+            ErrorCode::Unauthorized,
+            "the Authorization header must be `Bearer <credential>`",
+        ));
+    };
+    match from_query {
+        Some(other) if other != credential => Err(HeraldError::new(
+            ErrorCode::Unauthorized,
+            "two different credentials: give the Authorization header or ?token=, not both",
+        )),
+        _ => Ok(Some(credential.to_string())),
+    }
 }
 
 /// What credentials are checked against: the node's admin key and its JWT verifier.

@@ -265,6 +265,46 @@ async fn wrong_handshake_credential_is_refused() {
     admin.request_ok(json!({"op":"clients"})).await.unwrap();
 }
 
+/// A credential that is there but malformed, or two different ones, is refused on every
+/// streaming handshake, not taken for no credential (the client meant to authenticate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_or_doubled_handshake_credential_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await;
+    let refused = [
+        ("", "Authorization: Basic Zm9vOmJhcg==\r\n"),
+        ("", "Authorization: Bearer \r\n"),
+        ("", "Authorization: Bearer \u{e9}\r\n"),
+        (
+            "token=garbage",
+            &format!("Authorization: Bearer {ADMIN_KEY}\r\n"),
+        ),
+    ];
+    for (query, header) in refused {
+        let status = RawPeer::handshake_status(srv.addr(), &format!("/ws?{query}"), header).await;
+        assert!(status.contains("401"), "/ws {header:?}: {status}");
+        for path in ["/sse", "/stream", "/poll"] {
+            let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+            let req = format!(
+                "GET {path}?channels=a&timeout=0&{query} HTTP/1.0\r\nHost: x\r\n{header}\r\n"
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut head = [0u8; 12];
+            tokio::time::timeout(WAIT, s.read_exact(&mut head))
+                .await
+                .unwrap()
+                .unwrap();
+            let head = String::from_utf8_lossy(&head).to_string();
+            assert!(head.ends_with("401"), "{path} {header:?}: {head}");
+        }
+    }
+    // The same credential twice is one credential.
+    let both = format!("Authorization: Bearer {ADMIN_KEY}\r\n");
+    let status =
+        RawPeer::handshake_status(srv.addr(), &format!("/ws?token={ADMIN_KEY}"), &both).await;
+    assert!(status.contains("101"), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn occupied_and_vacated_fire_once_per_transition_under_concurrency() {
     let srv = TestServer::start().await;
