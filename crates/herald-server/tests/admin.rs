@@ -466,3 +466,33 @@ async fn http_bans_by_address_and_range_expire_and_survive_restart() {
     assert!(ok.contains("101"), "{ok}");
     server.shutdown(Duration::from_secs(2)).await;
 }
+
+/// An admin op whose reply could never fit in the connection's outbox answers `too_many`
+/// and the connection stays; it was closed as a slow consumer (4100) with no reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_too_large_for_the_outbox_is_an_error_not_a_close() {
+    let srv = TestServer::start_with(|c| {
+        c.limits.max_payload_bytes = 1024;
+        c.websocket.outbox_max_bytes = 4096;
+    })
+    .await;
+    let mut admin = Client::connect(&format!("{}?token={ADMIN_KEY}", srv.ws_url()))
+        .await
+        .unwrap();
+    // About 100 bytes of listing each: 100 channels need more than 4 KiB.
+    for i in 0..100 {
+        let name = format!("listed-{i:03}-{}", "x".repeat(40));
+        srv.admin()
+            .request_ok("POST", "/api/v1/channels", Some(&json!({ "name": name })))
+            .await
+            .unwrap();
+    }
+    let reply = admin.request(json!({"op":"channels"})).await.unwrap();
+    assert_eq!(reply["error"]["code"], "too_many", "{reply}");
+    // Still connected, and a reply that fits still comes.
+    let one = admin
+        .request_ok(json!({"op":"channel","channel":"listed-000-".to_string() + &"x".repeat(40)}))
+        .await
+        .unwrap();
+    assert_eq!(one["result"]["subscribers"], 0, "{one}");
+}

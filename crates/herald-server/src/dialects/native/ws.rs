@@ -217,11 +217,45 @@ impl<'a> Session<'a> {
             Ok(req) => req,
             Err(bad) => return Some(native::reply_error(bad.id, &bad.error)),
         };
+        // A read's answer can be as long as what it lists; any other reply is bounded by the
+        // request (and its action is done, so the answer must say so).
+        let read = matches!(
+            req.op,
+            Op::History { .. } | Op::Presence { .. } | Op::PresenceStats { .. }
+        ) || matches!(
+            req.op,
+            Op::Admin {
+                op: "clients" | "client" | "user" | "channels" | "channel" | "bans" | "stats"
+            }
+        );
         match (self.execute(req.op, &text).await, req.id) {
+            (Ok(result), Some(id)) if read => {
+                Some(self.within_outbox(id, native::reply_ok(id, &result)))
+            }
             (Ok(result), Some(id)) => Some(native::reply_ok(id, &result)),
             (Ok(_), None) => None,
             (Err(e), id) => Some(native::reply_error(id, &e)),
         }
+    }
+
+    /// The answer to a read, unless it could never fit in the connection's outbox (an
+    /// admin's list of many thousand channels, a history page of large publications): queuing
+    /// it would close the connection as a slow consumer, so the answer is `too_many` instead,
+    /// and nothing was changed by the read.
+    fn within_outbox(&self, id: &serde_json::value::RawValue, reply: Bytes) -> Bytes {
+        let limit = self.state.config.websocket.outbox_max_bytes;
+        if reply.len() <= limit {
+            return reply;
+        }
+        let error = HeraldError::new(
+            ErrorCode::TooMany,
+            format!(
+                "the reply would be {} bytes, more than this connection's outbox holds \
+                 (websocket.outbox_max_bytes = {limit}): use the HTTP API for lists this long",
+                reply.len()
+            ),
+        );
+        native::reply_error(Some(id), &error)
     }
 
     async fn execute(&self, op: Op<'_>, frame: &Bytes) -> Result<serde_json::Value, HeraldError> {
