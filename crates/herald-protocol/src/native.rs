@@ -150,7 +150,9 @@ pub fn parse_request(text: &str) -> Result<Request<'_>, BadRequest<'_>> {
         Some(_) => {
             return Err(BadRequest {
                 id: None,
-                error: HeraldError::bad_request("\"id\" must be a number or a string"),
+                error: HeraldError::bad_request(
+                    "\"id\" must be a number or a string, at most 256 characters of JSON",
+                ),
             });
         }
         None => None,

@@ -373,6 +373,25 @@ async fn channels_lifecycle_and_tokens() {
         (status, body["error"]["code"].as_str()),
         (400, Some("bad_request"))
     );
+    // An array is not an object, though serde would fill the struct from it in order.
+    let (status, body) = api
+        .request(
+            "POST",
+            "/api/v1/channels",
+            Some(&json!(["by-position", true, null, false, 0])),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (status, _) = api
+        .request("GET", "/api/v1/channels/by-position", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "no channel was created");
 
     // Private: refused without the token, admitted with it.
     let mut c = srv.client().await;
@@ -1044,5 +1063,25 @@ async fn request_bodies_are_bounded_in_size_and_time() {
             "{path}: {text}"
         );
         assert!(closed, "{path}: {text}");
+    }
+}
+
+/// Every API error is our JSON, an extractor's own refusal included (a path parameter that is
+/// not UTF-8 got a plain-text 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extractor_refusal_is_a_json_error() {
+    let srv = TestServer::start().await;
+    for path in [
+        "/api/v1/channels/%ff",
+        "/api/v1/clients/%ff",
+        "/api/v1/users/%ff",
+    ] {
+        let (status, body) = srv.admin().request("GET", path, None).await.unwrap();
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{path}: {body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("UTF-8"),
+            "{path}: {body}"
+        );
     }
 }

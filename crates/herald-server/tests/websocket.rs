@@ -507,6 +507,41 @@ async fn plain_http_get_on_ws_gets_426() {
     assert_eq!(body["error"]["code"], "bad_request");
 }
 
+/// A handshake RFC 6455 does not allow is refused with 400 before anything is admitted: a
+/// key that is not 16 bytes of base64 (empty, not base64, too long), or HTTP/1.0 (it got a
+/// 101 and an immediate close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_handshake_is_refused_with_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = TestServer::start().await;
+    let long = "A".repeat(8000);
+    let cases = [
+        ("HTTP/1.1", ""),
+        ("HTTP/1.1", "not base64!!"),
+        ("HTTP/1.1", "dGhlIHNhbXBsZQ=="),
+        ("HTTP/1.1", long.as_str()),
+        ("HTTP/1.0", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for (version, key) in cases {
+        let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
+        let req = format!(
+            "GET /ws {version}\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(WAIT, s.read_exact(&mut head))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(head.ends_with(" 400"), "{version} key {:.20}: {head}", key);
+    }
+    // The RFC's own example key is fine.
+    let status = RawPeer::handshake_status(srv.addr(), "/ws", "").await;
+    assert!(status.contains("101"), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limit_refuses_with_503() {
     let srv = TestServer::start_with(|c| c.limits.max_connections = 1).await;

@@ -147,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Init { path, force }) => config_init(&path, force),
         Command::Config(ConfigCommand::Check { path }) => {
             let config = Config::load(Some(&path))?;
+            log_filter(&config.log)?;
             println!(
                 "{} is valid; effective configuration (JSON):\n",
                 path.display()
@@ -260,10 +261,15 @@ fn load_serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The `log` setting as a filter; `config check` and `serve` refuse the same values.
+fn log_filter(log: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    tracing_subscriber::EnvFilter::try_new(log)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: log: {e}"))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_serve_config(&args)?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|e| anyhow::anyhow!("invalid configuration: log: {e}"))?;
+    let filter = log_filter(&config.log)?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -280,3 +280,19 @@ fn token_mints_verifiable_connection_and_subscription_tokens() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("--alg"));
 }
+
+/// `config check` refuses a log filter that `serve` would refuse (it accepted it).
+#[test]
+fn config_check_refuses_a_bad_log_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, "log = \"[[[[\"\n").unwrap();
+    let out = herald()
+        .args(["config", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("log:"), "{text}");
+}

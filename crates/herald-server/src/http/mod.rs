@@ -146,7 +146,8 @@ pub fn router(dialects: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
         .route("/bans/{id}", delete(routes::delete_ban))
         .route("/stats", get(routes::stats))
         .route("/nodes", get(routes::nodes))
-        .route("/openapi.json", get(openapi_json));
+        .route("/openapi.json", get(openapi_json))
+        .layer(axum::middleware::map_response(json_errors));
     dialects
         .nest("/api/v1", api)
         .merge(crate::console::routes())
@@ -177,6 +178,45 @@ async fn close_after_413(mut resp: axum::response::Response) -> axum::response::
         );
     }
     resp
+}
+
+/// An API error answer that is not our JSON (an extractor's own rejection, e.g. a path
+/// parameter that is not UTF-8) becomes `{"error":{"code","message"}}` with the code of its
+/// status, so every API answer has the documented shape.
+async fn json_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::CONTENT_TYPE;
+    use axum::response::IntoResponse;
+    use herald_core::{ErrorCode, HeraldError};
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::RequestTimeout,
+        413 => ErrorCode::MessageTooLarge,
+        s if s >= 500 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let mut answer = ApiError(HeraldError::new(
+        code,
+        String::from_utf8_lossy(&text).trim(),
+    ))
+    .into_response();
+    *answer.status_mut() = parts.status;
+    for (name, value) in parts.headers.iter() {
+        if name != CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
 }
 
 /// A dialect's own listener: its `routes` at the root, with `/healthz` and the JSON 404.

@@ -60,6 +60,15 @@ fn non_empty(body: &Bytes) -> ApiResult<&Bytes> {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(text: &'a str) -> ApiResult<T> {
+    // serde would take an array for a struct, field by field in order.
+    if !text.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "the body must be a JSON object",
+        ));
+    }
     serde_json::from_str(text).map_err(|e| {
         if let Some(field) = herald_protocol::json::repeated_in(&e) {
             let message = herald_protocol::json::repeated_message(&field);

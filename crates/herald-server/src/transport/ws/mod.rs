@@ -147,12 +147,26 @@ pub fn upgrade_admitted<D: Dialect>(
         );
         return resp;
     }
+    if req.version() < axum::http::Version::HTTP_11 {
+        return ApiError::new(
+            ErrorCode::BadRequest,
+            "a WebSocket handshake needs HTTP/1.1",
+        )
+        .into_response();
+    }
     let Some(key) = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
     else {
         return ApiError::new(ErrorCode::BadRequest, "missing Sec-WebSocket-Key").into_response();
     };
+    if !valid_key(key) {
+        return ApiError::new(
+            ErrorCode::BadRequest,
+            "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
+        )
+        .into_response();
+    }
     let accept = accept_key(key);
     let seated = admission::seat(&state, remote, headers, dialect.name(), identity, bans_seen);
     let (admission, seat) = match seated {
@@ -190,6 +204,15 @@ pub fn upgrade_admitted<D: Dialect>(
         }
     });
     switching(accept)
+}
+
+/// A `Sec-WebSocket-Key` as RFC 6455 has it: 16 random bytes in base64 (24 characters).
+fn valid_key(key: &str) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
 }
 
 /// The 101 answer with its accept key.
