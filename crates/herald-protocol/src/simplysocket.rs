@@ -74,6 +74,11 @@ pub fn parse(text: &str) -> Result<Action<'_>, HeraldError> {
     }
     let msg: Inbound = serde_json::from_str(text).map_err(|e| match json::repeated_in(&e) {
         Some(field) => bad(json::repeated_message(&field)),
+        // Well-formed JSON of the wrong shape (`"action": 5`) is a bad request, as on the
+        // native protocol; only text that is not JSON is `invalid_json`.
+        None if e.classify() == serde_json::error::Category::Data => {
+            bad(format!("invalid message: {e}"))
+        }
         None => HeraldError::new(ErrorCode::InvalidJson, format!("invalid message: {e}")),
     })?;
     let action = msg
@@ -311,6 +316,9 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        let code = |text: &str| parse(text).err().map(|e| e.code);
+        assert_eq!(code(r#"{"action":5}"#), Some(ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"action":"#), Some(ErrorCode::InvalidJson));
     }
 
     /// Each refusal says what is wrong with the message (issue 9, items 5, 6 and 14).
