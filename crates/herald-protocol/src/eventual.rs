@@ -112,7 +112,13 @@ pub fn parse(text: &str) -> Result<Request<'_>, BadRequest> {
 pub fn validate_event(raw: &RawValue) -> Result<(), HeraldError> {
     let event: Map<String, Value> = json::unique_object(raw.get()).map_err(|e| match e {
         json::UniqueError::Repeated(key) => bad(format!("event: {}", json::repeated_message(&key))),
-        json::UniqueError::Object(_) => bad("\"event\" must be a JSON object (a CloudEvent)"),
+        json::UniqueError::Object(json::ObjectError::NotObject) => {
+            bad("\"event\" must be a JSON object (a CloudEvent)")
+        }
+        // Valid JSON already (the request parsed), so: nested past serde's depth limit.
+        json::UniqueError::Object(json::ObjectError::Syntax(e)) => {
+            bad(format!("\"event\" could not be read: {e}"))
+        }
     })?;
     for attr in ["specversion", "id", "source", "type"] {
         match event.get(attr) {
@@ -369,6 +375,21 @@ mod tests {
             Err(BadRequest::Invalid(e)) => {
                 assert_eq!(e.code, ErrorCode::BadRequest);
                 assert!(e.message.contains("extension names"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_nested_too_deep_says_so() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let text = format!(
+            r#"{{"type":"publish","channels":"a","event":{{"specversion":"1.0","id":"x","source":"s","type":"t","data":{deep}}}}}"#
+        );
+        match parse(&text) {
+            Err(BadRequest::Invalid(e)) => {
+                assert_eq!(e.code, ErrorCode::BadRequest);
+                assert!(e.message.contains("could not be read"), "{}", e.message);
             }
             other => panic!("{other:?}"),
         }
