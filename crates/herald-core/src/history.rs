@@ -227,13 +227,10 @@ impl History {
 
     /// The entries after `offset` (exclusive), oldest first, if every one of them is still
     /// held: `None` when some were already dropped (`offset + 1` is older than the oldest
-    /// held) while the channel has published past `offset`, and for an `offset` beyond
-    /// `latest` (a position this sequence never reached).
+    /// held) while the channel has published past `offset`. Nothing follows an `offset` at
+    /// or beyond `latest` (a recovery checks for a position ahead of the channel itself).
     pub fn after(&self, offset: u64, latest: u64) -> Option<Vec<Arc<Entry>>> {
-        if offset > latest {
-            return None;
-        }
-        if offset == latest {
+        if offset >= latest {
             return Some(Vec::new());
         }
         let start = self.entries.partition_point(|(e, _)| e.offset <= offset);
@@ -319,10 +316,9 @@ mod tests {
         assert_eq!(offsets(h.after(2, 5)), Some(vec![3, 4, 5]));
         assert_eq!(offsets(h.after(4, 5)), Some(vec![5]));
         assert_eq!(offsets(h.after(5, 5)), Some(vec![]));
-        // A position the channel never reached is no position of this sequence: whatever
-        // the client holds, it cannot tell what it missed.
-        assert_eq!(offsets(h.after(6, 5)), None, "ahead of the channel");
-        assert_eq!(offsets(h.after(u64::MAX, 5)), None);
+        // Nothing follows a position ahead of the channel (a history page since it is empty).
+        assert_eq!(offsets(h.after(6, 5)), Some(vec![]));
+        assert_eq!(offsets(h.after(u64::MAX, 5)), Some(vec![]));
         assert_eq!(offsets(h.after(1, 5)), None, "2 is gone");
         assert_eq!(offsets(History::default().after(0, 0)), Some(vec![]));
         assert_eq!(offsets(History::default().after(0, 3)), None);

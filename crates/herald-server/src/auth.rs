@@ -61,10 +61,12 @@ fn query_token(query: Option<&str>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// [`handshake_credential`], strict, for when Herald judges the credential itself: an
-/// `Authorization` header that is not `Bearer <credential>`, or a header and a `?token=`
-/// naming two different credentials, is refused rather than taken for no credential (a
-/// client that meant to authenticate learns it did not).
+/// [`handshake_credential`], strict, for when Herald judges the credential itself: a
+/// `Bearer` header that carries no usable credential (empty, not visible ASCII), or a
+/// `Bearer` header and a `?token=` naming two different credentials, is refused rather than
+/// taken for no credential (a client that meant to authenticate learns it did not). Another
+/// scheme is not Herald's and is passed over (a browser sends `Basic` on its own to a site
+/// behind HTTP Basic authentication).
 pub fn handshake_credential_strict(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -74,10 +76,17 @@ pub fn handshake_credential_strict(
         return Ok(from_query);
     };
     let Some(credential) = bearer_value(header.as_bytes()) else {
-        return Err(HeraldError::new(
-            ErrorCode::Unauthorized,
-            "the Authorization header must be `Bearer <credential>`",
-        ));
+        let scheme = header.as_bytes().trim_ascii_start();
+        let is_bearer = scheme.len() >= 6
+            && scheme[..6].eq_ignore_ascii_case(b"bearer")
+            && scheme.get(6).is_none_or(|b| *b == b' ' || *b == b'\t');
+        if is_bearer {
+            return Err(HeraldError::new(
+                ErrorCode::Unauthorized,
+                "the Authorization header must be `Bearer <credential>`, with a credential",
+            ));
+        }
+        return Ok(from_query);
     };
     match from_query {
         Some(other) if other != credential => Err(HeraldError::new(

@@ -265,14 +265,15 @@ async fn wrong_handshake_credential_is_refused() {
     admin.request_ok(json!({"op":"clients"})).await.unwrap();
 }
 
-/// A credential that is there but malformed, or two different ones, is refused on every
-/// streaming handshake, not taken for no credential (the client meant to authenticate).
+/// A Bearer credential that is there but malformed, or two different credentials, is
+/// refused on every streaming handshake, not taken for no credential (the client meant to
+/// authenticate); another scheme is passed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_or_doubled_handshake_credential_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = TestServer::start().await;
     let refused = [
-        ("", "Authorization: Basic Zm9vOmJhcg==\r\n"),
+        ("", "Authorization: Bearer\r\n"),
         ("", "Authorization: Bearer \r\n"),
         ("", "Authorization: Bearer \u{e9}\r\n"),
         (
@@ -298,6 +299,16 @@ async fn a_malformed_or_doubled_handshake_credential_is_refused() {
             assert!(head.ends_with("401"), "{path} {header:?}: {head}");
         }
     }
+    // Another scheme is not ours (a browser sends Basic to a site behind HTTP Basic auth):
+    // passed over, and a `?token=` still counts.
+    let basic = "Authorization: Basic Zm9vOmJhcg==\r\n";
+    let status = RawPeer::handshake_status(srv.addr(), "/ws", basic).await;
+    assert!(status.contains("101"), "{status}");
+    let status =
+        RawPeer::handshake_status(srv.addr(), &format!("/ws?token={ADMIN_KEY}"), basic).await;
+    assert!(status.contains("101"), "{status}");
+    let status = RawPeer::handshake_status(srv.addr(), "/ws?token=wrong", basic).await;
+    assert!(status.contains("401"), "{status}");
     // The same credential twice is one credential.
     let both = format!("Authorization: Bearer {ADMIN_KEY}\r\n");
     let status =

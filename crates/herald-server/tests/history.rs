@@ -176,6 +176,25 @@ async fn a_window_that_no_longer_holds_the_gap_or_another_epoch_does_not_recover
         .await
         .unwrap();
     assert_eq!(reply["result"]["recovered"]["w"]["recovered"], false);
+    // A position ahead of the channel: not one this epoch reached, so nothing can be said of
+    // what was missed (it answered recovered and skipped the next publications).
+    let mut g = srv.client().await;
+    let reply = g
+        .request_ok(json!({"op":"subscribe","channel":"w",
+            "recover":{"w":{"epoch":epoch,"offset":1000}}}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["result"]["recovered"]["w"],
+        json!({"recovered":false,"epoch":epoch,"offset":5})
+    );
+    // A history page since a position ahead is empty, not the oldest kept.
+    let page = g
+        .request_ok(json!({"op":"history","channel":"w","since":{"epoch":epoch,"offset":9}}))
+        .await
+        .unwrap();
+    assert_eq!(page["result"]["publications"], json!([]), "{page}");
+    drop(g);
     // After the time to live (1 s), the window is empty.
     drop((c, d, e));
     tokio::time::sleep(Duration::from_millis(2200)).await;

@@ -1035,11 +1035,16 @@ async fn request_bodies_are_bounded_in_size_and_time() {
         "/api/v1/bans",
         "/pushstream/pub?id=a",
     ] {
-        // Declared over the limit, nothing sent: refused at once, before any 100 Continue.
+        // Declared over the limit, waiting to go ahead: refused at once, no 100 Continue.
         let req = head(path, "Expect: 100-continue\r\nContent-Length: 5000000\r\n");
         let (text, closed) = exchange(&srv, req.as_bytes()).await;
         assert!(text.starts_with("http/1.1 413"), "{path}: {text}");
         assert!(!text.contains("100 continue"), "{path}: {text}");
+        assert!(closed, "{path}: {text}");
+        // Declared over the limit and never sent: let go when the time is up.
+        let req = head(path, "Content-Length: 5000000\r\n");
+        let (text, closed) = exchange(&srv, req.as_bytes()).await;
+        assert!(text.starts_with("http/1.1 408"), "{path}: {text}");
         assert!(closed, "{path}: {text}");
         // A body that stops arriving.
         let req = head(path, "Content-Length: 100\r\n") + "{\"na";
@@ -1083,5 +1088,25 @@ async fn an_extractor_refusal_is_a_json_error() {
             body["error"]["message"].as_str().unwrap().contains("UTF-8"),
             "{path}: {body}"
         );
+    }
+}
+
+/// A publication refused for its payload (the body was read) closes the connection too, on
+/// the publisher's direct path as on the routed one: every 413 closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_413_closes_the_connection() {
+    let srv = TestServer::start_with(|c| c.limits.max_payload_bytes = 1024).await;
+    let body = format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(2000));
+    for path in ["/api/v1/publish", "/api/v1/publish?routed=1"] {
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (text, closed) = exchange(&srv, req.as_bytes()).await;
+        assert!(text.starts_with("http/1.1 413"), "{path}: {text}");
+        assert!(text.contains("payload_too_large"), "{path}: {text}");
+        assert!(text.contains("connection: close\r\n"), "{path}: {text}");
+        assert!(closed, "{path}: {text}");
     }
 }

@@ -937,7 +937,9 @@ impl Registry {
                 (frames, None)
             }
             Replay::After { epoch, offset } => {
-                let missed = (epoch == &*st.epoch)
+                // A position ahead of the channel is none this sequence reached: the client
+                // cannot know what it missed (it answered `recovered: true` and skipped).
+                let missed = (epoch == &*st.epoch && offset <= st.offset)
                     .then(|| st.history.after(offset, st.offset))
                     .flatten();
                 let frames = missed

@@ -1,8 +1,9 @@
-//! Request bodies on the routed (hyper) path, bounded before any handler sees them: a
-//! declared `Content-Length` over `limits.max_http_body_bytes` is refused at once (before
-//! hyper would answer `Expect: 100-continue`), and the whole body must arrive within the
-//! handshake timeout, as `super::direct` asks of the publish path. hyper sets neither bound
-//! itself, so a client that declared a body and sent part of it held its connection for good.
+//! Request bodies on the routed (hyper) path, bounded before any handler sees them: read up
+//! to `limits.max_http_body_bytes` (with `Expect: 100-continue`, a declared length over it is
+//! refused before hyper would answer `100 Continue`), and the whole body must arrive within
+//! the handshake timeout, as `super::direct` asks of the publish path. hyper sets no time
+//! bound itself, so a client that declared a body and sent part of it held its connection
+//! for good.
 //!
 //! Answers: 413 `message_too_large` (declared or sent over the limit), 408 `request_timeout`
 //! (the body stopped arriving), 400 `bad_request` (broken chunked framing); every one closes
@@ -34,7 +35,14 @@ pub async fn bounded(State(state): State<Arc<AppState>>, req: Request, next: Nex
     if !chunked && declared.unwrap_or(0) == 0 {
         return next.run(req).await;
     }
-    if declared.is_some_and(|len| len > max as u64) {
+    // A client that asked to go ahead (`Expect: 100-continue`) has not sent the body: refuse
+    // at once. Any other is read up to the limit first: answering and closing while it is
+    // still sending would reset the connection under it, and it would see an error, not the
+    // 413.
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue && declared.is_some_and(|len| len > max as u64) {
         return refused(ErrorCode::MessageTooLarge, too_large(max));
     }
     let limit = Duration::from_secs(state.config.websocket.handshake_timeout_secs);

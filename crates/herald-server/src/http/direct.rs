@@ -142,11 +142,13 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
         };
         drop((request, body));
         out.clear();
-        response(&mut out, answer.0, &answer.1, head.close);
+        // Every 413 closes, as on the routed path (`super::close_after_413`): one rule.
+        let close = head.close || answer.0 == 413;
+        response(&mut out, answer.0, &answer.1, close);
         if io.write_all(&out).await.is_err() {
             return After::Closed;
         }
-        if head.close || *shutdown.borrow() {
+        if close || *shutdown.borrow() {
             let _ = io.shutdown().await;
             return After::Closed;
         }

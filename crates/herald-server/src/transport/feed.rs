@@ -137,28 +137,45 @@ pub fn allow_origin(request: &HeaderMap, response: &mut HeaderMap) {
     }
 }
 
-/// A long-poll's client, which leaves the hub when this is dropped: once the poll has its
-/// answer, or when the request's future is dropped because its reader went away (code after
-/// an `.await` in the handler then never runs).
-pub struct Polling {
+/// An admitted client of an HTTP transport, which leaves the hub when this is dropped: once
+/// a long-poll has its answer, or when the request's future is dropped because its reader
+/// went away (code after an `.await` in the handler then never runs) at any point between
+/// admission and the response. A stream hands its client on with [`Leaving::keep`] (its
+/// [`Feed`] then disconnects it).
+pub struct Leaving {
     state: Arc<AppState>,
-    client: Arc<ClientHandle>,
+    client: Option<Arc<ClientHandle>>,
 }
 
-impl Polling {
+impl Leaving {
     pub fn new(state: &Arc<AppState>, client: &Arc<ClientHandle>) -> Self {
-        Polling {
+        Leaving {
             state: state.clone(),
-            client: client.clone(),
+            client: Some(client.clone()),
         }
+    }
+
+    pub fn client(&self) -> &Arc<ClientHandle> {
+        self.client
+            .as_ref()
+            .expect("a Leaving holds its client until kept")
+    }
+
+    /// The client, which from now on someone else disconnects.
+    pub fn keep(mut self) -> Arc<ClientHandle> {
+        self.client
+            .take()
+            .expect("a Leaving holds its client until kept")
     }
 }
 
-impl Drop for Polling {
+impl Drop for Leaving {
     fn drop(&mut self) {
-        self.state
-            .hub
-            .disconnect(&self.client, DisconnectReason::ClosedByClient);
+        if let Some(client) = self.client.take() {
+            self.state
+                .hub
+                .disconnect(&client, DisconnectReason::ClosedByClient);
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`feed`]: one long response (Server-Sent Events, or lines as the dialect wrote them),
 //!   fed from the client's outbox until the client or the reader goes.
 //! - [`feed::wait`]: one long-poll: the records that arrive within a time, for the dialect to
-//!   answer with; its client leaves the hub when the [`feed::Polling`] guard goes, even if the
+//!   answer with; its client leaves the hub when the [`feed::Leaving`] guard goes, even if the
 //!   request is dropped midway.
 //! - [`direct`]: a connection that opens with a streaming request is served on the socket
 //!   itself, without hyper's buffers.
@@ -16,5 +16,5 @@ pub mod feed;
 pub mod subscribe;
 pub mod ws;
 
-pub use feed::{Cutoff, Framing, Polling, Stream, allow_origin, respond, wait};
+pub use feed::{Cutoff, Framing, Leaving, Stream, allow_origin, respond, wait};
 pub use subscribe::{channel_list, subscribe};

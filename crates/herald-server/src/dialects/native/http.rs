@@ -17,7 +17,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::client::{Disconnect, DisconnectReason};
+use herald_core::client::Disconnect;
 use herald_core::history::Replay;
 use herald_core::{Actor, ChannelName, ClientHandle, HeraldError};
 use herald_protocol::native::{self, NATIVE_LINES};
@@ -82,7 +82,7 @@ pub async fn poll(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
-    let polling = transport::Polling::new(&state, &client);
+    let leaving = transport::Leaving::new(&state, &client);
     let answer = async {
         admission::apply_identity(&state, &client, &identity)?;
         let subscribed = subscribe(&state, &client, &wanted).await?;
@@ -107,7 +107,7 @@ pub async fn poll(
         }))
     };
     let answer = Box::pin(answer).await;
-    drop(polling);
+    drop(leaving);
     match answer {
         Ok(body) => {
             let mut resp = axum::Json(body).into_response();
@@ -206,6 +206,9 @@ async fn open(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
+    // The client leaves the hub however the request ends before its stream is open, also
+    // while the subscription below waits (on the broker, in a cluster).
+    let leaving = transport::Leaving::new(&state, &client);
     let cutoff = req
         .extensions()
         .get::<Cutoff>()
@@ -230,14 +233,13 @@ async fn open(
                 .push_or_close(&client, native::line(&result));
         }
         Err(e) => {
-            state
-                .hub
-                .disconnect(&client, DisconnectReason::ClosedByClient);
+            drop(leaving);
             return ApiError(e).into_response();
         }
     }
+    drop(client);
     let stream = transport::Stream {
-        client,
+        client: leaving.keep(),
         seat,
         framing,
         content_type: match framing {

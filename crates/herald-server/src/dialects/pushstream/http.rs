@@ -26,9 +26,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use herald_core::client::{Disconnect, DisconnectReason};
+use herald_core::client::Disconnect;
 use herald_core::history::Replay;
-use herald_core::{ChannelName, ClientHandle, HeraldError};
+use herald_core::{ChannelName, HeraldError};
 use herald_protocol::pushstream::{
     self, IFRAME_FOOTER, IFRAME_HEADER, PUSHSTREAM_IFRAME, PUSHSTREAM_LINES, PushStreamHttp,
 };
@@ -132,7 +132,8 @@ struct Wanted {
 
 /// A client admitted and subscribed.
 struct Opened {
-    client: Arc<ClientHandle>,
+    /// The client, leaving the hub if the request goes before it is kept.
+    client: transport::Leaving,
     admitted_seat: admission::Seat,
     /// The outcome of each exact resume.
     recovered: Vec<(ChannelName, herald_core::history::Recovered)>,
@@ -163,6 +164,9 @@ async fn open(
         format,
     )
     .await?;
+    // From here the client leaves the hub however the request ends, also while the
+    // subscription below waits (on the broker, in a cluster).
+    let leaving = transport::Leaving::new(state, &client);
     if let Some(first) = first {
         state.hub.registry().push_or_close(&client, first);
     }
@@ -180,14 +184,12 @@ async fn open(
     };
     match done {
         Ok(done) => Ok(Opened {
-            client,
+            client: leaving,
             admitted_seat: seat,
             recovered: done.recovered,
         }),
         Err(e) => {
-            state
-                .hub
-                .disconnect(&client, DisconnectReason::ClosedByClient);
+            drop(leaving);
             let status =
                 StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::FORBIDDEN);
             Err(refuse(status, e.code, &e.message))
@@ -266,7 +268,7 @@ async fn streaming(
         Err(refusal) => return refusal,
     };
     let stream = transport::Stream {
-        client,
+        client: client.keep(),
         seat: admitted_seat,
         framing,
         content_type,
@@ -349,12 +351,14 @@ pub async fn longpolling(
     )
     .await;
     let Opened {
-        client, recovered, ..
+        client: leaving,
+        recovered,
+        admitted_seat: _seat,
     } = match opened {
         Ok(o) => o,
         Err(refusal) => return refusal,
     };
-    let polling = transport::Polling::new(&state, &client);
+    let client = leaving.client().clone();
     // A position that could not be recovered from (history no longer holds what follows
     // it) moves to where the channel is now.
     for (name, r) in recovered {
@@ -371,7 +375,7 @@ pub async fn longpolling(
         }
     }
     let batch = transport::wait(&client, wait).await;
-    drop(polling);
+    drop(leaving);
     let mut published = Vec::new();
     let mut notices = Vec::new();
     for record in records::parse(&batch) {
