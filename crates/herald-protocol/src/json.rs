@@ -170,6 +170,19 @@ pub enum UniqueError {
     Repeated(String),
 }
 
+/// Publication data as text, for the dialects whose messages are text: a JSON string's
+/// content, else the JSON itself. A string no UTF-8 text can hold (a lone surrogate escape,
+/// `"\ud800"`: valid JSON, no valid Unicode) is passed on as the JSON it was sent as, so
+/// nothing is lost.
+pub fn data_text(data: &[u8]) -> Cow<'_, str> {
+    if data.first() == Some(&b'"')
+        && let Ok(s) = serde_json::from_slice::<String>(data)
+    {
+        return s.into();
+    }
+    String::from_utf8_lossy(data)
+}
+
 /// The key of serde's own "duplicate field" refusal, for bodies read straight into a struct
 /// (serde refuses a repeated field of a struct itself; this gives it the common message).
 pub fn repeated_in(e: &serde_json::Error) -> Option<String> {
@@ -196,6 +209,16 @@ pub fn repeated_message(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_as_text_decodes_strings_and_keeps_other_json() {
+        assert_eq!(data_text(br#""a\nb\u00e9""#), "a\nb\u{e9}");
+        assert_eq!(data_text(br#""\ud83d\ude00""#), "\u{1F600}");
+        assert_eq!(data_text(br#"{"a":1}"#), r#"{"a":1}"#);
+        assert_eq!(data_text(b"42"), "42");
+        // No UTF-8 text holds a lone surrogate: the JSON as sent, nothing lost.
+        assert_eq!(data_text(br#""x\ud800y""#), r#""x\ud800y""#);
+    }
 
     #[test]
     fn strings_with_and_without_escapes() {

@@ -47,12 +47,7 @@ pub fn channels_from_path(list: &str) -> Result<Vec<(ChannelName, usize)>, Heral
 
 /// Publication text from Herald JSON data: a JSON string's content, else the JSON itself.
 pub fn data_to_text(data: &[u8]) -> String {
-    if data.first() == Some(&b'"')
-        && let Ok(s) = serde_json::from_slice::<String>(data)
-    {
-        return s;
-    }
-    String::from_utf8_lossy(data).into_owned()
+    crate::json::data_text(data).into_owned()
 }
 
 /// Published text as Herald JSON data (a JSON string).

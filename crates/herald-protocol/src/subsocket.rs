@@ -106,12 +106,7 @@ pub fn text_to_data(text: &str) -> Bytes {
 
 /// Herald JSON data as SubSocket text: a JSON string's content, else the JSON itself.
 fn data_to_text(data: &[u8]) -> std::borrow::Cow<'_, str> {
-    if data.first() == Some(&b'"')
-        && let Ok(s) = serde_json::from_slice::<String>(data)
-    {
-        return s.into();
-    }
-    String::from_utf8_lossy(data)
+    crate::json::data_text(data)
 }
 
 fn text_frame(f: impl FnOnce(&mut Vec<u8>)) -> Bytes {

@@ -165,12 +165,7 @@ fn uuid_like(s: &str) -> Option<ClientId> {
 
 /// Herald JSON data as a push message string: a JSON string's content, else the JSON.
 fn data_to_text(data: &[u8]) -> String {
-    if data.first() == Some(&b'"')
-        && let Ok(s) = serde_json::from_slice::<String>(data)
-    {
-        return s;
-    }
-    String::from_utf8_lossy(data).into_owned()
+    crate::json::data_text(data).into_owned()
 }
 
 /// A push message as Herald JSON data.
