@@ -53,6 +53,8 @@ pub enum Unparsed<'a> {
     Ignored,
     Unknown(&'a str),
     MissingArgument(&'static str),
+    /// An argument is there but not what the command takes: the message says what is.
+    BadArgument(&'static str),
 }
 
 /// Splits a frame at its first space into a command and its argument, as the original did.
@@ -76,11 +78,11 @@ pub fn parse(frame: &str) -> Result<Command<'_>, Unparsed<'_>> {
             let (id, seconds) = match args.split_once(' ') {
                 Some((id, s)) => (
                     id,
-                    Some(
-                        s.trim()
-                            .parse()
-                            .map_err(|_| Unparsed::MissingArgument("seconds as a whole number"))?,
-                    ),
+                    Some(s.trim().parse().map_err(|_| {
+                        Unparsed::BadArgument(
+                            "seconds must be a whole number from 0 to 18446744073709551615",
+                        )
+                    })?),
                 ),
                 None => (args, None),
             };
@@ -221,6 +223,14 @@ mod tests {
             })
         );
         assert_eq!(parse("sub"), Err(Unparsed::MissingArgument("channel")));
+        assert!(matches!(
+            parse("ban 1bfacd57-3bd7-4ac4-bb61-1f67ca21c641 99999999999999999999"),
+            Err(Unparsed::BadArgument(_))
+        ));
+        assert!(matches!(
+            parse("ban 1bfacd57-3bd7-4ac4-bb61-1f67ca21c641 soon"),
+            Err(Unparsed::BadArgument(_))
+        ));
         assert_eq!(parse("dance now"), Err(Unparsed::Unknown("dance")));
     }
 

@@ -111,6 +111,9 @@ impl Session<'_> {
                     format!("missing {what}"),
                 ));
             }
+            Err(Unparsed::BadArgument(what)) => {
+                return Err(HeraldError::new(ErrorCode::BadRequest, what));
+            }
         };
         match command {
             Command::Sub(name) => {
