@@ -270,7 +270,6 @@ async fn wrong_handshake_credential_is_refused() {
 /// authenticate); another scheme is passed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_or_doubled_handshake_credential_is_refused() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = TestServer::start().await;
     let refused = [
         ("", "Authorization: Bearer\r\n"),
@@ -285,17 +284,10 @@ async fn a_malformed_or_doubled_handshake_credential_is_refused() {
         let status = RawPeer::handshake_status(srv.addr(), &format!("/ws?{query}"), header).await;
         assert!(status.contains("401"), "/ws {header:?}: {status}");
         for path in ["/sse", "/stream", "/poll"] {
-            let mut s = tokio::net::TcpStream::connect(srv.addr()).await.unwrap();
             let req = format!(
                 "GET {path}?channels=a&timeout=0&{query} HTTP/1.0\r\nHost: x\r\n{header}\r\n"
             );
-            s.write_all(req.as_bytes()).await.unwrap();
-            let mut head = [0u8; 12];
-            tokio::time::timeout(WAIT, s.read_exact(&mut head))
-                .await
-                .unwrap()
-                .unwrap();
-            let head = String::from_utf8_lossy(&head).to_string();
+            let head = common::raw_http::status_of(&srv, &req).await;
             assert!(head.ends_with("401"), "{path} {header:?}: {head}");
         }
     }

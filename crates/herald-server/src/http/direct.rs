@@ -118,12 +118,16 @@ pub async fn serve<I: AsyncRead + AsyncWrite + Unpin>(
             let want = total - buf.len();
             if !read_more(&mut io, &mut buf, want, deadline, shutdown).await {
                 if tokio::time::Instant::now() >= deadline {
-                    let body = format!(
-                        r#"{{"error":{{"code":"request_timeout","message":"the request body did not arrive within {} s"}}}}"#,
-                        timeout.as_secs()
+                    let late = herald_core::HeraldError::new(
+                        herald_core::ErrorCode::RequestTimeout,
+                        format!(
+                            "the request body did not arrive within {} s",
+                            timeout.as_secs()
+                        ),
                     );
+                    let (status, body) = json::<()>(Err(ApiError(late)));
                     out.clear();
-                    response(&mut out, 408, body.as_bytes(), true);
+                    response(&mut out, status, &body, true);
                     let _ = io.write_all(&out).await;
                     let _ = io.shutdown().await;
                 }

@@ -7,6 +7,19 @@ use tokio::net::TcpStream;
 
 use super::{TestServer, WAIT};
 
+/// Sends `request` as it is on a fresh connection and returns the start of the answer's
+/// status line, `HTTP/1.x NNN` (12 bytes).
+pub async fn status_of(srv: &TestServer, request: &str) -> String {
+    let mut s = TcpStream::connect(srv.addr()).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("an answer within the deadline")
+        .expect("a status line");
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// An HTTP/1.0 GET (so the body is the raw stream, ended by the server closing).
 pub async fn get(srv: &TestServer, path: &str, headers: &str) -> TcpStream {
     let mut s = TcpStream::connect(srv.addr()).await.unwrap();
