@@ -405,12 +405,16 @@ async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     // Lets a streaming response end this connection when its reader stopped reading.
     let cutoff = crate::transport::Cutoff::default();
     let cut = cutoff.clone();
+    // Lets an answer that left a request body unread drain it before the close.
+    let linger = crate::transport::Linger::default();
+    let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
+    let io = crate::transport::Lingering::new(io, linger.clone(), timeout);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
         req.extensions_mut().insert(cut.clone());
+        req.extensions_mut().insert(linger.clone());
         router.clone().oneshot(req)
     });
-    let timeout = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)

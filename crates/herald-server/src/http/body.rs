@@ -7,7 +7,9 @@
 //!
 //! Answers: 413 `message_too_large` (declared or sent over the limit), 408 `request_timeout`
 //! (the body stopped arriving), 400 `bad_request` (broken chunked framing); every one closes
-//! the connection, as the rest of the body is unread. Requests without a body pass untouched.
+//! the connection, as the rest of the body is unread. A 413's connection closes lingering
+//! (`crate::transport::Linger`): a client still sending gets the answer, not a reset. Requests without a
+//! body pass untouched.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use herald_core::{ErrorCode, HeraldError};
 
 use super::ApiError;
 use crate::state::AppState;
+use crate::transport::Linger;
 
 /// Reads the body of a request that has one, within the size and time limits, then hands the
 /// request on with its body in memory (the handlers buffer it anyway).
@@ -42,7 +45,15 @@ pub async fn bounded(State(state): State<Arc<AppState>>, req: Request, next: Nex
     let expects_continue = headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // A client that sends the body anyway (curl does after a second without an answer) is
+    // drained like any other.
+    let linger = req
+        .extensions()
+        .get::<Linger>()
+        .cloned()
+        .unwrap_or_default();
     if expects_continue && declared.is_some_and(|len| len > max as u64) {
+        linger.request();
         return refused(ErrorCode::MessageTooLarge, too_large(max));
     }
     let limit = Duration::from_secs(state.config.websocket.handshake_timeout_secs);
@@ -52,7 +63,10 @@ pub async fn bounded(State(state): State<Arc<AppState>>, req: Request, next: Nex
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(Err(e)) if is_over_limit(&e) => refused(ErrorCode::MessageTooLarge, too_large(max)),
+        Ok(Err(e)) if is_over_limit(&e) => {
+            linger.request();
+            refused(ErrorCode::MessageTooLarge, too_large(max))
+        }
         Ok(Err(e)) => refused(
             ErrorCode::BadRequest,
             format!("malformed request body: {e}"),

@@ -2,7 +2,9 @@
 //! document, the admin console (`crate::console`), around the dialects' routes; and what every dialect's own listener has
 //! (`/healthz`, the JSON 404). A publisher's keep-alive connection is served by [`direct`]
 //! (the same handlers, without hyper) until it sends another kind of request. Request bodies
-//! on the routed path are bounded in size and time by [`body`] before any handler runs.
+//! on the routed path are bounded in size and time by [`body`] before any handler runs; one
+//! refused for its size leaves its connection by a lingering close
+//! ([`crate::transport::Linger`]).
 
 mod auth;
 mod body;

@@ -10,11 +10,15 @@
 //!   request is dropped midway.
 //! - [`direct`]: a connection that opens with a streaming request is served on the socket
 //!   itself, without hyper's buffers.
+//! - [`linger`]: a connection hyper serves, closed after draining what the client still
+//!   sends when an answer left its request body unread.
 
 pub mod direct;
 pub mod feed;
+pub mod linger;
 pub mod subscribe;
 pub mod ws;
 
 pub use feed::{Cutoff, Framing, Leaving, Stream, allow_origin, respond, wait};
+pub use linger::{Linger, Lingering};
 pub use subscribe::{channel_list, subscribe};

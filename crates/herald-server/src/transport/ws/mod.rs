@@ -26,6 +26,7 @@ use crate::admission::{self, Admission};
 use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::transport::Lingering;
 use crate::transport::direct::Prefixed;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -64,9 +65,9 @@ async fn run_tls<D: Dialect>(
     seat: admission::Seat,
 ) {
     let remote = admission.info.remote;
-    match upgraded.downcast::<TokioIo<Prefixed<TlsStream<TcpStream>>>>() {
+    match upgraded.downcast::<TokioIo<Lingering<Prefixed<TlsStream<TcpStream>>>>>() {
         Ok(parts) => {
-            let (io, unread) = parts.io.into_inner().into_parts();
+            let (io, unread) = parts.io.into_inner().into_inner().into_parts();
             let (tcp, tls) = io.into_inner();
             match transport::TlsTransport::new(tcp, tls) {
                 Ok(stream) => {
@@ -193,9 +194,9 @@ pub fn upgrade_admitted<D: Dialect>(
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(%remote, error = %e, "WebSocket upgrade failed"),
         };
-        match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+        match upgraded.downcast::<TokioIo<Lingering<Prefixed<TcpStream>>>>() {
             Ok(parts) => {
-                let (stream, unread) = parts.io.into_inner().into_parts();
+                let (stream, unread) = parts.io.into_inner().into_inner().into_parts();
                 let leftover = leftover(parts.read_buf, unread);
                 connection::run(dialect, state, stream, leftover, *admission, None, seat).await
             }
