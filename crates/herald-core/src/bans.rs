@@ -14,13 +14,12 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorCode, HeraldError};
+use crate::ids::MAX_USER_LEN;
 
 /// Most bans of all kinds kept at once.
 pub const MAX_BANS: usize = 100_000;
 /// Most CIDR range bans (each handshake scans them).
 pub const MAX_RANGE_BANS: usize = 10_000;
-/// Longest user id a ban may name.
-pub const MAX_USER_LEN: usize = 256;
 
 /// What a ban applies to. Serialized as one field: `{"ip": ...}`, `{"cidr": ...}` or
 /// `{"user": ...}`.

@@ -1,4 +1,5 @@
-//! Client ids: random (v4) UUIDs, printed in the usual hyphenated form.
+//! Client ids: random (v4) UUIDs, printed in the usual hyphenated form. And what a user id
+//! may be ([`check_user_id`]), whoever vouches for it (a JWT, the auth hook).
 
 use std::fmt;
 use std::str::FromStr;
@@ -62,6 +63,45 @@ impl serde::Serialize for ClientId {
     }
 }
 
+/// Longest user id, in bytes.
+pub const MAX_USER_LEN: usize = 256;
+
+/// Whether `c` is a control character, or an invisible one that reorders or hides text
+/// (bidirectional overrides and isolates, line and paragraph separators, zero-width space,
+/// word joiner, byte-order mark). None may be in a user id, and log lines escape them: a
+/// value that holds them could start a forged line, move the terminal, or pass for another.
+/// (Zero-width joiners stay: emoji and some scripts need them.)
+pub fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200B}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
+/// A user id as a credential may give it: 1 to [`MAX_USER_LEN`] bytes, no character that
+/// [`hides_text`]. The error says which rule failed.
+pub fn check_user_id(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > MAX_USER_LEN {
+        return Err(format!("a user id is 1 to {MAX_USER_LEN} bytes"));
+    }
+    if let Some(c) = user.chars().find(|c| hides_text(*c)) {
+        return Err(format!(
+            "a user id may not hold control or invisible characters ({})",
+            c.escape_unicode()
+        ));
+    }
+    Ok(())
+}
+
 /// Cuts user input for inclusion in an error message, on a char boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -77,6 +117,32 @@ pub fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_refuse_what_hides_text() {
+        for ok in [
+            "alice",
+            "42",
+            "Zoë",
+            "👩\u{200D}💻",
+            &"a".repeat(MAX_USER_LEN),
+        ] {
+            assert_eq!(check_user_id(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "bob\r\nWARN forged",
+            "\u{1b}[31mred",
+            "nul\0",
+            "admin\u{202E}",
+            "ad\u{200B}min",
+            "\u{FEFF}alice",
+            "a\u{2028}b",
+            &"a".repeat(MAX_USER_LEN + 1),
+        ] {
+            assert!(check_user_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {

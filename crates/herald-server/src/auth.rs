@@ -63,7 +63,8 @@ fn query_token(query: Option<&str>) -> Option<String> {
 
 /// [`handshake_credential`], strict, for when Herald judges the credential itself: a
 /// `Bearer` header that carries no usable credential (empty, not visible ASCII), or a
-/// `Bearer` header and a `?token=` naming two different credentials, is refused rather than
+/// `Bearer` header and a `?token=` naming two different credentials (or two headers, or two
+/// `token` parameters), is refused rather than
 /// taken for no credential (a client that meant to authenticate learns it did not). Another
 /// scheme is not Herald's and is passed over (a browser sends `Basic` on its own to a site
 /// behind HTTP Basic authentication).
@@ -71,6 +72,24 @@ pub fn handshake_credential_strict(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Option<String>, HeraldError> {
+    // Two of either is refused too: a proxy in front may take the other one.
+    if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(HeraldError::new(
+            ErrorCode::Unauthorized,
+            "more than one Authorization header",
+        ));
+    }
+    let tokens = query.map_or(0, |q| {
+        form_urlencoded::parse(q.as_bytes())
+            .filter(|(k, _)| k == "token")
+            .count()
+    });
+    if tokens > 1 {
+        return Err(HeraldError::new(
+            ErrorCode::Unauthorized,
+            "more than one token parameter",
+        ));
+    }
     let from_query = query_token(query);
     let Some(header) = headers.get(AUTHORIZATION) else {
         return Ok(from_query);

@@ -31,10 +31,14 @@ pub use crate::config::AuthHookConfig;
 
 /// Most connect answers kept in the cache.
 pub const CACHE_CAPACITY: usize = 10_000;
+/// Most channel names the cached answers hold in all (each answer names at most
+/// [`MAX_ANSWER_CHANNELS`]): with [`CACHE_CAPACITY`] answers of 100 long names, the cache
+/// would hold a quarter of a gigabyte.
+pub const CACHE_CHANNELS: usize = 100_000;
+/// Most channels a connect answer may name, as for a JWT connection token.
+pub const MAX_ANSWER_CHANNELS: usize = crate::jwt::MAX_TOKEN_CHANNELS;
 /// Largest answer body read from the backend.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// Longest user id accepted from the backend.
-const MAX_USER_LEN: usize = 256;
 
 /// What Herald asks the backend about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +68,9 @@ pub struct Handshake<'a> {
 /// The backend's answer body (every field optional).
 #[derive(Debug, Default, Deserialize)]
 struct Answer {
-    allow: Option<bool>,
+    /// `None`: not given (allows); `Some(None)`: `null`, which says neither (unusable).
+    #[serde(default, deserialize_with = "present")]
+    allow: Option<Option<bool>>,
     user: Option<String>,
     #[serde(default)]
     admin: bool,
@@ -73,8 +79,70 @@ struct Answer {
     reason: Option<String>,
 }
 
+/// A field that is there, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<bool>>, D::Error> {
+    Option::<bool>::deserialize(d).map(Some)
+}
+
 /// A connect answer and when it was got.
 type Cached = (Instant, Result<Identity, HeraldError>);
+
+/// The connect cache, bounded in answers and in the channel names they hold.
+#[derive(Default)]
+struct Cache {
+    answers: HashMap<[u8; 32], Cached>,
+    /// Channel names in `answers`, in all.
+    channels: usize,
+}
+
+/// What an answer weighs in [`Cache::channels`].
+fn weight((_, outcome): &Cached) -> usize {
+    outcome
+        .as_ref()
+        .map_or(0, |identity| identity.channels.len())
+}
+
+impl Cache {
+    fn full(&self, adding: usize) -> bool {
+        self.answers.len() >= CACHE_CAPACITY || self.channels + adding > CACHE_CHANNELS
+    }
+
+    fn insert(&mut self, key: [u8; 32], answer: Cached, ttl: Duration) {
+        let adding = weight(&answer);
+        if let Some(old) = self.answers.remove(&key) {
+            self.channels -= weight(&old);
+        }
+        if self.full(adding) {
+            let mut kept = 0;
+            self.answers.retain(|_, cached| {
+                let fresh = cached.0.elapsed() < ttl;
+                kept += if fresh { weight(cached) } else { 0 };
+                fresh
+            });
+            self.channels = kept;
+        }
+        if self.full(adding) {
+            // Still full of fresh answers: drop an arbitrary tenth, or more until there is
+            // room for this one's channels.
+            let mut victims = Vec::new();
+            let mut freed = 0;
+            for (key, cached) in &self.answers {
+                let room = self.channels - freed + adding <= CACHE_CHANNELS;
+                if victims.len() >= CACHE_CAPACITY / 10 && room {
+                    break;
+                }
+                victims.push(*key);
+                freed += weight(cached);
+            }
+            for key in victims {
+                self.answers.remove(&key);
+            }
+            self.channels -= freed;
+        }
+        self.channels += adding;
+        self.answers.insert(key, answer);
+    }
+}
 
 /// The hook's HTTP client, its configuration and its connect cache. Always present in
 /// [`crate::state::AppState`]; [`AuthHook::enabled`] says whether `[auth_hook]` is on.
@@ -82,7 +150,7 @@ pub struct AuthHook {
     config: AuthHookConfig,
     headers: Vec<HeaderName>,
     client: Client<HttpConnector, Full<Bytes>>,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    cache: Mutex<Cache>,
     /// Where each answer's time goes (`herald_auth_hook_seconds`).
     timer: metrics::Histogram,
 }
@@ -99,7 +167,7 @@ impl AuthHook {
                 .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
                 .collect(),
             client: Client::builder(TokioExecutor::new()).build_http(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
         }
     }
 
@@ -286,10 +354,13 @@ impl AuthHook {
                         "answered {s} with a body that is not the expected JSON object ({e})"
                     ))
                 })?;
-                if answer.allow == Some(false) {
-                    return Err(refused(ErrorCode::Forbidden, answer.reason));
+                match answer.allow {
+                    Some(Some(false)) => Err(refused(ErrorCode::Forbidden, answer.reason)),
+                    Some(None) => Err(unavailable(format!(
+                        "answered {s} with \"allow\": null (true or false, or leave it out to allow)"
+                    ))),
+                    _ => Ok(answer),
                 }
-                Ok(answer)
             }
             s => Err(unavailable(format!("answered {s}"))),
         }
@@ -298,29 +369,20 @@ impl AuthHook {
     fn cached(&self, key: &[u8; 32]) -> Option<Result<Identity, HeraldError>> {
         let ttl = Duration::from_secs(self.config.cache_secs);
         let cache = self.cache.lock();
-        let (at, outcome) = cache.get(key)?;
+        let (at, outcome) = cache.answers.get(key)?;
         (at.elapsed() < ttl).then(|| outcome.clone())
     }
 
     fn remember(&self, key: [u8; 32], outcome: Result<Identity, HeraldError>) {
         let ttl = Duration::from_secs(self.config.cache_secs);
-        let mut cache = self.cache.lock();
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        if cache.len() >= CACHE_CAPACITY {
-            // Still full of fresh entries: drop an arbitrary tenth.
-            let victims: Vec<_> = cache.keys().take(CACHE_CAPACITY / 10).copied().collect();
-            for k in victims {
-                cache.remove(&k);
-            }
-        }
-        cache.insert(key, (Instant::now(), outcome));
+        self.cache
+            .lock()
+            .insert(key, (Instant::now(), outcome), ttl);
     }
 
     /// Entries in the connect cache (for tests).
     pub fn cached_entries(&self) -> usize {
-        self.cache.lock().len()
+        self.cache.lock().answers.len()
     }
 }
 
@@ -348,14 +410,17 @@ fn identity(answer: Answer) -> Result<Identity, HeraldError> {
         )
     };
     let user = match answer.user.filter(|u| !u.is_empty()) {
-        Some(u) if u.len() > MAX_USER_LEN || u.chars().any(char::is_control) => {
-            return Err(bad(format!(
-                "\"user\" must be at most {MAX_USER_LEN} bytes without control characters"
-            )));
-        }
-        Some(u) => Some(Arc::from(u.as_str())),
+        Some(u) => match herald_core::ids::check_user_id(&u) {
+            Ok(()) => Some(Arc::from(u.as_str())),
+            Err(why) => return Err(bad(format!("\"user\": {why}"))),
+        },
         None => None,
     };
+    if answer.channels.len() > MAX_ANSWER_CHANNELS {
+        return Err(bad(format!(
+            "\"channels\" names more than {MAX_ANSWER_CHANNELS}"
+        )));
+    }
     let channels = answer
         .channels
         .iter()
@@ -375,5 +440,66 @@ struct Timed<'a>(&'a metrics::Histogram, std::time::Instant);
 impl Drop for Timed<'_> {
     fn drop(&mut self) {
         self.0.record(self.1.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(channels: usize) -> Cached {
+        let channels = (0..channels)
+            .map(|i| ChannelName::parse(&format!("c{i}")).unwrap())
+            .collect();
+        let identity = Identity {
+            channels,
+            ..Identity::default()
+        };
+        (Instant::now(), Ok(identity))
+    }
+
+    fn key(i: usize) -> [u8; 32] {
+        let mut key = [0; 32];
+        key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        key
+    }
+
+    /// Answers that name many channels fill the cache by their channels, not their count:
+    /// the total stays within [`CACHE_CHANNELS`], and the count it keeps is right.
+    #[test]
+    fn the_cache_is_bounded_by_the_channels_it_holds() {
+        let ttl = Duration::from_secs(600);
+        let mut cache = Cache::default();
+        for i in 0..3_000 {
+            cache.insert(key(i), answer(MAX_ANSWER_CHANNELS), ttl);
+            assert!(cache.channels <= CACHE_CHANNELS, "{}", cache.channels);
+            let held: usize = cache.answers.values().map(weight).sum();
+            assert_eq!(held, cache.channels);
+        }
+        assert!(cache.answers.len() <= CACHE_CHANNELS / MAX_ANSWER_CHANNELS);
+        // Answers without channels are bounded by their count.
+        for i in 0..(CACHE_CAPACITY + 10) {
+            cache.insert(key(10_000 + i), answer(0), ttl);
+        }
+        assert!(cache.answers.len() <= CACHE_CAPACITY);
+        let held: usize = cache.answers.values().map(weight).sum();
+        assert_eq!(held, cache.channels);
+        // The same key again replaces, and its weight with it.
+        let before = cache.channels;
+        let kept = *cache.answers.keys().next().unwrap();
+        let old = weight(&cache.answers[&kept]);
+        cache.insert(kept, answer(7), ttl);
+        assert_eq!(cache.channels, before - old + 7);
+    }
+
+    /// `"allow": null` is told apart from no `allow` at all.
+    #[test]
+    fn allow_null_is_not_allow_missing() {
+        let missing: Answer = serde_json::from_str("{}").unwrap();
+        let null: Answer = serde_json::from_str(r#"{"allow":null}"#).unwrap();
+        let yes: Answer = serde_json::from_str(r#"{"allow":true}"#).unwrap();
+        assert_eq!(missing.allow, None);
+        assert_eq!(null.allow, Some(None));
+        assert_eq!(yes.allow, Some(Some(true)));
     }
 }

@@ -16,8 +16,6 @@ use crate::config::JwtConfig;
 
 pub use jsonwebtoken::Algorithm as JwtAlgorithm;
 
-/// Longest user id a token may carry.
-pub const MAX_USER_LEN: usize = 256;
 /// Most channels a connection token may list.
 pub const MAX_TOKEN_CHANNELS: usize = 100;
 /// Longest token accepted (bytes).
@@ -133,7 +131,6 @@ impl JwtVerifier {
 
     /// Verifies a token's signature, expiry (with leeway) and shape.
     pub fn verify(&self, token: &str) -> Result<Claims, HeraldError> {
-        let unauthorized = |m: String| HeraldError::new(ErrorCode::Unauthorized, m);
         if token.len() > MAX_TOKEN_LEN {
             return Err(unauthorized(format!(
                 "the token is longer than {MAX_TOKEN_LEN} bytes"
@@ -176,10 +173,8 @@ impl JwtVerifier {
             _ => unauthorized(format!("invalid token: {e}")),
         })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_LEN {
-            return Err(unauthorized(format!(
-                "the token's sub must be 1 to {MAX_USER_LEN} bytes"
-            )));
+        if let Err(why) = herald_core::ids::check_user_id(&claims.sub) {
+            return Err(unauthorized(format!("the token's sub: {why}")));
         }
         if claims.channels.len() > MAX_TOKEN_CHANNELS {
             return Err(unauthorized(format!(
@@ -190,13 +185,19 @@ impl JwtVerifier {
     }
 }
 
-/// The channels a connection token lists, validated.
+/// The channels a connection token lists, validated: a name that is not a channel name makes
+/// the token unusable (401, as any other bad claim).
 pub fn token_channels(claims: &Claims) -> Result<Vec<ChannelName>, HeraldError> {
     claims
         .channels
         .iter()
         .map(|c| ChannelName::parse(c))
-        .collect()
+        .collect::<Result<_, _>>()
+        .map_err(|e| unauthorized(format!("the token's channels: {}", e.message)))
+}
+
+fn unauthorized(message: String) -> HeraldError {
+    HeraldError::new(ErrorCode::Unauthorized, message)
 }
 
 /// Signs `claims`. `key` is an HMAC secret for HS*, or a PEM private key (PKCS#8 for EC)

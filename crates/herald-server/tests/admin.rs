@@ -265,7 +265,8 @@ async fn wrong_handshake_credential_is_refused() {
     admin.request_ok(json!({"op":"clients"})).await.unwrap();
 }
 
-/// A Bearer credential that is there but malformed, or two different credentials, is
+/// A Bearer credential that is there but malformed, or two different credentials (or two
+/// headers, or two `token` parameters), is
 /// refused on every streaming handshake, not taken for no credential (the client meant to
 /// authenticate); another scheme is passed over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,6 +280,12 @@ async fn a_malformed_or_doubled_handshake_credential_is_refused() {
             "token=garbage",
             &format!("Authorization: Bearer {ADMIN_KEY}\r\n"),
         ),
+        // Two of a kind: a proxy in front may take the other one.
+        (
+            "",
+            &format!("Authorization: Bearer {ADMIN_KEY}\r\nAuthorization: Bearer garbage\r\n"),
+        ),
+        (&format!("token={ADMIN_KEY}&token=garbage"), ""),
     ];
     for (query, header) in refused {
         let status = RawPeer::handshake_status(srv.addr(), &format!("/ws?{query}"), header).await;

@@ -29,7 +29,8 @@ type Log = Arc<Mutex<Vec<Asked>>>;
 /// The app backend. At connect it judges `Authorization: Bearer <who>` (or the `session`
 /// cookie): `alice` is admitted to `room-1`, `mallory` gets 403 with a reason, `suspended`
 /// gets 200 `allow: false`, `bob` is a user the test bans, `slow` never answers in time,
-/// `garbage` answers non-JSON, `broken` answers 500, nothing at all is 401. At subscribe
+/// `garbage` answers non-JSON, `broken` answers 500, `undecided` answers `allow: null`,
+/// `many` names 101 channels, `hidden` a user id with a bidi override, nothing at all is 401. At subscribe
 /// and publish it refuses channels starting with `secret` / `readonly` and stalls on `slow`.
 async fn start_backend() -> (SocketAddr, Log) {
     async fn auth(
@@ -89,6 +90,12 @@ async fn start_backend() -> (SocketAddr, Log) {
                 answer(StatusCode::OK, json!({}))
             }
             Some("garbage") => (StatusCode::OK, "<html>not json</html>".into()),
+            Some("undecided") => answer(StatusCode::OK, json!({"allow": null, "user": "u"})),
+            Some("many") => {
+                let channels: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+                answer(StatusCode::OK, json!({"user": "m", "channels": channels}))
+            }
+            Some("hidden") => answer(StatusCode::OK, json!({"user": "admin\u{202e}"})),
             Some("broken") => (StatusCode::INTERNAL_SERVER_ERROR, String::new()),
             Some(_) => answer(StatusCode::FORBIDDEN, json!({})),
             None => answer(StatusCode::UNAUTHORIZED, json!({"reason": "log in first"})),
@@ -326,6 +333,12 @@ async fn a_slow_broken_or_garbled_backend_refuses_with_auth_unavailable() {
         ("slow", "timed out after 200 ms"),
         ("garbage", "not the expected JSON"),
         ("broken", "answered 500"),
+        // Neither yes nor no: refused, not taken for a missing `allow` (which admits).
+        ("undecided", "\"allow\": null"),
+        // As many channels as a JWT may carry, no more (each answer may be cached).
+        ("many", "more than 100"),
+        // A user id must not hide text: it shows in listings and logs.
+        ("hidden", "invisible characters"),
     ] {
         let bearer = format!("Bearer {who}");
         let (status, body) = refused(&srv, "/ws", &[("authorization", &bearer)]).await;

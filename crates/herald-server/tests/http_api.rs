@@ -1134,6 +1134,33 @@ async fn an_extractor_refusal_is_a_json_error() {
     }
 }
 
+/// Two `Authorization` headers are refused (401), on the publisher's direct path as on the
+/// routed one: before, the first one counted and the second was ignored, and a proxy in
+/// front that reads the other one would have judged another credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused() {
+    let srv = TestServer::start().await;
+    for (method, path, body) in [
+        ("POST", "/api/v1/publish", r#"{"channel":"a","data":1}"#),
+        ("GET", "/api/v1/stats", ""),
+    ] {
+        for (first, second) in [(ADMIN_KEY, "garbage"), ("garbage", ADMIN_KEY)] {
+            let req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {first}\r\n\
+                 Authorization: Bearer {second}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let (text, _) = exchange(&srv, req.as_bytes()).await;
+            assert!(text.starts_with("http/1.1 401"), "{path}: {text}");
+            assert!(
+                text.contains("more than one authorization header"),
+                "{text}"
+            );
+        }
+    }
+}
+
 /// A publication refused for its payload (the body was read) closes the connection too, on
 /// the publisher's direct path as on the routed one: every 413 closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

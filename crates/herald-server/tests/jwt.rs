@@ -182,13 +182,21 @@ async fn expired_wrongly_signed_and_wrongly_scoped_tokens_are_refused() {
         ..Claims::default()
     };
     assert_eq!(refused(&srv, &hs256(&no_sub)).await.1, "unauthorized");
-    // A bad channel name in the token.
+    // A bad channel name in the token: the token is unusable, as for any bad claim.
     let mut bad_channel = claims("alice", 60);
     bad_channel.channels = vec!["no spaces".into()];
     assert_eq!(
-        refused(&srv, &hs256(&bad_channel)).await.1,
-        "invalid_channel"
+        refused(&srv, &hs256(&bad_channel)).await,
+        ("HTTP/1.1 401 Unauthorized".into(), "unauthorized".into())
     );
+    // A sub that could forge a log line or pass for another user (as the auth hook's user).
+    for sub in ["bob\r\nWARN forged", "\u{1b}[31mred", "admin\u{202e}"] {
+        assert_eq!(
+            refused(&srv, &hs256(&claims(sub, 60))).await.1,
+            "unauthorized",
+            "{sub:?}"
+        );
+    }
 }
 
 /// A configured issuer or audience must be in the token, not only right when present: a token

@@ -270,10 +270,7 @@ fn log_filter(log: &str) -> anyhow::Result<tracing_subscriber::EnvFilter> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_serve_config(&args)?;
     let filter = log_filter(&config.log)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init(filter);
     let server = herald_server::start(config).await?;
     let addr = server.local_addr;
     tracing::info!(%addr, restored_channels = server.restored_channels, "herald listening");

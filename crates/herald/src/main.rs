@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod logging;
 
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]

@@ -296,3 +296,78 @@ fn config_check_refuses_a_bad_log_filter() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("log:"), "{text}");
 }
+
+/// A log line shows what a client sent with its line breaks and terminal escapes escaped:
+/// a refused token whose header's `alg` held `\r\n` and a fake line (read before any
+/// signature check, so anyone could send it) wrote that fake line into the log as a line of
+/// its own, and a screen-clearing escape with it.
+#[test]
+fn a_client_cannot_forge_a_log_line() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut server = Child(
+        herald()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .env(
+                "HERALD_JWT__HMAC_SECRET",
+                "a-test-secret-of-enough-length-0123456789",
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = server.0.stderr.take().unwrap();
+    let lines = std::sync::mpsc::channel();
+    let (tx, rx) = lines;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut log = Vec::new();
+    // Up when it says where it listens.
+    while !log.iter().any(|l: &String| l.contains("listening on")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        log.push(rx.recv_timeout(left).expect("the server started"));
+    }
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let header = b64(r#"{"alg":"x\r\n2026-01-01T00:00:00Z  WARN herald: FORGED\u001b[2J"}"#);
+    let token = format!("{header}.{}.AAAA", b64("{}"));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 401");
+    // The refusal is logged before it is answered: the line is there now.
+    while !log.iter().any(|l| l.contains("bad credential")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        log.push(rx.recv_timeout(left).expect("the refusal is logged"));
+    }
+    let refusal = log.iter().find(|l| l.contains("bad credential")).unwrap();
+    assert!(refusal.contains(r"\r\n2026-01-01"), "{refusal}");
+    assert!(refusal.contains("FORGED"), "{refusal}");
+    for line in &log {
+        assert!(!line.starts_with("2026-01-01"), "a forged line: {line:?}");
+        assert!(!line.contains('\u{1b}'), "a raw escape: {line:?}");
+    }
+}

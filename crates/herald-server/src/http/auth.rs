@@ -23,15 +23,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        caller(
-            parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()),
-            state,
-        )
-        .map(Caller)
+        let mut headers = parts.headers.get_all(AUTHORIZATION).iter();
+        let first = headers.next();
+        if headers.next().is_some() {
+            // A proxy in front may have taken the other one.
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "more than one Authorization header",
+            ));
+        }
+        caller(first.map(|v| v.as_bytes()), state).map(Caller)
     }
 }
 
-/// The caller an `Authorization` header's value names (the first such header, if several).
+/// The caller an `Authorization` header's value names.
 pub fn caller(authorization: Option<&[u8]>, state: &AppState) -> Result<Actor, ApiError> {
     let unauthorized = |msg: &str| ApiError::new(ErrorCode::Unauthorized, msg);
     let Some(value) = authorization else {

@@ -6,7 +6,8 @@
 //! A connection of the main listener whose first read is not a stream or an upgrade
 //! (`crate::transport::direct`) comes here. Each request whose head is a plain publish or
 //! batch request (HTTP/1.1, a `Content-Length` within `limits.max_http_body_bytes`, no
-//! `Transfer-Encoding`, `Expect` or `Upgrade`, no query) is answered here, with the same
+//! `Transfer-Encoding`, `Expect` or `Upgrade`, at most one `Authorization`, no query) is
+//! answered here, with the same
 //! caller check, the same handler functions and the same JSON as the routed API
 //! (`super::routes::publish_body`, `super::routes::batch_body`). At the first request that
 //! is anything else, the connection, with every byte not yet served in front, goes to hyper
@@ -224,10 +225,12 @@ fn parse(buf: &[u8], max_body: usize) -> Parsed {
         {
             return Parsed::Other;
         } else if name.eq_ignore_ascii_case("authorization") {
-            if authorization.is_none() {
-                let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
-                authorization = Some(start..start + h.value.len());
+            if authorization.is_some() {
+                // Two: hyper's path refuses them (`super::auth`).
+                return Parsed::Other;
             }
+            let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+            authorization = Some(start..start + h.value.len());
         } else if name.eq_ignore_ascii_case("connection") {
             let value = std::str::from_utf8(h.value).unwrap_or("");
             for token in value.split(',').map(str::trim) {
@@ -363,6 +366,8 @@ mod tests {
             "POST /api/v1/publish HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
             "POST /api/v1/publish HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n",
             "POST /api/v1/publish HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\ncontent-length: 2\r\n\r\n{}",
+            // two credentials (the routed path refuses them)
+            "POST /api/v1/publish HTTP/1.1\r\nauthorization: Bearer a\r\nauthorization: Bearer b\r\ncontent-length: 2\r\n\r\n{}",
             // not HTTP
             "POST /api/v1/publish HTTP/1.1\r\nbad header\r\n\r\n",
             "\x16\x03\x01\x02\x00",
