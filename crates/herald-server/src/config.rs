@@ -4,7 +4,8 @@
 //!
 //! Environment variables: `HERALD_<KEY>` for top-level keys (`HERALD_LISTEN`,
 //! `HERALD_ADMIN_KEY`, ...) and `HERALD_<SECTION>__<KEY>` for keys in a section
-//! (`HERALD_WEBSOCKET__PING_INTERVAL_SECS`). Other `HERALD_*` variables are ignored.
+//! (`HERALD_WEBSOCKET__PING_INTERVAL_SECS`). Other `HERALD_*` variables are ignored
+//! ([`unread_variables`] names them for a warning).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -1143,6 +1144,53 @@ const KNOWN_KEYS: &[&str] = &[
     "debug",
 ];
 
+/// The [`KNOWN_KEYS`] that are sections.
+const SECTIONS: &[&str] = &[
+    "dialects",
+    "websocket",
+    "channels",
+    "namespaces",
+    "history",
+    "broker",
+    "limits",
+    "events",
+    "tls",
+    "jwt",
+    "webhooks",
+    "auth_hook",
+    "ingress",
+    "debug",
+];
+
+/// `HERALD_*` variables that the `herald` commands read themselves (not settings).
+const CLIENT_VARIABLES: &[&str] = &["HERALD_URL", "HERALD_WS_URL", "HERALD_BIN"];
+
+/// The `HERALD_*` variables among `vars` that are not read as settings, each with what was
+/// probably meant (`HERALD_BROKER_TYPE`: `HERALD_BROKER__TYPE`): a misspelled name is
+/// otherwise ignored without a word, and the server runs with the default.
+pub fn unread_variables(vars: impl Iterator<Item = String>) -> Vec<(String, Option<String>)> {
+    let mut unread = Vec::new();
+    for name in vars {
+        let Some(key) = name.strip_prefix("HERALD_") else {
+            continue;
+        };
+        let first = key.split("__").next().unwrap_or_default();
+        if KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
+            || CLIENT_VARIABLES.contains(&name.as_str())
+        {
+            continue;
+        }
+        // A section followed by one underscore instead of two.
+        let meant = SECTIONS.iter().find_map(|section| {
+            let rest = key.get(section.len()..)?;
+            (key[..section.len()].eq_ignore_ascii_case(section) && rest.starts_with('_'))
+                .then(|| format!("HERALD_{}_{rest}", &key[..section.len()]))
+        });
+        unread.push((name, meant));
+    }
+    unread
+}
+
 /// Whether `url` is an `http://` URL with a host (outgoing calls: hooks and webhooks; Herald
 /// has no TLS client).
 pub fn is_http_url(url: &str) -> bool {
@@ -1196,6 +1244,7 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        self.validate_durations()?;
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
             return bad(
                 "metrics_listen",
@@ -1404,6 +1453,56 @@ impl Config {
 
 /// figment's errors already name the key ("for key `websocket.ping_interval_secs`"); keep
 /// every error of a multi-error report.
+/// Longest time a `*_secs` or `*_ms` setting may name: a year. Far past it, a deadline no
+/// longer fits the clock (`u64::MAX` seconds made every request panic).
+pub const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
+
+impl Config {
+    /// Every time setting within [`MAX_DURATION_SECS`] (`history_ttl_secs`, 32 bits, cannot
+    /// overflow).
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        let (ws, broker, hook) = (&self.websocket, &self.broker, &self.auth_hook);
+        let mut secs = vec![
+            (
+                "websocket.ping_interval_secs".to_string(),
+                ws.ping_interval_secs,
+            ),
+            ("websocket.ping_timeout_secs".into(), ws.ping_timeout_secs),
+            (
+                "websocket.handshake_timeout_secs".into(),
+                ws.handshake_timeout_secs,
+            ),
+            ("broker.presence_ttl_secs".into(), broker.presence_ttl_secs),
+            (
+                "broker.follow_linger_secs".into(),
+                broker.follow_linger_secs,
+            ),
+            ("jwt.leeway_secs".into(), self.jwt.leeway_secs),
+            ("auth_hook.cache_secs".into(), hook.cache_secs),
+        ];
+        let mut ms = vec![
+            ("broker.timeout_ms".to_string(), broker.timeout_ms),
+            ("auth_hook.timeout_ms".into(), hook.timeout_ms),
+            (
+                "dialects.pushstream.auth_timeout_ms".into(),
+                self.dialects.pushstream.auth_timeout_ms,
+            ),
+        ];
+        for (i, w) in self.webhooks.iter().enumerate() {
+            ms.push((format!("webhooks[{i}].timeout_ms"), w.timeout_ms));
+            ms.push((format!("webhooks[{i}].backoff_base_ms"), w.backoff_base_ms));
+            ms.push((format!("webhooks[{i}].backoff_max_ms"), w.backoff_max_ms));
+        }
+        secs.extend(ms.into_iter().map(|(key, v)| (key, v.div_ceil(1000))));
+        match secs.into_iter().find(|(_, v)| *v > MAX_DURATION_SECS) {
+            Some((key, _)) => Err(ConfigError(format!(
+                "{key}: must be at most a year ({MAX_DURATION_SECS} s)"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 fn describe(err: figment2::Error) -> String {
     err.into_iter()
         .map(|e| e.to_string())
@@ -1417,6 +1516,83 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../herald.example.toml");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelled_variables_are_named_with_what_was_meant() {
+        let vars = [
+            "HERALD_BROKER_TYPE",
+            "HERALD_BROKER__TYPE",
+            "HERALD_LISTEN",
+            "HERALD_URL",
+            "HERALD_LISTEN_ADDR",
+            "HERALD_NOPE",
+            "HERALD_AUTH_HOOK_URL",
+            "PATH",
+        ]
+        .map(String::from);
+        let unread = unread_variables(vars.into_iter());
+        assert_eq!(
+            unread,
+            vec![
+                (
+                    "HERALD_BROKER_TYPE".to_string(),
+                    Some("HERALD_BROKER__TYPE".to_string())
+                ),
+                ("HERALD_LISTEN_ADDR".to_string(), None),
+                ("HERALD_NOPE".to_string(), None),
+                (
+                    "HERALD_AUTH_HOOK_URL".to_string(),
+                    Some("HERALD_AUTH_HOOK__URL".to_string())
+                ),
+            ]
+        );
+    }
+
+    /// A time setting past a year is refused, naming its key: `u64::MAX` seconds of
+    /// handshake timeout passed `config check` and made every HTTP request panic, and a huge
+    /// ping interval panicked every WebSocket handshake.
+    #[test]
+    fn time_settings_are_bounded() {
+        type Set = fn(&mut Config, u64);
+        let cases: [(&str, Set); 9] = [
+            ("websocket.handshake_timeout_secs", |c, v| {
+                c.websocket.handshake_timeout_secs = v
+            }),
+            ("websocket.ping_interval_secs", |c, v| {
+                c.websocket.ping_interval_secs = v;
+                c.websocket.ping_timeout_secs = v.saturating_add(1);
+            }),
+            ("websocket.ping_timeout_secs", |c, v| {
+                c.websocket.ping_timeout_secs = v
+            }),
+            ("broker.presence_ttl_secs", |c, v| {
+                c.broker.presence_ttl_secs = v
+            }),
+            ("broker.timeout_ms", |c, v| c.broker.timeout_ms = v),
+            ("jwt.leeway_secs", |c, v| c.jwt.leeway_secs = v),
+            ("auth_hook.cache_secs", |c, v| c.auth_hook.cache_secs = v),
+            ("auth_hook.timeout_ms", |c, v| c.auth_hook.timeout_ms = v),
+            ("webhooks[0].backoff_max_ms", |c, v| {
+                c.webhooks.push(WebhookConfig {
+                    url: "http://127.0.0.1:1/hook".into(),
+                    ..WebhookConfig::default()
+                });
+                c.webhooks[0].backoff_max_ms = v;
+            }),
+        ];
+        for (key, set) in cases {
+            for huge in [u64::MAX, i64::MAX as u64, MAX_DURATION_SECS * 1000 + 1] {
+                let mut config = Config::default();
+                set(&mut config, huge);
+                let err = config.validate().unwrap_err().0;
+                assert!(err.starts_with(key), "{key} = {huge}: {err}");
+            }
+        }
+        // A year is allowed (where nothing else bounds the key).
+        let mut config = Config::default();
+        config.websocket.handshake_timeout_secs = MAX_DURATION_SECS;
+        config.validate().unwrap();
+    }
 
     #[test]
     fn example_file_parses_to_the_defaults() {

@@ -147,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Init { path, force }) => config_init(&path, force),
         Command::Config(ConfigCommand::Check { path }) => {
             let config = Config::load(Some(&path))?;
+            warn_unread_variables();
             log_filter(&config.log)?;
             println!(
                 "{} is valid; effective configuration (JSON):\n",
@@ -238,7 +239,22 @@ fn config_init(path: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Says which `HERALD_*` variables are not settings (a misspelled name would otherwise be
+/// ignored without a word).
+fn warn_unread_variables() {
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for (name, meant) in herald_server::config::unread_variables(names) {
+        match meant {
+            Some(meant) => eprintln!(
+                "herald: warning: {name} is not a setting and is ignored (did you mean {meant}?)"
+            ),
+            None => eprintln!("herald: warning: {name} is not a setting and is ignored"),
+        }
+    }
+}
+
 fn load_serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    warn_unread_variables();
     let default_file = PathBuf::from("herald.toml");
     let file = match &args.config {
         Some(p) => Some(p.clone()),

@@ -53,6 +53,7 @@ fn environment_overrides_the_file() {
         .env("HERALD_WEBSOCKET__PING_INTERVAL_SECS", "7")
         .env("HERALD_ADMIN_KEY", "a-long-enough-admin-key")
         .env("HERALD_UNRELATED", "ignored")
+        .env("HERALD_BROKER_TYPE", "redis")
         .env("HERALD_TLS__LISTEN", "127.0.0.1:8443")
         .env("HERALD_TLS__CERT_FILE", "/etc/herald/cert.pem")
         .env("HERALD_TLS__KEY_FILE", "/etc/herald/key.pem")
@@ -69,6 +70,16 @@ fn environment_overrides_the_file() {
         text.contains("\"admin_key\": \"<set>\""),
         "the key is never printed: {text}"
     );
+    // What is not a setting is ignored, but said (a misspelling would go unnoticed).
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "HERALD_BROKER_TYPE is not a setting and is ignored (did you mean HERALD_BROKER__TYPE?)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("HERALD_UNRELATED is not a setting"), "{err}");
+    assert!(!err.contains("HERALD_TLS__LISTEN"), "{err}");
 }
 
 #[test]

@@ -248,7 +248,14 @@ pub async fn on_owner(
     }
 }
 
-/// Sums the nodes' counters (uptime: this node's, the first); `None` for no nodes.
+/// Whether a node's report made at `at_ms` (its clock) is current at `now` (this node's):
+/// within `ttl` either way, so clocks may differ by up to `ttl`.
+pub fn fresh(at_ms: u64, now: u64, ttl: std::time::Duration) -> bool {
+    now.abs_diff(at_ms) <= ttl.as_millis() as u64
+}
+
+/// Sums the nodes' counters (uptime: this node's, the first); `None` for no nodes. Counters
+/// come from other nodes' reports: the sums saturate rather than overflow.
 pub fn sum(nodes: &[(String, StatsSnapshot)]) -> Option<StatsSnapshot> {
     let mut total = serde_json::Map::new();
     for (_, stats) in nodes {
@@ -258,7 +265,7 @@ pub fn sum(nodes: &[(String, StatsSnapshot)]) -> Option<StatsSnapshot> {
         for (k, v) in fields {
             let add = v.as_u64().unwrap_or(0);
             let entry = total.entry(k.clone()).or_insert(serde_json::json!(0u64));
-            *entry = serde_json::json!(entry.as_u64().unwrap_or(0) + add);
+            *entry = serde_json::json!(entry.as_u64().unwrap_or(0).saturating_add(add));
         }
     }
     let (_, mine) = nodes.first()?;
@@ -268,4 +275,44 @@ pub fn sum(nodes: &[(String, StatsSnapshot)]) -> Option<StatsSnapshot> {
     );
     total.insert("nodes".into(), serde_json::json!(nodes.len() as u64));
     serde_json::from_value(serde_json::Value::Object(total)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_report_is_fresh_within_the_ttl_either_way() {
+        let ttl = Duration::from_secs(30);
+        let now = 1_000_000_000;
+        assert!(fresh(now, now, ttl));
+        assert!(fresh(now - 30_000, now, ttl));
+        assert!(fresh(now + 30_000, now, ttl));
+        assert!(!fresh(now - 30_001, now, ttl));
+        // A ghost entry from far ahead is not live for good.
+        assert!(!fresh(now + 30_001, now, ttl));
+        assert!(!fresh(u64::MAX, now, ttl));
+    }
+
+    /// Forged reports with counters near the top of u64 once made `/api/v1/stats` panic on
+    /// overflow (debug builds) or wrap (release).
+    #[test]
+    fn sums_of_huge_counters_saturate() {
+        let huge = StatsSnapshot {
+            connections: u64::MAX,
+            messages_in: u64::MAX,
+            ..StatsSnapshot::default()
+        };
+        let nodes = vec![("a".to_string(), huge.clone()), ("b".to_string(), huge)];
+        let total = serde_json::to_value(sum(&nodes).unwrap()).unwrap();
+        assert_eq!(total["nodes"], 2);
+        for (k, v) in total.as_object().unwrap() {
+            if k != "nodes" && k != "uptime_seconds" {
+                assert!(v.as_u64().is_some(), "{k}: {v}");
+            }
+        }
+        assert_eq!(total["connections"], u64::MAX);
+        assert_eq!(total["messages_in"], u64::MAX);
+    }
 }

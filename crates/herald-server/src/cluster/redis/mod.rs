@@ -232,7 +232,9 @@ impl RedisBroker {
     }
 
     /// Every node that reported within the presence time to live (this one once it has
-    /// reported); older reports (a node that died) are deleted.
+    /// reported); older reports (a node that died) are deleted, and so are reports from
+    /// further in the future than that (a clock far ahead, or a forged entry), which would
+    /// otherwise count as live for good.
     async fn live_nodes(&self) -> Result<Vec<(String, Report)>, HeraldError> {
         let mut conn = self.conn.clone();
         let all: Vec<(String, String)> = tokio::time::timeout(
@@ -248,10 +250,14 @@ impl RedisBroker {
         let mut live = Vec::new();
         for (name, json) in all {
             match serde_json::from_str::<Report>(&json) {
-                Ok(r) if now.saturating_sub(r.at_ms) <= self.presence_ttl.as_millis() as u64 => {
-                    live.push((name, r));
-                }
-                _ => {
+                Ok(r) if super::fresh(r.at_ms, now, self.presence_ttl) => live.push((name, r)),
+                report => {
+                    if let Ok(r) = report
+                        && r.at_ms > now
+                    {
+                        tracing::warn!(node = %name, ahead_ms = r.at_ms - now,
+                            "cluster: a node's report is from the future; dropped (check the clocks)");
+                    }
                     let _: Result<(), _> = redis::cmd("HDEL")
                         .arg(self.keys.nodes())
                         .arg(&name)
