@@ -21,7 +21,8 @@ pub struct Envelope<'a> {
 pub type Parsed = (Option<ClientId>, Option<Vec<ClientId>>, Bytes);
 
 impl Envelope<'_> {
-    /// `None` for anything malformed (nothing read from Redis is trusted).
+    /// `None` for anything malformed (nothing read from Redis is taken for well-formed; what
+    /// is well-formed is believed: docs/scaling.md, the broker is trusted like the admin key).
     pub fn parse(text: &str) -> Option<Parsed> {
         let envelope: Envelope = serde_json::from_str(text).ok()?;
         let from = match &envelope.from {
