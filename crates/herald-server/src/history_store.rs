@@ -6,6 +6,7 @@
 //!
 //! When the store falls so far behind that the queue is full, changes are dropped (counted in
 //! `history_write_dropped`, logged at most once a second): the fan-out never waits on disk.
+//! A batch the store fails to write (a full disk) is counted there too, and logged.
 //! What is in memory is unaffected; only what a restart would bring back is.
 
 use std::sync::Arc;
@@ -78,6 +79,7 @@ impl Writer {
 /// Starts the writer: the hub's history changes go to `store` from now on.
 pub fn start_writer(hub: &Hub, store: Arc<dyn Store>) -> Writer {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let stats = hub.shared_stats();
     hub.registry().set_history_sink(Arc::new(HistoryWriter {
         tx,
         stats: hub.shared_stats(),
@@ -87,7 +89,7 @@ pub fn start_writer(hub: &Hub, store: Arc<dyn Store>) -> Writer {
     }));
     let (stop, stop_rx) = watch::channel(false);
     Writer {
-        task: tokio::spawn(write_loop(rx, stop_rx, store)),
+        task: tokio::spawn(write_loop(rx, stop_rx, store, stats)),
         stop,
     }
 }
@@ -96,6 +98,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<HistoryOp>,
     mut stop: watch::Receiver<bool>,
     store: Arc<dyn Store>,
+    stats: Arc<Stats>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     // Writes go to the page cache and are synced to disk at most SYNC_EVERY later: one fsync a
@@ -116,7 +119,7 @@ async fn write_loop(
         }
         let sync = stopping || sync_at.is_some_and(|t| Instant::now() >= t);
         if !batch.is_empty() || (sync && unsynced_since.is_some()) {
-            write(&store, std::mem::take(&mut batch), sync).await;
+            write(&store, std::mem::take(&mut batch), sync, &stats).await;
             unsynced_since = if sync {
                 None
             } else {
@@ -136,13 +139,16 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-async fn write(store: &Arc<dyn Store>, ops: Vec<HistoryOp>, sync: bool) {
+async fn write(store: &Arc<dyn Store>, ops: Vec<HistoryOp>, sync: bool, stats: &Stats) {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.write_history(&ops, sync)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "writing history failed"),
-        Err(e) => tracing::error!(error = %e, "history writer task failed"),
-    }
+    let n = ops.len() as u64;
+    let failed = match tokio::task::spawn_blocking(move || store.write_history(&ops, sync)).await {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Stats::add(&stats.history_write_dropped, n);
+    tracing::error!(error = %failed, changes = n, "writing history failed (history_write_dropped)");
 }
 
 /// Runs the hub's history sweep every second, and at once when the byte budget is exceeded,

@@ -382,3 +382,112 @@ fn a_client_cannot_forge_a_log_line() {
         assert!(!line.contains('\u{1b}'), "a raw escape: {line:?}");
     }
 }
+
+/// One blocking HTTP/1.1 request with the admin key: the status and the body.
+fn http(port: u16, method: &str, path: &str, key: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// Sets the file-size limit of process `pid` (`None`: unlimited); the hard limit stays
+/// unlimited, so it can be raised again.
+fn limit_file_size(pid: u32, bytes: Option<u64>) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain system call on another process, with a valid limit and no old value.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// After the disk fills (here: the process may not grow its files, the same error to redb),
+/// the store refused everything until a restart (503 `store_unavailable` on every channel
+/// creation), because redb wants to be opened again after an I/O error; the history batches
+/// that failed were only logged. Now they are counted (`history_write_dropped`), and the
+/// store is reopened at its next operation: once there is room, it works without a restart.
+#[test]
+fn the_store_works_again_after_a_full_disk_without_a_restart() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut cmd = herald();
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+    ])
+    .arg(dir.path())
+    .env("HERALD_ADMIN_KEY", "a-long-enough-admin-key")
+    .env("HERALD_CHANNELS__HISTORY_SIZE", "10000")
+    .env("HERALD_LOG", "error")
+    .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec. A write past the limit
+    // fails with EFBIG instead of killing the process with SIGXFSZ.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let server = Child(cmd.spawn().unwrap());
+    let key = "a-long-enough-admin-key";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let file = dir.path().join("herald.redb");
+    let size = std::fs::metadata(&file).unwrap().len();
+    limit_file_size(server.0.id(), Some(size));
+    // Kept publications fill the store until it cannot grow: a history batch fails (and with
+    // it, before, the store for good).
+    let data = format!(r#"{{"channel":"fill","data":"{}"}}"#, "x".repeat(60_000));
+    let dropped = || {
+        let (_, stats) = http(port, "GET", "/api/v1/stats", key, "");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        stats["history_write_dropped"].as_u64().unwrap()
+    };
+    let mut published = 0;
+    while dropped() == 0 {
+        assert!(Instant::now() < deadline, "no history write failed");
+        if published < 4000 {
+            for _ in 0..50 {
+                assert_eq!(http(port, "POST", "/api/v1/publish", key, &data).0, 200);
+            }
+            published += 50;
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Room again: the next write works, and what it wrote is there after a restart.
+    limit_file_size(server.0.id(), None);
+    let (status, body) = http(port, "POST", "/api/v1/channels", key, r#"{"name":"after"}"#);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(port, "GET", "/api/v1/channels/after", key, "");
+    assert_eq!(status, 200, "{body}");
+}

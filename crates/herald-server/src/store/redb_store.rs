@@ -2,8 +2,14 @@
 //! transaction with redb's default durability (fsync on commit), so a channel the API
 //! confirmed survives a crash. Values are JSON, so the format stays readable and can gain
 //! fields without a migration.
+//!
+//! After an I/O error (a full disk, say) redb refuses everything until the database is
+//! opened again; the store then reopens it at the next operation ([`RedbStore::with_db`]),
+//! so that it works again once the disk has room, without a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use parking_lot::RwLock;
 
 use redb::{Builder, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -30,7 +36,10 @@ const POSITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("positions"
 const CACHE_BYTES: usize = 16 << 20;
 
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// The open database, and how many times it was opened. `None` after a reopening that
+    /// failed, until the next one succeeds.
+    db: RwLock<(u64, Option<Database>)>,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -49,28 +58,88 @@ impl RedbStore {
             ))
         })?;
         let path = dir.join("herald.redb");
-        // The engine promises errors, not panics, for damage it finds while checking; a panic
-        // is still caught here, in case a check misses something.
-        let opened = std::panic::catch_unwind(|| -> Result<RedbStore, redb::Error> {
-            let db = Builder::new()
-                .set_check_integrity_on_open(true)
-                .set_cache_size(CACHE_BYTES)
-                .create(&path)?;
-            let txn = db.begin_write()?;
-            txn.open_table(CHANNELS)?;
-            txn.open_table(BANS)?;
-            txn.open_table(HISTORY)?;
-            txn.open_table(POSITIONS)?;
-            txn.commit()?;
-            Ok(RedbStore { db })
-        });
-        let fail = match opened {
-            Ok(Ok(store)) => return Ok(store),
-            Ok(Err(e)) => e,
-            Err(_) => redb::Error::Corrupted("the database engine failed reading it".into()),
-        };
-        Err(StoreError(open_error(&path, fail)))
+        match open_db(&path) {
+            Ok(db) => Ok(RedbStore {
+                path,
+                db: RwLock::new((1, Some(db))),
+            }),
+            Err(e) => Err(StoreError(open_error(&path, e))),
+        }
     }
+
+    /// Runs `op` on the database. After an I/O error, redb answers `PreviousIo` until the
+    /// database is opened again: it is reopened then (once, whichever call sees it first)
+    /// and `op` tried again.
+    fn with_db<T>(
+        &self,
+        op: impl Fn(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let (generation, first) = {
+            let db = self.db.read();
+            let result = match &db.1 {
+                Some(open) => op(open),
+                None => Err(redb::Error::PreviousIo),
+            };
+            (db.0, result)
+        };
+        match first {
+            Err(redb::Error::PreviousIo) => {
+                self.reopen(generation)?;
+                let db = self.db.read();
+                match &db.1 {
+                    Some(open) => op(open).map_err(err),
+                    None => Err(StoreError("the store is not open".into())),
+                }
+            }
+            other => other.map_err(err),
+        }
+    }
+
+    /// Opens the database again, unless another call did since `generation`.
+    fn reopen(&self, generation: u64) -> Result<(), StoreError> {
+        let mut db = self.db.write();
+        if db.0 != generation && db.1.is_some() {
+            return Ok(());
+        }
+        // Closed first: the file is locked while open.
+        db.1 = None;
+        db.0 += 1;
+        match open_db(&self.path) {
+            Ok(open) => {
+                tracing::warn!(file = %self.path.display(), "store reopened after an I/O error");
+                db.1 = Some(open);
+                Ok(())
+            }
+            Err(e) => Err(StoreError(format!(
+                "the store {} failed on an I/O error (a full disk?) and cannot be opened again yet: {e}",
+                self.path.display()
+            ))),
+        }
+    }
+}
+
+/// Opens (or creates) the database at `path`, checked whole, with every table.
+fn open_db(path: &Path) -> Result<Database, redb::Error> {
+    // The engine promises errors, not panics, for damage it finds while checking; a panic is
+    // still caught here, in case a check misses something.
+    let opened = std::panic::catch_unwind(|| -> Result<Database, redb::Error> {
+        let db = Builder::new()
+            .set_check_integrity_on_open(true)
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(CHANNELS)?;
+        txn.open_table(BANS)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(POSITIONS)?;
+        txn.commit()?;
+        Ok(db)
+    });
+    opened.unwrap_or_else(|_| {
+        Err(redb::Error::Corrupted(
+            "the database engine failed reading it".into(),
+        ))
+    })
 }
 
 /// The message for a store that cannot be opened: what happened and what to do.
@@ -99,19 +168,21 @@ impl RedbStore {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(table).map_err(err)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(err)? {
-            let (key, value) = entry.map_err(err)?;
-            match serde_json::from_slice::<T>(value.value()) {
-                Ok(rec) => out.push(rec),
-                Err(e) => {
-                    tracing::error!(key = key.value(), error = %e, "unreadable record skipped")
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(table)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                match serde_json::from_slice::<T>(value.value()) {
+                    Ok(rec) => out.push(rec),
+                    Err(e) => {
+                        tracing::error!(key = key.value(), error = %e, "unreadable record skipped")
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn put(
@@ -121,22 +192,27 @@ impl RedbStore {
         value: &impl serde::Serialize,
     ) -> Result<(), StoreError> {
         let value = serde_json::to_vec(value).map_err(err)?;
-        let txn = self.db.begin_write().map_err(err)?;
-        {
-            let mut table = txn.open_table(table).map_err(err)?;
-            table.insert(key, value.as_slice()).map_err(err)?;
-        }
-        txn.commit().map_err(err)
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(table)?;
+                table.insert(key, value.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        let removed = {
-            let mut table = txn.open_table(table).map_err(err)?;
-            table.remove(key).map_err(err)?.is_some()
-        };
-        txn.commit().map_err(err)?;
-        Ok(removed)
+        self.with_db(|db| {
+            let txn = db.begin_write()?;
+            let removed = {
+                let mut table = txn.open_table(table)?;
+                table.remove(key)?.is_some()
+            };
+            txn.commit()?;
+            Ok(removed)
+        })
     }
 }
 
@@ -207,8 +283,8 @@ fn decode_entry(offset: u64, v: &[u8]) -> Option<Entry> {
 }
 
 impl RedbStore {
-    fn history_batch(&self, ops: &[HistoryOp], sync: bool) -> Result<(), redb::Error> {
-        let mut txn = self.db.begin_write()?;
+    fn history_batch(db: &Database, ops: &[HistoryOp], sync: bool) -> Result<(), redb::Error> {
+        let mut txn = db.begin_write()?;
         if !sync {
             txn.set_durability(redb::Durability::None)
                 .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
@@ -269,8 +345,8 @@ impl RedbStore {
         Ok(())
     }
 
-    fn history_all(&self) -> Result<Vec<StoredHistory>, redb::Error> {
-        let txn = self.db.begin_read()?;
+    fn history_all(db: &Database) -> Result<Vec<StoredHistory>, redb::Error> {
+        let txn = db.begin_read()?;
         let positions = txn.open_table(POSITIONS)?;
         let history = txn.open_table(HISTORY)?;
         let mut out = Vec::new();
@@ -308,11 +384,11 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn load_history(&self) -> Result<Vec<StoredHistory>, StoreError> {
-        self.history_all().map_err(err)
+        self.with_db(Self::history_all)
     }
 
     fn write_history(&self, ops: &[HistoryOp], sync: bool) -> Result<(), StoreError> {
-        self.history_batch(ops, sync).map_err(err)
+        self.with_db(|db| Self::history_batch(db, ops, sync))
     }
 
     fn load_channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
