@@ -10,7 +10,6 @@
 //! What is in memory is unaffected; only what a restart would bring back is.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_core::history::{HistoryOp, HistorySink};
@@ -19,6 +18,8 @@ use herald_core::{Hub, Store};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::drop_log::DropLog;
 
 /// History changes waiting for the writer, at most.
 pub const QUEUE: usize = 65_536;
@@ -33,30 +34,32 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 pub struct HistoryWriter {
     tx: mpsc::Sender<HistoryOp>,
     stats: Arc<Stats>,
-    /// Drops not yet logged, and when the last warning went out (seconds since start).
-    unlogged: AtomicU64,
-    last_log: AtomicU64,
+    /// Warnings about drops, at most one a second.
+    drops: DropLog,
+    /// The clock of `drops`.
     started: std::time::Instant,
 }
 
 impl HistorySink for HistoryWriter {
     fn record(&self, op: HistoryOp) {
-        if self.tx.try_send(op).is_err() {
-            Stats::add(&self.stats.history_write_dropped, 1);
-            let dropped = self.unlogged.fetch_add(1, Ordering::Relaxed) + 1;
-            let now = self.started.elapsed().as_secs();
-            let last = self.last_log.load(Ordering::Relaxed);
-            if now > last
-                && self
-                    .last_log
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.unlogged.store(0, Ordering::Relaxed);
-                tracing::warn!(
-                    dropped,
-                    "history writer behind: changes not kept on disk (history_write_dropped)"
-                );
+        match self.tx.try_send(op) {
+            Ok(()) => {
+                if let Some(dropped) = self.drops.room() {
+                    tracing::warn!(
+                        dropped,
+                        "history writer caught up; more changes were not kept on disk before"
+                    );
+                }
+            }
+            Err(_) => {
+                Stats::add(&self.stats.history_write_dropped, 1);
+                let now = self.started.elapsed().as_millis() as u64;
+                if let Some(dropped) = self.drops.dropped(now) {
+                    tracing::warn!(
+                        dropped,
+                        "history writer behind: changes not kept on disk (history_write_dropped)"
+                    );
+                }
             }
         }
     }
@@ -83,8 +86,7 @@ pub fn start_writer(hub: &Hub, store: Arc<dyn Store>) -> Writer {
     hub.registry().set_history_sink(Arc::new(HistoryWriter {
         tx,
         stats: hub.shared_stats(),
-        unlogged: AtomicU64::new(0),
-        last_log: AtomicU64::new(0),
+        drops: DropLog::new(1000),
         started: std::time::Instant::now(),
     }));
     let (stop, stop_rx) = watch::channel(false);

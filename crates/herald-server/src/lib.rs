@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod dialects;
+pub mod drop_log;
 pub mod error;
 pub mod history_store;
 pub mod http;

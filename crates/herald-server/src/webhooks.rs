@@ -6,11 +6,10 @@
 //! worker task that drains it. The sink's `emit` runs on the hub's thread, possibly under
 //! registry locks: it only `try_send`s, so a slow or dead endpoint never delays the hub or a
 //! client. A full queue drops the new event, counts it (`webhook_dropped`) and logs at most
-//! once per [`OVERFLOW_LOG_INTERVAL_MS`] per endpoint. Counters live in the hub's `Stats`, so
+//! once per [`OVERFLOW_LOG_INTERVAL_MS`] per endpoint (`crate::drop_log`). Counters live in the hub's `Stats`, so
 //! `GET /api/v1/stats` shows them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::WebhookConfig;
+use crate::drop_log::DropLog;
 
 /// Content type of a POST holding one CloudEvent (`batch_max = 1`).
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -72,8 +72,7 @@ impl Webhooks {
                 tx,
                 stats: stats.clone(),
                 url: config.url.clone(),
-                last_warn_ms: AtomicU64::new(0),
-                dropped_since_warn: AtomicU64::new(0),
+                drops: DropLog::new(OVERFLOW_LOG_INTERVAL_MS),
             }));
             let source = if config.source.is_empty() {
                 format!("herald://{host}")
@@ -119,8 +118,7 @@ struct Sink {
     tx: mpsc::Sender<Arc<Event>>,
     stats: Arc<Stats>,
     url: String,
-    last_warn_ms: AtomicU64,
-    dropped_since_warn: AtomicU64,
+    drops: DropLog,
 }
 
 impl EventSink for Sink {
@@ -130,19 +128,16 @@ impl EventSink for Sink {
 
     fn emit(&self, event: &Arc<Event>) {
         match self.tx.try_send(event.clone()) {
-            Ok(()) | Err(TrySendError::Closed(_)) => {} // closed: the server is stopping
+            Ok(()) => {
+                if let Some(dropped) = self.drops.room() {
+                    tracing::warn!(url = %self.url, dropped,
+                        "webhook queue has room again; more events were dropped before");
+                }
+            }
+            Err(TrySendError::Closed(_)) => {} // the server is stopping
             Err(TrySendError::Full(_)) => {
                 Stats::add(&self.stats.webhook_dropped, 1);
-                self.dropped_since_warn.fetch_add(1, Ordering::Relaxed);
-                let now = now_ms();
-                let last = self.last_warn_ms.load(Ordering::Relaxed);
-                if now.saturating_sub(last) >= OVERFLOW_LOG_INTERVAL_MS
-                    && self
-                        .last_warn_ms
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    let dropped = self.dropped_since_warn.swap(0, Ordering::Relaxed);
+                if let Some(dropped) = self.drops.dropped(now_ms()) {
                     tracing::warn!(
                         url = %self.url,
                         dropped,
