@@ -58,13 +58,13 @@ impl RedbStore {
             ))
         })?;
         let path = dir.join("herald.redb");
-        // An empty file is no store Herald wrote (redb would take it for a new one): a copy
-        // that failed, or a disk that lost it. Said, not silently started afresh.
+        // An empty file is what a crash right after creating it leaves, and redb starts a
+        // new store in it; but it is also what a failed copy leaves, so it is said.
         if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == 0) {
-            return Err(StoreError(format!(
-                "the store {} is an empty file (0 bytes), not a store Herald wrote. Restore it from a backup, or remove it to start with an empty store",
-                path.display()
-            )));
+            tracing::warn!(
+                file = %path.display(),
+                "the store was an empty file (0 bytes): starting with an empty store (if it held channels and bans, stop and restore it from a backup)"
+            );
         }
         match open_db(&path) {
             Ok(db) => Ok(RedbStore {
@@ -438,25 +438,6 @@ impl Store for RedbStore {
 mod tests {
     use super::*;
     use herald_core::ChannelOptions;
-
-    /// A 0-byte file was taken for a new store: the channels and bans it should have held
-    /// were gone without a word.
-    #[test]
-    fn an_empty_file_is_refused_not_taken_for_a_new_store() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("herald.redb"), b"").unwrap();
-        let Err(e) = RedbStore::open(dir.path()) else {
-            panic!("an empty file was opened as a store");
-        };
-        assert!(e.0.contains("empty file (0 bytes)"), "{}", e.0);
-        assert_eq!(
-            std::fs::metadata(dir.path().join("herald.redb"))
-                .unwrap()
-                .len(),
-            0,
-            "left as it was"
-        );
-    }
 
     #[test]
     fn records_survive_reopen() {
