@@ -122,7 +122,7 @@ fn verify(token: &str) {
         let said: Claims = serde_json::from_slice(&payload).expect("the claims read");
         assert_eq!(claims, said);
         // Herald's rules.
-        assert!(!claims.sub.is_empty() && claims.sub.len() <= jwt::MAX_USER_LEN);
+        assert_eq!(herald_core::ids::check_user_id(&claims.sub), Ok(()));
         assert!(claims.channels.len() <= jwt::MAX_TOKEN_CHANNELS);
         assert!(
             claims.exp + v.leeway + 2 >= now,
@@ -166,8 +166,7 @@ fn mint(input: &mut Input) {
     let v = &VERIFIERS[usize::from(strict)];
     let token = jwt::mint(&claims, JwtAlgorithm::HS256, SECRET.as_bytes()).unwrap();
     let now = jwt::now_secs();
-    let valid = !claims.sub.is_empty()
-        && claims.sub.len() <= jwt::MAX_USER_LEN
+    let valid = herald_core::ids::check_user_id(&claims.sub).is_ok()
         && claims.exp > now + v.leeway + 2
         && claims.nbf.is_none_or(|nbf| nbf + v.leeway + 2 < now)
         && token.len() <= jwt::MAX_TOKEN_LEN;
