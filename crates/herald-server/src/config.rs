@@ -1120,31 +1120,17 @@ pub const OUTBOX_HEADROOM: usize = 1024;
 /// Shortest admin key accepted from the configuration (generated keys have 43 characters).
 pub const MIN_ADMIN_KEY_LEN: usize = 12;
 
-/// Top-level keys and sections, for picking the `HERALD_*` variables that are ours.
-const KNOWN_KEYS: &[&str] = &[
-    "dialects",
+/// Top-level keys that are values, not sections.
+const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "admin_key",
     "log",
-    "websocket",
-    "channels",
-    "namespaces",
-    "history",
     "node_name",
     "metrics_listen",
-    "broker",
-    "limits",
-    "events",
-    "tls",
-    "jwt",
-    "webhooks",
-    "auth_hook",
-    "ingress",
-    "debug",
 ];
 
-/// The [`KNOWN_KEYS`] that are sections.
+/// Sections (`[websocket]`, `[[webhooks]]`, ...).
 const SECTIONS: &[&str] = &[
     "dialects",
     "websocket",
@@ -1162,6 +1148,15 @@ const SECTIONS: &[&str] = &[
     "debug",
 ];
 
+/// Whether a `HERALD_*` variable's first part (before `__`) names a setting: the variables
+/// that are ours.
+fn is_known_key(first: &str) -> bool {
+    TOP_LEVEL_KEYS
+        .iter()
+        .chain(SECTIONS)
+        .any(|k| first.eq_ignore_ascii_case(k))
+}
+
 /// `HERALD_*` variables that the `herald` commands read themselves (not settings).
 const CLIENT_VARIABLES: &[&str] = &["HERALD_URL", "HERALD_WS_URL", "HERALD_BIN"];
 
@@ -1175,9 +1170,7 @@ pub fn unread_variables(vars: impl Iterator<Item = String>) -> Vec<(String, Opti
             continue;
         };
         let first = key.split("__").next().unwrap_or_default();
-        if KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
-            || CLIENT_VARIABLES.contains(&name.as_str())
-        {
+        if is_known_key(first) || CLIENT_VARIABLES.contains(&name.as_str()) {
             continue;
         }
         // A section followed by one underscore instead of two.
@@ -1216,10 +1209,11 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("HERALD_").split("__").filter(|key| {
-            let first = key.as_str().split('.').next().unwrap_or_default();
-            KNOWN_KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
-        }));
+        fig = fig.merge(
+            Env::prefixed("HERALD_")
+                .split("__")
+                .filter(|key| is_known_key(key.as_str().split('.').next().unwrap_or_default())),
+        );
         Self::extract(fig)
     }
 
@@ -1516,6 +1510,20 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../herald.example.toml");
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lists that pick `HERALD_*` variables hold every key of the configuration, each
+    /// where it belongs (a section is a table or a list of tables).
+    #[test]
+    fn the_variable_lists_know_every_key() {
+        let config = serde_json::to_value(Config::default()).unwrap();
+        let keys = config.as_object().unwrap();
+        for (key, value) in keys {
+            let section = value.is_object() || value.is_array();
+            let listed = if section { SECTIONS } else { TOP_LEVEL_KEYS };
+            assert!(listed.contains(&key.as_str()), "{key} (section: {section})");
+        }
+        assert_eq!(keys.len(), TOP_LEVEL_KEYS.len() + SECTIONS.len());
+    }
 
     #[test]
     fn misspelled_variables_are_named_with_what_was_meant() {

@@ -146,6 +146,12 @@ fn invalid_config_fails_at_start_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 }
 
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// Kills the server when the test ends, however it ends.
 struct Child(std::process::Child);
 impl Drop for Child {
@@ -158,10 +164,7 @@ impl Drop for Child {
 #[test]
 fn serve_sub_pub_round_trip_with_generated_admin_key() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut server = Child(
         herald()
             .args([
@@ -316,10 +319,7 @@ fn config_check_refuses_a_bad_log_filter() {
 fn a_client_cannot_forge_a_log_line() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut server = Child(
         herald()
             .args([
@@ -430,10 +430,7 @@ fn limit_file_size(pid: u32, bytes: Option<u64>) {
 fn the_store_works_again_after_a_full_disk_without_a_restart() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut cmd = herald();
     cmd.args([
         "serve",
